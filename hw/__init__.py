@@ -1,0 +1,8 @@
+"""moepim.hw: Amaranth RTL of the accelerator. Never imports ``moepim.models``."""
+
+from .crossbar import CrossbarArray, CrossbarPort
+from .params import TileGeometry
+from .peripherals import PeripheralSet
+from .tile_group import TileGroup
+
+__all__ = ["CrossbarArray", "CrossbarPort", "PeripheralSet", "TileGeometry", "TileGroup"]

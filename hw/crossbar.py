@@ -1,0 +1,205 @@
+"""``CrossbarArray``: one resistive crossbar with its weight-programming port and analog core.
+
+The array is a macro in a real chip; here it has three interchangeable cores behind one port
+(:class:`CrossbarPort`), cycle- and bit-identical:
+
+``core="logic"``
+    Pure Amaranth: cells in registers, the column sums of the selected columns built from
+    adders. Synthesizable reference; practical at small sizes only.
+``core="macro"``
+    A black-box ``Instance`` of ``moepim_xbar_macro``. Exported netlists keep it a black box;
+    Verilator and Icarus simulate it with the behavioural model ``hw/verilog/moepim_xbar_macro.v``.
+``core="python"``
+    No core logic at all: the core signals are left for a simulator process (the Python
+    behavioural model in ``moepim.sim.amaranth_macro``) to drive, so Amaranth's simulator can run
+    full-size arrays.
+
+Core behaviour, per rising edge (all three implement exactly this):
+
+* ``we``: row ``wrow`` of cells takes ``wdata`` (offset-encoded weight slices).
+* ``convert``: ``sums[a] <= sum_r plane[r] * cell[r][a*columns_per_adc + col]`` for each ADC
+  ``a``, using the plane held *before* this edge (sample-and-hold and column mux).
+* ``drive``: the held plane takes ``wl`` (the DACs drive one input bit plane).
+
+So a conversion result is visible one cycle after ``convert``, and a new plane may be driven
+in the same cycle as the last conversion of the previous plane.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import TileGeometry, index_bits, need
+
+__all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
+
+CORES = ("logic", "macro", "python")
+MACRO_NAME = "moepim_xbar_macro"
+
+
+class CrossbarPort(wiring.Signature):
+    """The analog-side port of a crossbar, seen from the peripherals that drive it.
+
+    ``select``: this crossbar holds the shared peripherals (its weight port is then closed);
+    ``drive``/``wl``: apply a word-line bit plane; ``convert``/``col``: sample the selected
+    column of every ADC's column group; ``sums``: the sampled column sums, one per ADC.
+    """
+
+    def __init__(self, geometry: TileGeometry):
+        self.geometry = geometry
+        super().__init__({
+            "select": Out(1),
+            "drive": Out(1),
+            "wl": Out(geometry.n_rows),
+            "convert": Out(1),
+            "col": Out(index_bits(geometry.columns_per_adc)),
+            "sums": In(data.ArrayLayout(unsigned(geometry.sum_bits), geometry.n_adcs)),
+        })
+
+
+def weight_row_layout(geometry: TileGeometry, *, n_crossbars: int | None = None):
+    """Payload of a weight write: one row of signed weights (and the target crossbar)."""
+    fields = {
+        "row": unsigned(index_bits(geometry.n_rows)),
+        "w": data.ArrayLayout(signed(geometry.weight_bits), geometry.n_outputs),
+    }
+    if n_crossbars is not None:
+        fields = {"xbar": unsigned(index_bits(n_crossbars)), **fields}
+    return data.StructLayout(fields)
+
+
+def crossbar_counters_layout(counter_bits: int):
+    return data.StructLayout({
+        "activations": unsigned(counter_bits),   # bit planes evaluated (drives)
+        "row_writes": unsigned(counter_bits),    # weight rows programmed
+    })
+
+
+class CrossbarArray(wiring.Component):
+    """``n_rows`` x ``n_columns`` cells of ``bits_per_cell`` bits holding signed weights.
+
+    Ports
+    -----
+    i_weights : stream of ``weight_row_layout``
+        One row of ``n_outputs`` signed ``weight_bits`` weights per transfer, 1 transfer per
+        cycle. Each weight is stored offset-encoded (sign bit flipped) and sliced over
+        ``weight_bits // bits_per_cell`` adjacent columns, least significant slice first.
+        ``ready`` is low while the crossbar holds the shared peripherals.
+    analog : flipped :class:`CrossbarPort`
+        Driven by a :class:`~moepim.hw.peripherals.PeripheralSet`.
+    counters : ``activations``, ``row_writes``.
+    """
+
+    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, core="logic",
+                 counter_bits=48):
+        need(core in CORES, "core", core, f"one of {CORES}")
+        need(isinstance(counter_bits, int) and 8 <= counter_bits <= 64, "counter_bits",
+             counter_bits, "an integer from 8 to 64")
+        self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
+                                      bits_per_cell=bits_per_cell, weight_bits=weight_bits,
+                                      input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
+                                      adc_shift=adc_shift)
+        self._core = core
+        self._counter_bits = counter_bits
+        g = self._geometry
+        # core-side signals: the behavioural models (Verilog or Python) see exactly these
+        self.core_we = Signal(name="core_we")
+        self.core_wrow = Signal(index_bits(g.n_rows), name="core_wrow")
+        self.core_wdata = Signal(g.n_columns * g.bits_per_cell, name="core_wdata")
+        self.core_sums = Signal(g.n_adcs * g.sum_bits, name="core_sums")
+        super().__init__({
+            "i_weights": In(stream.Signature(weight_row_layout(g))),
+            "analog": In(CrossbarPort(g)),
+            "counters": Out(crossbar_counters_layout(counter_bits)),
+        })
+
+    geometry = property(lambda self: self._geometry)
+    core = property(lambda self: self._core)
+    counter_bits = property(lambda self: self._counter_bits)
+    n_rows = property(lambda self: self._geometry.n_rows)
+    n_columns = property(lambda self: self._geometry.n_columns)
+    bits_per_cell = property(lambda self: self._geometry.bits_per_cell)
+    weight_bits = property(lambda self: self._geometry.weight_bits)
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geometry
+
+        # weight port: offset-encode (flip the sign bit) and slice into cells
+        m.d.comb += self.i_weights.ready.eq(~self.analog.select)
+        m.d.comb += [
+            self.core_we.eq(self.i_weights.valid & self.i_weights.ready),
+            self.core_wrow.eq(self.i_weights.payload.row),
+        ]
+        cells = []
+        for o in range(g.n_outputs):
+            w = self.i_weights.payload.w.as_value()[o * g.weight_bits:(o + 1) * g.weight_bits]
+            u = Cat(w[:-1], ~w[-1])
+            cells.extend(u[j * g.bits_per_cell:(j + 1) * g.bits_per_cell]
+                         for j in range(g.slices_per_weight))
+        m.d.comb += self.core_wdata.eq(Cat(*cells))
+
+        # analog core
+        m.d.comb += self.analog.sums.as_value().eq(self.core_sums)
+        if self._core == "logic":
+            m.submodules.core = _LogicCore(self)
+        elif self._core == "macro":
+            m.submodules.core = Instance(
+                MACRO_NAME,
+                p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
+                p_N_ADCS=g.n_adcs, p_SUM_BITS=g.sum_bits,
+                p_ROW_BITS=index_bits(g.n_rows), p_COL_BITS=index_bits(g.columns_per_adc),
+                i_clk=ClockSignal(), i_rst=ResetSignal(),
+                i_we=self.core_we, i_wrow=self.core_wrow, i_wdata=self.core_wdata,
+                i_drive=self.analog.drive, i_wl=self.analog.wl,
+                i_convert=self.analog.convert, i_col=self.analog.col,
+                o_sums=self.core_sums)
+        # core == "python": core_sums is driven by a simulator process
+
+        # event counters
+        with m.If(self.analog.drive):
+            m.d.sync += self.counters.activations.eq(self.counters.activations + 1)
+        with m.If(self.core_we):
+            m.d.sync += self.counters.row_writes.eq(self.counters.row_writes + 1)
+        return m
+
+
+class _LogicCore(Elaboratable):
+    """Cells in flip-flops; the column sums of the selected columns from adder chains."""
+
+    def __init__(self, xbar: CrossbarArray):
+        self.xbar = xbar
+
+    def elaborate(self, platform):
+        m = Module()
+        xb, g = self.xbar, self.xbar.geometry
+        row_layout = data.ArrayLayout(unsigned(g.bits_per_cell), g.n_columns)
+        rows = [Signal(row_layout, name=f"cells_row{r}") for r in range(g.n_rows)]
+        plane = Signal(g.n_rows)
+
+        with m.If(xb.core_we):
+            with m.Switch(xb.core_wrow):
+                for r in range(g.n_rows):
+                    with m.Case(r):
+                        m.d.sync += rows[r].as_value().eq(xb.core_wdata)
+
+        cpa = g.columns_per_adc
+        sums = []
+        for a in range(g.n_adcs):
+            col = a * cpa + xb.analog.col if cpa > 1 else a
+            terms = [rows[r][col] & plane[r].replicate(g.bits_per_cell)
+                     for r in range(g.n_rows)]
+            total = Signal(g.sum_bits, name=f"colsum{a}")
+            m.d.comb += total.eq(sum(terms))
+            sums.append(total)
+        sums_q = Signal(g.n_adcs * g.sum_bits)
+        with m.If(xb.analog.convert):
+            m.d.sync += sums_q.eq(Cat(*sums))
+        m.d.comb += xb.core_sums.eq(sums_q)
+
+        with m.If(xb.analog.drive):
+            m.d.sync += plane.eq(xb.analog.wl)
+        return m

@@ -1,0 +1,156 @@
+"""Parameter checks and derived widths shared by the tile's RTL blocks.
+
+Every check raises :class:`ValueError` naming the argument, the value and what is allowed, so a
+constructor fails at once with a message the user can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BITS_PER_CELL_ALLOWED = (1, 2, 4, 8)
+
+
+class ParameterError(ValueError):
+    """A constructor argument out of range; carries the argument name, value and rule."""
+
+    def __init__(self, name: str, value, allowed: str):
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def need(cond: bool, name: str, value, allowed: str) -> None:
+    if not cond:
+        raise ParameterError(name, value, allowed)
+
+
+def need_positive(name: str, value) -> None:
+    need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value,
+         "a positive integer")
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer of ``[lo, hi]``."""
+    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length()) + 1
+
+
+def index_bits(n: int) -> int:
+    """Width of an index into ``n`` items (at least 1, so ports never vanish)."""
+    return max(1, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Validated tile parameters and every width derived from them.
+
+    The arithmetic (offset-encoded weights sliced over ``weight_bits // bits_per_cell``
+    adjacent columns, bit-serial signed inputs, ADC truncation then saturation) is documented
+    in ``moepim.models.tile``; this class only sizes the hardware for it.
+    """
+
+    n_rows: int
+    n_columns: int
+    bits_per_cell: int
+    weight_bits: int
+    input_bits: int
+    n_adcs: int
+    adc_bits: int
+    adc_shift: int | None
+
+    def __post_init__(self):
+        for name in ("n_rows", "n_columns", "n_adcs"):
+            need_positive(name, getattr(self, name))
+        need(self.bits_per_cell in BITS_PER_CELL_ALLOWED, "bits_per_cell", self.bits_per_cell,
+             f"one of {BITS_PER_CELL_ALLOWED}")
+        need(isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 16, "weight_bits",
+             self.weight_bits, "an integer from 2 to 16")
+        need(self.weight_bits % self.bits_per_cell == 0, "weight_bits", self.weight_bits,
+             f"a multiple of bits_per_cell={self.bits_per_cell}")
+        need(self.n_columns % self.slices_per_weight == 0, "n_columns", self.n_columns,
+             f"a multiple of weight_bits/bits_per_cell={self.slices_per_weight}")
+        need(isinstance(self.input_bits, int) and 2 <= self.input_bits <= 16, "input_bits",
+             self.input_bits, "an integer from 2 to 16")
+        need(self.n_columns % self.n_adcs == 0, "n_adcs", self.n_adcs,
+             f"a divisor of n_columns={self.n_columns}")
+        need(isinstance(self.adc_bits, int) and 1 <= self.adc_bits <= 32, "adc_bits",
+             self.adc_bits, "an integer from 1 to 32")
+        if self.adc_shift is not None:
+            need(isinstance(self.adc_shift, int) and 0 <= self.adc_shift <= self.sum_bits,
+                 "adc_shift", self.adc_shift, f"null or an integer from 0 to {self.sum_bits}")
+
+    # geometry
+    @property
+    def slices_per_weight(self) -> int:
+        return self.weight_bits // self.bits_per_cell
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_columns // self.slices_per_weight
+
+    @property
+    def columns_per_adc(self) -> int:
+        return self.n_columns // self.n_adcs
+
+    # widths
+    @property
+    def max_column_sum(self) -> int:
+        return self.n_rows * ((1 << self.bits_per_cell) - 1)
+
+    @property
+    def sum_bits(self) -> int:
+        return self.max_column_sum.bit_length()
+
+    @property
+    def resolved_adc_shift(self) -> int:
+        if self.adc_shift is not None:
+            return self.adc_shift
+        return max(0, self.sum_bits - self.adc_bits)
+
+    @property
+    def max_converted(self) -> int:
+        """Largest value the ADC can hand to the shift-and-add."""
+        shift = self.resolved_adc_shift
+        return min(self.max_column_sum >> shift, (1 << self.adc_bits) - 1) << shift
+
+    @property
+    def code_bits(self) -> int:
+        return max(1, min(self.adc_bits, (self.max_column_sum >> self.resolved_adc_shift)
+                          .bit_length()))
+
+    def _acc_range(self) -> tuple[int, int]:
+        half = 1 << (self.input_bits - 1)
+        return -half * self.max_converted, (half - 1) * self.max_converted
+
+    @property
+    def acc_bits(self) -> int:
+        """Width of one column accumulator of the shift-and-add."""
+        return signed_bits(*self._acc_range())
+
+    @property
+    def output_range(self) -> tuple[int, int]:
+        lo, hi = self._acc_range()
+        slice_sum = sum(1 << (j * self.bits_per_cell) for j in range(self.slices_per_weight))
+        offset = 1 << (self.weight_bits - 1)
+        half = 1 << (self.input_bits - 1)
+        x_lo, x_hi = -half * self.n_rows, (half - 1) * self.n_rows
+        return lo * slice_sum - offset * x_hi, hi * slice_sum - offset * x_lo
+
+    @property
+    def output_bits(self) -> int:
+        return signed_bits(*self.output_range)
+
+    @property
+    def mvm_latency(self) -> int:
+        """Cycles from a request's handshake to the first cycle its result is valid.
+
+        1 cycle to latch the request, 1 to drive bit plane 0, ``input_bits * columns_per_adc``
+        conversion cycles (the next plane is driven during the last conversion of the previous
+        one, so drives add nothing more), 1 for the last shift-add and 1 to combine the slices
+        into the output buffer.
+        """
+        return self.input_bits * self.columns_per_adc + 4
+
+    @property
+    def mvm_interval(self) -> int:
+        """Cycles between two back-to-back handshakes of the same peripheral set."""
+        return self.mvm_latency

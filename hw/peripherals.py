@@ -1,0 +1,254 @@
+"""``PeripheralSet``: DACs, column-muxed ADCs, shift-and-add and output buffer shared by a group.
+
+One peripheral set serves ``group_size`` crossbars (crossbar-level multiplexing): a
+round-robin arbiter grants it to one requesting crossbar at a time; the other requests wait
+and their stall cycles are counted.
+
+Sequence of one MVM (cycle 0 = the request's handshake)::
+
+    0                  latch x, grant the crossbar, clear the accumulators
+    1                  drive bit plane 0 (DACs -> word lines, sample-and-hold)
+    2 .. 1+B*M         convert: column m of every ADC's group, for m = 0..M-1 per plane;
+                       the last conversion of plane b also drives plane b+1
+    3 .. 2+B*M         ADC quantisation + shift-and-add of the previous cycle's sample
+    3+B*M              combine slices, subtract the offset term, write the output buffer
+    4+B*M              o_results.valid
+
+with B = ``input_bits`` and M = ``n_columns // n_adcs``. So ``mvm_latency = B*M + 4``; the set
+accepts its next request in the cycle ``o_results.valid`` rises, so back-to-back MVMs start
+every ``B*M + 4`` cycles. If the output buffer is still full (back-pressure), the combine
+step waits, and so does the next request.
+
+ADC (exact): ``code = min(sum >> adc_shift, 2**adc_bits - 1)``, value ``code << adc_shift``.
+Signed weights: offset encoding; the combine step subtracts ``2**(weight_bits-1) * sum(x)``.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .crossbar import CrossbarPort
+from .params import TileGeometry, index_bits, need, need_positive
+
+__all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout"]
+
+
+def request_layout(g: TileGeometry):
+    return data.StructLayout({"x": data.ArrayLayout(signed(g.input_bits), g.n_rows)})
+
+
+def result_layout(g: TileGeometry, group_size: int):
+    return data.StructLayout({
+        "xbar": unsigned(index_bits(group_size)),
+        "y": data.ArrayLayout(signed(g.output_bits), g.n_outputs),
+    })
+
+
+def peripheral_counters_layout(counter_bits: int, group_size: int):
+    c = unsigned(counter_bits)
+    return data.StructLayout({
+        "mvms": c,                                        # results written to the buffer
+        "dac_drives": c,                                  # word-line pulses ('1' input bits)
+        "adc_conversions": c,                             # one per ADC per conversion cycle
+        "shift_adds": c,                                  # one per converted value
+        "busy_cycles": c,                                 # cycles not idle
+        "stall_cycles": data.ArrayLayout(c, group_size),  # request valid but not accepted
+    })
+
+
+class PeripheralSet(wiring.Component):
+    """Shared peripherals of one crossbar group.
+
+    Ports
+    -----
+    i_requests : ``group_size`` streams of ``request_layout``
+        Request ``i`` asks for one MVM on crossbar ``i``. Round-robin arbitration among the
+        valid requests; ``ready`` may depend on ``valid``.
+    o_results : stream of ``result_layout``
+        One result per accepted request, in acceptance order, tagged with the crossbar index.
+        Honors back-pressure.
+    xbars : ``group_size`` :class:`~moepim.hw.crossbar.CrossbarPort`
+        To the crossbars; only the granted one is driven, selected and read.
+    counters : see ``peripheral_counters_layout``.
+
+    Latency ``mvm_latency = input_bits * (n_columns // n_adcs) + 4`` cycles (see the module
+    docstring); throughput one MVM per ``mvm_latency`` cycles per set.
+    """
+
+    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, group_size=1,
+                 counter_bits=48):
+        need_positive("group_size", group_size)
+        need(group_size <= 16, "group_size", group_size, "an integer from 1 to 16")
+        need(isinstance(counter_bits, int) and 8 <= counter_bits <= 64, "counter_bits",
+             counter_bits, "an integer from 8 to 64")
+        self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
+                                      bits_per_cell=bits_per_cell, weight_bits=weight_bits,
+                                      input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
+                                      adc_shift=adc_shift)
+        self._group_size = group_size
+        self._counter_bits = counter_bits
+        g = self._geometry
+        super().__init__({
+            "i_requests": In(stream.Signature(request_layout(g))).array(group_size),
+            "o_results": Out(stream.Signature(result_layout(g, group_size))),
+            "xbars": Out(CrossbarPort(g)).array(group_size),
+            "counters": Out(peripheral_counters_layout(counter_bits, group_size)),
+        })
+
+    geometry = property(lambda self: self._geometry)
+    group_size = property(lambda self: self._group_size)
+    counter_bits = property(lambda self: self._counter_bits)
+    n_adcs = property(lambda self: self._geometry.n_adcs)
+    adc_bits = property(lambda self: self._geometry.adc_bits)
+    adc_shift = property(lambda self: self._geometry.resolved_adc_shift)
+    mvm_latency = property(lambda self: self._geometry.mvm_latency)
+
+    def elaborate(self, platform):
+        m = Module()
+        g, n_groups = self._geometry, self._group_size
+        cpa, n_bits = g.columns_per_adc, g.input_bits
+        reqs, xbars, cnt = self.i_requests, self.xbars, self.counters
+
+        x_q = Signal(request_layout(g).members["x"])
+        grant = Signal(range(n_groups) if n_groups > 1 else 1)
+        last = Signal.like(grant)                   # last grant, for round-robin priority
+        plane_idx = Signal(range(n_bits))           # plane being converted
+        col = Signal(range(cpa) if cpa > 1 else 1)  # column being converted
+        pending = Signal()                          # sums hold a sample to quantise this cycle
+        pend_plane = Signal.like(plane_idx)
+        accs = [Signal(signed(g.acc_bits), name=f"acc{c}") for c in range(g.n_columns)]
+        pend_col = Signal.like(col)
+        drive = Signal()
+        drive_plane = Signal.like(plane_idx)
+        convert = Signal()
+
+        # arbitration: round-robin over the valid requests, only when idle
+        take = Signal()
+        winner = Signal.like(grant)
+        any_valid = Signal()
+        with m.Switch(last):
+            for l in range(n_groups):
+                with m.Case(l):
+                    order = [(l + 1 + k) % n_groups for k in range(n_groups)]
+                    with m.If(reqs[order[0]].valid):
+                        m.d.comb += [winner.eq(order[0]), any_valid.eq(1)]
+                    for i in order[1:]:
+                        with m.Elif(reqs[i].valid):
+                            m.d.comb += [winner.eq(i), any_valid.eq(1)]
+        for i in range(n_groups):
+            m.d.comb += reqs[i].ready.eq(take & (winner == i))
+
+        # crossbar side: only the granted crossbar is selected, driven and sampled
+        x_bits = x_q.as_value()
+        x_planes = [Cat(x_bits[r * n_bits + b] for r in range(g.n_rows)) for b in range(n_bits)]
+        wl = Signal(g.n_rows)
+        with m.Switch(drive_plane):
+            for b in range(n_bits):
+                with m.Case(b):
+                    m.d.comb += wl.eq(x_planes[b])
+        sums = Signal.like(xbars[0].sums)
+        for i in range(n_groups):
+            sel = grant == i
+            m.d.comb += [
+                xbars[i].drive.eq(drive & sel),
+                xbars[i].wl.eq(wl),
+                xbars[i].convert.eq(convert & sel),
+                xbars[i].col.eq(col),
+            ]
+            with m.If(sel):
+                m.d.comb += sums.eq(xbars[i].sums)
+
+        # ADC: truncate then saturate; shift-and-add into the column accumulators
+        shift = g.resolved_adc_shift
+        code_max = (1 << g.adc_bits) - 1
+        terms = []
+        for a in range(g.n_adcs):
+            s = sums[a]
+            code = Signal(g.code_bits, name=f"adc{a}_code")
+            truncated = s >> shift
+            m.d.comb += code.eq(Mux(truncated > code_max, code_max, truncated))
+            term = Signal((g.max_converted << (n_bits - 1)).bit_length(), name=f"adc{a}_term")
+            m.d.comb += term.eq((code << shift) << pend_plane)
+            terms.append(term)
+        sign_plane = pend_plane == n_bits - 1
+        for c, acc in enumerate(accs):
+            term = terms[c // cpa]
+            with m.If(pending & (pend_col == c % cpa)):
+                m.d.sync += acc.eq(Mux(sign_plane, acc - term, acc + term))
+
+        # combine slices and subtract the offset term into the output buffer
+        combined = []
+        x_sum = Signal(signed(g.input_bits + index_bits(g.n_rows) + 1))
+        m.d.comb += x_sum.eq(sum(x_q[r] for r in range(g.n_rows)))
+        offset = 1 << (g.weight_bits - 1)
+        for o in range(g.n_outputs):
+            total = sum(accs[o * g.slices_per_weight + j] << (j * g.bits_per_cell)
+                        for j in range(g.slices_per_weight))
+            y = Signal(signed(g.output_bits), name=f"y{o}")
+            m.d.comb += y.eq(total - x_sum * offset)
+            combined.append(y)
+        out_free = ~self.o_results.valid | self.o_results.ready
+        with m.If(self.o_results.valid & self.o_results.ready):
+            m.d.sync += self.o_results.valid.eq(0)
+
+        # sequencing
+        m.d.sync += pending.eq(convert)
+        m.d.sync += [pend_plane.eq(plane_idx), pend_col.eq(col)]
+        with m.FSM(name="seq") as fsm:
+            with m.State("IDLE"):
+                m.d.comb += take.eq(1)
+                with m.If(any_valid):
+                    with m.Switch(winner):
+                        for i in range(n_groups):
+                            with m.Case(i):
+                                m.d.sync += x_q.eq(reqs[i].payload.x)
+                    m.d.sync += [grant.eq(winner), last.eq(winner)]
+                    m.d.sync += [acc.eq(0) for acc in accs]
+                    m.next = "DRIVE"
+            with m.State("DRIVE"):
+                m.d.comb += [drive.eq(1), drive_plane.eq(0)]
+                m.d.sync += [plane_idx.eq(0), col.eq(0)]
+                m.next = "CONVERT"
+            with m.State("CONVERT"):
+                m.d.comb += convert.eq(1)
+                last_col = col == cpa - 1
+                with m.If(last_col):
+                    m.d.sync += col.eq(0)
+                    with m.If(plane_idx == n_bits - 1):
+                        m.next = "FLUSH"
+                    with m.Else():
+                        m.d.comb += [drive.eq(1), drive_plane.eq(plane_idx + 1)]
+                        m.d.sync += plane_idx.eq(plane_idx + 1)
+                with m.Else():
+                    m.d.sync += col.eq(col + 1)
+            with m.State("FLUSH"):
+                m.next = "COMBINE"
+            with m.State("COMBINE"):
+                with m.If(out_free):
+                    m.d.sync += [
+                        self.o_results.valid.eq(1),
+                        self.o_results.payload.xbar.eq(grant),
+                        self.o_results.payload.y.as_value().eq(Cat(*combined)),
+                        cnt.mvms.eq(cnt.mvms + 1),
+                    ]
+                    m.next = "IDLE"
+            busy = ~fsm.ongoing("IDLE")
+
+        # event counters
+        n_pulses = Signal(range(g.n_rows + 1))
+        m.d.comb += n_pulses.eq(sum(wl[r] for r in range(g.n_rows)))
+        with m.If(drive):
+            m.d.sync += cnt.dac_drives.eq(cnt.dac_drives + n_pulses)
+        with m.If(pending):
+            m.d.sync += [cnt.adc_conversions.eq(cnt.adc_conversions + g.n_adcs),
+                         cnt.shift_adds.eq(cnt.shift_adds + g.n_adcs)]
+        with m.If(busy):
+            m.d.sync += cnt.busy_cycles.eq(cnt.busy_cycles + 1)
+        for i in range(n_groups):
+            with m.If(reqs[i].valid & ~reqs[i].ready):
+                m.d.sync += cnt.stall_cycles[i].eq(cnt.stall_cycles[i] + 1)
+            m.d.comb += xbars[i].select.eq(busy & (grant == i))
+        return m

@@ -1,0 +1,79 @@
+"""``TileGroup``: ``group_size`` crossbars sharing one ``PeripheralSet`` (the tile experiment's top)."""
+
+from __future__ import annotations
+
+from amaranth import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .crossbar import CrossbarArray, crossbar_counters_layout, weight_row_layout
+from .peripherals import PeripheralSet, peripheral_counters_layout, request_layout, result_layout
+
+__all__ = ["TileGroup"]
+
+
+class TileGroup(wiring.Component):
+    """Crossbar-level multiplexing: ``group_size`` crossbars, one set of peripherals.
+
+    Ports
+    -----
+    i_weights : stream of ``weight_row_layout(n_crossbars=group_size)``
+        Programs one row of one crossbar per transfer (1 per cycle); a crossbar's rows are
+        refused (``ready`` low) while it holds the peripherals.
+    i_requests : ``group_size`` request streams (one per crossbar), see ``PeripheralSet``.
+    o_results : result stream, see ``PeripheralSet``.
+    counters : ``{"peripherals": ..., "crossbars": [...]}``.
+
+    Timing is the peripheral set's: ``mvm_latency = input_bits * n_columns/n_adcs + 4``;
+    simultaneous requests of different crossbars are served one after the other.
+    """
+
+    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, group_size=1,
+                 core="macro", counter_bits=48):
+        tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+                    weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
+                    adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
+        self.peripherals = PeripheralSet(group_size=group_size, **tile)
+        self.crossbars = [CrossbarArray(core=core, **tile) for _ in range(group_size)]
+        self._core = core
+        g = self.peripherals.geometry
+        super().__init__({
+            "i_weights": In(stream.Signature(weight_row_layout(g, n_crossbars=group_size))),
+            "i_requests": In(stream.Signature(request_layout(g))).array(group_size),
+            "o_results": Out(stream.Signature(result_layout(g, group_size))),
+            "counters": Out(data.StructLayout({
+                "peripherals": peripheral_counters_layout(counter_bits, group_size),
+                "crossbars": data.ArrayLayout(crossbar_counters_layout(counter_bits),
+                                              group_size),
+            })),
+        })
+
+    geometry = property(lambda self: self.peripherals.geometry)
+    group_size = property(lambda self: self.peripherals.group_size)
+    core = property(lambda self: self._core)
+    mvm_latency = property(lambda self: self.peripherals.mvm_latency)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.peripherals = per = self.peripherals
+        for i, xb in enumerate(self.crossbars):
+            m.submodules[f"xbar{i}"] = xb
+            wiring.connect(m, per.xbars[i], xb.analog)
+            wiring.connect(m, wiring.flipped(self.i_requests[i]), per.i_requests[i])
+            m.d.comb += self.counters.crossbars[i].eq(xb.counters)
+
+        # weight port: demultiplex by crossbar index
+        w = self.i_weights
+        for i, xb in enumerate(self.crossbars):
+            m.d.comb += [
+                xb.i_weights.valid.eq(w.valid & (w.payload.xbar == i)),
+                xb.i_weights.payload.row.eq(w.payload.row),
+                xb.i_weights.payload.w.eq(w.payload.w),
+            ]
+            with m.If(w.payload.xbar == i):
+                m.d.comb += w.ready.eq(xb.i_weights.ready)
+
+        wiring.connect(m, per.o_results, wiring.flipped(self.o_results))
+        m.d.comb += self.counters.peripherals.eq(per.counters)
+        return m

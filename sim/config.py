@@ -1,0 +1,288 @@
+"""Versioned YAML configs loaded into frozen, typed classes.
+
+Every problem is reported as one :class:`ConfigError` line naming the file, the key path, the
+bad value and what is allowed. Unknown keys are errors. Each class's field names are the YAML
+keys, the hardware constructor arguments and the golden-model arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment",
+           "load_experiment", "load_tech", "resolved_dict", "REPO_ROOT"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file; ``str()`` is the one-line message to print."""
+
+    def __init__(self, file, key, value, allowed):
+        self.file, self.key, self.value, self.allowed = file, key, value, allowed
+        super().__init__(f"{file}: {key}: {value!r} is not allowed; expected {allowed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# schema classes
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One crossbar group: ``group_size`` crossbars sharing one set of peripherals."""
+
+    n_rows: int = 256
+    n_columns: int = 256
+    bits_per_cell: int = 8
+    weight_bits: int = 8
+    input_bits: int = 8
+    n_adcs: int = 32
+    adc_bits: int = 8
+    adc_shift: int | None = None
+    group_size: int = 1
+    core: Literal["macro", "logic"] = "macro"
+    counter_bits: int = 48
+
+    def hw_kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def shape_kwargs(self) -> dict:
+        """The golden model's arguments (the tile shape, without grouping and build options)."""
+        d = dataclasses.asdict(self)
+        for k in ("group_size", "core", "counter_bits"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A technology constant and where it comes from."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class TechConfig:
+    """Per-event energies and per-component areas at one technology node."""
+
+    name: str
+    node_nm: int
+    clock_ns: Constant
+    cell_read_energy_fj: Constant
+    cell_area_um2: Constant
+    dac_drive_energy_pj: Constant
+    dac_area_um2: Constant
+    adc_energy_pj: dict[int, Constant]
+    adc_area_um2: dict[int, Constant]
+    shift_add_energy_pj: Constant
+    shift_add_area_um2: Constant
+
+
+@dataclass(frozen=True)
+class TileWorkload:
+    """Random seeded MVMs. ``arrival``: ``simultaneous`` (every crossbar requests at once, in
+    rounds) or ``random`` (each request after a random idle gap of 0..``max_gap`` cycles)."""
+
+    seed: int = 1
+    n_mvms: int = 16
+    arrival: Literal["simultaneous", "random"] = "simultaneous"
+    max_gap: int = 8
+    backpressure: float = 0.0
+
+
+@dataclass(frozen=True)
+class TileExperiment:
+    version: int
+    kind: Literal["tile"]
+    tile: TileConfig
+    tech: TechConfig
+    workload: TileWorkload = field(default_factory=TileWorkload)
+    simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# generic checked conversion
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp))
+
+
+def _convert(value, tp, file, key):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(file, key, value, _describe(tp))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, file, key)
+            except ConfigError:
+                pass
+        raise ConfigError(file, key, value, _describe(tp))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(file, key, value, "null")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(file, key, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(file, key, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(file, key, value, "a string")
+    if origin is dict:
+        ktp, vtp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(file, key, value, "a mapping")
+        return {_convert(k, ktp, file, f"{key}.{k}"): _convert(v, vtp, file, f"{key}.{k}")
+                for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, file, key)
+    raise TypeError(f"unsupported schema type {tp!r}")
+
+
+def _build(cls, raw, file, key):
+    if not isinstance(raw, dict):
+        raise ConfigError(file, key or "(top level)", raw, _describe(cls))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in fields:
+            raise ConfigError(file, f"{key}.{k}" if key else k, raw[k],
+                              f"no such key; allowed keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], file, sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(file, sub, "(missing)", f"a value: {_describe(hints[name])}")
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", str(path), "an existing YAML file") from None
+    except OSError as e:
+        raise ConfigError(path, "(file)", str(path), f"a readable file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(parse)"
+        raise ConfigError(path, where, getattr(e, "problem", str(e)), "valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "(top level)", raw, "a mapping")
+    version = raw.get("version")
+    if version != CONFIG_VERSION:
+        raise ConfigError(path, "version", version, f"{CONFIG_VERSION}")
+    return raw
+
+
+def _resolve_path(ref: str, relative_to: Path) -> Path:
+    p = Path(ref)
+    if p.is_absolute():
+        return p
+    for base in (relative_to.parent, REPO_ROOT, Path.cwd()):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return (relative_to.parent / p).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+def load_tech(path) -> TechConfig:
+    path = Path(path)
+    raw = _read_yaml(path)
+    raw = {k: v for k, v in raw.items() if k != "version"}
+    return _build(TechConfig, raw, path, "")
+
+
+def _check_tile(tile: TileConfig, file, prefix: str) -> None:
+    """Cross-key rules, checked by the hardware constructors themselves (one source of truth)."""
+    from moepim.hw import TileGroup
+    from moepim.hw.params import ParameterError
+
+    try:
+        group = TileGroup(**tile.hw_kwargs())
+    except ParameterError as e:
+        raise ConfigError(file, prefix + e.name, e.value, e.allowed) from None
+    for obj in (group, group.peripherals, *group.crossbars):
+        obj._MustUse__silence = True   # built only to validate, never elaborated
+
+
+def load_experiment(path) -> TileExperiment:
+    path = Path(path)
+    raw = _read_yaml(path)
+    allowed = [f.name for f in dataclasses.fields(TileExperiment) if f.name != "source"]
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
+    kind = raw.get("kind")
+    if kind != "tile":
+        raise ConfigError(path, "kind", kind, "'tile'")
+    # tile: inline mapping or a path to configs/hw/*.yaml
+    tile_ref = raw.get("tile", {})
+    if isinstance(tile_ref, str):
+        tile_file = _resolve_path(tile_ref, path)
+        tile_raw = {k: v for k, v in _read_yaml(tile_file).items() if k != "version"}
+        tile = _build(TileConfig, tile_raw, tile_file, "")
+        _check_tile(tile, tile_file, "")
+    else:
+        tile = _build(TileConfig, tile_ref, path, "tile")
+        _check_tile(tile, path, "tile.")
+    tech_ref = raw.get("tech")
+    if not isinstance(tech_ref, str):
+        raise ConfigError(path, "tech", tech_ref, "a path to a configs/tech/*.yaml file")
+    tech = load_tech(_resolve_path(tech_ref, path))
+    wl = _build(TileWorkload, raw.get("workload", {}), path, "workload")
+    if wl.n_mvms < 1:
+        raise ConfigError(path, "workload.n_mvms", wl.n_mvms, "a positive integer")
+    if wl.max_gap < 0:
+        raise ConfigError(path, "workload.max_gap", wl.max_gap, "an integer >= 0")
+    if not 0.0 <= wl.backpressure < 1.0:
+        raise ConfigError(path, "workload.backpressure", wl.backpressure,
+                          "a probability in [0, 1)")
+    simulator = _convert(raw.get("simulator", "verilator"),
+                         typing.get_type_hints(TileExperiment)["simulator"], path, "simulator")
+    return TileExperiment(version=CONFIG_VERSION, kind="tile", tile=tile, tech=tech,
+                          workload=wl, simulator=simulator, source=str(path))
+
+
+def resolved_dict(obj) -> Any:
+    """Plain data of a config object, for ``config.resolved.yaml`` and ``report.json``."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: resolved_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: resolved_dict(v) for k, v in obj.items()}
+    return obj
