@@ -53,7 +53,7 @@ def peripheral_counters_layout(counter_bits: int, group_size: int):
         "dac_drives": c,                                  # word-line pulses ('1' input bits)
         "adc_conversions": c,                             # one per ADC per conversion cycle
         "shift_adds": c,                                  # one per converted value
-        "busy_cycles": c,                                 # cycles not idle
+        "busy_cycles": c,                                 # handshake to result cycles
         "stall_cycles": data.ArrayLayout(c, group_size),  # request valid but not accepted
     })
 
@@ -169,7 +169,10 @@ class PeripheralSet(wiring.Component):
             s = sums[a]
             code = Signal(g.code_bits, name=f"adc{a}_code")
             truncated = s >> shift
-            m.d.comb += code.eq(Mux(truncated > code_max, code_max, truncated))
+            if (g.max_column_sum >> shift) > code_max:     # the ADC can saturate
+                m.d.comb += code.eq(Mux(truncated > code_max, code_max, truncated))
+            else:
+                m.d.comb += code.eq(truncated)
             term = Signal((g.max_converted << (n_bits - 1)).bit_length(), name=f"adc{a}_term")
             m.d.comb += term.eq((code << shift) << pend_plane)
             terms.append(term)
@@ -235,7 +238,8 @@ class PeripheralSet(wiring.Component):
                         cnt.mvms.eq(cnt.mvms + 1),
                     ]
                     m.next = "IDLE"
-            busy = ~fsm.ongoing("IDLE")
+            # busy from the handshake cycle on: mvm_latency cycles per MVM without back-pressure
+            busy = ~fsm.ongoing("IDLE") | any_valid
 
         # event counters
         n_pulses = Signal(range(g.n_rows + 1))
@@ -250,5 +254,5 @@ class PeripheralSet(wiring.Component):
         for i in range(n_groups):
             with m.If(reqs[i].valid & ~reqs[i].ready):
                 m.d.sync += cnt.stall_cycles[i].eq(cnt.stall_cycles[i] + 1)
-            m.d.comb += xbars[i].select.eq(busy & (grant == i))
+            m.d.comb += xbars[i].select.eq(~fsm.ongoing("IDLE") & (grant == i))
         return m

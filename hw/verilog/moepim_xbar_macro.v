@@ -40,6 +40,8 @@ module moepim_xbar_macro #(
     reg [SUM_BITS-1:0]      term;
     integer r, a, c;
 
+    // acc and term are loop temporaries of the behavioural column sum: blocking on purpose.
+    /* verilator lint_off BLKSEQ */
     always @(posedge clk) begin
         if (we) begin
             for (c = 0; c < N_COLUMNS; c = c + 1)
@@ -55,7 +57,7 @@ module moepim_xbar_macro #(
                     for (r = 0; r < N_ROWS; r = r + 1)
                         if (plane[r]) begin
                             term = {SUM_BITS{1'b0}};
-                            term[BITS_PER_CELL-1:0] = cells[r*N_COLUMNS + a*CPA + col];
+                            term[BITS_PER_CELL-1:0] = cells[r*N_COLUMNS + a*CPA + {{(32-COL_BITS){1'b0}}, col}];
                             acc = acc + term;
                         end
                     sums[a*SUM_BITS +: SUM_BITS] <= acc;
@@ -65,5 +67,6 @@ module moepim_xbar_macro #(
                 plane <= wl;
         end
     end
+    /* verilator lint_on BLKSEQ */
 endmodule
 `default_nettype wire

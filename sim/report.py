@@ -1,0 +1,98 @@
+"""Energy, area and the run report of a tile experiment; atomic writing of a run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, TechConfig, TileConfig, resolved_dict
+
+__all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report"]
+
+
+def _adc_entry(table: dict, bits: int, tech: TechConfig, key: str):
+    if bits not in table:
+        raise ConfigError(f"tech '{tech.name}'", key, bits,
+                          f"an ADC resolution listed in the tech file: {sorted(table)}")
+    return table[bits]
+
+
+def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict) -> dict:
+    """Energy = events x per-event energy (each constant from the tech file, with its source)."""
+    per = counters["peripherals"]
+    activations = sum(x["activations"] for x in counters["crossbars"])
+    cells = tile.n_rows * tile.n_columns
+    adc = _adc_entry(tech.adc_energy_pj, tile.adc_bits, tech, "adc_energy_pj")
+    breakdown = {
+        "crossbar": activations * cells * tech.cell_read_energy_fj.value * 1e-3,
+        "dac": per["dac_drives"] * tech.dac_drive_energy_pj.value,
+        "adc": per["adc_conversions"] * adc.value,
+        "shift_add": per["shift_adds"] * tech.shift_add_energy_pj.value,
+    }
+    return {"total": sum(breakdown.values()), "breakdown": breakdown,
+            "not_included": ["digital control and buffers (switching activity, later issue)",
+                             "leakage"]}
+
+
+def tile_area_mm2(tile: TileConfig, tech: TechConfig) -> dict:
+    """Analog and mixed-signal area of one crossbar group from the technology table."""
+    adc = _adc_entry(tech.adc_area_um2, tile.adc_bits, tech, "adc_area_um2")
+    um2 = {
+        "arrays": tile.group_size * tile.n_rows * tile.n_columns * tech.cell_area_um2.value,
+        "adcs": tile.n_adcs * adc.value,
+        "dacs": tile.n_rows * tech.dac_area_um2.value,
+        "shift_adds": tile.n_adcs * tech.shift_add_area_um2.value,
+    }
+    breakdown = {k: v * 1e-6 for k, v in um2.items()}
+    return {"total": sum(breakdown.values()), "breakdown": breakdown,
+            "not_included": ["digital logic (Yosys synthesis, later issue)"]}
+
+
+@contextmanager
+def atomic_run_dir(out: Path):
+    """Build a run directory in a sibling temporary folder; publish it only on success.
+
+    An interrupted or failed run leaves no partial output directory (an existing directory is
+    replaced only when the new one is complete).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def write_report(folder: Path, report: dict, config) -> None:
+    (folder / "report.json").write_text(json.dumps(report, indent=2))
+    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config),
+                                                                sort_keys=False))
+    headline = {
+        "sim": report["sim"], "cycles": report["cycles"], "time_ns": report["time_ns"],
+        "energy_pj": report["energy_pj"]["total"], "area_mm2": report["area_mm2"]["total"],
+        "golden_match": report["golden_match"], "n_mismatches": report["n_mismatches"],
+        "mvms": report["counters"]["peripherals"]["mvms"], "wall_s": report["wall_s"],
+    }
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(headline))
+    w.writeheader()
+    w.writerow(headline)
+    (folder / "report.csv").write_text(buf.getvalue())

@@ -1,0 +1,83 @@
+"""TileGroup in Amaranth's simulator against the golden model, with gaps and back-pressure."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from moepim.hw import CrossbarArray, PeripheralSet, TileGeometry, TileGroup
+from moepim.hw.params import ParameterError
+from moepim.sim.config import REPO_ROOT, load_experiment
+from moepim.sim.tile_run import check_outputs, make_scenario, run_amaranth
+
+SMALL = REPO_ROOT / "configs" / "experiments" / "tile-small.yaml"
+
+
+def small(**tile_overrides):
+    exp = load_experiment(SMALL)
+    wl_overrides = {k: tile_overrides.pop(k) for k in list(tile_overrides)
+                    if k in ("n_mvms", "arrival", "backpressure", "seed", "max_gap")}
+    return dataclasses.replace(
+        exp, tile=dataclasses.replace(exp.tile, **tile_overrides),
+        workload=dataclasses.replace(exp.workload, **wl_overrides))
+
+
+@pytest.mark.parametrize("core", ["logic", "macro"])
+@pytest.mark.parametrize("arrival, backpressure", [("random", 0.3), ("simultaneous", 0.0)])
+def test_amaranth_bit_exact_with_gaps_and_backpressure(core, arrival, backpressure):
+    exp = small(core=core, arrival=arrival, backpressure=backpressure)
+    sc = make_scenario(exp)
+    run = run_amaranth(exp, sc)
+    check = check_outputs(exp, sc, run)
+    assert check["golden_match"], check["mismatches"]
+    if backpressure:
+        assert check["latency_max"] > check["mvm_latency"]   # back-pressure really bit
+
+
+@pytest.mark.parametrize("tile", [
+    dict(n_rows=8, n_columns=12, bits_per_cell=1, weight_bits=3, input_bits=5, n_adcs=3,
+         adc_bits=3, group_size=2),                       # saturating, truncating ADC
+    dict(n_rows=5, n_columns=4, bits_per_cell=4, weight_bits=4, input_bits=2, n_adcs=4,
+         adc_bits=7, adc_shift=0, group_size=1),          # one column per ADC, no sharing
+    dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=8, input_bits=3, n_adcs=1,
+         adc_bits=4, adc_shift=2, group_size=4),          # one ADC for all columns
+])
+def test_amaranth_odd_shapes(tile):
+    exp = small(core="logic", n_mvms=9, **tile)
+    sc = make_scenario(exp)
+    run = run_amaranth(exp, sc)
+    check = check_outputs(exp, sc, run)
+    assert check["golden_match"], check["mismatches"]
+
+
+def test_simultaneous_requests_are_serialised_and_stalls_counted():
+    exp = small(core="macro", group_size=2, n_mvms=2, arrival="simultaneous", backpressure=0.0)
+    sc = make_scenario(exp)
+    run = run_amaranth(exp, sc)
+    latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
+    assert latency == exp.tile.input_bits * exp.tile.n_columns // exp.tile.n_adcs + 4
+    assert sorted(run.accept.tolist()) == [0, latency]
+    assert sorted(run.done.tolist()) == [latency, 2 * latency]
+    stalls = run.counters["peripherals"]["stall_cycles"]
+    assert sorted(stalls) == [0, latency]
+    assert run.counters["peripherals"]["busy_cycles"] == 2 * latency
+    assert check_outputs(exp, sc, run)["golden_match"]
+
+
+def test_constructor_errors_name_the_argument():
+    with pytest.raises(ParameterError, match="n_adcs=5"):
+        PeripheralSet(n_rows=8, n_columns=8, n_adcs=5)
+    with pytest.raises(ParameterError, match="weight_bits=6"):
+        CrossbarArray(bits_per_cell=4, weight_bits=6)
+    with pytest.raises(ParameterError, match="core='analog'"):
+        CrossbarArray(core="analog")
+    with pytest.raises(ParameterError, match="group_size=0"):
+        TileGroup(group_size=0)
+
+
+def test_properties_mirror_constructor_arguments():
+    t = TileGroup(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+                  n_adcs=4, adc_bits=6, group_size=3, core="logic")
+    assert (t.group_size, t.core, t.geometry.n_adcs, t.geometry.n_outputs) == (3, "logic", 4, 8)
+    assert t.mvm_latency == 4 * 4 + 4
+    assert np.all([xb.bits_per_cell == 2 for xb in t.crossbars])
