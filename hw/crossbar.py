@@ -27,11 +27,21 @@ in the same cycle as the last conversion of the previous plane.
 
 from __future__ import annotations
 
-from amaranth import Cat, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal, signed, unsigned
+from amaranth import (
+    Cat,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import TileGeometry, index_bits, need
+from .params import TileGeometry, index_bits, need, tree_sum
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
@@ -193,7 +203,7 @@ class _LogicCore(Elaboratable):
             terms = [rows[r][col] & plane[r].replicate(g.bits_per_cell)
                      for r in range(g.n_rows)]
             total = Signal(g.sum_bits, name=f"colsum{a}")
-            m.d.comb += total.eq(sum(terms))
+            m.d.comb += total.eq(tree_sum(terms))
             sums.append(total)
         sums_q = Signal(g.n_adcs * g.sum_bits)
         with m.If(xb.analog.convert):

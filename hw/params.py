@@ -29,6 +29,17 @@ def need_positive(name: str, value) -> None:
          "a positive integer")
 
 
+def tree_sum(values):
+    """Sum as a balanced adder tree: log-depth logic (and expressions Amaranth can compile)."""
+    values = list(values)
+    if not values:
+        return 0
+    while len(values) > 1:
+        pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
+        values = pairs + ([values[-1]] if len(values) % 2 else [])
+    return values[0]
+
+
 def signed_bits(lo: int, hi: int) -> int:
     """Smallest two's-complement width holding every integer of ``[lo, hi]``."""
     return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length()) + 1

@@ -30,7 +30,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .crossbar import CrossbarPort
-from .params import TileGeometry, index_bits, need, need_positive
+from .params import TileGeometry, index_bits, need, need_positive, tree_sum
 
 __all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout"]
 
@@ -130,9 +130,9 @@ class PeripheralSet(wiring.Component):
         winner = Signal.like(grant)
         any_valid = Signal()
         with m.Switch(last):
-            for l in range(n_groups):
-                with m.Case(l):
-                    order = [(l + 1 + k) % n_groups for k in range(n_groups)]
+            for prev in range(n_groups):
+                with m.Case(prev):
+                    order = [(prev + 1 + k) % n_groups for k in range(n_groups)]
                     with m.If(reqs[order[0]].valid):
                         m.d.comb += [winner.eq(order[0]), any_valid.eq(1)]
                     for i in order[1:]:
@@ -185,7 +185,7 @@ class PeripheralSet(wiring.Component):
         # combine slices and subtract the offset term into the output buffer
         combined = []
         x_sum = Signal(signed(g.input_bits + index_bits(g.n_rows) + 1))
-        m.d.comb += x_sum.eq(sum(x_q[r] for r in range(g.n_rows)))
+        m.d.comb += x_sum.eq(tree_sum(x_q[r] for r in range(g.n_rows)))
         offset = 1 << (g.weight_bits - 1)
         for o in range(g.n_outputs):
             total = sum(accs[o * g.slices_per_weight + j] << (j * g.bits_per_cell)
@@ -243,7 +243,7 @@ class PeripheralSet(wiring.Component):
 
         # event counters
         n_pulses = Signal(range(g.n_rows + 1))
-        m.d.comb += n_pulses.eq(sum(wl[r] for r in range(g.n_rows)))
+        m.d.comb += n_pulses.eq(tree_sum(wl[r] for r in range(g.n_rows)))
         with m.If(drive):
             m.d.sync += cnt.dac_drives.eq(cnt.dac_drives + n_pulses)
         with m.If(pending):

@@ -259,12 +259,20 @@ def load_experiment(path) -> TileExperiment:
         tile = _build(TileConfig, tile_raw, tile_file, "")
         _check_tile(tile, tile_file, "")
     else:
+        tile_file = path
         tile = _build(TileConfig, tile_ref, path, "tile")
         _check_tile(tile, path, "tile.")
     tech_ref = raw.get("tech")
     if not isinstance(tech_ref, str):
         raise ConfigError(path, "tech", tech_ref, "a path to a configs/tech/*.yaml file")
-    tech = load_tech(_resolve_path(tech_ref, path))
+    tech_path = _resolve_path(tech_ref, path)
+    tech = load_tech(tech_path)
+    for table in ("adc_energy_pj", "adc_area_um2"):
+        known = sorted(getattr(tech, table))
+        if tile.adc_bits not in known:
+            raise ConfigError(tile_file, "adc_bits" if tile_file != path else "tile.adc_bits",
+                              tile.adc_bits, f"a resolution that {tech_path} lists under "
+                              f"{table}: {known}")
     wl = _build(TileWorkload, raw.get("workload", {}), path, "workload")
     if wl.n_mvms < 1:
         raise ConfigError(path, "workload.n_mvms", wl.n_mvms, "a positive integer")

@@ -1,25 +1,13 @@
 """TileGroup in Amaranth's simulator against the golden model, with gaps and back-pressure."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from moepim.hw import CrossbarArray, PeripheralSet, TileGeometry, TileGroup
 from moepim.hw.params import ParameterError
-from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.tile_run import check_outputs, make_scenario, run_amaranth
 
-SMALL = REPO_ROOT / "configs" / "experiments" / "tile-small.yaml"
-
-
-def small(**tile_overrides):
-    exp = load_experiment(SMALL)
-    wl_overrides = {k: tile_overrides.pop(k) for k in list(tile_overrides)
-                    if k in ("n_mvms", "arrival", "backpressure", "seed", "max_gap")}
-    return dataclasses.replace(
-        exp, tile=dataclasses.replace(exp.tile, **tile_overrides),
-        workload=dataclasses.replace(exp.workload, **wl_overrides))
+from .conftest import small_experiment as small
 
 
 @pytest.mark.parametrize("core", ["logic", "macro"])

@@ -1,0 +1,118 @@
+"""The moepim command line: runs, exports (lint + Icarus compile), and errors users can act on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moepim.sim.cli import EXPORT_TOPS, main
+from moepim.sim.config import REPO_ROOT
+from moepim.sim.lint import compile_icarus, lint_verilator
+
+from .conftest import SMALL, need_icarus
+
+CONFIGS = sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml"))
+
+
+def test_run_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(SMALL), "--out", str(out), "--sim", "amaranth", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("sim", "cycles", "time_ns", "counters", "golden_match", "mismatches", "wall_s",
+                "config", "energy_pj", "area_mm2"):
+        assert key in report
+    assert report["sim"] == "amaranth" and report["golden_match"] is True
+    assert report["mismatches"] == []
+    assert report["counters"]["peripherals"]["mvms"] == report["config"]["workload"]["n_mvms"]
+    assert report["energy_pj"]["total"] == pytest.approx(sum(
+        report["energy_pj"]["breakdown"].values()))
+    assert report["area_mm2"]["breakdown"]["adcs"] > 0
+    assert (out / "config.resolved.yaml").exists() and (out / "report.csv").exists()
+    assert "bit-exact" in capsys.readouterr().out
+
+
+@pytest.mark.xdist_group("verilator-small")
+def test_console_script_runs_verilator(tmp_path):
+    exe = Path(sys.executable).with_name("moepim")
+    out = tmp_path / "v"
+    r = subprocess.run([str(exe), "run", str(SMALL), "--out", str(out)], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["sim"] == "verilator" and report["golden_match"]
+
+
+def _bad_config(tmp_path, mutate, name="bad.yaml"):
+    raw = yaml.safe_load(SMALL.read_text())
+    raw["tech"] = str(REPO_ROOT / "configs" / "tech" / "isaac-32nm.yaml")
+    mutate(raw)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("mutate, key, value", [
+    (lambda r: r["tile"].update(n_adc=4), "tile.n_adc", "4"),
+    (lambda r: r["tile"].update(n_adcs=5), "tile.n_adcs", "5"),
+    (lambda r: r["tile"].update(weight_bits=5), "tile.weight_bits", "5"),
+    (lambda r: r["tile"].update(bits_per_cell=3), "tile.bits_per_cell", "3"),
+    (lambda r: r["tile"].update(core="spice"), "tile.core", "'spice'"),
+    (lambda r: r["workload"].update(n_mvms=0), "workload.n_mvms", "0"),
+    (lambda r: r.update(version=2), "version", "2"),
+    (lambda r: r.update(simulator="vcs"), "simulator", "'vcs'"),
+    (lambda r: r["tile"].update(adc_bits=12), "tile.adc_bits", "12"),
+])
+def test_bad_configs_exit_2_with_one_clear_line(tmp_path, capsys, mutate, key, value):
+    path = _bad_config(tmp_path, mutate)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--sim", "amaranth", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert key in err[0] and value in err[0]
+    assert str(path) in err[0]
+    assert "expected" in err[0]
+    assert not out.exists()
+
+
+def test_missing_and_malformed_files(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nkind: tile\ntile: [1, 2\n")
+    assert main(["run", str(broken), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml" in err and "line" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("top", EXPORT_TOPS)
+def test_every_export_lints_clean_and_compiles_in_icarus(tmp_path, config, top):
+    out = tmp_path / top
+    assert main(["export", str(config), "--top", top, "--out", str(out)]) == 0
+    meta = json.loads((out / f"{top}.json").read_text())
+    names = {p["name"] for p in meta["ports"]}
+    assert {"clk", "rst"} <= names | {"clk", "rst"}
+    assert meta["parameters"]["n_rows"] > 0
+    lint = lint_verilator(out / f"{top}.v", top)
+    assert lint.returncode == 0, lint.stderr[-3000:]
+    need_icarus()
+    comp = compile_icarus(out / f"{top}.v", top)
+    assert comp.returncode == 0, comp.stderr[-3000:]
+
+
+def test_logic_core_export_lints_clean(tmp_path):
+    path = _bad_config(tmp_path, lambda r: r["tile"].update(core="logic"), "logic.yaml")
+    out = tmp_path / "x"
+    assert main(["export", str(path), "--top", "tile_group", "--out", str(out)]) == 0
+    lint = lint_verilator(out / "tile_group.v", "tile_group")
+    assert lint.returncode == 0, lint.stderr[-3000:]
+
+
+def test_export_rejects_unknown_top(tmp_path, capsys):
+    assert main(["export", str(SMALL), "--top", "router", "--out", str(tmp_path / "e")]) == 2
+    assert "router" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
