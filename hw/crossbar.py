@@ -41,11 +41,10 @@ from amaranth import (
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import TileGeometry, index_bits, need, tree_sum
+from .params import CORES, TileGeometry, check_core, check_counter_bits, index_bits, tree_sum
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
-CORES = ("logic", "macro", "python")
 MACRO_NAME = "moepim_xbar_macro"
 
 
@@ -105,9 +104,8 @@ class CrossbarArray(wiring.Component):
     def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
                  input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, core="logic",
                  counter_bits=48):
-        need(core in CORES, "core", core, f"one of {CORES}")
-        need(isinstance(counter_bits, int) and 8 <= counter_bits <= 64, "counter_bits",
-             counter_bits, "an integer from 8 to 64")
+        check_core(core)
+        check_counter_bits(counter_bits)
         self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,

@@ -29,6 +29,23 @@ def need_positive(name: str, value) -> None:
          "a positive integer")
 
 
+CORES = ("logic", "macro", "python")
+
+
+def check_counter_bits(counter_bits) -> None:
+    need(isinstance(counter_bits, int) and 8 <= counter_bits <= 64, "counter_bits",
+         counter_bits, "an integer from 8 to 64")
+
+
+def check_group_size(group_size) -> None:
+    need_positive("group_size", group_size)
+    need(group_size <= 16, "group_size", group_size, "an integer from 1 to 16")
+
+
+def check_core(core) -> None:
+    need(core in CORES, "core", core, f"one of {CORES}")
+
+
 def tree_sum(values):
     """Sum as a balanced adder tree: log-depth logic (and expressions Amaranth can compile)."""
     values = list(values)
@@ -165,3 +182,12 @@ class TileGeometry:
     def mvm_interval(self) -> int:
         """Cycles between two back-to-back handshakes of the same peripheral set."""
         return self.mvm_latency
+
+
+def check_tile_group(*, group_size, core, counter_bits, **geometry) -> TileGeometry:
+    """Every check ``TileGroup(**kwargs)`` makes, without building an elaboratable."""
+    g = TileGeometry(**geometry)
+    check_group_size(group_size)
+    check_core(core)
+    check_counter_bits(counter_bits)
+    return g

@@ -30,7 +30,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .crossbar import CrossbarPort
-from .params import TileGeometry, index_bits, need, need_positive, tree_sum
+from .params import TileGeometry, check_counter_bits, check_group_size, index_bits, tree_sum
 
 __all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout"]
 
@@ -80,10 +80,8 @@ class PeripheralSet(wiring.Component):
     def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
                  input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, group_size=1,
                  counter_bits=48):
-        need_positive("group_size", group_size)
-        need(group_size <= 16, "group_size", group_size, "an integer from 1 to 16")
-        need(isinstance(counter_bits, int) and 8 <= counter_bits <= 64, "counter_bits",
-             counter_bits, "an integer from 8 to 64")
+        check_group_size(group_size)
+        check_counter_bits(counter_bits)
         self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,

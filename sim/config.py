@@ -230,15 +230,12 @@ def load_tech(path) -> TechConfig:
 
 def _check_tile(tile: TileConfig, file, prefix: str) -> None:
     """Cross-key rules, checked by the hardware constructors themselves (one source of truth)."""
-    from moepim.hw import TileGroup
-    from moepim.hw.params import ParameterError
+    from moepim.hw.params import ParameterError, check_tile_group
 
     try:
-        group = TileGroup(**tile.hw_kwargs())
+        check_tile_group(**tile.hw_kwargs())
     except ParameterError as e:
         raise ConfigError(file, prefix + e.name, e.value, e.allowed) from None
-    for obj in (group, group.peripherals, *group.crossbars):
-        obj._MustUse__silence = True   # built only to validate, never elaborated
 
 
 def load_experiment(path) -> TileExperiment:
