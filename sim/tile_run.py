@@ -76,7 +76,8 @@ class TileRun:
     load_cycles: int
     counters: dict
     build: dict = field(default_factory=dict)
-    sim_s: float = 0.0
+    sim_s: float = 0.0        # the whole simulation, start-up and weight programming included
+    mvm_wall_s: float = 0.0   # the MVM phase only (cycle 0 to the last result)
 
 
 def _counter_dict(layout, word: int) -> dict:
@@ -165,7 +166,7 @@ def run_cocotb(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None, 
     return TileRun(sim, res["y"], res["accept"], res["done"], res["xbar"], meta["cycles"],
                    meta["load_cycles"], counters,
                    {"cached": build.cached, "build_s": build.build_s,
-                    "directory": str(build.directory)}, sim_s)
+                    "directory": str(build.directory)}, sim_s, meta["mvm_wall_s"])
 
 
 def run_amaranth(exp: TileExperiment, sc: Scenario, *, progress=None) -> TileRun:
@@ -208,6 +209,7 @@ def run_amaranth(exp: TileExperiment, sc: Scenario, *, progress=None) -> TileRun
         start = {i: int(sc.gaps[q[0]]) if q else None for i, q in queues.items()}
         results = []
         cycle = 0
+        wall0 = time.perf_counter()
         while len(results) < n:
             for i, q in queues.items():
                 active = bool(q) and cycle >= start[i]
@@ -233,6 +235,7 @@ def run_amaranth(exp: TileExperiment, sc: Scenario, *, progress=None) -> TileRun
         for i in queues:
             ctx.set(group.i_requests[i].valid, 0)
         meta["cycles"] = cycle
+        meta["mvm_wall_s"] = time.perf_counter() - wall0
         meta["counters"] = ctx.get(group.counters.as_value())
         y = np.zeros((n, group.geometry.n_outputs), dtype=np.int64)
         for xbar, values, when in results:
@@ -248,7 +251,8 @@ def run_amaranth(exp: TileExperiment, sc: Scenario, *, progress=None) -> TileRun
     sim_s = time.monotonic() - t0
     counters = _counter_dict(group.counters.shape(), meta["counters"])
     return TileRun("amaranth", out["y"], out["accept"], out["done"], out["xbar"], meta["cycles"],
-                   meta["load_cycles"], counters, {"cached": False, "build_s": 0.0}, sim_s)
+                   meta["load_cycles"], counters, {"cached": False, "build_s": 0.0}, sim_s,
+                   meta["mvm_wall_s"])
 
 
 def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, **kw) -> TileRun:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cocotb
@@ -111,6 +112,7 @@ async def run_scenario(dut):
     load_cycles = int(round((cycles.t0 - t_load) / PERIOD_NS))
 
     n = len(data["xs"])
+    wall0 = time.perf_counter()
     accept = np.full(n, -1, dtype=np.int64)
     results = []
     tasks = [cocotb.start_soon(_requester(dut, i, spec, data, cycles, accept))
@@ -119,6 +121,7 @@ async def run_scenario(dut):
     for t in tasks:
         await t
     total = cycles.now()
+    mvm_wall_s = time.perf_counter() - wall0
     await ReadOnly()
     counters = int(dut.counters.value)
 
@@ -132,4 +135,5 @@ async def run_scenario(dut):
         y[k], done[k], result_xbar[k] = values, when, xbar
     np.savez(folder / "result.npz", y=y, accept=accept, done=done, xbar=result_xbar)
     (folder / "result.json").write_text(json.dumps({
-        "cycles": total, "load_cycles": load_cycles, "counters": str(counters)}))
+        "cycles": total, "load_cycles": load_cycles, "counters": str(counters),
+        "mvm_wall_s": mvm_wall_s}))
