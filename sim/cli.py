@@ -2,6 +2,7 @@
 
     moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet]
     moepim export CONFIG --top NAME --out DIR
+    moepim trace generate|inspect|convert ...
 
 User mistakes (bad configs, missing tools) end with one clear line on stderr and exit code 2;
 a run whose hardware disagrees with the golden model exits 1 (its report is still written).
@@ -15,6 +16,11 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from moepim.models.moe import WeightsError
+from moepim.models.traces import TraceError
 
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
 from .toolchain import SIMULATORS, ToolchainError
@@ -109,6 +115,81 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_trace_generate(args) -> int:
+    from moepim.models.traces import generate_trace, write_trace
+
+    n_experts, top_k = args.experts, args.top_k
+    if args.model:
+        from .config import load_model
+        cfg = load_model(args.model)
+        n_experts = n_experts or cfg.n_experts
+        top_k = top_k or cfg.router.top_k
+    if not n_experts or not top_k:
+        raise ConfigError("command line", "--experts/--top-k", None,
+                          "both given, or a --model that defines them")
+    try:
+        trace = generate_trace(args.kind, n_layers=args.layers, n_tokens=args.tokens,
+                               n_experts=n_experts, top_k=top_k, seed=args.seed,
+                               skew=args.skew, locality=args.locality)
+    except ValueError as e:
+        raise ConfigError("command line", "arguments", str(e), "valid trace parameters") \
+            from None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_trace(args.out, trace)
+    print(f"wrote {args.out}: {trace.shape[0]} layers x {trace.shape[1]} tokens x "
+          f"{trace.shape[2]} experts ({args.kind})")
+    return 0
+
+
+def cmd_trace_inspect(args) -> int:
+    from moepim.models.traces import load_stats, read_trace
+
+    n_experts = None
+    if args.model:
+        from .config import load_model
+        n_experts = load_model(args.model).n_experts
+    trace = read_trace(args.file, n_experts=n_experts)
+    stats = load_stats(trace)
+    print(f"{args.file}: {trace.shape[0]} layers, {trace.shape[1]} tokens, "
+          f"{trace.shape[2]} experts")
+    print(f"{'layer':>5} {'experts/token':>22} {'tokens/expert min..max':>24} "
+          f"{'imbalance':>9} {'idle':>4}")
+    for st in stats:
+        ept, tpe = st["experts_per_token"], st["tokens_per_expert"]
+        print(f"{st['layer']:5d} {ept['min']:6d} {ept['mean']:7.2f} {ept['max']:6d}   "
+              f"{min(tpe):10d} .. {max(tpe):<10d} {st['imbalance']:9.3f} "
+              f"{st['idle_experts']:4d}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=1))
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        loads = np.array([st["tokens_per_expert"] for st in stats])
+        fig, ax = plt.subplots(figsize=(max(6, loads.shape[1] * 0.25), 3.5))
+        im = ax.imshow(loads, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(loads.shape[0]))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(f"tokens per expert: {Path(args.file).name}")
+        fig.colorbar(im, ax=ax, label="tokens")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        plt.close(fig)
+        print(f"expert-load plot: {args.plot}")
+    return 0
+
+
+def cmd_trace_convert(args) -> int:
+    from moepim.models.traces import read_trace, write_trace
+
+    trace = read_trace(args.input)
+    write_trace(args.output, trace)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moepim", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("trace", help="routing traces: generate, inspect, convert")
+    tsub = t.add_subparsers(dest="trace_command", required=True)
+    g = tsub.add_parser("generate", help="write a seeded synthetic trace (.npy or .csv)")
+    g.add_argument("--kind", choices=("uniform", "zipf", "neupims"), default="uniform")
+    g.add_argument("--model", type=Path, help="configs/models/*.yaml (experts and top_k)")
+    g.add_argument("--experts", type=int)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--tokens", type=int, default=512)
+    g.add_argument("--layers", type=int, default=1)
+    g.add_argument("--skew", type=float, default=1.0, help="Zipf exponent (kind zipf)")
+    g.add_argument("--locality", type=float, default=0.0,
+                   help="probability that a token repeats the previous token's experts")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, required=True)
+    g.set_defaults(func=cmd_trace_generate)
+    i = tsub.add_parser("inspect", help="print load statistics and plot expert loads")
+    i.add_argument("file", type=Path)
+    i.add_argument("--model", type=Path, help="check the expert count against this model")
+    i.add_argument("--plot", type=Path, help="PNG of tokens per expert per layer")
+    i.add_argument("--json", type=Path, help="write the statistics as JSON")
+    i.set_defaults(func=cmd_trace_inspect)
+    c = tsub.add_parser("convert", help="convert between .npy and .csv")
+    c.add_argument("input", type=Path)
+    c.add_argument("output", type=Path)
+    c.set_defaults(func=cmd_trace_convert)
     return p
 
 
@@ -133,7 +240,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ToolchainError) as e:
+    except (ConfigError, ToolchainError, TraceError, WeightsError) as e:
         print(f"moepim: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

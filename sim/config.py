@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment",
+__all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment", "load_model",
            "load_experiment", "load_tech", "resolved_dict", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +145,10 @@ def _convert(value, tp, file, key):
         if value is None:
             return None
         raise ConfigError(file, key, value, "null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(file, key, value, "true or false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -291,3 +295,19 @@ def resolved_dict(obj) -> Any:
     if isinstance(obj, dict):
         return {k: resolved_dict(v) for k, v in obj.items()}
     return obj
+
+
+def load_model(path):
+    """A ``configs/models/*.yaml`` file as a validated :class:`moepim.models.zoo.ModelConfig`."""
+    from moepim.models.zoo import ModelConfig
+
+    path = Path(path)
+    raw = {k: v for k, v in _read_yaml(path).items() if k != "version"}
+    cfg = _build(ModelConfig, raw, path, "")
+    for key, value, allowed in cfg.validate():
+        raise ConfigError(path, key, value, allowed)
+    return cfg
+
+
+def model_config_paths() -> list[Path]:
+    return sorted((REPO_ROOT / "configs" / "models").glob("*.yaml"))

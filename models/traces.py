@@ -1,0 +1,190 @@
+"""Routing traces: read, write, generate, and their load statistics.
+
+A trace is a 0/1 array ``(layers, tokens, experts)``: ``trace[l, t, e] == 1`` when token ``t``
+went to expert ``e`` in MoE layer ``l``. Formats:
+
+* ``.npy``: the primary paper's format, exactly that array (any integer or bool dtype holding
+  only 0 and 1).
+* ``.csv``: the NeuPIMs / DynaNDE router-score format, header ``layer_id,token_id,expert_0..``;
+  a token's experts are those with a non-zero score (scores are kept by :func:`read_csv_scores`).
+
+Synthetic generators (seeded): ``uniform`` (k distinct experts uniformly), ``zipf`` (expert
+popularity ``p_i ~ 1/(i+1)**skew`` over a per-layer random permutation), ``neupims`` (the
+NeuPIMs fork's rule: weights ``1/(i+1)`` for the top 5 % of experts and ``0.2/(i+1)`` for the
+rest), each with optional temporal ``locality`` (probability that a token repeats the previous
+token's experts).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TraceError", "read_trace", "write_trace", "read_csv_scores", "write_csv",
+           "generate_trace", "load_stats", "check_trace", "SYNTHETIC_KINDS"]
+
+SYNTHETIC_KINDS = ("uniform", "zipf", "neupims")
+
+
+class TraceError(ValueError):
+    """A malformed trace; the message names the file and the problem."""
+
+
+def check_trace(trace: np.ndarray, source: str, *, n_experts: int | None = None) -> np.ndarray:
+    arr = np.asarray(trace)
+    if arr.ndim != 3:
+        raise TraceError(f"{source}: trace has rank {arr.ndim} (shape {arr.shape}); expected "
+                         "rank 3 (layers, tokens, experts)")
+    if arr.dtype.kind not in "biuf":
+        raise TraceError(f"{source}: trace has dtype {arr.dtype}; expected 0/1 integers")
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise TraceError(f"{source}: trace holds {arr[where]!r} at (layer, token, expert) = "
+                         f"{where}; only 0 and 1 are allowed")
+    if n_experts is not None and arr.shape[2] != n_experts:
+        raise TraceError(f"{source}: trace has {arr.shape[2]} experts; the model has "
+                         f"{n_experts}")
+    return arr.astype(np.uint8)
+
+
+def read_trace(path, *, n_experts: int | None = None) -> np.ndarray:
+    """A ``.npy`` or ``.csv`` trace as a checked ``(layers, tokens, experts)`` uint8 array."""
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(f"{path}: no such file")
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+    elif path.suffix == ".csv":
+        arr = (read_csv_scores(path) != 0).astype(np.uint8)
+    else:
+        raise TraceError(f"{path}: unknown trace format {path.suffix!r}; expected .npy or .csv")
+    return check_trace(arr, str(path), n_experts=n_experts)
+
+
+def read_csv_scores(path) -> np.ndarray:
+    """Scores ``(layers, tokens, experts)`` of a NeuPIMs/DynaNDE CSV (missing rows are 0)."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise TraceError(f"{path}: empty file; expected a header layer_id,token_id,expert_0,...")
+    header = [h.strip() for h in rows[0]]
+    n_experts = len(header) - 2
+    want = ["layer_id", "token_id"] + [f"expert_{i}" for i in range(n_experts)]
+    if n_experts < 1 or header != want:
+        raise TraceError(f"{path}: header {','.join(header[:4])}... is not "
+                         "layer_id,token_id,expert_0,expert_1,...")
+    entries = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise TraceError(f"{path}: line {line} has {len(row)} fields; expected {len(header)}")
+        try:
+            layer, token = int(row[0]), int(row[1])
+            scores = [float(v) for v in row[2:]]
+        except ValueError:
+            raise TraceError(f"{path}: line {line} is not numeric: {','.join(row[:4])}...") \
+                from None
+        if layer < 0 or token < 0:
+            raise TraceError(f"{path}: line {line}: negative layer or token id")
+        entries.append((layer, token, scores))
+    if not entries:
+        raise TraceError(f"{path}: no data rows")
+    n_layers = max(e[0] for e in entries) + 1
+    n_tokens = max(e[1] for e in entries) + 1
+    out = np.zeros((n_layers, n_tokens, n_experts), dtype=np.float64)
+    for layer, token, scores in entries:
+        out[layer, token] = scores
+    return out
+
+
+def write_trace(path, trace: np.ndarray) -> Path:
+    """Write a trace as ``.npy`` or ``.csv`` (by suffix), atomically."""
+    path = Path(path)
+    arr = check_trace(trace, str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    elif path.suffix == ".csv":
+        write_csv(tmp, arr.astype(np.float64))
+    else:
+        raise TraceError(f"{path}: unknown trace format {path.suffix!r}; expected .npy or .csv")
+    tmp.replace(path)
+    return path
+
+
+def write_csv(path, scores: np.ndarray) -> None:
+    n_layers, n_tokens, n_experts = scores.shape
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["layer_id", "token_id"] + [f"expert_{i}" for i in range(n_experts)])
+        for layer in range(n_layers):
+            for t in range(n_tokens):
+                w.writerow([layer, t] + [f"{v:g}" for v in scores[layer, t]])
+
+
+def _popularity(kind: str, n_experts: int, skew: float) -> np.ndarray:
+    ranks = np.arange(n_experts, dtype=np.float64)
+    if kind == "uniform":
+        w = np.ones(n_experts)
+    elif kind == "zipf":
+        w = 1.0 / (ranks + 1) ** skew
+    elif kind == "neupims":
+        top = max(1, math.ceil(0.05 * n_experts))
+        w = np.where(ranks < top, 1.0, 0.2) / (ranks + 1)
+    else:
+        raise ValueError(f"kind={kind!r} is not allowed: one of {SYNTHETIC_KINDS}")
+    return w / w.sum()
+
+
+def generate_trace(kind: str, *, n_layers: int, n_tokens: int, n_experts: int, top_k: int,
+                   seed: int, skew: float = 1.0, locality: float = 0.0) -> np.ndarray:
+    """A seeded synthetic token-choice trace: each token picks ``top_k`` distinct experts."""
+    if not 1 <= top_k <= n_experts:
+        raise ValueError(f"top_k={top_k} is not allowed: an integer from 1 to {n_experts}")
+    if not 0.0 <= locality <= 1.0:
+        raise ValueError(f"locality={locality} is not allowed: a probability in [0, 1]")
+    if n_layers < 1 or n_tokens < 1:
+        raise ValueError("n_layers and n_tokens must be positive integers")
+    rng = np.random.default_rng(seed)
+    base = _popularity(kind, n_experts, skew)
+    out = np.zeros((n_layers, n_tokens, n_experts), dtype=np.uint8)
+    for layer in range(n_layers):
+        p = base[np.argsort(rng.permutation(n_experts))]   # popularity per expert, shuffled
+        prev = None
+        for t in range(n_tokens):
+            if prev is not None and locality and rng.random() < locality:
+                chosen = prev
+            else:
+                chosen = rng.choice(n_experts, size=top_k, replace=False, p=p)
+            out[layer, t, chosen] = 1
+            prev = chosen
+    return out
+
+
+def load_stats(trace: np.ndarray) -> list[dict]:
+    """Per layer: tokens per expert, experts per token (min/mean/max), imbalance max/mean."""
+    arr = check_trace(trace, "trace")
+    stats = []
+    for layer in range(arr.shape[0]):
+        per_expert = arr[layer].sum(axis=0).astype(int)
+        per_token = arr[layer].sum(axis=1).astype(int)
+        mean = per_expert.mean()
+        stats.append({
+            "layer": layer,
+            "tokens_per_expert": per_expert.tolist(),
+            "experts_per_token": {"min": int(per_token.min()), "mean": float(per_token.mean()),
+                                  "max": int(per_token.max())},
+            "imbalance": float(per_expert.max() / mean) if mean > 0 else 0.0,
+            "idle_experts": int((per_expert == 0).sum()),
+        })
+    return stats

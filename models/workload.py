@@ -1,0 +1,121 @@
+"""Workloads: a prompt window plus generation steps through one MoE layer, with golden outputs.
+
+Hidden states are seeded ``N(0, 1)`` vectors (the scale of RMS-normalised transformer hidden
+states). The layer runs in float (torch) and in integers (``moepim.models.quant``); the integer
+outputs are the golden values the hardware must reproduce bit for bit.
+
+Routing over time:
+
+* token choice: each token's experts depend on its own gate scores only; a capacity limit
+  (Switch) counts tokens in order over the whole workload (prompt then generated tokens).
+* expert choice: the prompt is one window (each expert takes its top-C prompt tokens); every
+  generated token is then decided by :func:`moepim.models.routing.expert_choice_decode` from
+  all earlier tokens' gate scores (the rule a GO cache must reproduce).
+* a trace (``(tokens, experts)`` 0/1) can replace the gate's selection; gate weights are then
+  still computed from the scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .moe import Routing, init_weights, moe_forward_float, route_float
+from .quant import (
+    QuantLayer,
+    dequantize_output,
+    gate_logits_int,
+    gate_scores_int,
+    moe_forward_int,
+    quantize_input,
+    quantize_layer,
+    route_int,
+)
+from .routing import expert_choice_capacity, expert_choice_decode, expert_choice_mask
+from .traces import TraceError
+from .zoo import ModelConfig
+
+__all__ = ["Workload", "make_workload", "hidden_states"]
+
+
+@dataclass
+class Workload:
+    cfg: ModelConfig
+    seed: int
+    n_prompt: int
+    n_generate: int
+    hidden: torch.Tensor          # (T, d) float inputs
+    weights: dict                 # float state dict
+    quant: QuantLayer
+    x_q: np.ndarray               # (T, d) integer inputs
+    routing: Routing              # integer (golden) routing
+    y_q: np.ndarray               # (T, d) golden integer outputs
+    routing_float: Routing
+    y_float: np.ndarray           # (T, d) float reference outputs
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_prompt + self.n_generate
+
+    @property
+    def expert_loads(self) -> np.ndarray:
+        return self.routing.mask.sum(axis=0)
+
+    def trace(self) -> np.ndarray:
+        """The golden routing as a one-layer trace ``(1, tokens, experts)``."""
+        return self.routing.mask[None].astype(np.uint8)
+
+    def y_dequantized(self) -> np.ndarray:
+        return dequantize_output(self.y_q, self.quant)
+
+
+def hidden_states(cfg: ModelConfig, n_tokens: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n_tokens, cfg.d_model, generator=gen, dtype=torch.float32)
+
+
+def _select(scores: np.ndarray, cfg: ModelConfig, n_prompt: int) -> np.ndarray | None:
+    """Expert-choice selection over prompt window + decode steps; None for token choice."""
+    if cfg.router.kind != "expert_choice":
+        return None
+    factor = cfg.router.ec_capacity_factor
+    mask = np.zeros(scores.shape, dtype=bool)
+    cap = expert_choice_capacity(n_prompt, cfg.n_experts, factor)
+    mask[:n_prompt] = expert_choice_mask(scores[:n_prompt], cap)
+    for t in range(n_prompt, len(scores)):
+        mask[t] = expert_choice_decode(scores[:t], scores[t], factor)
+    return mask
+
+
+def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed: int = 0,
+                  weights: dict | None = None, trace: np.ndarray | None = None,
+                  trace_source: str = "trace") -> Workload:
+    if n_prompt < 1 or n_generate < 0:
+        raise ValueError(f"n_prompt={n_prompt}, n_generate={n_generate}: need n_prompt >= 1 "
+                         "and n_generate >= 0")
+    n_tokens = n_prompt + n_generate
+    if trace is not None:
+        trace = np.asarray(trace)
+        if trace.shape != (n_tokens, cfg.n_experts):
+            raise TraceError(f"{trace_source}: one layer of the trace has shape {trace.shape}; "
+                             f"the workload needs (tokens, experts) = ({n_tokens}, "
+                             f"{cfg.n_experts})")
+    w = weights if weights is not None else init_weights(cfg, seed)
+    x = hidden_states(cfg, n_tokens, seed + 1)
+    ql = quantize_layer(w, cfg, x[:n_prompt])
+    x_q = quantize_input(x, ql)
+
+    # integer (golden) routing
+    logits = gate_logits_int(x_q, ql)
+    mask = trace if trace is not None else _select(gate_scores_int(logits, ql), cfg, n_prompt)
+    routing = route_int(x_q, ql, mask=mask, logits=logits)
+    y_q, _ = moe_forward_int(x_q, ql, routing=routing)
+
+    # float reference, routed by the same rules
+    f_routing = route_float(x, w, cfg)
+    f_mask = trace if trace is not None else _select(f_routing.scores, cfg, n_prompt)
+    y_f, f_routing = moe_forward_float(x, w, cfg, mask=f_mask if f_mask is not None else None)
+    return Workload(cfg, seed, n_prompt, n_generate, x, w, ql, x_q, routing, y_q, f_routing,
+                    y_f.numpy())
