@@ -92,7 +92,8 @@ def _scale(t, bits) -> float:
 
 
 def _quant(t, scale, bits) -> np.ndarray:
-    return _clamp(np.rint(np.asarray(t, dtype=np.float64) / scale).astype(np.int64), bits)
+    return _clamp(np.rint(np.asarray(t, dtype=np.float32) / np.float32(scale)).astype(np.int64),
+                  bits)
 
 
 def _lut(fn, s_in, s_out, bits) -> np.ndarray:
@@ -126,11 +127,17 @@ def quantize_layer(w: dict, cfg: ModelConfig, calib_x: torch.Tensor) -> QuantLay
     q = cfg.quant
     ab, wb, mb = q.act_bits, q.weight_bits, q.multiplier_bits
     x = calib_x.to(torch.float64)
-    wd = {k: v.to(torch.float64) for k, v in w.items()}
+    store = np.int8 if wb <= 8 else np.int16
+
+    class _Float64:                       # float64 copies one tensor at a time (memory)
+        def __getitem__(self, name):
+            return w[name].to(torch.float64)
+
+    wd = _Float64()
     ql = QuantLayer(cfg, s_x=_scale(x, ab), s_y=1.0)
-    for name, t in wd.items():
+    for name, t in w.items():
         s = _scale(t, wb)
-        ql.tensors[name] = _quant(t.numpy().T, s, wb)      # stored transposed: x @ W^T
+        ql.tensors[name] = _quant(t.numpy().T, s, wb).astype(store)   # transposed: x @ W^T
         ql.tensors[name + ".scale"] = s
 
     def rq(name, ratio):
