@@ -3,6 +3,7 @@
     moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet]
     moepim export CONFIG --top NAME --out DIR
     moepim trace generate|inspect|convert ...
+    moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
 
 User mistakes (bad configs, missing tools) end with one clear line on stderr and exit code 2;
 a run whose hardware disagrees with the golden model exits 1 (its report is still written).
@@ -190,6 +191,68 @@ def cmd_trace_convert(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from moepim.models.grouping import GroupingError, make_groups
+    from moepim.models.schedule import schedule
+    from moepim.models.traces import read_trace
+
+    from .report import atomic_run_dir
+
+    n_experts = None
+    if args.model:
+        from .config import load_model
+        n_experts = load_model(args.model).n_experts
+    trace = read_trace(args.trace, n_experts=n_experts)
+    if not 0 <= args.layer < trace.shape[0]:
+        raise ConfigError(args.trace, "--layer", args.layer,
+                          f"a layer index from 0 to {trace.shape[0] - 1}")
+    mask = trace[args.layer].astype(bool)
+    profile = read_trace(args.profile, n_experts=trace.shape[2]) if args.profile else trace
+    loads = profile[min(args.layer, profile.shape[0] - 1)].sum(axis=0)
+    try:
+        groups = make_groups(args.groups, trace.shape[2], loads)
+    except GroupingError as e:
+        raise ConfigError("command line", "--groups", args.groups, str(e)) from None
+    sched = schedule(mask, groups, args.policy)
+    with atomic_run_dir(Path(args.out)) as folder:
+        data = {"trace": str(args.trace), "layer": args.layer, "grouping": args.groups,
+                "loads_from": str(args.profile or args.trace), **sched.to_dict()}
+        (folder / "schedule.json").write_text(json.dumps(data))
+        _plot_timeline(sched, folder / "timeline.png", f"{Path(args.trace).name} layer "
+                       f"{args.layer}: {args.groups}, {args.policy}")
+    print(f"{args.policy} on {args.groups}: {sched.timestamps} timestamps, "
+          f"{sched.tokens_loaded} tokens loaded, buffer peak {sched.buffer_peak()}; "
+          f"wrote {Path(args.out) / 'schedule.json'}")
+    return 0
+
+
+def _plot_timeline(sched, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = sched.tokens.T.astype(float)
+    tokens[tokens < 0] = np.nan
+    n_groups, n_slots = tokens.shape
+    fig, ax = plt.subplots(figsize=(min(24, 2 + n_slots * 0.35), 1.2 + n_groups * 0.4))
+    im = ax.imshow(tokens, aspect="auto", cmap="viridis", interpolation="nearest")
+    if n_slots * n_groups <= 600:
+        for g in range(n_groups):
+            for s in range(n_slots):
+                if not np.isnan(tokens[g, s]):
+                    ax.text(s, g, int(tokens[g, s]), ha="center", va="center", fontsize=7,
+                            color="white")
+    ax.set_xlabel("timestamp")
+    ax.set_ylabel("group")
+    ax.set_yticks(range(n_groups))
+    ax.set_title(f"{title} ({sched.timestamps} slots, {sched.tokens_loaded} loads; "
+                 "blank = idle)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moepim", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export)
+
+    sc = sub.add_parser("schedule", help="schedule a trace's jobs onto expert groups")
+    sc.add_argument("--trace", type=Path, required=True, help=".npy or .csv routing trace")
+    sc.add_argument("--layer", type=int, default=0)
+    sc.add_argument("--groups", required=True, help="U1, U2, S2, U4, S4, ...")
+    sc.add_argument("--policy", default="reschedule",
+                    choices=("single_token", "compact", "reschedule", "reschedule_heuristic"))
+    sc.add_argument("--profile", type=Path,
+                    help="trace whose loads order sorted groups (default: the trace itself)")
+    sc.add_argument("--model", type=Path, help="check the expert count against this model")
+    sc.add_argument("--out", type=Path, required=True)
+    sc.set_defaults(func=cmd_schedule)
 
     t = sub.add_parser("trace", help="routing traces: generate, inspect, convert")
     tsub = t.add_subparsers(dest="trace_command", required=True)
