@@ -28,7 +28,7 @@ Policies (the primary paper's schedule figure and code, paper_moe_pim.md a.5, b.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from itertools import combinations
 
 import numpy as np
@@ -267,7 +267,7 @@ def reschedule_optimal(mask: np.ndarray, groups) -> int:
     if n_groups > 6 or sum(len(q) for q in queues) > 60:
         raise ValueError("reschedule_optimal is exhaustive: at most 6 groups and 60 jobs")
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(s, heads):
         if s == length:
             return 0 if all(h == len(q) for h, q in zip(heads, queues)) else 10 ** 9
