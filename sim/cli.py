@@ -116,6 +116,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _model_experts(path) -> int | None:
+    """Expert count of an optional ``--model`` config, to check traces against."""
+    if path is None:
+        return None
+    from .config import load_model
+    return load_model(path).n_experts
+
+
 def cmd_trace_generate(args) -> int:
     from moepim.models.traces import generate_trace, write_trace
 
@@ -145,10 +153,7 @@ def cmd_trace_generate(args) -> int:
 def cmd_trace_inspect(args) -> int:
     from moepim.models.traces import load_stats, read_trace
 
-    n_experts = None
-    if args.model:
-        from .config import load_model
-        n_experts = load_model(args.model).n_experts
+    n_experts = _model_experts(args.model)
     trace = read_trace(args.file, n_experts=n_experts)
     stats = load_stats(trace)
     print(f"{args.file}: {trace.shape[0]} layers, {trace.shape[1]} tokens, "
@@ -163,21 +168,10 @@ def cmd_trace_inspect(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=1))
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        loads = np.array([st["tokens_per_expert"] for st in stats])
-        fig, ax = plt.subplots(figsize=(max(6, loads.shape[1] * 0.25), 3.5))
-        im = ax.imshow(loads, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_xlabel("expert")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(loads.shape[0]))
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(f"tokens per expert: {Path(args.file).name}")
-        fig.colorbar(im, ax=ax, label="tokens")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        plt.close(fig)
+        from .plots import heatmap
+        heatmap(np.array([st["tokens_per_expert"] for st in stats]), args.plot,
+                title=f"tokens per expert: {Path(args.file).name}", xlabel="expert",
+                ylabel="layer", colorbar="tokens")
         print(f"expert-load plot: {args.plot}")
     return 0
 
@@ -198,10 +192,7 @@ def cmd_schedule(args) -> int:
 
     from .report import atomic_run_dir
 
-    n_experts = None
-    if args.model:
-        from .config import load_model
-        n_experts = load_model(args.model).n_experts
+    n_experts = _model_experts(args.model)
     trace = read_trace(args.trace, n_experts=n_experts)
     if not 0 <= args.layer < trace.shape[0]:
         raise ConfigError(args.trace, "--layer", args.layer,
@@ -227,30 +218,13 @@ def cmd_schedule(args) -> int:
 
 
 def _plot_timeline(sched, path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import heatmap
 
     tokens = sched.tokens.T.astype(float)
     tokens[tokens < 0] = np.nan
-    n_groups, n_slots = tokens.shape
-    fig, ax = plt.subplots(figsize=(min(24, 2 + n_slots * 0.35), 1.2 + n_groups * 0.4))
-    im = ax.imshow(tokens, aspect="auto", cmap="viridis", interpolation="nearest")
-    if n_slots * n_groups <= 600:
-        for g in range(n_groups):
-            for s in range(n_slots):
-                if not np.isnan(tokens[g, s]):
-                    ax.text(s, g, int(tokens[g, s]), ha="center", va="center", fontsize=7,
-                            color="white")
-    ax.set_xlabel("timestamp")
-    ax.set_ylabel("group")
-    ax.set_yticks(range(n_groups))
-    ax.set_title(f"{title} ({sched.timestamps} slots, {sched.tokens_loaded} loads; "
-                 "blank = idle)", fontsize=9)
-    fig.colorbar(im, ax=ax, label="token")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    heatmap(tokens, path, xlabel="timestamp", ylabel="group", colorbar="token",
+            title=f"{title} ({sched.timestamps} slots, {sched.tokens_loaded} loads; "
+                  "blank = idle)", annotate=tokens.size <= 600, cell_width=0.35)
 
 
 def build_parser() -> argparse.ArgumentParser:
