@@ -4,5 +4,7 @@ from .crossbar import CrossbarArray, CrossbarPort
 from .params import TileGeometry
 from .peripherals import PeripheralSet
 from .tile_group import TileGroup
+from .topk import StreamingTopK
 
-__all__ = ["CrossbarArray", "CrossbarPort", "PeripheralSet", "TileGeometry", "TileGroup"]
+__all__ = ["CrossbarArray", "CrossbarPort", "PeripheralSet", "StreamingTopK", "TileGeometry",
+           "TileGroup"]
