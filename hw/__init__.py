@@ -3,8 +3,10 @@
 from .crossbar import CrossbarArray, CrossbarPort
 from .params import TileGeometry
 from .peripherals import PeripheralSet
+from .scheduler import GroupScheduler
 from .tile_group import TileGroup
 from .topk import StreamingTopK
 
-__all__ = ["CrossbarArray", "CrossbarPort", "PeripheralSet", "StreamingTopK", "TileGeometry",
+__all__ = ["CrossbarArray", "CrossbarPort", "GroupScheduler", "PeripheralSet", "StreamingTopK",
+           "TileGeometry",
            "TileGroup"]

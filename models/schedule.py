@@ -87,6 +87,22 @@ class Schedule:
             occupancy[last[t] + 1] -= 1
         return int(np.cumsum(occupancy).max(initial=0))
 
+    def plan(self) -> list[list[tuple[int, int, int]]]:
+        """Per group, its jobs as ``(token, expert, idle_before)``: the idle slots the group
+        waits before each job. Any schedule is exactly this plan (trailing idles implicit);
+        it is what ``moepim.hw.GroupScheduler`` executes."""
+        out = []
+        for g in range(self.tokens.shape[1]):
+            jobs, idle = [], 0
+            for s in range(self.timestamps):
+                if self.tokens[s, g] == IDLE:
+                    idle += 1
+                else:
+                    jobs.append((int(self.tokens[s, g]), int(self.experts[s, g]), idle))
+                    idle = 0
+            out.append(jobs)
+        return out
+
     def to_dict(self) -> dict:
         return {"policy": self.policy, "groups": [list(g) for g in self.groups],
                 "timestamps": self.timestamps, "tokens_loaded": self.tokens_loaded,
