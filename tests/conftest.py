@@ -27,3 +27,11 @@ def need_icarus():
     if shutil.which("iverilog") is None:
         pytest.fail("Icarus Verilog is not installed: run `make setup` as root, or "
                     "`apt-get install -y iverilog`", pytrace=False)
+
+
+SIMULATORS = ("amaranth", "verilator", "icarus")
+
+
+def need_simulator(sim):
+    if sim == "icarus":
+        need_icarus()

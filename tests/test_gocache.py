@@ -6,14 +6,16 @@ import gc
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from moepim.hw.gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from moepim.models.gocache import GoCacheModel
 from moepim.models.quant import SCORE_BITS, moe_forward_int, route_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_mask
 from moepim.models.workload import make_workload
+from moepim.sim.block_run import run_bench
 from moepim.sim.config import REPO_ROOT, load_model
+
+from .conftest import need_simulator
 
 PAPER = REPO_ROOT / "configs" / "models" / "llama-moe-3.5b-4-16-paper.yaml"
 SEEDS, PROMPT, STEPS = (1, 2, 3, 4), 16, 8
@@ -49,80 +51,11 @@ def test_decode_with_go_cache_equals_full_recomputation(seed):
     assert cache.counters["dram_reads"] > 0
 
 
-def run_rtl(cache, commands, *, seed, latency_max, p_stall):
-    """Play (op, cap, scores) commands; DRAM: a Python memory answering reads in order after
-    1..latency_max cycles, accepting requests with probability 1 - p_stall."""
-    rng = np.random.default_rng(seed)
-    sim = Simulator(cache)
-    sim.add_clock(1e-8)
-    dram, pending = {}, []
-    masks = []
-
-    async def bench(ctx):
-        cycle = 0
-        for op, cap, scores in commands:
-            ctx.set(cache.i_cmd.valid, 1)
-            ctx.set(cache.i_cmd.payload.op, op)
-            ctx.set(cache.i_cmd.payload.cap, cap)
-            ctx.set(cache.i_cmd.payload.scores.as_value(),
-                    sum(int(s) << (SCORE_BITS * e) for e, s in enumerate(scores)))
-            sent, got = False, op != OP_DECIDE
-            while not (sent and got and (op == OP_DECIDE or
-                                         ctx.get(cache.i_cmd.ready))):
-                # DRAM side
-                req_ready = int(rng.random() >= p_stall)
-                ctx.set(cache.o_dram_req.ready, req_ready)
-                if pending and pending[0][0] <= cycle:
-                    ctx.set(cache.i_dram_resp.valid, 1)
-                    ctx.set(cache.i_dram_resp.payload.data.as_value(), pending[0][1])
-                else:
-                    ctx.set(cache.i_dram_resp.valid, 0)
-                sel_ready = int(rng.random() >= p_stall)
-                ctx.set(cache.o_select.ready, sel_ready)
-                if ctx.get(cache.i_cmd.valid) and ctx.get(cache.i_cmd.ready):
-                    sent = True
-                resp_taken = ctx.get(cache.i_dram_resp.valid) and ctx.get(cache.i_dram_resp.ready)
-                if ctx.get(cache.o_dram_req.valid) and req_ready:
-                    p = cache.o_dram_req.payload
-                    if ctx.get(p.write):
-                        dram[ctx.get(p.addr)] = ctx.get(p.data.as_value())
-                    else:
-                        delay = int(rng.integers(1, latency_max + 1))
-                        when = max(cycle + delay, pending[-1][0] if pending else 0)
-                        pending.append((when, dram[ctx.get(p.addr)]))
-                if ctx.get(cache.o_select.valid) and sel_ready:
-                    masks.append(ctx.get(cache.o_select.payload.mask))
-                    got = True
-                await ctx.tick()
-                cycle += 1
-                if resp_taken:
-                    pending.pop(0)
-                if sent:
-                    ctx.set(cache.i_cmd.valid, 0)
-                if sent and got and op != OP_DECIDE:
-                    break
-                assert cycle < 100_000
-        # let the last insert finish
-        for _ in range(20):
-            ctx.set(cache.o_dram_req.ready, 1)
-            if ctx.get(cache.o_dram_req.valid):
-                p = cache.o_dram_req.payload
-                dram[ctx.get(p.addr)] = ctx.get(p.data.as_value())
-            await ctx.tick()
-        c = cache.counters
-        out = {k: ctx.get(getattr(c, k)) for k in ("sram_reads", "sram_writes", "sram_bits",
-                                                    "hits", "spills", "dram_reads",
-                                                    "dram_bytes")}
-        masks.append(out)
-
-    sim.add_testbench(bench)
-    sim.run()
-    counters = masks.pop()
-    return masks, counters
-
-
-@pytest.mark.parametrize("seed, capacity", [(1, 4), (2, 30), (3, 1)])
-def test_rtl_go_cache_matches_model(seed, capacity):
+@pytest.mark.parametrize("sim, seed, capacity", [
+    ("amaranth", 1, 4), ("amaranth", 2, 30), ("amaranth", 3, 1),
+    ("verilator", 1, 4), ("icarus", 3, 1)])
+def test_rtl_go_cache_matches_model(sim, seed, capacity):
+    need_simulator(sim)
     wl = ec_workload(seed, n_prompt=10, n_generate=6)
     cfg, scores = wl.cfg, wl.routing.scores
     factor = cfg.router.ec_capacity_factor
@@ -137,7 +70,10 @@ def test_rtl_go_cache_matches_model(seed, capacity):
         cap = expert_choice_capacity(t + 1, cfg.n_experts, factor)
         commands.append((OP_DECIDE, cap, scores[t]))
         expected.append(model.decide_and_insert(scores[t], factor))
-    masks, counters = run_rtl(cache, commands, seed=seed, latency_max=5, p_stall=0.3)
+    r = run_bench(cache, top="go_cache", bench="go_cache_commands", sim=sim, args=dict(
+        commands=[[op, cap, [int(v) for v in sc]] for op, cap, sc in commands],
+        score_bits=SCORE_BITS, decide_op=OP_DECIDE, latency_max=5, stall_p=0.3, seed=seed))
+    masks, counters = r["masks"], r["counters"]
     got = [np.array([(mk >> e) & 1 for e in range(cfg.n_experts)], dtype=bool) for mk in masks]
     assert len(got) == len(expected)
     for g, e, t in zip(got, expected, range(10, 16)):

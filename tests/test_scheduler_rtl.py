@@ -1,98 +1,23 @@
 """GroupScheduler RTL against the functional schedules, slot by slot, under back-pressure."""
 
-import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from moepim.hw.scheduler import GroupScheduler
 from moepim.models.grouping import make_groups
-from moepim.models.schedule import IDLE, schedule
+from moepim.models.schedule import schedule
 from moepim.models.traces import generate_trace
+from moepim.sim.block_run import run_bench
+
+from .conftest import need_simulator
 
 
-def run_plan(plan, *, n_tokens, n_experts, gap_p, stall_p, seed, windows=1):
-    """Play a plan (``windows`` times); return slot records, issues per group, counters,
-    cycles per window."""
-    n_groups = len(plan)
+def run_plan(plan, *, n_tokens, n_experts, gap_p, stall_p, seed, windows=1, sim="amaranth"):
     depth = max(1, max(len(p) for p in plan))
-    unit = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens, n_experts=n_experts,
+    unit = GroupScheduler(n_groups=len(plan), n_tokens=n_tokens, n_experts=n_experts,
                           depth=depth)
-    rng = np.random.default_rng(seed)
-    jobs = [(g, job) for g in range(n_groups) for job in plan[g]]
-    out = {"slots": [], "issues": [[] for _ in range(n_groups)], "cycles": []}
-    sim = Simulator(unit)
-    sim.add_clock(1e-8)
-
-    async def bench(ctx):
-        for _ in range(windows):
-            pending = list(jobs)
-            start, cycle, slots_before = None, 0, len(out["slots"])
-            expected_slots = None
-            while True:
-                if pending and rng.random() >= gap_p:
-                    g, (tok, exp, idle) = pending[0]
-                    ctx.set(unit.i_jobs.valid, 1)
-                    ctx.set(unit.i_jobs.payload.group, g)
-                    ctx.set(unit.i_jobs.payload.job.token, tok)
-                    ctx.set(unit.i_jobs.payload.job.expert, exp)
-                    ctx.set(unit.i_jobs.payload.job.idle_before, idle)
-                    ctx.set(unit.i_jobs.payload.last, len(pending) == 1)
-                else:
-                    ctx.set(unit.i_jobs.valid, 0)
-                ready = [int(rng.random() >= stall_p) for _ in range(n_groups + 1)]
-                for g in range(n_groups):
-                    ctx.set(unit.o_issue[g].ready, ready[g])
-                ctx.set(unit.o_slots.ready, ready[-1])
-                took = ctx.get(unit.i_jobs.valid) and ctx.get(unit.i_jobs.ready)
-                for g in range(n_groups):
-                    if ctx.get(unit.o_issue[g].valid) and ready[g]:
-                        out["issues"][g].append((ctx.get(unit.o_issue[g].payload.token),
-                                                 ctx.get(unit.o_issue[g].payload.expert)))
-                last_slot = False
-                if ctx.get(unit.o_slots.valid) and ready[-1]:
-                    p = unit.o_slots.payload
-                    active = ctx.get(p.active)
-                    toks = [ctx.get(p.tokens[g]) for g in range(n_groups)]
-                    exps = [ctx.get(p.experts[g]) for g in range(n_groups)]
-                    out["slots"].append(([t if active >> g & 1 else IDLE
-                                          for g, t in enumerate(toks)],
-                                         [e if active >> g & 1 else IDLE
-                                          for g, e in enumerate(exps)],
-                                         ctx.get(p.n_loads)))
-                    last_slot = bool(ctx.get(p.last))
-                if took:
-                    start = cycle if start is None else start
-                    pending.pop(0)
-                await ctx.tick()
-                cycle += 1
-                if last_slot:
-                    expected_slots = len(out["slots"]) - slots_before
-                    break
-                assert cycle < 20_000, "no progress"
-            ctx.set(unit.i_jobs.valid, 0)
-            # the last timestamp completes once the issues of that slot have gone too
-            for _ in range(200):
-                if not ctx.get(unit.o_slots.valid) and all(
-                        not ctx.get(unit.o_issue[g].valid) for g in range(n_groups)):
-                    break
-                for g in range(n_groups):
-                    ctx.set(unit.o_issue[g].ready, 1)
-                    if ctx.get(unit.o_issue[g].valid):
-                        out["issues"][g].append((ctx.get(unit.o_issue[g].payload.token),
-                                                 ctx.get(unit.o_issue[g].payload.expert)))
-                await ctx.tick()
-                cycle += 1
-            out["cycles"].append((cycle - start, expected_slots))
-        c = unit.counters
-        out["counters"] = {"timestamps": ctx.get(c.timestamps),
-                           "tokens_loaded": ctx.get(c.tokens_loaded),
-                           "busy": [ctx.get(c.busy[g]) for g in range(n_groups)],
-                           "idle": [ctx.get(c.idle[g]) for g in range(n_groups)],
-                           "stall_cycles": ctx.get(c.stall_cycles)}
-
-    sim.add_testbench(bench)
-    sim.run()
-    return out
+    return run_bench(unit, top="group_scheduler", bench="scheduler_plan", sim=sim,
+                     args=dict(plan=[[list(j) for j in p] for p in plan], windows=windows,
+                               gap_p=gap_p, stall_p=stall_p, seed=seed))
 
 
 CASES = [(policy, grouping, seed) for policy in ("single_token", "compact", "reschedule",
@@ -102,17 +27,28 @@ CASES = [(policy, grouping, seed) for policy in ("single_token", "compact", "res
 
 @pytest.mark.parametrize("policy, grouping, seed", CASES)
 def test_rtl_schedule_matches_model_under_backpressure(policy, grouping, seed):
+    _check_policy(policy, grouping, seed, "amaranth")
+
+
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+@pytest.mark.parametrize("policy", ["single_token", "reschedule"])
+def test_rtl_schedule_under_cocotb(sim, policy):
+    need_simulator(sim)
+    _check_policy(policy, "S4", 5, sim)
+
+
+def _check_policy(policy, grouping, seed, sim):
     mask = generate_trace("zipf", n_layers=1, n_tokens=12, n_experts=8, top_k=3, seed=seed,
                           skew=1.0)[0].astype(bool)
     groups = make_groups(grouping, 8, mask.sum(axis=0))
     sc = schedule(mask, groups, policy)
     out = run_plan(sc.plan(), n_tokens=12, n_experts=8, gap_p=0.3, stall_p=0.3, seed=seed,
-                   windows=2)
-    want = [(sc.tokens[s].tolist(), sc.experts[s].tolist(), int(sc.loads_per_slot[s]))
+                   windows=2, sim=sim)
+    want = [[sc.tokens[s].tolist(), sc.experts[s].tolist(), int(sc.loads_per_slot[s])]
             for s in range(sc.timestamps)]
     assert out["slots"] == want * 2
     for g, jobs in enumerate(sc.plan()):
-        assert out["issues"][g] == [(t, e) for t, e, _ in jobs] * 2
+        assert out["issues"][g] == [[t, e] for t, e, _ in jobs] * 2
     stats = sc.group_stats()
     assert out["counters"]["timestamps"] == 2 * sc.timestamps
     assert out["counters"]["tokens_loaded"] == 2 * sc.tokens_loaded
@@ -127,10 +63,9 @@ def test_rtl_cycle_count_without_backpressure():
     sc = schedule(mask, make_groups("U2", 8), "reschedule")
     out = run_plan(sc.plan(), n_tokens=10, n_experts=8, gap_p=0.0, stall_p=0.0, seed=0)
     n_jobs = int(mask.sum())
-    cycles, slots = out["cycles"][0]
-    assert slots == sc.timestamps
-    # cycles counted to the tick after the last slot record
-    assert cycles == GroupScheduler.window_cycles(n_jobs, sc.timestamps)
+    assert len(out["slots"]) == sc.timestamps
+    # from the first job's handshake to the tick after the last slot record
+    assert out["cycles"] == [GroupScheduler.window_cycles(n_jobs, sc.timestamps)]
     assert out["counters"]["stall_cycles"] == 0
 
 

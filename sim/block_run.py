@@ -1,0 +1,56 @@
+"""Run a bench of :mod:`moepim.testbenches.benches` on a block under any of the simulators."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from moepim.testbenches.benches import BENCHES
+from moepim.testbenches.harness import AmaranthIO
+
+from .build import build_simulator, default_build_root
+from .ports import port_map
+from .tile_run import _no_pytest_env
+
+__all__ = ["run_bench"]
+
+
+def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None):
+    """The bench's result (plain data); raises if the simulation fails."""
+    fn = BENCHES[bench]
+    if sim == "amaranth":
+        from amaranth.sim import Simulator
+
+        out = {}
+        s = Simulator(component)
+        s.add_clock(1e-8)
+
+        async def tb(ctx):
+            out["result"] = await fn(AmaranthIO(component, ctx), **args)
+
+        s.add_testbench(tb)
+        s.run()
+        return json.loads(json.dumps(out["result"]))    # same plain types as cocotb's
+
+    from cocotb_tools.check_results import get_results
+
+    build = build_simulator(component, sim=sim, top=top, build_root=build_root)
+    root = Path(build_root or default_build_root()) / "runs-tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        folder = Path(tmp)
+        spec = {"bench": bench, "args": args, "ports": port_map(component),
+                "result": str(folder / "result.json")}
+        (folder / "bench.json").write_text(json.dumps(spec))
+        with _no_pytest_env():
+            xml = build.runner().test(
+                test_module="moepim.testbenches.block", hdl_toplevel=top,
+                hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,
+                extra_env={"MOEPIM_BENCH": str(folder / "bench.json")},
+                timescale=("1ns", "1ps"), log_file=folder / "sim.log")
+        n_tests, n_failed = get_results(Path(xml))
+        if n_tests != 1 or n_failed or not (folder / "result.json").exists():
+            log = (folder / "sim.log").read_text()[-4000:]
+            raise RuntimeError(f"{sim} bench {bench} failed; end of its log:\n{log}")
+        return json.loads((folder / "result.json").read_text())

@@ -1,0 +1,181 @@
+"""Transaction benches of the router, scheduler and GO-cache blocks, simulator-independent.
+
+Each bench drives its block through :mod:`moepim.testbenches.harness` with seeded random input
+gaps and output back-pressure and returns plain data (lists of ints), so Amaranth's simulator,
+Verilator and Icarus runs can be compared with each other and with the functional models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BENCHES"]
+
+
+async def topk_windows(io, *, windows, gap_p, stall_p, seed):
+    """Windows of ``(scores, count)``; returns per window the selected indices and the cycles
+    from its first item's handshake to the handshake of its last result."""
+    rng = np.random.default_rng(seed)
+    selected, spans = [], []
+    for scores, count in windows:
+        got, start = [], None
+        pending = list(enumerate(scores))
+        while True:
+            offer = bool(pending) and rng.random() >= gap_p
+            io.set("i_items.valid", int(offer))
+            if offer:
+                i, sc = pending[0]
+                io.set("i_items.payload.index", i)
+                io.set("i_items.payload.score", int(sc))
+                io.set("i_items.payload.count", count)
+                io.set("i_items.payload.last", int(len(pending) == 1))
+            ready = int(rng.random() >= stall_p)
+            io.set("o_selected.ready", ready)
+            took = offer and await io.get("i_items.ready")
+            done = False
+            if ready and await io.get("o_selected.valid"):
+                got.append(await io.get("o_selected.payload.index"))
+                done = bool(await io.get("o_selected.payload.last"))
+            if took:
+                start = io.cycle if start is None else start
+                pending.pop(0)
+            await io.tick()
+            if done:
+                break
+            if io.cycle > 100_000:
+                raise TimeoutError("top-k bench made no progress")
+        selected.append(got)
+        spans.append(io.cycle - start)
+    io.set("i_items.valid", 0)
+    return {"selected": selected, "spans": spans}
+
+
+async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
+    """Play a plan ``[[(token, expert, idle_before), ...] per group]`` ``windows`` times;
+    return the slot records, the issues per group, cycles per window and the counters."""
+    rng = np.random.default_rng(seed)
+    n_groups = len(plan)
+    jobs = [(g, job) for g in range(n_groups) for job in plan[g]]
+    slots, issues, cycles = [], [[] for _ in range(n_groups)], []
+
+    async def sample(ready):
+        for g in range(n_groups):
+            if ready[g] and await io.get(f"o_issue.{g}.valid"):
+                issues[g].append([await io.get(f"o_issue.{g}.payload.token"),
+                                  await io.get(f"o_issue.{g}.payload.expert")])
+
+    for _ in range(windows):
+        pending, start = list(jobs), None
+        while True:
+            offer = bool(pending) and rng.random() >= gap_p
+            io.set("i_jobs.valid", int(offer))
+            if offer:
+                g, (tok, exp, idle) = pending[0]
+                io.set("i_jobs.payload.group", g)
+                io.set("i_jobs.payload.job.token", tok)
+                io.set("i_jobs.payload.job.expert", exp)
+                io.set("i_jobs.payload.job.idle_before", idle)
+                io.set("i_jobs.payload.last", int(len(pending) == 1))
+            ready = [int(rng.random() >= stall_p) for _ in range(n_groups + 1)]
+            for g in range(n_groups):
+                io.set(f"o_issue.{g}.ready", ready[g])
+            io.set("o_slots.ready", ready[-1])
+            took = offer and await io.get("i_jobs.ready")
+            await sample(ready)
+            last_slot = False
+            if ready[-1] and await io.get("o_slots.valid"):
+                active = await io.get("o_slots.payload.active")
+                row_t, row_e = [], []
+                for g in range(n_groups):
+                    on = active >> g & 1
+                    row_t.append(await io.get(f"o_slots.payload.tokens.{g}") if on else -1)
+                    row_e.append(await io.get(f"o_slots.payload.experts.{g}") if on else -1)
+                slots.append([row_t, row_e, await io.get("o_slots.payload.n_loads")])
+                last_slot = bool(await io.get("o_slots.payload.last"))
+            if took:
+                start = io.cycle if start is None else start
+                pending.pop(0)
+            await io.tick()
+            if last_slot:
+                break
+            if io.cycle > 100_000:
+                raise TimeoutError("scheduler bench made no progress")
+        cycles.append(io.cycle - start)
+        io.set("i_jobs.valid", 0)
+        # the issues of the window's last timestamp may still be waiting
+        for _ in range(64):
+            for g in range(n_groups):
+                io.set(f"o_issue.{g}.ready", 1)
+            io.set("o_slots.ready", 1)
+            await sample([1] * n_groups)
+            await io.tick()
+    counters = {"timestamps": await io.get("counters.timestamps"),
+                "tokens_loaded": await io.get("counters.tokens_loaded"),
+                "stall_cycles": await io.get("counters.stall_cycles"),
+                "busy": [await io.get(f"counters.busy.{g}") for g in range(n_groups)],
+                "idle": [await io.get(f"counters.idle.{g}") for g in range(n_groups)]}
+    await io.tick()
+    return {"slots": slots, "issues": issues, "cycles": cycles, "counters": counters}
+
+
+async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max, stall_p, seed):
+    """Play GO-cache commands ``(op, cap, scores)`` against a DRAM that answers reads in order
+    after 1..``latency_max`` cycles and accepts requests with probability ``1 - stall_p``.
+    Returns the selection masks of DECIDE (``decide_op``) commands and the counters."""
+    rng = np.random.default_rng(seed)
+    dram, pending, masks = {}, [], []
+
+    async def dram_side(req_ready):
+        if req_ready and await io.get("o_dram_req.valid"):
+            if await io.get("o_dram_req.payload.write"):
+                dram[await io.get("o_dram_req.payload.addr")] = \
+                    await io.get("o_dram_req.payload.data")
+            else:
+                when = io.cycle + int(rng.integers(1, latency_max + 1))
+                when = max(when, pending[-1][0] if pending else 0)
+                pending.append((when, dram[await io.get("o_dram_req.payload.addr")]))
+
+    for op, cap, scores in commands:
+        word = sum(int(s) << (score_bits * e) for e, s in enumerate(scores))
+        sent, got = False, op != decide_op
+        while not (sent and got):
+            io.set("i_cmd.valid", int(not sent))
+            io.set("i_cmd.payload.op", op)
+            io.set("i_cmd.payload.cap", cap)
+            io.set("i_cmd.payload.scores", word)
+            req_ready = int(rng.random() >= stall_p)
+            io.set("o_dram_req.ready", req_ready)
+            offer = bool(pending) and pending[0][0] <= io.cycle
+            io.set("i_dram_resp.valid", int(offer))
+            if offer:
+                io.set("i_dram_resp.payload.data", pending[0][1])
+            sel_ready = int(rng.random() >= stall_p)
+            io.set("o_select.ready", sel_ready)
+            if not sent and await io.get("i_cmd.ready"):
+                sent = True
+            resp_taken = offer and await io.get("i_dram_resp.ready")
+            await dram_side(req_ready)
+            if sel_ready and await io.get("o_select.valid"):
+                masks.append(await io.get("o_select.payload.mask"))
+                got = True
+            await io.tick()
+            if resp_taken:
+                pending.pop(0)
+            if io.cycle > 200_000:
+                raise TimeoutError("GO-cache bench made no progress")
+    io.set("i_cmd.valid", 0)
+    for _ in range(32):                       # let a final spill reach the DRAM
+        io.set("o_dram_req.ready", 1)
+        io.set("o_select.ready", 1)
+        io.set("i_dram_resp.valid", 0)
+        await dram_side(1)
+        await io.tick()
+    names = ("sram_reads", "sram_writes", "sram_bits", "hits", "spills", "dram_reads",
+             "dram_bytes")
+    counters = {k: await io.get(f"counters.{k}") for k in names}
+    await io.tick()
+    return {"masks": masks, "counters": counters}
+
+
+BENCHES = {"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
+           "go_cache_commands": go_cache_commands}

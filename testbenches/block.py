@@ -1,0 +1,34 @@
+"""cocotb entry point for the benches of :mod:`moepim.testbenches.benches`.
+
+``MOEPIM_BENCH`` names a JSON file: ``{"bench": name, "args": {...}, "ports": [...],
+"result": path}``; the result of the bench is written to ``result`` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge
+
+from .benches import BENCHES
+from .harness import CocotbIO
+
+
+@cocotb.test()
+async def run_bench(dut):
+    spec = json.loads(Path(os.environ["MOEPIM_BENCH"]).read_text())
+    Clock(dut.clk, 10, unit="ns").start()
+    for port in spec["ports"]:
+        if port["direction"] == "input" and port["name"] not in ("clk", "rst"):
+            getattr(dut, port["name"]).value = 0
+    dut.rst.value = 1
+    for _ in range(2):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    io = CocotbIO(dut, spec["ports"])
+    result = await BENCHES[spec["bench"]](io, **spec["args"])
+    Path(spec["result"]).write_text(json.dumps(result))
