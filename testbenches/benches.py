@@ -177,5 +177,82 @@ async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max,
     return {"masks": masks, "counters": counters}
 
 
-BENCHES = {"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
+async def token_router(io, *, tokens, logit_bits, gap_p, stall_p, seed):
+    """Tokens ``(logits, count, index_mult, index_shift)``; returns per token its experts,
+    weights and the cycles from handshake to the result's handshake."""
+    rng = np.random.default_rng(seed)
+    routes = []
+    mask = (1 << logit_bits) - 1
+    for logits, count, mult, shift in tokens:
+        while rng.random() < gap_p:
+            io.set("i_tokens.valid", 0)
+            io.set("o_routes.ready", 0)
+            await io.tick()
+        io.set("i_tokens.valid", 1)
+        io.set("i_tokens.payload.logits",
+               sum((int(v) & mask) << (logit_bits * i) for i, v in enumerate(logits)))
+        io.set("i_tokens.payload.count", count)
+        io.set("i_tokens.payload.index_mult", mult)
+        io.set("i_tokens.payload.index_shift", shift)
+        start = None
+        while True:
+            ready = int(rng.random() >= stall_p)
+            io.set("o_routes.ready", ready)
+            took = start is None and await io.get("i_tokens.ready")
+            result = None
+            if ready and await io.get("o_routes.valid"):
+                n_sel = await io.get("o_routes.payload.n_selected")
+                result = [[await io.get(f"o_routes.payload.experts.{j}") for j in range(n_sel)],
+                          [await io.get(f"o_routes.payload.weights.{j}") for j in range(n_sel)]]
+            await io.tick()
+            if took:
+                start = io.cycle - 1
+                io.set("i_tokens.valid", 0)
+            if result is not None:
+                routes.append(result + [io.cycle - 1 - start])
+                break
+            if io.cycle > 200_000:
+                raise TimeoutError("token-router bench made no progress")
+    return routes
+
+
+async def expert_router(io, *, windows, gap_p, stall_p, seed):
+    """Windows ``(rows, cap)`` of Q0.16 score rows; returns per window the (expert, token)
+    selections in output order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rows, cap in windows:
+        for t, row in enumerate(rows):
+            while rng.random() < gap_p:
+                io.set("i_scores.valid", 0)
+                await io.tick()
+            io.set("i_scores.valid", 1)
+            io.set("i_scores.payload.scores", sum(int(v) << (16 * e) for e, v in enumerate(row)))
+            io.set("i_scores.payload.cap", cap)
+            io.set("i_scores.payload.last", int(t == len(rows) - 1))
+            while True:
+                took = await io.get("i_scores.ready")
+                await io.tick()
+                if took:
+                    break
+        io.set("i_scores.valid", 0)
+        got = []
+        while True:
+            ready = int(rng.random() >= stall_p)
+            io.set("o_selected.ready", ready)
+            done = False
+            if ready and await io.get("o_selected.valid"):
+                got.append([await io.get("o_selected.payload.expert"),
+                            await io.get("o_selected.payload.token")])
+                done = bool(await io.get("o_selected.payload.last"))
+            await io.tick()
+            if done:
+                break
+            if io.cycle > 200_000:
+                raise TimeoutError("expert-router bench made no progress")
+        out.append(got)
+    return out
+
+
+BENCHES = {"token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
            "go_cache_commands": go_cache_commands}
