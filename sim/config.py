@@ -84,6 +84,7 @@ class TechConfig:
     adc_area_um2: dict[int, Constant]
     shift_add_energy_pj: Constant
     shift_add_area_um2: Constant
+    transistor_area_um2: Constant
 
 
 @dataclass(frozen=True)
