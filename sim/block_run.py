@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from .tile_run import _no_pytest_env
 __all__ = ["run_bench"]
 
 
-def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None):
-    """The bench's result (plain data); raises if the simulation fails."""
+def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
+              waves_to: Path | None = None):
+    """The bench's result (plain data); raises if the simulation fails. ``waves_to``
+    (Verilator only): keep the run's SAIF activity file at that path."""
     fn = BENCHES[bench]
     if sim == "amaranth":
         from amaranth.sim import Simulator
@@ -35,7 +38,10 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
 
     from cocotb_tools.check_results import get_results
 
-    build = build_simulator(component, sim=sim, top=top, build_root=build_root)
+    waves = waves_to is not None
+    if waves and sim != "verilator":
+        raise ValueError("activity capture (SAIF) is implemented for Verilator only")
+    build = build_simulator(component, sim=sim, top=top, build_root=build_root, waves=waves)
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -48,9 +54,12 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
                 test_module="moepim.testbenches.block", hdl_toplevel=top,
                 hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,
                 extra_env={"MOEPIM_BENCH": str(folder / "bench.json")},
-                timescale=("1ns", "1ps"), log_file=folder / "sim.log")
+                timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log")
         n_tests, n_failed = get_results(Path(xml))
         if n_tests != 1 or n_failed or not (folder / "result.json").exists():
             log = (folder / "sim.log").read_text()[-4000:]
             raise RuntimeError(f"{sim} bench {bench} failed; end of its log:\n{log}")
+        if waves:
+            Path(waves_to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder / "dump.saif", waves_to)
         return json.loads((folder / "result.json").read_text())

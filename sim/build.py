@@ -143,6 +143,8 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
     text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
     macros = macro_sources()
     flags = list(VERILATOR_BUILD_ARGS) if sim == "verilator" else []
+    if waves and sim == "verilator":
+        flags.append("--trace-saif")         # SAIF toggle counts (cocotb writes dump.saif)
     h = hashlib.sha256()
     for part in [sim, top, str(waves), *flags, text, *(m.read_text() for m in macros)]:
         h.update(part.encode())

@@ -254,5 +254,12 @@ async def expert_router(io, *, windows, gap_p, stall_p, seed):
     return out
 
 
-BENCHES = {"token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
+async def free_run(io, *, cycles):
+    """Clock the design for ``cycles`` cycles with all inputs at 0."""
+    for _ in range(cycles):
+        await io.tick()
+    return {"cycles": io.cycle}
+
+
+BENCHES = {"free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
            "go_cache_commands": go_cache_commands}
