@@ -1,7 +1,7 @@
 """Switching activity: per-signal toggle counts from Verilator's SAIF, aggregated per module.
 
 Verilator (5.042+) built with ``--trace-saif`` writes ``dump.saif``: for every net bit its
-toggle count ``TC`` over the run (``run_bench(..., waves_to=path)`` keeps it). Nets are the
+toggle count ``TC`` over the run (``run_bench(..., trace="saif", trace_to=path)`` keeps it). Nets are the
 exported netlist's wires, Yosys's intermediate wires included, so the counts reflect the
 switching of the synthesised logic. The ``$rootio`` instance (a mirror of the top-level ports)
 is skipped. Toggles times the technology's energy per toggle give the digital switching

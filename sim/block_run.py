@@ -18,9 +18,10 @@ __all__ = ["run_bench"]
 
 
 def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
-              waves_to: Path | None = None):
-    """The bench's result (plain data); raises if the simulation fails. ``waves_to``
-    (Verilator only): keep the run's SAIF activity file at that path."""
+              trace: str | None = None, trace_to: Path | None = None):
+    """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
+    or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
+    ``trace_to``."""
     fn = BENCHES[bench]
     if sim == "amaranth":
         from amaranth.sim import Simulator
@@ -38,10 +39,10 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
 
     from cocotb_tools.check_results import get_results
 
-    waves = waves_to is not None
-    if waves and sim != "verilator":
-        raise ValueError("activity capture (SAIF) is implemented for Verilator only")
-    build = build_simulator(component, sim=sim, top=top, build_root=build_root, waves=waves)
+    if (trace is None) != (trace_to is None):
+        raise ValueError("give both trace and trace_to, or neither")
+    waves = trace is not None
+    build = build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace)
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -60,6 +61,6 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
             log = (folder / "sim.log").read_text()[-4000:]
             raise RuntimeError(f"{sim} bench {bench} failed; end of its log:\n{log}")
         if waves:
-            Path(waves_to).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(folder / "dump.saif", waves_to)
+            Path(trace_to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(folder / f"dump.{trace}", trace_to)
         return json.loads((folder / "result.json").read_text())

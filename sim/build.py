@@ -136,17 +136,25 @@ def _top_ports_public(folder: Path, top: str):
 
 
 def build_simulator(component, *, sim: str, top: str, build_root: Path | None = None,
-                    waves: bool = False, progress=None) -> Build:
-    """Export ``component`` and build it for ``sim`` (``verilator`` or ``icarus``), cached."""
+                    trace: str | None = None, progress=None) -> Build:
+    """Export ``component`` and build it for ``sim`` (``verilator`` or ``icarus``), cached.
+
+    ``trace``: ``None``, ``"vcd"`` (value changes, for waveform regression) or ``"saif"``
+    (toggle counts, Verilator only)."""
+    if trace not in (None, "vcd", "saif"):
+        raise ValueError(f"trace={trace!r} is not allowed: None, 'vcd' or 'saif'")
+    if trace == "saif" and sim != "verilator":
+        raise ValueError("SAIF activity capture needs Verilator")
+    waves = trace is not None
     setup_simulator(sim)
     build_root = build_root or default_build_root()
     text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
     macros = macro_sources()
     flags = list(VERILATOR_BUILD_ARGS) if sim == "verilator" else []
-    if waves and sim == "verilator":
+    if trace == "saif":
         flags.append("--trace-saif")         # SAIF toggle counts (cocotb writes dump.saif)
     h = hashlib.sha256()
-    for part in [sim, top, str(waves), *flags, text, *(m.read_text() for m in macros)]:
+    for part in [sim, top, str(trace), *flags, text, *(m.read_text() for m in macros)]:
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]

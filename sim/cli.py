@@ -3,6 +3,7 @@
     moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet]
     moepim export CONFIG --top NAME --out DIR
     moepim synth CONFIG --top NAME --out DIR
+    moepim waves record|check SCENARIO [--update-golden]
     moepim trace generate|inspect|convert ...
     moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
 
@@ -145,6 +146,24 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_waves(args) -> int:
+    from .waves import check, load_scenario, record
+
+    sc = load_scenario(args.scenario)
+    if args.action == "record":
+        path = record(sc, update_golden=args.update_golden)
+        print(f"recorded {len(sc.signals)} signals of {sc.name} in {path}")
+        return 0
+    diffs = check(sc)
+    if not diffs:
+        print(f"{sc.name}: {len(sc.signals)} signals match the golden file")
+        return 0
+    for d in diffs:
+        print(f"{sc.name}: {d['signal']} diverges at cycle {d['cycle']}: expected "
+              f"{d['expected']}, got {d['actual']}")
+    return EXIT_MISMATCH
+
+
 def _model_experts(path) -> int | None:
     """Expert count of an optional ``--model`` config, to check traces against."""
     if path is None:
@@ -280,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--out", type=Path, required=True)
     y.add_argument("--quiet", action="store_true")
     y.set_defaults(func=cmd_synth)
+
+    w = sub.add_parser("waves", help="waveform regression: record or check a scenario")
+    w.add_argument("action", choices=("record", "check"))
+    w.add_argument("scenario", help="a configs/waves/*.yaml file or its name")
+    w.add_argument("--update-golden", action="store_true",
+                   help="allow record to replace an existing golden file")
+    w.set_defaults(func=cmd_waves)
 
     sc = sub.add_parser("schedule", help="schedule a trace's jobs onto expert groups")
     sc.add_argument("--trace", type=Path, required=True, help=".npy or .csv routing trace")

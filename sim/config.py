@@ -162,6 +162,11 @@ def _convert(value, tp, file, key):
         if isinstance(value, str):
             return value
         raise ConfigError(file, key, value, "a string")
+    if origin is list:
+        (etp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(file, key, value, "a list")
+        return [_convert(v, etp, file, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         ktp, vtp = typing.get_args(tp)
         if not isinstance(value, dict):

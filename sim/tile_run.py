@@ -134,7 +134,7 @@ def run_cocotb(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None, 
 
     group = TileGroup(**exp.tile.hw_kwargs())
     build = build_simulator(group, sim=sim, top="tile_group", build_root=build_root,
-                            waves=waves, progress=progress)
+                            trace="vcd" if waves else None, progress=progress)
     build_root = Path(build_root or default_build_root())
     (build_root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=build_root / "runs-tmp") as tmp:

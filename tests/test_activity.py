@@ -25,7 +25,7 @@ def test_counter_toggles(tmp_path):
     n = 1000
     saif = tmp_path / "counter.saif"
     run_bench(Counter(), top="counter", bench="free_run", args={"cycles": n},
-              sim="verilator", waves_to=saif)
+              sim="verilator", trace="saif", trace_to=saif)
     counts = read_saif(saif)
     for i in range(8):
         # the counter runs n cycles after reset (plus the reset edge itself)
