@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from moepim.testbenches.benches import BENCHES
@@ -12,16 +15,29 @@ from moepim.testbenches.harness import AmaranthIO
 
 from .build import build_simulator, default_build_root
 from .ports import port_map
-from .tile_run import _no_pytest_env
 
-__all__ = ["run_bench"]
+__all__ = ["run_bench", "no_pytest_env"]
+
+
+@contextmanager
+def no_pytest_env():
+    """cocotb's runner calls sys.exit on failures under pytest; results are checked here."""
+    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = saved
 
 
 def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
-              trace: str | None = None, trace_to: Path | None = None):
+              trace: str | None = None, trace_to: Path | None = None, setup=None,
+              info: dict | None = None, progress=None):
     """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
-    ``trace_to``."""
+    ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
+    macro models); ``info`` receives the build facts and the simulation's wall time."""
+    info = info if info is not None else {}
     fn = BENCHES[bench]
     if sim == "amaranth":
         from amaranth.sim import Simulator
@@ -34,7 +50,11 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
             out["result"] = await fn(AmaranthIO(component, ctx), **args)
 
         s.add_testbench(tb)
+        if setup is not None:
+            setup(s)
+        t0 = time.monotonic()
         s.run()
+        info.update(sim_s=time.monotonic() - t0, cached=False, build_s=0.0)
         return json.loads(json.dumps(out["result"]))    # same plain types as cocotb's
 
     from cocotb_tools.check_results import get_results
@@ -42,7 +62,9 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
     if (trace is None) != (trace_to is None):
         raise ValueError("give both trace and trace_to, or neither")
     waves = trace is not None
-    build = build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace)
+    build = build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace,
+                            progress=progress)
+    info.update(cached=build.cached, build_s=build.build_s, directory=str(build.directory))
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -50,12 +72,14 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
         spec = {"bench": bench, "args": args, "ports": port_map(component),
                 "result": str(folder / "result.json")}
         (folder / "bench.json").write_text(json.dumps(spec))
-        with _no_pytest_env():
+        t0 = time.monotonic()
+        with no_pytest_env():
             xml = build.runner().test(
                 test_module="moepim.testbenches.block", hdl_toplevel=top,
                 hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,
                 extra_env={"MOEPIM_BENCH": str(folder / "bench.json")},
                 timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log")
+        info["sim_s"] = time.monotonic() - t0
         n_tests, n_failed = get_results(Path(xml))
         if n_tests != 1 or n_failed or not (folder / "result.json").exists():
             log = (folder / "sim.log").read_text()[-4000:]

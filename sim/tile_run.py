@@ -7,27 +7,18 @@ model's event counts, and every MVM's latency with ``mvm_latency``.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from moepim.hw import TileGeometry, TileGroup
 from moepim.models.tile import TileShape, tile_mvm, tile_mvm_events
-from moepim.testbenches.bits import unpack_fields
 
-from .build import build_simulator, default_build_root
 from .config import TileExperiment
 from .ports import flat_fields
 
 __all__ = ["Scenario", "make_scenario", "run_scenario", "check_outputs", "TileRun"]
 
-TB_MODULE = "moepim.testbenches.tile"
 
 
 @dataclass
@@ -117,148 +108,37 @@ def _timeout(exp: TileExperiment, sc: Scenario) -> int:
     return (len(sc.xs) + 1) * (g.mvm_latency + 2) + idle + stalls + 100
 
 
-@contextmanager
-def _no_pytest_env():
-    """cocotb's runner calls sys.exit on failures under pytest; we check results ourselves."""
-    saved = os.environ.pop("PYTEST_CURRENT_TEST", None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["PYTEST_CURRENT_TEST"] = saved
-
-
-def run_cocotb(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None, waves=False,
-               progress=None) -> TileRun:
-    from cocotb_tools.check_results import get_results
-
-    group = TileGroup(**exp.tile.hw_kwargs())
-    build = build_simulator(group, sim=sim, top="tile_group", build_root=build_root,
-                            trace="vcd" if waves else None, progress=progress)
-    build_root = Path(build_root or default_build_root())
-    (build_root / "runs-tmp").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=build_root / "runs-tmp") as tmp:
-        folder = Path(tmp)
-        spec = {"group_size": exp.tile.group_size, "fields": _field_maps(group),
-                "timeout_cycles": _timeout(exp, sc)}
-        (folder / "spec.json").write_text(json.dumps(spec))
-        np.savez(folder / "data.npz", **sc.arrays())
-        runner = build.runner()
-        t0 = time.monotonic()
-        if progress:
-            progress(f"simulating {len(sc.xs)} MVMs under {sim}")
-        with _no_pytest_env():
-            results_xml = runner.test(
-                test_module=TB_MODULE, hdl_toplevel="tile_group", hdl_toplevel_lang="verilog",
-                build_dir=build.directory,
-                test_dir=folder, extra_env={"MOEPIM_SCENARIO": str(folder)},
-                timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log")
-        sim_s = time.monotonic() - t0
-        n_tests, n_failed = get_results(Path(results_xml))
-        if n_tests != 1 or n_failed or not (folder / "result.json").exists():
-            log = (folder / "sim.log").read_text()[-4000:] if (folder / "sim.log").exists() else ""
-            raise RuntimeError(f"{sim} testbench failed ({n_failed} of {n_tests} tests); "
-                               f"end of its log:\n{log}")
-        meta = json.loads((folder / "result.json").read_text())
-        with np.load(folder / "result.npz") as r:
-            res = {k: r[k] for k in r.files}
-    counters = _counter_dict(group.counters.shape(), int(meta["counters"]))
-    return TileRun(sim, res["y"], res["accept"], res["done"], res["xbar"], meta["cycles"],
-                   meta["load_cycles"], counters,
-                   {"cached": build.cached, "build_s": build.build_s,
-                    "directory": str(build.directory)}, sim_s, meta["mvm_wall_s"])
-
-
-def run_amaranth(exp: TileExperiment, sc: Scenario, *, progress=None) -> TileRun:
-    """Amaranth's simulator; macro cores become the Python behavioural model."""
-    from amaranth.sim import Simulator
-
+def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None,
+                 progress=None) -> TileRun:
+    """Play a scenario on the experiment's ``TileGroup`` under ``sim``: cocotb on the exported
+    Verilog (Verilator, Icarus) or Amaranth's simulator, where macro cores become the Python
+    behavioural model. One bench (``testbenches.benches.tile_scenario``) serves all three."""
     from .amaranth_macro import add_macro_model
+    from .block_run import run_bench
 
     kwargs = exp.tile.hw_kwargs()
-    if kwargs["core"] == "macro":
+    if sim == "amaranth" and kwargs["core"] == "macro":
         kwargs["core"] = "python"
     group = TileGroup(**kwargs)
-    fields = _field_maps(group)
-    sim = Simulator(group)
-    sim.add_clock(1e-8)
-    for xb in group.crossbars:
-        if xb.core == "python":
-            add_macro_model(sim, xb)
-    n = len(sc.xs)
-    out = {"accept": np.full(n, -1, dtype=np.int64), "done": np.full(n, -1, dtype=np.int64),
-           "y": None, "xbar": np.zeros(n, dtype=np.int64)}
-    meta = {}
-    timeout = _timeout(exp, sc)
-    from moepim.testbenches.bits import pack_fields
 
-    async def bench(ctx):
-        # weights, one row per cycle
-        ctx.set(group.i_weights.valid, 1)
-        for xb in range(sc.weights.shape[0]):
-            for row in range(sc.weights.shape[1]):
-                ctx.set(group.i_weights.payload.as_value(),
-                        pack_fields(fields["i_weights"], xbar=xb, row=row, w=sc.weights[xb, row]))
-                while not ctx.get(group.i_weights.ready):
-                    await ctx.tick()
-                await ctx.tick()
-        ctx.set(group.i_weights.valid, 0)
-        meta["load_cycles"] = sc.weights.shape[0] * sc.weights.shape[1]
-        queues = {i: list(np.flatnonzero(sc.xbar == i)) for i in range(exp.tile.group_size)}
-        order = {i: list(q) for i, q in queues.items()}
-        start = {i: int(sc.gaps[q[0]]) if q else None for i, q in queues.items()}
-        results = []
-        cycle = 0
-        wall0 = time.perf_counter()
-        while len(results) < n:
-            for i, q in queues.items():
-                active = bool(q) and cycle >= start[i]
-                ctx.set(group.i_requests[i].valid, active)
-                if active:
-                    ctx.set(group.i_requests[i].payload.as_value(),
-                            pack_fields(fields["i_requests"], x=sc.xs[q[0]]))
-            ctx.set(group.o_results.ready, int(sc.ready_pattern[cycle % len(sc.ready_pattern)]))
-            accepted = [i for i, q in queues.items()
-                        if q and cycle >= start[i] and ctx.get(group.i_requests[i].ready)]
-            if ctx.get(group.o_results.valid) and ctx.get(group.o_results.ready):
-                r = unpack_fields(fields["o_results"], ctx.get(group.o_results.payload.as_value()))
-                results.append((r["xbar"], r["y"], cycle))
-            for i in accepted:
-                k = queues[i].pop(0)
-                out["accept"][k] = cycle
-                if queues[i]:
-                    start[i] = cycle + 1 + int(sc.gaps[queues[i][0]])
-            await ctx.tick()
-            cycle += 1
-            if cycle > timeout:
-                raise TimeoutError(f"only {len(results)} of {n} results after {cycle} cycles")
-        for i in queues:
-            ctx.set(group.i_requests[i].valid, 0)
-        meta["cycles"] = cycle
-        meta["mvm_wall_s"] = time.perf_counter() - wall0
-        meta["counters"] = ctx.get(group.counters.as_value())
-        y = np.zeros((n, group.geometry.n_outputs), dtype=np.int64)
-        for xbar, values, when in results:
-            k = order[xbar].pop(0)
-            y[k], out["done"][k], out["xbar"][k] = values, when, xbar
-        out["y"] = y
+    def setup(simulator):
+        for xb in group.crossbars:
+            if xb.core == "python":
+                add_macro_model(simulator, xb)
 
-    sim.add_testbench(bench)
+    args = {"weights": sc.weights.tolist(), "xs": sc.xs.tolist(), "xbar": sc.xbar.tolist(),
+            "gaps": sc.gaps.tolist(), "ready_pattern": sc.ready_pattern.tolist(),
+            "fields": _field_maps(group), "timeout": _timeout(exp, sc)}
+    info = {}
     if progress:
-        progress(f"simulating {n} MVMs under amaranth")
-    t0 = time.monotonic()
-    sim.run()
-    sim_s = time.monotonic() - t0
-    counters = _counter_dict(group.counters.shape(), meta["counters"])
-    return TileRun("amaranth", out["y"], out["accept"], out["done"], out["xbar"], meta["cycles"],
-                   meta["load_cycles"], counters, {"cached": False, "build_s": 0.0}, sim_s,
-                   meta["mvm_wall_s"])
-
-
-def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, **kw) -> TileRun:
-    if sim == "amaranth":
-        return run_amaranth(exp, sc, progress=kw.get("progress"))
-    return run_cocotb(exp, sc, sim, **kw)
+        progress(f"simulating {len(sc.xs)} MVMs under {sim}")
+    r = run_bench(group, top="tile_group", bench="tile_scenario", args=args, sim=sim,
+                  build_root=build_root, setup=setup, info=info, progress=progress)
+    counters = _counter_dict(group.counters.shape(), int(r["counters"]))
+    build = {k: info[k] for k in ("cached", "build_s", "directory") if k in info}
+    return TileRun(sim, np.array(r["y"], dtype=np.int64), np.array(r["accept"]),
+                   np.array(r["done"]), np.array(r["xbar"]), r["cycles"], r["load_cycles"],
+                   counters, build, info["sim_s"], r["mvm_wall_s"])
 
 
 def expected_counters(exp: TileExperiment, sc: Scenario) -> dict:

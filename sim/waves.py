@@ -3,8 +3,8 @@
 A scenario (``configs/waves/*.yaml``) names a block, its seeded stimulus and the signals to
 watch (top-level ports, e.g. ``o_slots__payload``). ``record`` runs it under Verilator with a
 VCD trace and stores, per signal, the SHA-256 of its value-change sequence (cycle, value) and
-the changes themselves (the first ``HEAD`` as readable text, all of them for locating a
-divergence) in ``tests/golden/waves/<name>.json``. ``check`` re-runs and reports the first
+the changes themselves (hex values; the first ``HEAD`` as readable text, all of them for
+locating a divergence) in ``tests/golden/waves/<name>.json``. ``check`` re-runs and reports the first
 divergence of each differing signal: cycle, expected and actual value. Golden files change
 only through ``record --update-golden``.
 """
@@ -104,7 +104,25 @@ def _go_cache(sc):
                  stall_p=p.get("stall_p", 0.3), seed=sc.seed))
 
 
-_BUILDERS = {"topk": _topk, "group_scheduler": _scheduler, "go_cache": _go_cache}
+def _tile(sc):
+    from moepim.hw import TileGroup
+
+    from .config import load_experiment
+    from .tile_run import _field_maps, _timeout, make_scenario
+
+    exp = load_experiment(REPO_ROOT / "configs" / "experiments" /
+                          f"{sc.params.get('experiment', 'tile-small')}.yaml")
+    exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, seed=sc.seed))
+    scen = make_scenario(exp)
+    group = TileGroup(**exp.tile.hw_kwargs())
+    args = {"weights": scen.weights.tolist(), "xs": scen.xs.tolist(),
+            "xbar": scen.xbar.tolist(), "gaps": scen.gaps.tolist(),
+            "ready_pattern": scen.ready_pattern.tolist(), "fields": _field_maps(group),
+            "timeout": _timeout(exp, scen)}
+    return group, "tile_group", "tile_scenario", args
+
+
+_BUILDERS = {"tile_group": _tile, "topk": _topk, "group_scheduler": _scheduler, "go_cache": _go_cache}
 
 
 # --- capture, signatures, comparison ---
@@ -133,10 +151,19 @@ def capture(sc: WaveScenario, *, build_root=None) -> dict[str, list[list]]:
             width = var.bitwidth
             changes = []
             for time, value in var.signal:
-                text = value if isinstance(value, str) else format(int(value), f"0{width}b")
-                changes.append([int(time) // PERIOD_PS, text])
+                changes.append([int(time) // PERIOD_PS, _text(value, width)])
             out[name] = changes
     return out
+
+
+def _text(value, width: int) -> str:
+    """Hex for 2-state values (compact), the bit string when X or Z bits are present."""
+    if isinstance(value, str):
+        if set(value) <= {"0", "1"}:
+            value = int(value, 2)
+        else:
+            return value
+    return format(int(value), f"0{(width + 3) // 4}x")
 
 
 def _digest(changes) -> str:
@@ -159,7 +186,7 @@ def record(sc: WaveScenario, *, update_golden: bool = False, build_root=None) ->
                         for name, ch in waves.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
     tmp.replace(path)
     return path
 

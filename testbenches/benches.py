@@ -254,6 +254,73 @@ async def expert_router(io, *, windows, gap_p, stall_p, seed):
     return out
 
 
+async def tile_scenario(io, *, weights, xs, xbar, gaps, ready_pattern, fields, timeout):
+    """A tile experiment (``moepim.sim.tile_run.Scenario``) on a ``TileGroup``.
+
+    Weights are programmed one row per cycle; then requester ``i`` issues its MVMs in order,
+    each after ``gaps[k]`` idle cycles, holding ``valid`` until accepted; ``o_results.ready``
+    follows ``ready_pattern[cycle % len]``. Cycle 0 is the first cycle after programming.
+    Returns per MVM its output, acceptance and completion cycles, plus the raw counters.
+    """
+    import time
+
+    from .bits import pack_fields, unpack_fields
+
+    io.set("i_weights.valid", 1)
+    load0 = io.cycle
+    for xb in range(len(weights)):
+        for row in range(len(weights[xb])):
+            io.set("i_weights.payload", pack_fields(fields["i_weights"], xbar=xb, row=row,
+                                                    w=weights[xb][row]))
+            while not await io.get("i_weights.ready"):
+                await io.tick()
+            await io.tick()
+    io.set("i_weights.valid", 0)
+    load_cycles = io.cycle - load0
+
+    n = len(xs)
+    groups = sorted(set(xbar))
+    queues = {i: [k for k in range(n) if xbar[k] == i] for i in groups}
+    order = {i: list(q) for i, q in queues.items()}
+    start = {i: gaps[q[0]] for i, q in queues.items()}
+    shown = dict.fromkeys(groups)
+    accept, done, y, tags = [-1] * n, [-1] * n, [None] * n, [-1] * n
+    results, c0, wall0 = [], io.cycle, time.perf_counter()
+    while len(results) < n:
+        cycle = io.cycle - c0
+        for i, q in queues.items():
+            active = bool(q) and cycle >= start[i]
+            io.set(f"i_requests.{i}.valid", int(active))
+            if active and shown[i] != q[0]:
+                io.set(f"i_requests.{i}.payload", pack_fields(fields["i_requests"], x=xs[q[0]]))
+                shown[i] = q[0]
+        ready = int(ready_pattern[cycle % len(ready_pattern)])
+        io.set("o_results.ready", ready)
+        accepted = [i for i, q in queues.items()
+                    if q and cycle >= start[i] and await io.get(f"i_requests.{i}.ready")]
+        if ready and await io.get("o_results.valid"):
+            r = unpack_fields(fields["o_results"], await io.get("o_results.payload"))
+            results.append((int(r["xbar"]), [int(v) for v in r["y"]], cycle))
+        for i in accepted:
+            k = queues[i].pop(0)
+            accept[k] = cycle
+            if queues[i]:
+                start[i] = cycle + 1 + gaps[queues[i][0]]
+        await io.tick()
+        if cycle > timeout:
+            raise TimeoutError(f"only {len(results)} of {n} results after {cycle} cycles")
+    for i in groups:
+        io.set(f"i_requests.{i}.valid", 0)
+    cycles, mvm_wall_s = io.cycle - c0, time.perf_counter() - wall0
+    for tag, values, when in results:
+        k = order[tag].pop(0)
+        y[k], done[k], tags[k] = values, when, tag
+    counters = await io.get("counters")
+    await io.tick()
+    return {"y": y, "accept": accept, "done": done, "xbar": tags, "cycles": cycles,
+            "load_cycles": load_cycles, "counters": counters, "mvm_wall_s": mvm_wall_s}
+
+
 async def free_run(io, *, cycles):
     """Clock the design for ``cycles`` cycles with all inputs at 0."""
     for _ in range(cycles):
@@ -261,5 +328,5 @@ async def free_run(io, *, cycles):
     return {"cycles": io.cycle}
 
 
-BENCHES = {"free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
+BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
            "go_cache_commands": go_cache_commands}

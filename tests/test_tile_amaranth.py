@@ -8,7 +8,7 @@ from amaranth.hdl import Fragment
 
 from moepim.hw import CrossbarArray, PeripheralSet, TileGeometry, TileGroup
 from moepim.hw.params import ParameterError
-from moepim.sim.tile_run import check_outputs, make_scenario, run_amaranth
+from moepim.sim.tile_run import check_outputs, make_scenario, run_scenario
 
 from .conftest import small_experiment as small
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_amaranth_bit_exact_with_gaps_and_backpressure(core, arrival, backpressure):
     exp = small(core=core, arrival=arrival, backpressure=backpressure)
     sc = make_scenario(exp)
-    run = run_amaranth(exp, sc)
+    run = run_scenario(exp, sc, "amaranth")
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
     if backpressure:
@@ -39,7 +39,7 @@ def test_amaranth_bit_exact_with_gaps_and_backpressure(core, arrival, backpressu
 def test_amaranth_odd_shapes(tile):
     exp = small(core="logic", n_mvms=9, **tile)
     sc = make_scenario(exp)
-    run = run_amaranth(exp, sc)
+    run = run_scenario(exp, sc, "amaranth")
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
 
@@ -47,7 +47,7 @@ def test_amaranth_odd_shapes(tile):
 def test_simultaneous_requests_are_serialised_and_stalls_counted():
     exp = small(core="macro", group_size=2, n_mvms=2, arrival="simultaneous", backpressure=0.0)
     sc = make_scenario(exp)
-    run = run_amaranth(exp, sc)
+    run = run_scenario(exp, sc, "amaranth")
     latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
     assert latency == exp.tile.input_bits * exp.tile.n_columns // exp.tile.n_adcs + 4
     assert sorted(run.accept.tolist()) == [0, latency]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moepim.hw import TileGeometry
-from moepim.sim.tile_run import check_outputs, make_scenario, run_amaranth, run_cocotb
+from moepim.sim.tile_run import check_outputs, make_scenario, run_scenario
 
 from .conftest import need_icarus, small_experiment
 
@@ -26,11 +26,11 @@ def test_cocotb_matches_golden_and_amaranth(sim):
         need_icarus()
     exp = small_experiment()          # random gaps, 30 % back-pressure, 3 crossbars
     sc = make_scenario(exp)
-    run = run_cocotb(exp, sc, sim)
+    run = run_scenario(exp, sc, sim)
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
     assert check["latency_max"] > check["mvm_latency"]
-    _same_run(run, run_amaranth(exp, sc))
+    _same_run(run, run_scenario(exp, sc, "amaranth"))
 
 
 @pytest.mark.xdist_group("verilator-small")
@@ -39,7 +39,7 @@ def test_logic_and_macro_cores_are_cycle_and_bit_identical():
     for core in ("logic", "macro"):
         exp = small_experiment(core=core, seed=11, n_mvms=18)
         sc = make_scenario(exp)
-        runs[core] = run_cocotb(exp, sc, "verilator")
+        runs[core] = run_scenario(exp, sc, "verilator")
         assert check_outputs(exp, sc, runs[core])["golden_match"]
     _same_run(runs["logic"], runs["macro"])
 
@@ -52,7 +52,7 @@ def test_full_size_tile_is_bit_exact_and_serialises_a_shared_pair():
                            core="macro", n_mvms=2, arrival="simultaneous", backpressure=0.0,
                            seed=2026)
     sc = make_scenario(exp)
-    run = run_cocotb(exp, sc, "verilator")
+    run = run_scenario(exp, sc, "verilator")
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
     latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
