@@ -178,11 +178,6 @@ class TileGeometry:
         """
         return self.input_bits * self.columns_per_adc + 4
 
-    @property
-    def mvm_interval(self) -> int:
-        """Cycles between two back-to-back handshakes of the same peripheral set."""
-        return self.mvm_latency
-
 
 def check_tile_group(*, group_size, core, counter_bits, **geometry) -> TileGeometry:
     """Every check ``TileGroup(**kwargs)`` makes, without building an elaboratable."""

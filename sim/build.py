@@ -95,8 +95,6 @@ class Build:
     sim: str
     top: str
     directory: Path
-    verilog: Path
-    ports: dict
     cached: bool
     build_s: float
 
@@ -163,7 +161,7 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
     ports = {"top": top, "ports": port_map(component)}
     with _locked(build_root / "cache" / f"{sim}-{key}.lock"):
         if done.exists():
-            return Build(sim, top, directory, directory / f"{top}.v", ports, True, 0.0)
+            return Build(sim, top, directory, True, 0.0)
         if directory.exists():
             shutil.rmtree(directory)
         staging = directory.with_name(directory.name + ".partial")
@@ -192,4 +190,4 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         build_s = time.monotonic() - t0
         (staging / "build.ok").write_text(json.dumps({"build_s": build_s}))
         os.replace(staging, directory)
-    return Build(sim, top, directory, directory / f"{top}.v", ports, False, build_s)
+    return Build(sim, top, directory, False, build_s)

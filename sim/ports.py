@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth import Shape, Value
 from amaranth.lib import data, wiring
 
-__all__ = ["port_map", "field_map", "flat_fields"]
+__all__ = ["port_map", "flat_fields"]
 
 
 def flat_fields(layout, prefix: str = "", offset: int = 0) -> dict:
@@ -26,11 +26,6 @@ def flat_fields(layout, prefix: str = "", offset: int = 0) -> dict:
         s = Shape.cast(layout)
         out[prefix.rstrip(".")] = [offset, s.width, 0, s.signed]
     return out
-
-
-def field_map(layout) -> dict:
-    """Field map of one payload layout (top-level fields only, arrays kept whole)."""
-    return flat_fields(layout)
 
 
 def port_map(component: wiring.Component) -> list[dict]:

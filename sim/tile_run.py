@@ -31,9 +31,12 @@ class Scenario:
     gaps: np.ndarray           # (n_mvms,) idle cycles before each request
     ready_pattern: np.ndarray  # (P,) o_results.ready at cycle c is ready_pattern[c % P]
 
-    def arrays(self) -> dict:
-        return {"weights": self.weights, "xs": self.xs, "xbar": self.xbar, "gaps": self.gaps,
-                "ready_pattern": self.ready_pattern}
+    def bench_args(self, exp: TileExperiment, group: TileGroup) -> dict:
+        """Arguments of ``testbenches.benches.tile_scenario`` for this scenario."""
+        return {"weights": self.weights.tolist(), "xs": self.xs.tolist(),
+                "xbar": self.xbar.tolist(), "gaps": self.gaps.tolist(),
+                "ready_pattern": self.ready_pattern.tolist(), "fields": _field_maps(group),
+                "timeout": _timeout(exp, self)}
 
 
 def make_scenario(exp: TileExperiment) -> Scenario:
@@ -126,9 +129,7 @@ def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None
             if xb.core == "python":
                 add_macro_model(simulator, xb)
 
-    args = {"weights": sc.weights.tolist(), "xs": sc.xs.tolist(), "xbar": sc.xbar.tolist(),
-            "gaps": sc.gaps.tolist(), "ready_pattern": sc.ready_pattern.tolist(),
-            "fields": _field_maps(group), "timeout": _timeout(exp, sc)}
+    args = sc.bench_args(exp, group)
     info = {}
     if progress:
         progress(f"simulating {len(sc.xs)} MVMs under {sim}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -80,11 +79,3 @@ def setup_simulator(sim: str) -> None:
         setup_icarus()
     elif sim != "amaranth":
         raise ToolchainError(f"unknown simulator {sim!r}; allowed: {', '.join(SIMULATORS)}")
-
-
-def tool_version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unavailable ({e})"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""

@@ -108,18 +108,14 @@ def _tile(sc):
     from moepim.hw import TileGroup
 
     from .config import load_experiment
-    from .tile_run import _field_maps, _timeout, make_scenario
+    from .tile_run import make_scenario
 
     exp = load_experiment(REPO_ROOT / "configs" / "experiments" /
                           f"{sc.params.get('experiment', 'tile-small')}.yaml")
     exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, seed=sc.seed))
     scen = make_scenario(exp)
     group = TileGroup(**exp.tile.hw_kwargs())
-    args = {"weights": scen.weights.tolist(), "xs": scen.xs.tolist(),
-            "xbar": scen.xbar.tolist(), "gaps": scen.gaps.tolist(),
-            "ready_pattern": scen.ready_pattern.tolist(), "fields": _field_maps(group),
-            "timeout": _timeout(exp, scen)}
-    return group, "tile_group", "tile_scenario", args
+    return group, "tile_group", "tile_scenario", scen.bench_args(exp, group)
 
 
 _BUILDERS = {"tile_group": _tile, "topk": _topk, "group_scheduler": _scheduler, "go_cache": _go_cache}
