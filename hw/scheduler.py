@@ -14,6 +14,9 @@ plan in one FIFO per group and executes it in lock step:
   handshakes; the timestamp completes in the cycle the last of them goes (no group runs ahead:
   timestamps stay aligned) and every other cycle of the timestamp is a stall cycle. After the last job the scheduler returns to LOAD.
 
+``job_data`` (optional layout) is carried with each job, unchanged, from ``i_jobs`` to
+``o_issue`` (the operands the group needs for the job, e.g. its gate weight).
+
 Timing: a window of ``J`` jobs and ``T`` timestamps takes ``J`` load cycles plus ``T`` cycles
 without back-pressure (``window_cycles``). Counters: timestamps, tokens loaded, per-group
 busy and idle timestamps, stall cycles.
@@ -32,7 +35,8 @@ __all__ = ["GroupScheduler"]
 
 class GroupScheduler(wiring.Component):
     def __init__(self, *, n_groups: int, n_tokens: int, n_experts: int, depth: int,
-                 max_idle: int | None = None, counter_bits: int = 48):
+                 max_idle: int | None = None, job_data: data.Layout | None = None,
+                 counter_bits: int = 48):
         for name, value in (("n_groups", n_groups), ("n_tokens", n_tokens),
                             ("n_experts", n_experts), ("depth", depth)):
             need_positive(name, value)
@@ -44,13 +48,16 @@ class GroupScheduler(wiring.Component):
         need_positive("max_idle", self._max_idle + 1)
         tok, exp = unsigned(index_bits(n_tokens)), unsigned(index_bits(n_experts))
         c = unsigned(counter_bits)
-        self._job = data.StructLayout({"token": tok, "expert": exp,
-                                       "idle_before": unsigned(index_bits(self._max_idle + 1))})
+        job = {"token": tok, "expert": exp,
+               "idle_before": unsigned(index_bits(self._max_idle + 1))}
+        issue = {"token": tok, "expert": exp}
+        if job_data is not None:
+            job["data"] = issue["data"] = job_data
+        self._job = data.StructLayout(job)
         super().__init__({
             "i_jobs": In(stream.Signature(data.StructLayout({
                 "group": unsigned(index_bits(n_groups)), "job": self._job, "last": 1}))),
-            "o_issue": Out(stream.Signature(data.StructLayout({"token": tok, "expert": exp})))
-            .array(n_groups),
+            "o_issue": Out(stream.Signature(data.StructLayout(issue))).array(n_groups),
             "o_slots": Out(stream.Signature(data.StructLayout({
                 "tokens": data.ArrayLayout(tok, n_groups),
                 "experts": data.ArrayLayout(exp, n_groups),
@@ -108,6 +115,8 @@ class GroupScheduler(wiring.Component):
         for g in range(n_groups):
             m.d.comb += [self.o_issue[g].payload.token.eq(heads[g].token),
                          self.o_issue[g].payload.expert.eq(heads[g].expert)]
+            if "data" in self._job.members:
+                m.d.comb += self.o_issue[g].payload.data.eq(heads[g].data)
 
         with m.FSM(name="sched"):
             with m.State("LOAD"):

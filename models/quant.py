@@ -229,14 +229,14 @@ def _lut_apply(table, q, bits):
     return table[np.asarray(q, dtype=np.int64) + (1 << (bits - 1))]
 
 
-def gate_logits_int(x_q: np.ndarray, ql: QuantLayer) -> np.ndarray:
+def gate_logits_int(x_q: np.ndarray, ql: QuantLayer, matmul=int_matmul) -> np.ndarray:
     t = ql.tensors
     ab = ql.cfg.quant.act_bits
     if ql.cfg.router.kind == "mlp_gate":
-        h = _clamp(ql.requant["gate.fc1"].apply(int_matmul(x_q, t["gate.fc1.weight"])), ab)
+        h = _clamp(ql.requant["gate.fc1"].apply(matmul(x_q, t["gate.fc1.weight"])), ab)
         th = _lut_apply(ql.luts["tanh"], h, ab)
-        return int_matmul(th, t["gate.fc2.weight"])
-    return int_matmul(x_q, t["gate.weight"])
+        return matmul(th, t["gate.fc2.weight"])
+    return matmul(x_q, t["gate.weight"])
 
 
 def gate_scores_int(logits: np.ndarray, ql: QuantLayer) -> np.ndarray:
@@ -246,10 +246,11 @@ def gate_scores_int(logits: np.ndarray, ql: QuantLayer) -> np.ndarray:
     return logits
 
 
-def route_int(x_q: np.ndarray, ql: QuantLayer, mask=None, logits=None) -> Routing:
+def route_int(x_q: np.ndarray, ql: QuantLayer, mask=None, logits=None,
+              matmul=int_matmul) -> Routing:
     cfg, r = ql.cfg, ql.cfg.router
     if logits is None:
-        logits = gate_logits_int(x_q, ql)
+        logits = gate_logits_int(x_q, ql, matmul)
     scores = gate_scores_int(logits, ql)
     dropped = np.zeros(logits.shape, dtype=bool)
     if mask is None:
@@ -270,35 +271,39 @@ def route_int(x_q: np.ndarray, ql: QuantLayer, mask=None, logits=None) -> Routin
     return Routing(mask, weights, dropped, scores)
 
 
-def _ffn_int(x_q, ql, p):
+def _ffn_int(x_q, ql, p, matmul=int_matmul):
     t, ab = ql.tensors, ql.cfg.quant.act_bits
-    u = _clamp(ql.requant[f"{p}.up"].apply(int_matmul(x_q, t[f"{p}.up.weight"])), ab)
+    u = _clamp(ql.requant[f"{p}.up"].apply(matmul(x_q, t[f"{p}.up.weight"])), ab)
     if ql.cfg.ffn == "swiglu":
-        g = _clamp(ql.requant[f"{p}.gate"].apply(int_matmul(x_q, t[f"{p}.gate.weight"])), ab)
+        g = _clamp(ql.requant[f"{p}.gate"].apply(matmul(x_q, t[f"{p}.gate.weight"])), ab)
         a = _lut_apply(ql.luts[f"{p}.silu"], g, ab)
         h = _clamp(ql.requant[f"{p}.mul"].apply(a * u), ab)
     else:
         h = np.maximum(u, 0)
-    return _clamp(ql.requant[f"{p}.down"].apply(int_matmul(h, t[f"{p}.down.weight"])), ab)
+    return _clamp(ql.requant[f"{p}.down"].apply(matmul(h, t[f"{p}.down.weight"])), ab)
 
 
-def moe_forward_int(x_q: np.ndarray, ql: QuantLayer, mask=None, routing: Routing | None = None):
-    """Integer MoE layer: ``y_q`` (T, d) at scale ``ql.s_y``, and the routing used."""
+def moe_forward_int(x_q: np.ndarray, ql: QuantLayer, mask=None, routing: Routing | None = None,
+                    matmul=int_matmul):
+    """Integer MoE layer: ``y_q`` (T, d) at scale ``ql.s_y``, and the routing used.
+
+    ``matmul`` computes every weight product (default exact; ``moepim.models.pim.
+    CrossbarMatmul`` gives what crossbar tiles with their ADCs compute)."""
     cfg, ab = ql.cfg, ql.cfg.quant.act_bits
     x_q = np.asarray(x_q, dtype=np.int64)
     if routing is None:
-        routing = route_int(x_q, ql, mask)
+        routing = route_int(x_q, ql, mask, matmul=matmul)
     acc = np.zeros((x_q.shape[0], cfg.d_model), dtype=np.int64)
     for e in range(cfg.n_experts):
         tokens = np.flatnonzero(routing.mask[:, e])
         if tokens.size:
             acc[tokens] += routing.weights[tokens, e:e + 1] * _ffn_int(x_q[tokens], ql,
-                                                                        f"experts.{e}")
+                                                                        f"experts.{e}", matmul)
     if cfg.shared.n_shared:
-        out = _ffn_int(x_q, ql, "shared")
+        out = _ffn_int(x_q, ql, "shared", matmul)
         if cfg.shared.gate == "sigmoid":
             lg = _clamp(ql.requant["shared_gate"].apply(
-                int_matmul(x_q, ql.tensors["shared_gate.weight"])), ab)
+                matmul(x_q, ql.tensors["shared_gate.weight"])), ab)
             gate = _lut_apply(ql.luts["sigmoid"], lg, ab)
         else:
             gate = np.full((x_q.shape[0], 1), (1 << cfg.quant.gate_bits) - 1, dtype=np.int64)

@@ -28,6 +28,7 @@ from .quant import (
     dequantize_output,
     gate_logits_int,
     gate_scores_int,
+    int_matmul,
     moe_forward_int,
     quantize_input,
     quantize_layer,
@@ -91,7 +92,9 @@ def _select(scores: np.ndarray, cfg: ModelConfig, n_prompt: int) -> np.ndarray |
 
 def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed: int = 0,
                   weights: dict | None = None, trace: np.ndarray | None = None,
-                  trace_source: str = "trace") -> Workload:
+                  trace_source: str = "trace", matmul=None) -> Workload:
+    """``matmul`` replaces the exact integer products of the golden layer (e.g.
+    ``moepim.models.pim.CrossbarMatmul`` for the accelerator's crossbar arithmetic)."""
     if n_prompt < 1 or n_generate < 0:
         raise ValueError(f"n_prompt={n_prompt}, n_generate={n_generate}: need n_prompt >= 1 "
                          "and n_generate >= 0")
@@ -108,10 +111,11 @@ def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed:
     x_q = quantize_input(x, ql)
 
     # integer (golden) routing
-    logits = gate_logits_int(x_q, ql)
+    mm = matmul if matmul is not None else int_matmul
+    logits = gate_logits_int(x_q, ql, mm)
     mask = trace if trace is not None else _select(gate_scores_int(logits, ql), cfg, n_prompt)
     routing = route_int(x_q, ql, mask=mask, logits=logits)
-    y_q, _ = moe_forward_int(x_q, ql, routing=routing)
+    y_q, _ = moe_forward_int(x_q, ql, routing=routing, matmul=mm)
 
     # float reference, routed by the same rules
     f_routing = route_float(x, w, cfg)

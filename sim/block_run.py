@@ -32,11 +32,12 @@ def no_pytest_env():
 
 def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
               trace: str | None = None, trace_to: Path | None = None, setup=None,
-              info: dict | None = None, progress=None):
+              info: dict | None = None, progress=None, plusargs: list[str] | None = None):
     """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
     ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
-    macro models); ``info`` receives the build facts and the simulation's wall time."""
+    macro models); ``plusargs`` go to the cocotb simulators (e.g. the matrix banks' cell
+    images); ``info`` receives the build facts and the simulation's wall time."""
     info = info if info is not None else {}
     fn = BENCHES[bench]
     if sim == "amaranth":
@@ -78,7 +79,8 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
                 test_module="moepim.testbenches.block", hdl_toplevel=top,
                 hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,
                 extra_env={"MOEPIM_BENCH": str(folder / "bench.json")},
-                timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log")
+                timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log",
+                plusargs=list(plusargs or []))
         info["sim_s"] = time.monotonic() - t0
         n_tests, n_failed = get_results(Path(xml))
         if n_tests != 1 or n_failed or not (folder / "result.json").exists():

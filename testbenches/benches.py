@@ -328,5 +328,85 @@ async def free_run(io, *, cycles):
     return {"cycles": io.cycle}
 
 
+
+JOB_FIELDS = ("slot", "gate", "up_mult", "up_shift", "down_mult", "down_shift")
+
+
+async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
+                    timeout=10_000_000, progress=False):
+    """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
+    d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}``.
+    Returns per window the outputs (``[[int] * d_model]`` per token), the cycles from its
+    first token beat to its last output beat, and the layer's counters after it."""
+    from .bits import pack_array, unpack_array
+
+    rng = np.random.default_rng(seed)
+    io.set("combine_mult", combine[0])
+    io.set("combine_shift", combine[1])
+    results = []
+    for w_index, window in enumerate(windows):
+        tokens = window["tokens"]
+        d_model = len(tokens[0])
+        blocks = d_model // lanes
+        beats = [(t, b) for t in range(len(tokens)) for b in range(blocks)]
+        jobs = list(window["jobs"]) or [None]
+        outputs = [[0] * d_model for _ in tokens]
+        start, done = None, False
+        while not done:
+            offer_t = bool(beats) and rng.random() >= gap_p
+            io.set("i_tokens.valid", int(offer_t))
+            if offer_t:
+                t, b = beats[0]
+                io.set("i_tokens.payload.token", t)
+                io.set("i_tokens.payload.block", b)
+                io.set("i_tokens.payload.data",
+                       pack_array(tokens[t][b * lanes:(b + 1) * lanes], act_bits))
+                io.set("i_tokens.payload.last", int(len(beats) == 1))
+            offer_j = not beats and bool(jobs) and rng.random() >= gap_p
+            io.set("i_jobs.valid", int(offer_j))
+            if offer_j:
+                job = jobs[0]
+                io.set("i_jobs.payload.last", int(len(jobs) == 1))
+                io.set("i_jobs.payload.empty", int(job is None))
+                if job is not None:
+                    g, tok, exp, idle, fields = job
+                    io.set("i_jobs.payload.group", g)
+                    io.set("i_jobs.payload.token", tok)
+                    io.set("i_jobs.payload.expert", exp)
+                    io.set("i_jobs.payload.idle_before", idle)
+                    for name in JOB_FIELDS:
+                        io.set(f"i_jobs.payload.data.{name}", fields[name])
+            ready = int(rng.random() >= stall_p)
+            io.set("o_outputs.ready", ready)
+            if offer_t and await io.get("i_tokens.ready"):
+                start = io.cycle if start is None else start
+                beats.pop(0)
+            if offer_j and await io.get("i_jobs.ready"):
+                jobs.pop(0)
+            if ready and await io.get("o_outputs.valid"):
+                t = await io.get("o_outputs.payload.token")
+                b = await io.get("o_outputs.payload.block")
+                word = await io.get("o_outputs.payload.data")
+                outputs[t][b * lanes:(b + 1) * lanes] = unpack_array(
+                    word, act_bits, lanes, True).tolist()
+                done = bool(await io.get("o_outputs.payload.last"))
+            await io.tick()
+            if start is not None and io.cycle - start > timeout:
+                raise TimeoutError(f"window {w_index}: no last output after {timeout} cycles")
+        io.set("i_tokens.valid", 0)
+        io.set("i_jobs.valid", 0)
+        io.set("o_outputs.ready", 0)
+        counters = {name: await io.get(f"counters.{name}") for name in (
+            "cycles", "timestamps", "token_loads", "token_reads", "token_writes", "out_reads",
+            "out_writes", "engine_busy_cycles", "up_dac_drives", "down_dac_drives")}
+        counters["busy"] = [await io.get(f"counters.busy.{g}")
+                            for g in range(window.get("n_groups", 0))]
+        await io.tick()
+        results.append({"outputs": outputs, "cycles": io.cycle - 1 - start,
+                        "counters": counters})
+        if progress:
+            print(f"moepim: window {w_index + 1}/{len(windows)} done", flush=True)
+    return results
+
 BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
-           "go_cache_commands": go_cache_commands}
+           "go_cache_commands": go_cache_commands, "moe_layer": moe_layer}

@@ -1,0 +1,120 @@
+"""``MatrixBank``: one weight matrix of every expert of a group, tiled over crossbars.
+
+A ``n_in x n_out`` matrix needs ``row_tiles = ceil(n_in / n_rows)`` by
+``col_tiles = ceil(n_out / n_outputs)`` crossbars per expert. Tile position ``(rt, ct)`` holds
+one crossbar per expert slot of the group (``n_slots`` = group size) and ONE peripheral set
+shared by them (crossbar-level multiplexing): a job evaluates one slot at a time, and all tile
+positions work in parallel, each exactly as a :class:`~moepim.hw.PeripheralSet` MVM
+(``mvm_latency`` cycles, the arithmetic of ``moepim.models.tile``).
+
+The crossbars and their peripheral sets are one analog/mixed-signal macro, a black-box
+``Instance`` of ``moepim_matrix_bank`` (behavioural model ``hw/verilog/moepim_matrix_bank.v``):
+replicating hundreds of peripheral sets as RTL would make a full-size layer unbuildable, and
+the digital reduction that follows (partial-sum adders) is RTL in the expert engine. Cells are
+loaded at simulation start from a binary image (``+MOEPIM_BANK<bank_id>=<file>``), never
+elaborated into logic, so one build serves every workload.
+
+Ports (all registered at the macro):
+
+* ``in_we``/``in_addr``/``in_data``: write ``lanes`` inputs of the held input vector.
+* ``start``/``slot``: one MVM of expert slot ``slot``; ``done`` is high ``mvm_latency``
+  cycles later; ``busy`` in between. ``start`` while busy is ignored.
+* ``rd_addr`` -> ``rd_data`` (next cycle): ``lanes`` outputs, each as ``row_tiles`` partial
+  sums (one per row tile) of ``output_bits`` signed bits.
+* ``dac_drives``: word-line pulses so far (one per '1' input bit per tile position).
+"""
+
+from __future__ import annotations
+
+from amaranth import ClockSignal, Instance, Module, ResetSignal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import TileGeometry, check_counter_bits, need, need_positive, index_bits
+
+__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "ceil_div"]
+
+MATRIX_MACRO_NAME = "moepim_matrix_bank"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class MatrixBank(wiring.Component):
+    def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int, bank_id: int = 0,
+                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
+        for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
+                            ("lanes", lanes)):
+            need_positive(name, value)
+        need(isinstance(bank_id, int) and bank_id >= 0, "bank_id", bank_id,
+             "a non-negative integer")
+        need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
+             "at most 8 (the macro stores one byte per cell)")
+        check_counter_bits(counter_bits)
+        g = TileGeometry(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+                         weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
+                         adc_bits=adc_bits, adc_shift=adc_shift)
+        self._geometry = g
+        self._n_in, self._n_out, self._n_slots, self._lanes = n_in, n_out, n_slots, lanes
+        self._bank_id, self._counter_bits = bank_id, counter_bits
+        self._row_tiles = ceil_div(n_in, g.n_rows)
+        self._col_tiles = ceil_div(n_out, g.n_outputs)
+        super().__init__({
+            "in_we": In(1),
+            "in_addr": In(index_bits(self.in_blocks)),
+            "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
+            "start": In(1),
+            "slot": In(index_bits(n_slots)),
+            "busy": Out(1),
+            "done": Out(1),
+            "rd_addr": In(index_bits(self.out_blocks)),
+            "rd_data": Out(data.ArrayLayout(
+                data.ArrayLayout(signed(g.output_bits), self._row_tiles), lanes)),
+            "dac_drives": Out(unsigned(counter_bits)),
+        })
+
+    geometry = property(lambda self: self._geometry)
+    n_in = property(lambda self: self._n_in)
+    n_out = property(lambda self: self._n_out)
+    n_slots = property(lambda self: self._n_slots)
+    lanes = property(lambda self: self._lanes)
+    bank_id = property(lambda self: self._bank_id)
+    row_tiles = property(lambda self: self._row_tiles)
+    col_tiles = property(lambda self: self._col_tiles)
+    in_blocks = property(lambda self: ceil_div(self._n_in, self._lanes))
+    out_blocks = property(lambda self: ceil_div(self._n_out, self._lanes))
+    mvm_latency = property(lambda self: self._geometry.mvm_latency)
+
+    @property
+    def n_crossbars(self) -> int:
+        return self._n_slots * self._row_tiles * self._col_tiles
+
+    @property
+    def n_peripheral_sets(self) -> int:
+        return self._row_tiles * self._col_tiles
+
+    @property
+    def n_cells(self) -> int:
+        return self.n_crossbars * self._geometry.n_rows * self._geometry.n_columns
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geometry
+        m.submodules.macro = Instance(
+            MATRIX_MACRO_NAME,
+            p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
+            p_WEIGHT_BITS=g.weight_bits, p_INPUT_BITS=g.input_bits, p_ADC_BITS=g.adc_bits,
+            p_ADC_SHIFT=g.resolved_adc_shift, p_ROW_TILES=self._row_tiles,
+            p_COL_TILES=self._col_tiles, p_N_SLOTS=self._n_slots, p_N_IN=self._n_in,
+            p_N_OUT=self._n_out, p_LANES=self._lanes, p_OUT_BITS=g.output_bits,
+            p_LATENCY=g.mvm_latency, p_BANK_ID=self._bank_id,
+            p_SLOT_BITS=index_bits(self._n_slots), p_IN_ADDR_BITS=index_bits(self.in_blocks),
+            p_OUT_ADDR_BITS=index_bits(self.out_blocks), p_COUNTER_BITS=self._counter_bits,
+            i_clk=ClockSignal(), i_rst=ResetSignal(),
+            i_in_we=self.in_we, i_in_addr=self.in_addr, i_in_data=self.in_data.as_value(),
+            i_start=self.start, i_slot=self.slot, o_busy=self.busy, o_done=self.done,
+            i_rd_addr=self.rd_addr, o_rd_data=self.rd_data.as_value(),
+            o_dac_drives=self.dac_drives)
+        return m

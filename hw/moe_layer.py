@@ -1,0 +1,321 @@
+"""``MoELayerAccelerator``: the MoE layer's expert part, groups of experts sharing peripherals.
+
+Composition (no logic of its own beyond wiring and the control sequence below):
+
+* a token buffer (``lib.memory``, ``n_tokens`` token vectors, ``lanes`` values per row);
+* a :class:`~moepim.hw.GroupScheduler` holding the window's plan (per group its
+  ``(token, expert, idle_before)`` jobs, each carrying the job's operands: the expert's slot in
+  its group, its gate weight and requantisation constants);
+* one :class:`~moepim.hw.expert_engine.ExpertEngine` per group (the group's crossbars and
+  shared peripheral sets, partial-sum adders, requantisation, ReLU, gate weighting);
+* a combine unit accumulating the gate-weighted expert outputs of each token into an output
+  buffer (``lib.memory``), and the final requantisation to ``act_bits`` on the way out.
+
+Window protocol (the host streams one window at a time: a prompt, or one decode step):
+
+1. ``i_tokens``: the window's token vectors, ``lanes`` values per beat (any order), ``last``
+   on the final beat; the window holds tokens ``0 .. token_of_last``.
+2. ``i_jobs``: the plan, one job per beat, ``last`` on the final one; a single beat with
+   ``empty`` (and ``last``) means no expert work in this window.
+3. Timestamps, in lock step for all groups (one per scheduler slot):
+   SLOT (take the slot record and every group's job, 1 cycle), LOAD (each distinct token of
+   the slot read once from the token buffer and broadcast to every group that needs it:
+   ``d_model/lanes`` cycles per token, plus 1), START (1), WAIT (the engines' job latency),
+   COMBINE (per distinct token, ``d_model/lanes`` cycles, plus 1: the groups working on that
+   token add their outputs in an adder tree and accumulate into the token's output row).
+4. ``o_outputs``: every token of the window, ``lanes`` values per beat, in token then block
+   order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
+
+Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
+job_latency + 5`` (``slot_cycles``). Counters: cycles spent in timestamps, timestamps, token
+loads, per group busy timestamps, buffer reads/writes (rows).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout
+from .matrix_bank import ceil_div
+from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .scheduler import GroupScheduler
+
+__all__ = ["MoELayerAccelerator"]
+
+
+class MoELayerAccelerator(wiring.Component):
+    def __init__(self, *, d_model: int, d_ff: int, n_experts: int, n_groups: int,
+                 group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
+                 multiplier_bits: int = 15, depth: int | None = None,
+                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
+        for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
+                            ("n_groups", n_groups), ("group_size", group_size),
+                            ("n_tokens", n_tokens), ("lanes", lanes)):
+            need_positive(name, value)
+        need(n_groups * group_size >= n_experts, "n_groups", n_groups,
+             f"n_groups * group_size >= n_experts={n_experts}")
+        need(d_model % lanes == 0, "lanes", lanes, f"a divisor of d_model={d_model}")
+        check_counter_bits(counter_bits)
+        self._tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+                          weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
+                          adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
+        self._d_model, self._d_ff, self._n_experts = d_model, d_ff, n_experts
+        self._n_groups, self._group_size, self._n_tokens = n_groups, group_size, n_tokens
+        self._lanes, self._gate_bits, self._multiplier_bits = lanes, gate_bits, multiplier_bits
+        self._act_bits = input_bits
+        self._depth = depth if depth is not None else n_tokens * group_size
+        self._engines = [ExpertEngine(d_model=d_model, d_ff=d_ff, group_size=group_size,
+                                      lanes=lanes, gate_bits=gate_bits,
+                                      multiplier_bits=multiplier_bits, bank_base=2 * g,
+                                      **self._tile)
+                         for g in range(n_groups)]
+        self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
+                                           multiplier_bits=multiplier_bits)
+        self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
+                                         n_experts=n_experts, depth=self._depth,
+                                         job_data=self._job_data, counter_bits=counter_bits)
+        eng = self._engines[0]
+        bound = eng.rd_data.shape().elem_shape.width
+        lim = (1 << (bound - 1))
+        self._acc_bits = signed_bits(-lim * n_experts, lim * n_experts)
+        tok = unsigned(index_bits(n_tokens))
+        blocks = unsigned(index_bits(self.blocks))
+        c = unsigned(counter_bits)
+        vec = data.ArrayLayout(signed(input_bits), lanes)
+        super().__init__({
+            "i_tokens": In(stream.Signature(data.StructLayout({
+                "token": tok, "block": blocks, "data": vec, "last": 1}))),
+            "i_jobs": In(stream.Signature(data.StructLayout({
+                "group": unsigned(index_bits(n_groups)), "token": tok,
+                "expert": unsigned(index_bits(n_experts)),
+                "idle_before": self._scheduler.i_jobs.payload.job.idle_before.shape(),
+                "data": self._job_data, "last": 1, "empty": 1}))),
+            "o_outputs": Out(stream.Signature(data.StructLayout({
+                "token": tok, "block": blocks, "data": vec, "last": 1}))),
+            "combine_mult": In(unsigned(multiplier_bits)),
+            "combine_shift": In(unsigned(SHIFT_BITS)),
+            "counters": Out(data.StructLayout({
+                "cycles": c, "timestamps": c, "token_loads": c,
+                "token_reads": c, "token_writes": c, "out_reads": c, "out_writes": c,
+                "busy": data.ArrayLayout(c, n_groups),
+                "engine_busy_cycles": c, "up_dac_drives": c, "down_dac_drives": c})),
+        })
+
+    # parameters and derived sizes
+    d_model = property(lambda self: self._d_model)
+    d_ff = property(lambda self: self._d_ff)
+    n_experts = property(lambda self: self._n_experts)
+    n_groups = property(lambda self: self._n_groups)
+    group_size = property(lambda self: self._group_size)
+    n_tokens = property(lambda self: self._n_tokens)
+    lanes = property(lambda self: self._lanes)
+    engines = property(lambda self: list(self._engines))
+    acc_bits = property(lambda self: self._acc_bits)
+    blocks = property(lambda self: self._d_model // self._lanes)
+
+    @property
+    def job_latency(self) -> int:
+        return self._engines[0].job_latency
+
+    def slot_cycles(self, n_loads: int) -> int:
+        """Cycles of one timestamp whose jobs need ``n_loads`` distinct tokens."""
+        return n_loads * 2 * self.blocks + self.job_latency + 5
+
+    def elaborate(self, platform):
+        m = Module()
+        G, B, lanes, ab = self._n_groups, self.blocks, self._lanes, self._act_bits
+        sched = self._scheduler
+        m.submodules.scheduler = sched
+        for g, e in enumerate(self._engines):
+            m.submodules[f"engine{g}"] = e
+        cnt = self.counters
+        vec_bits = lanes * ab
+        acc_row = data.ArrayLayout(signed(self._acc_bits), lanes)
+
+        # buffers
+        m.submodules.token_buf = token_buf = memory.Memory(
+            shape=unsigned(vec_bits), depth=self._n_tokens * B, init=[])
+        tb_w, tb_r = token_buf.write_port(), token_buf.read_port()
+        m.submodules.out_buf = out_buf = memory.Memory(
+            shape=acc_row, depth=self._n_tokens * B, init=[])
+        ob_w, ob_r = out_buf.write_port(), out_buf.read_port()
+
+        # slot state: per group, active, token and job operands
+        active = Signal(G)
+        tokens = [Signal(range(self._n_tokens), name=f"slot_token{g}") for g in range(G)]
+        last_slot = Signal()
+        pending = Signal(G)
+        first_use = Signal(G)
+        for g in range(G):
+            seen = [active[h] & (tokens[h] == tokens[g]) for h in range(g)]
+            m.d.comb += first_use[g].eq(active[g] & ~(Cat(*seen).any() if seen else 0))
+        # lowest pending group and its token
+        lowest = Signal(G)
+        m.d.comb += lowest.eq(pending & (~pending + 1))
+        cur_tok = Signal(range(self._n_tokens))
+        for g in reversed(range(G)):
+            with m.If(pending[g]):
+                m.d.comb += cur_tok.eq(tokens[g])
+        match = Signal(G)
+        m.d.comb += match.eq(Cat(active[g] & (tokens[g] == cur_tok) for g in range(G)))
+        blk = Signal(range(B + 1))
+        n_window = Signal(range(self._n_tokens + 1))
+
+        # delayed write side of LOAD and COMBINE (the buffers read synchronously)
+        ld_valid = Signal()
+        cb_valid = Signal()
+        wr_blk = Signal(range(B))
+        wr_mask = Signal(G)
+        wr_row = Signal(range(self._n_tokens * B))
+
+        # token broadcast bus into the engines; the engines' result read address
+        for g, e in enumerate(self._engines):
+            m.d.comb += [e.in_data.as_value().eq(tb_r.data), e.in_addr.eq(wr_blk),
+                         e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
+
+        # combine: the adder tree over the groups working on the current token
+        comb_sum = []
+        for i in range(lanes):
+            terms = [Mux(wr_mask[g], e.rd_data[i], 0) for g, e in enumerate(self._engines)]
+            comb_sum.append(tree_sum(terms))
+
+        # output: requantisation of the accumulators
+        lim = (1 << (ab - 1)) - 1
+        out = self.o_outputs
+        out_tok = Signal.like(out.payload.token)
+        out_blk = Signal.like(out.payload.block)
+        out_last = Signal()
+        for i in range(lanes):
+            v = ob_r.data[i] * self.combine_mult
+            r = (v + ((Const(1, 1) << self.combine_shift) >> 1)) >> self.combine_shift
+            m.d.comb += out.payload.data[i].eq(Mux(r > lim, lim, Mux(r < -lim, -lim, r)))
+        m.d.comb += [out.payload.token.eq(out_tok), out.payload.block.eq(out_blk),
+                     out.payload.last.eq(out_last)]
+        rd_tok = Signal(range(self._n_tokens + 1))
+
+        with m.FSM(name="layer") as fsm:
+            with m.State("TOKENS"):
+                t = self.i_tokens
+                m.d.comb += [t.ready.eq(1), tb_w.addr.eq(t.payload.token * B + t.payload.block),
+                             tb_w.data.eq(t.payload.data.as_value()), tb_w.en.eq(t.valid)]
+                with m.If(t.valid):
+                    m.d.sync += cnt.token_writes.eq(cnt.token_writes + 1)
+                    with m.If(t.payload.last):
+                        m.d.sync += n_window.eq(t.payload.token + 1)
+                        m.next = "JOBS"
+            with m.State("JOBS"):
+                j, sj = self.i_jobs, sched.i_jobs
+                m.d.comb += [sj.payload.group.eq(j.payload.group),
+                             sj.payload.job.token.eq(j.payload.token),
+                             sj.payload.job.expert.eq(j.payload.expert),
+                             sj.payload.job.idle_before.eq(j.payload.idle_before),
+                             sj.payload.job.data.eq(j.payload.data),
+                             sj.payload.last.eq(j.payload.last)]
+                with m.If(j.payload.empty):
+                    m.d.comb += j.ready.eq(1)
+                    with m.If(j.valid):
+                        m.d.sync += rd_tok.eq(0)
+                        m.next = "OUTPUT"
+                with m.Else():
+                    m.d.comb += [sj.valid.eq(j.valid), j.ready.eq(sj.ready)]
+                    with m.If(j.valid & sj.ready & j.payload.last):
+                        m.next = "SLOT"
+            with m.State("SLOT"):
+                m.d.comb += sched.o_slots.ready.eq(1)
+                m.d.comb += [sched.o_issue[g].ready.eq(1) for g in range(G)]
+                with m.If(sched.o_slots.valid):
+                    m.d.sync += [active.eq(sched.o_slots.payload.active),
+                                 last_slot.eq(sched.o_slots.payload.last),
+                                 cnt.timestamps.eq(cnt.timestamps + 1),
+                                 cnt.token_loads.eq(cnt.token_loads
+                                                    + sched.o_slots.payload.n_loads)]
+                    for g, e in enumerate(self._engines):
+                        m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
+                        with m.If(sched.o_issue[g].valid):
+                            m.d.sync += [e.job.eq(sched.o_issue[g].payload.data),
+                                         cnt.busy[g].eq(cnt.busy[g] + 1)]
+                    m.d.sync += blk.eq(0)
+                    m.next = "LOAD_FIRST"
+            with m.State("LOAD_FIRST"):
+                m.d.sync += pending.eq(first_use)
+                m.next = "LOAD"
+            with m.State("LOAD"):
+                # read block blk of the current token; write it to the matching engines
+                # one cycle later (wr_*)
+                m.d.comb += tb_r.addr.eq(cur_tok * B + blk)
+                m.d.sync += [ld_valid.eq(pending.any()), wr_blk.eq(blk), wr_mask.eq(match)]
+                with m.If(pending.any()):
+                    m.d.sync += cnt.token_reads.eq(cnt.token_reads + 1)
+                    with m.If(blk == B - 1):
+                        m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
+                    with m.Else():
+                        m.d.sync += blk.eq(blk + 1)
+                with m.Else():
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += [e.start.eq(active[g]) for g, e in enumerate(self._engines)]
+                m.d.sync += [pending.eq(first_use), blk.eq(0)]
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(Cat(e.ready for e in self._engines).all()):
+                    m.next = "COMBINE"
+            with m.State("COMBINE"):
+                # read the engines' block blk and the token's accumulator row; add and write
+                # back one cycle later
+                row = cur_tok * B + blk
+                m.d.comb += ob_r.addr.eq(row)
+                m.d.sync += [cb_valid.eq(pending.any()), wr_mask.eq(match), wr_row.eq(row)]
+                with m.If(cb_valid):
+                    m.d.comb += [ob_w.en.eq(1), ob_w.addr.eq(wr_row)]
+                    m.d.comb += [ob_w.data[i].eq(ob_r.data[i] + comb_sum[i])
+                                 for i in range(lanes)]
+                    m.d.sync += cnt.out_writes.eq(cnt.out_writes + 1)
+                with m.If(pending.any()):
+                    m.d.sync += cnt.out_reads.eq(cnt.out_reads + 1)
+                    with m.If(blk == B - 1):
+                        m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
+                    with m.Else():
+                        m.d.sync += blk.eq(blk + 1)
+                with m.Else():
+                    with m.If(last_slot):
+                        m.d.sync += rd_tok.eq(0)
+                        m.next = "OUTPUT"
+                    with m.Else():
+                        m.next = "SLOT"
+            with m.State("OUTPUT"):
+                # pipelined read-out with back-pressure: the read port holds its data while
+                # the output beat waits; each row is cleared as it is read
+                more = rd_tok < n_window
+                advance = ~out.valid | out.ready
+                m.d.comb += [ob_r.en.eq(advance), ob_r.addr.eq(rd_tok * B + blk)]
+                with m.If(advance):
+                    m.d.sync += out.valid.eq(more)
+                    with m.If(more):
+                        m.d.comb += [ob_w.en.eq(1), ob_w.addr.eq(rd_tok * B + blk),
+                                     ob_w.data.as_value().eq(0)]
+                        m.d.sync += [cnt.out_writes.eq(cnt.out_writes + 1),
+                                     out_tok.eq(rd_tok), out_blk.eq(blk),
+                                     out_last.eq((rd_tok == n_window - 1) & (blk == B - 1)),
+                                     cnt.out_reads.eq(cnt.out_reads + 1)]
+                        with m.If(blk == B - 1):
+                            m.d.sync += [blk.eq(0), rd_tok.eq(rd_tok + 1)]
+                        with m.Else():
+                            m.d.sync += blk.eq(blk + 1)
+                    with m.Else():
+                        m.d.sync += blk.eq(0)
+                        m.next = "TOKENS"
+
+        # timestamp cycles; the engines' counters summed
+        running = Cat(fsm.ongoing(name) for name in ("SLOT", "LOAD_FIRST", "LOAD", "START",
+                                                      "WAIT", "COMBINE"))
+        with m.If(running.any()):
+            m.d.sync += cnt.cycles.eq(cnt.cycles + 1)
+        m.d.comb += [
+            cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in self._engines)),
+            cnt.up_dac_drives.eq(tree_sum(e.counters.up_dac_drives for e in self._engines)),
+            cnt.down_dac_drives.eq(tree_sum(e.counters.down_dac_drives for e in self._engines)),
+        ]
+        return m

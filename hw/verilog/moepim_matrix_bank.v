@@ -1,0 +1,196 @@
+// moepim_matrix_bank: behavioural model of one weight matrix of every expert of a group, tiled
+// over crossbars, with one peripheral set per tile position (the analog core of a
+// moepim.hw.matrix_bank.MatrixBank).
+//
+// Tile (rt, ct) of the matrix of expert slot s is one N_ROWS x N_COLUMNS crossbar; the
+// N_SLOTS crossbars at tile position (rt, ct) share that position's peripheral set (DACs,
+// column-muxed ADCs, shift-and-add, output buffer), so one expert slot is evaluated at a time
+// and all ROW_TILES x COL_TILES positions work in parallel. Each tile computes exactly what
+// moepim.models.tile.tile_mvm computes (and what the PeripheralSet RTL computes): bit-serial
+// signed inputs, offset-encoded cells, ADC code = min(sum >> ADC_SHIFT, 2**ADC_BITS - 1),
+// shift-and-add, slice combine, offset correction.
+//
+// In an exported netlist this module is a black box; this file is its simulation model (for
+// the Verilator and Icarus runs).
+//
+// Cells are loaded at time zero from a binary file named by the plusarg
+// +MOEPIM_BANK<BANK_ID>=<path>: one byte per cell, index
+//   (((slot*ROW_TILES + rt)*COL_TILES + ct)*N_ROWS + r)*N_COLUMNS + c.
+// Without the plusarg the cells stay zero.
+//
+// Per rising edge:
+//   in_we    : input lanes in_addr*LANES .. +LANES-1 take in_data (LANES signed INPUT_BITS
+//              values, lane 0 in the low bits). Inputs beyond N_IN are ignored.
+//   start    : one MVM of expert slot `slot` on the held input vector; `done` is high in the
+//              cycle LATENCY edges later (the tile's handshake-to-result latency); the output
+//              buffer holds the new results from then on. start while busy is ignored.
+//   rd_addr  : rd_data takes outputs rd_addr*LANES .. +LANES-1, each as ROW_TILES partial
+//              sums (one per row tile, OUT_BITS signed; lane l row tile k at
+//              (l*ROW_TILES + k)*OUT_BITS). Outputs beyond the matrix read as zero.
+// Counter `dac_drives`: word-line pulses, one per '1' input bit per tile position.
+`default_nettype none
+module moepim_matrix_bank #(
+    parameter integer N_ROWS        = 256,
+    parameter integer N_COLUMNS     = 256,
+    parameter integer BITS_PER_CELL = 8,
+    parameter integer WEIGHT_BITS   = 8,
+    parameter integer INPUT_BITS    = 8,
+    parameter integer ADC_BITS      = 8,
+    parameter integer ADC_SHIFT     = 8,
+    parameter integer ROW_TILES     = 1,
+    parameter integer COL_TILES     = 1,
+    parameter integer N_SLOTS       = 1,
+    parameter integer N_IN          = 256,
+    parameter integer N_OUT         = 256,
+    parameter integer LANES         = 16,
+    parameter integer OUT_BITS      = 26,
+    parameter integer LATENCY       = 68,
+    parameter integer BANK_ID       = 0,
+    parameter integer SLOT_BITS     = 1,
+    parameter integer IN_ADDR_BITS  = 4,
+    parameter integer OUT_ADDR_BITS = 4,
+    parameter integer COUNTER_BITS  = 48
+) (
+    input  wire                                    clk,
+    input  wire                                    rst,
+    input  wire                                    in_we,
+    input  wire [IN_ADDR_BITS-1:0]                 in_addr,
+    input  wire [LANES*INPUT_BITS-1:0]             in_data,
+    input  wire                                    start,
+    input  wire [SLOT_BITS-1:0]                    slot,
+    output reg                                     busy,
+    output reg                                     done,
+    input  wire [OUT_ADDR_BITS-1:0]                rd_addr,
+    output reg  [LANES*ROW_TILES*OUT_BITS-1:0]     rd_data,
+    output reg  [COUNTER_BITS-1:0]                 dac_drives
+);
+    localparam integer SPW      = WEIGHT_BITS / BITS_PER_CELL;
+    localparam integer N_OUTS   = N_COLUMNS / SPW;            // outputs per tile
+    localparam integer TILE     = N_ROWS * N_COLUMNS;
+    localparam integer N_CELLS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
+    localparam integer IN_PAD   = ROW_TILES * N_ROWS;
+    localparam integer OUT_PAD  = COL_TILES * N_OUTS;
+    localparam integer OUT_BLKS = (N_OUT + LANES - 1) / LANES;
+    localparam integer CODE_MAX = (1 << ADC_BITS) - 1;
+    localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
+
+    reg [7:0]                    cells   [0:N_CELLS-1];
+    reg signed [INPUT_BITS-1:0]  x       [0:IN_PAD-1];
+    reg signed [63:0]            results [0:ROW_TILES*OUT_PAD-1];  // [o*ROW_TILES + rt]
+    reg [31:0]                   colsum  [0:INPUT_BITS*N_COLUMNS-1];
+    reg [31:0]                   count;
+
+    // loop temporaries of the behavioural MVM: blocking on purpose
+    /* verilator lint_off BLKSEQ */
+    integer i, l, k, rt, ct, r, c, b, j, o, base, fd, got;
+    reg [INPUT_BITS-1:0]  xu;
+    reg signed [63:0]     acc, col, conv, xsum;
+    reg [63:0]            ones;
+    reg [8*1024-1:0]      path;
+    reg [31:0]            code;
+    reg [LANES*ROW_TILES*OUT_BITS-1:0] rd_next;
+
+    initial begin
+        for (i = 0; i < N_CELLS; i = i + 1) cells[i] = 8'd0;
+        for (i = 0; i < IN_PAD; i = i + 1) x[i] = {INPUT_BITS{1'b0}};
+        for (i = 0; i < ROW_TILES*OUT_PAD; i = i + 1) results[i] = 64'sd0;
+        if ($value$plusargs($sformatf("MOEPIM_BANK%0d=%%s", BANK_ID), path)) begin
+            fd = $fopen(path, "rb");
+            if (fd == 0) begin
+                $display("moepim_matrix_bank %0d: cannot open %0s", BANK_ID, path);
+                $finish;
+            end
+            got = $fread(cells, fd);
+            $fclose(fd);
+            if (got != N_CELLS) begin
+                $display("moepim_matrix_bank %0d: %0s holds %0d cells, the bank needs %0d",
+                         BANK_ID, path, got, N_CELLS);
+                $finish;
+            end
+        end
+    end
+
+    // one tile-position MVM for every (rt, ct) of expert slot s, into results
+    task automatic mvm(input integer s);
+        begin
+            ones = 64'd0;
+            for (rt = 0; rt < ROW_TILES; rt = rt + 1) begin
+                xsum = 64'sd0;
+                for (r = 0; r < N_ROWS; r = r + 1) begin
+                    xsum = xsum + x[rt*N_ROWS + r];
+                    xu = x[rt*N_ROWS + r];
+                    for (b = 0; b < INPUT_BITS; b = b + 1)
+                        if (xu[b]) ones = ones + 1;
+                end
+                for (ct = 0; ct < COL_TILES; ct = ct + 1) begin
+                    base = ((s*ROW_TILES + rt)*COL_TILES + ct)*TILE;
+                    for (i = 0; i < INPUT_BITS*N_COLUMNS; i = i + 1) colsum[i] = 32'd0;
+                    // analog column sums, per bit plane
+                    for (r = 0; r < N_ROWS; r = r + 1) begin
+                        xu = x[rt*N_ROWS + r];
+                        if (xu != 0)
+                            for (b = 0; b < INPUT_BITS; b = b + 1)
+                                if (xu[b])
+                                    for (c = 0; c < N_COLUMNS; c = c + 1)
+                                        colsum[b*N_COLUMNS + c] = colsum[b*N_COLUMNS + c]
+                                            + {24'd0, cells[base + r*N_COLUMNS + c]};
+                    end
+                    // ADC, shift-and-add over planes and slices, offset correction
+                    for (o = 0; o < N_OUTS; o = o + 1) begin
+                        acc = 64'sd0;
+                        for (j = 0; j < SPW; j = j + 1) begin
+                            col = 64'sd0;
+                            for (b = 0; b < INPUT_BITS; b = b + 1) begin
+                                code = colsum[b*N_COLUMNS + o*SPW + j] >> ADC_SHIFT;
+                                if (code > CODE_MAX) code = CODE_MAX;
+                                conv = $signed({32'd0, code}) <<< (ADC_SHIFT + b);
+                                if (b == INPUT_BITS - 1) col = col - conv;
+                                else col = col + conv;
+                            end
+                            acc = acc + (col <<< (j*BITS_PER_CELL));
+                        end
+                        results[(ct*N_OUTS + o)*ROW_TILES + rt] = acc - HALF_W * xsum;
+                    end
+                end
+            end
+            dac_drives <= dac_drives + COL_TILES * ones;
+        end
+    endtask
+
+    always @(posedge clk) begin
+        if (rst) begin
+            busy <= 1'b0;
+            done <= 1'b0;
+            count <= 32'd0;
+            dac_drives <= {COUNTER_BITS{1'b0}};
+        end else begin
+            done <= 1'b0;
+            if (start && !busy) begin
+                mvm(slot);
+                busy <= 1'b1;
+                count <= 32'd1;
+            end else if (busy) begin
+                count <= count + 32'd1;
+                if (count == LATENCY - 1) begin
+                    busy <= 1'b0;
+                    done <= 1'b1;
+                end
+            end
+        end
+        // Blocking writes into loop-indexed arrays (plain for both simulators): the MVM above
+        // has already read x, and no other process reads x or rd_next, so this is the same as
+        // non-blocking edge semantics.
+        if (in_we)
+            for (l = 0; l < LANES; l = l + 1)
+                if (in_addr*LANES + l < N_IN)
+                    x[in_addr*LANES + l] = in_data[l*INPUT_BITS +: INPUT_BITS];
+        for (l = 0; l < LANES; l = l + 1)
+            for (k = 0; k < ROW_TILES; k = k + 1)
+                rd_next[(l*ROW_TILES + k)*OUT_BITS +: OUT_BITS] =
+                    (rd_addr*LANES + l < N_OUT) ? results[(rd_addr*LANES + l)*ROW_TILES + k][OUT_BITS-1:0]
+                                                : {OUT_BITS{1'b0}};
+        rd_data <= rd_next;
+    end
+    /* verilator lint_on BLKSEQ */
+endmodule
+`default_nettype wire

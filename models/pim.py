@@ -1,0 +1,111 @@
+"""Golden model of matrices mapped onto crossbar tiles, and of the MoE layer accelerator's timing.
+
+:class:`CrossbarMatmul` is ``a @ b`` as the accelerator computes it: ``b`` (``n_in x n_out``) is
+cut into ``ceil(n_in/n_rows) x ceil(n_out/n_outputs)`` tiles (zero padded), every tile computes
+:func:`moepim.models.tile.tile_mvm` (bit-serial inputs, offset-encoded cells, ADC truncation
+and saturation), and the partial outputs of a column of tiles are summed exactly. With an
+ideal ADC it equals the exact integer product. Passed as ``matmul`` to
+:func:`moepim.models.quant.moe_forward_int`, it gives the layer's accelerator-exact golden.
+
+:func:`bank_image` lays a group's matrices out as the matrix-bank macro loads them.
+
+:func:`window_cycles` is the layer's cycle formula (documented with
+``moepim.hw.MoELayerAccelerator``): per timestamp with ``n`` distinct tokens,
+``n * 2 * blocks + job_latency + 5`` cycles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .tile import TileShape, _plane_weights, _planes, encode_cells
+
+__all__ = ["CrossbarMatmul", "bank_image", "tiles_of", "window_cycles"]
+
+
+def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
+    """Row tiles and column tiles of an ``n_in x n_out`` matrix."""
+    return -(-n_in // shape.n_rows), -(-n_out // shape.n_outputs)
+
+
+def _padded(b: np.ndarray, shape: TileShape) -> np.ndarray:
+    rt, ct = tiles_of(*b.shape, shape)
+    out = np.zeros((rt * shape.n_rows, ct * shape.n_outputs), dtype=np.int64)
+    out[:b.shape[0], :b.shape[1]] = b
+    return out
+
+
+def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
+    """Cells ``(row_tiles, col_tiles, n_rows, n_columns)`` of the padded matrix."""
+    p = _padded(b, shape)
+    rt, ct = p.shape[0] // shape.n_rows, p.shape[1] // shape.n_outputs
+    out = np.empty((rt, ct, shape.n_rows, shape.n_columns), dtype=np.uint8 if
+                   shape.bits_per_cell <= 8 else np.uint16)
+    for i in range(rt):
+        for j in range(ct):
+            out[i, j] = encode_cells(p[i * shape.n_rows:(i + 1) * shape.n_rows,
+                                       j * shape.n_outputs:(j + 1) * shape.n_outputs], shape)
+    return out
+
+
+class CrossbarMatmul:
+    """``a @ b`` through crossbar tiles of ``shape`` (see the module docstring)."""
+
+    def __init__(self, shape: TileShape):
+        self.shape = shape
+
+    def __call__(self, a, b) -> np.ndarray:
+        s = self.shape
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        if a.shape[-1] != b.shape[0]:
+            raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
+        squeeze = a.ndim == 1
+        a = a.reshape(-1, a.shape[-1])
+        rt, ct = tiles_of(*b.shape, s)
+        cells = _cells(b, s)
+        x = np.zeros((a.shape[0], rt * s.n_rows), dtype=np.int64)
+        x[:, :a.shape[1]] = a
+        half_x = 1 << (s.input_bits - 1)
+        if x.size and (x.min() < -half_x or x.max() > half_x - 1):
+            raise ValueError(f"inputs must be signed {s.input_bits}-bit integers")
+        planes = _planes(x, s).astype(np.float32)              # (B, T, rt*R)
+        shift, top = s.resolved_adc_shift, (1 << s.adc_bits) - 1
+        pw = _plane_weights(s)
+        slice_w = np.array([1 << (j * s.bits_per_cell) for j in range(s.slices_per_weight)],
+                           dtype=np.int64)
+        out = np.zeros((a.shape[0], ct * s.n_outputs), dtype=np.int64)
+        for i in range(rt):
+            p = planes[:, :, i * s.n_rows:(i + 1) * s.n_rows]      # (B, T, R)
+            c = cells[i].transpose(1, 0, 2).reshape(s.n_rows, -1).astype(np.float32)
+            # column sums < 2**24: exact in float32 whatever the summation order
+            sums = np.rint(p.reshape(-1, s.n_rows) @ c).astype(np.int64)
+            sums = sums.reshape(p.shape[0], p.shape[1], ct, s.n_columns)
+            conv = np.minimum(sums >> shift, top) << shift
+            acc = np.tensordot(pw, conv, axes=(0, 0))              # (T, ct, C)
+            acc = acc.reshape(*acc.shape[:2], s.n_outputs, s.slices_per_weight) @ slice_w
+            out += acc.reshape(a.shape[0], -1)
+        out -= (1 << (s.weight_bits - 1)) * x.sum(axis=1, keepdims=True)
+        out = out[:, :b.shape[1]]
+        return out[0] if squeeze else out
+
+
+def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape) -> np.ndarray:
+    """Cell bytes of one matrix bank: slot-major, then row tile, column tile, row, column
+    (the order ``moepim_matrix_bank`` reads). Slots without a matrix hold zero weights."""
+    if len(matrices) > n_slots:
+        raise ValueError(f"{len(matrices)} matrices for a bank of {n_slots} slots")
+    zero = np.zeros((n_in, n_out), dtype=np.int64)
+    parts = []
+    for k in range(n_slots):
+        w = np.asarray(matrices[k] if k < len(matrices) else zero)
+        if w.shape != (n_in, n_out):
+            raise ValueError(f"matrix {k} has shape {w.shape}; the bank needs ({n_in}, {n_out})")
+        parts.append(_cells(w, shape).reshape(-1))
+    return np.concatenate(parts).astype(np.uint8)
+
+
+def window_cycles(loads_per_slot, *, blocks: int, job_latency: int) -> int:
+    """Cycles the layer spends in the timestamps of one window."""
+    loads = np.asarray(loads_per_slot, dtype=np.int64)
+    return int((loads * 2 * blocks + job_latency + 5).sum())
