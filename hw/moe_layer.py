@@ -309,9 +309,9 @@ class MoELayerAccelerator(wiring.Component):
                         m.next = "TOKENS"
 
         # timestamp cycles; the engines' counters summed
-        running = Cat(fsm.ongoing(name) for name in ("SLOT", "LOAD_FIRST", "LOAD", "START",
-                                                      "WAIT", "COMBINE"))
-        with m.If(running.any()):
+        running = Cat(fsm.ongoing(name) for name in ("LOAD_FIRST", "LOAD", "START", "WAIT",
+                                                      "COMBINE"))
+        with m.If(running.any() | (fsm.ongoing("SLOT") & sched.o_slots.valid)):
             m.d.sync += cnt.cycles.eq(cnt.cycles + 1)
         m.d.comb += [
             cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in self._engines)),

@@ -94,8 +94,12 @@ class GroupScheduler(wiring.Component):
         issue = Signal(n_groups)
         for g in range(n_groups):
             m.d.comb += issue[g].eq(fifos[g].r_rdy & (idle_taken[g] == heads[g].idle_before))
+        # a job written into an empty FIFO reaches its head a cycle or two later: the window
+        # starts only once every queued job is visible (else a group would miss timestamp 0)
+        settled = Signal()
+        m.d.comb += settled.eq(Cat((f.level == 0) | f.r_rdy for f in fifos).all())
         has_work = Signal()
-        m.d.comb += has_work.eq(Cat(f.r_rdy for f in fifos).any())
+        m.d.comb += has_work.eq(Cat(f.r_rdy for f in fifos).any() & settled)
 
         # slot record: distinct tokens among issuing groups = loads
         slots = self.o_slots.payload
@@ -137,12 +141,12 @@ class GroupScheduler(wiring.Component):
                 gone = []
                 for g in range(n_groups):
                     out = self.o_issue[g]
-                    m.d.comb += out.valid.eq(issue[g] & ~sent[g])
+                    m.d.comb += out.valid.eq(issue[g] & ~sent[g] & settled)
                     gone.append(~issue[g] | sent[g] | out.ready)
                 m.d.comb += self.o_slots.valid.eq(has_work & ~slot_sent)
                 done = Signal()
                 m.d.comb += done.eq(has_work & Cat(*gone).all() & (slot_sent | self.o_slots.ready))
-                with m.If(~has_work):
+                with m.If(~Cat(f.level != 0 for f in fifos).any()):
                     m.next = "LOAD"
                 with m.Elif(done):
                     m.d.sync += [sent.eq(0), slot_sent.eq(0),
@@ -156,7 +160,7 @@ class GroupScheduler(wiring.Component):
                             with m.If(fifos[g].r_rdy):
                                 m.d.sync += idle_taken[g].eq(idle_taken[g] + 1)
                             m.d.sync += cnt.idle[g].eq(cnt.idle[g] + 1)
-                with m.Else():
+                with m.Elif(has_work):
                     m.d.sync += cnt.stall_cycles.eq(cnt.stall_cycles + 1)
                     for g in range(n_groups):
                         with m.If(self.o_issue[g].valid & self.o_issue[g].ready):

@@ -32,7 +32,8 @@ def no_pytest_env():
 
 def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
               trace: str | None = None, trace_to: Path | None = None, setup=None,
-              info: dict | None = None, progress=None, plusargs: list[str] | None = None):
+              info: dict | None = None, progress=None, plusargs: list[str] | None = None,
+              key_params: dict | None = None):
     """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
     ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
@@ -64,7 +65,7 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
         raise ValueError("give both trace and trace_to, or neither")
     waves = trace is not None
     build = build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace,
-                            progress=progress)
+                            progress=progress, key_params=key_params)
     info.update(cached=build.cached, build_s=build.build_s, directory=str(build.directory))
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)

@@ -136,12 +136,29 @@ def _top_ports_public(folder: Path, top: str):
     return VerilatorControlFile(path)
 
 
+def _hw_digest() -> str:
+    """Digest of the RTL sources (``moepim.hw``: Python and Verilog) and Amaranth's version."""
+    import amaranth
+
+    h = hashlib.sha256(amaranth.__version__.encode())
+    folder = Path(str(resources.files("moepim.hw")))
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in (".py", ".v"):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def build_simulator(component, *, sim: str, top: str, build_root: Path | None = None,
-                    trace: str | None = None, progress=None) -> Build:
+                    trace: str | None = None, progress=None,
+                    key_params: dict | None = None) -> Build:
     """Export ``component`` and build it for ``sim`` (``verilator`` or ``icarus``), cached.
 
     ``trace``: ``None``, ``"vcd"`` (value changes, for waveform regression) or ``"saif"``
-    (toggle counts, Verilator only)."""
+    (toggle counts, Verilator only). The cache key is the exported Verilog, or, when
+    ``key_params`` (the component's constructor arguments) is given, those parameters and a
+    digest of the RTL sources: then a cached build skips the export (large designs take
+    minutes to export)."""
     if trace not in (None, "vcd", "saif"):
         raise ValueError(f"trace={trace!r} is not allowed: None, 'vcd' or 'saif'")
     if trace == "saif" and sim != "verilator":
@@ -149,13 +166,19 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
     waves = trace is not None
     setup_simulator(sim)
     build_root = build_root or default_build_root()
-    text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
     macros = macro_sources()
     flags = list(VERILATOR_BUILD_ARGS) if sim == "verilator" else []
     if trace == "saif":
         flags.append("--trace-saif")         # SAIF toggle counts (cocotb writes dump.saif)
+    if key_params is None:
+        text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
+        design = text
+    else:
+        text = None
+        design = json.dumps({"class": type(component).__name__, "params": key_params,
+                             "hw": _hw_digest()}, sort_keys=True)
     h = hashlib.sha256()
-    for part in [sim, top, str(trace), *flags, text, *(m.read_text() for m in macros)]:
+    for part in [sim, top, str(trace), *flags, design, *(m.read_text() for m in macros)]:
         h.update(part.encode())
         h.update(b"\0")
     key = h.hexdigest()[:20]
@@ -171,6 +194,10 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
+        if text is None:
+            if progress:
+                progress(f"exporting {top} to Verilog")
+            text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
         (staging / f"{top}.v").write_text(text)
         (staging / "ports.json").write_text(json.dumps(ports, indent=1))
         runner = _make_runner(sim)

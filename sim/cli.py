@@ -1,6 +1,6 @@
 """The ``moepim`` command line.
 
-    moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet]
+    moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet] [--allow-large]
     moepim export CONFIG --top NAME --out DIR
     moepim synth CONFIG --top NAME --out DIR
     moepim waves record|check SCENARIO [--update-golden]
@@ -25,7 +25,10 @@ import numpy as np
 from moepim.models.moe import WeightsError
 from moepim.models.traces import TraceError
 
+from moepim.models.grouping import GroupingError
+
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
+from .layer_run import ResourceError
 from .toolchain import SIMULATORS, ToolchainError
 
 EXIT_MISMATCH, EXIT_USAGE = 1, 2
@@ -46,9 +49,11 @@ def cmd_run(args) -> int:
     from .report import atomic_run_dir, tile_area_mm2, tile_energy_pj, write_report
     from .tile_run import check_outputs, make_scenario, run_scenario
 
-    exp: TileExperiment = load_experiment(args.config)
+    exp = load_experiment(args.config)
     sim = args.sim or exp.simulator
     say = _progress(args.quiet)
+    if not isinstance(exp, TileExperiment):
+        return _run_layer(exp, sim, args, say)
     t0 = time.monotonic()
     # resolve tech-dependent figures before simulating: a bad tech table fails fast
     area = tile_area_mm2(exp.tile, exp.tech)
@@ -83,6 +88,20 @@ def cmd_run(args) -> int:
     print(f"{sim}: {len(scenario.xs)} MVMs, {run.cycles} cycles, {status}; "
           f"report in {Path(args.out) / 'report.json'} ({wall:.1f} s)")
     return 0 if check["golden_match"] else EXIT_MISMATCH
+
+
+def _run_layer(exp, sim, args, say) -> int:
+    from .layer_run import run_layer_experiment, write_summary_line
+    from .report import atomic_run_dir
+
+    out = Path(args.out)
+    with atomic_run_dir(out) as folder:
+        report = run_layer_experiment(exp, sim=sim, out_folder=folder, progress=say,
+                                      allow_large=args.allow_large)
+    print(write_summary_line(report, out))
+    ok = report["golden_match"] and report["cycles_match_formula"] and \
+        report["go_cache_exact"] is not False
+    return 0 if ok else EXIT_MISMATCH
 
 
 def _export_component(exp: TileExperiment, top: str):
@@ -285,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", choices=SIMULATORS, default=None,
                    help="simulator (default: the config's `simulator`)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument("--allow-large", action="store_true",
+                   help="run a MoE layer even if the resource estimate exceeds this machine")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("export", help="export a block's Verilog and port map")
@@ -351,7 +372,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ToolchainError, TraceError, WeightsError) as e:
+    except (ConfigError, ToolchainError, TraceError, WeightsError, ResourceError,
+            GroupingError) as e:
         print(f"moepim: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

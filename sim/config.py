@@ -85,6 +85,11 @@ class TechConfig:
     shift_add_energy_pj: Constant
     shift_add_area_um2: Constant
     transistor_area_um2: Constant
+    sram_energy_pj_per_bit: Constant
+    sram_area_um2_per_bit: Constant
+    int_add_energy_pj: Constant
+    int_mult_energy_pj: Constant
+    adc_leakage_mw: Constant
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,72 @@ class TileExperiment:
     tech: TechConfig
     workload: TileWorkload = field(default_factory=TileWorkload)
     simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DramConfig:
+    """Off-chip DRAM channel: transfers queue on one channel (no overlap), each taking
+    ``latency_ns + bytes / bandwidth``; energy = active power x busy time + idle power x the
+    rest of the run."""
+
+    name: str
+    bandwidth_gbps: Constant          # GB/s
+    latency_ns: Constant
+    active_power_w: Constant
+    idle_power_w: Constant
+
+
+@dataclass(frozen=True)
+class LayerHw:
+    """MoE-layer hardware beyond the tile: ``lanes`` = width of the digital datapath (values
+    per cycle of the token broadcast, the partial-sum adders and the combine unit);
+    ``go_cache_rows`` = GO-cache SRAM capacity in tokens (``null``: the whole run fits)."""
+
+    lanes: int = 64
+    go_cache_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class LayerWorkload:
+    """The prompt window and generated tokens streamed through the layer.
+
+    ``grouping``: ``U<n>``, ``S<n>`` or explicit groups (lists of expert indices); sorted
+    groups take their loads from ``profile_trace`` if given, else from the prompt's routing.
+    ``trace``: replaces the gate's selection (``.npy``/``.csv``, layer ``trace_layer``).
+    ``no_cache``: how the decode steps without the GO cache (every earlier token recomputed)
+    are obtained for comparison: ``simulate`` (run on the hardware too), ``model`` (the
+    schedule's cycle formula, checked against the RTL in the tests), ``off``.
+    """
+
+    seed: int = 1
+    n_prompt: int = 32
+    n_generate: int = 8
+    grouping: str | list[list[int]] = "S2"
+    policy: Literal["single_token", "compact", "reschedule", "reschedule_heuristic"] = \
+        "reschedule"
+    go_cache: bool = True
+    no_cache: Literal["simulate", "model", "off"] = "model"
+    trace: str | None = None
+    trace_layer: int = 0
+    profile_trace: str | None = None
+    weights: str | None = None
+    input_gaps: float = 0.0
+    backpressure: float = 0.0
+
+
+@dataclass(frozen=True)
+class LayerExperiment:
+    version: int
+    kind: Literal["moe_layer"]
+    model: Any
+    tile: TileConfig
+    tech: TechConfig
+    dram: DramConfig
+    layer: LayerHw = field(default_factory=LayerHw)
+    workload: LayerWorkload = field(default_factory=LayerWorkload)
+    simulator: Literal["verilator", "icarus"] = "verilator"
+    allow_large: bool = False
     source: str = ""
 
 
@@ -248,38 +319,20 @@ def _check_tile(tile: TileConfig, file, prefix: str) -> None:
         raise ConfigError(file, prefix + e.name, e.value, e.allowed) from None
 
 
-def load_experiment(path) -> TileExperiment:
+def load_experiment(path) -> TileExperiment | LayerExperiment:
     path = Path(path)
     raw = _read_yaml(path)
+    if raw.get("kind") == "moe_layer":
+        return _load_layer_experiment(path, raw)
     allowed = [f.name for f in dataclasses.fields(TileExperiment) if f.name != "source"]
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
     kind = raw.get("kind")
     if kind != "tile":
-        raise ConfigError(path, "kind", kind, "'tile'")
-    # tile: inline mapping or a path to configs/hw/*.yaml
-    tile_ref = raw.get("tile", {})
-    if isinstance(tile_ref, str):
-        tile_file = _resolve_path(tile_ref, path)
-        tile_raw = {k: v for k, v in _read_yaml(tile_file).items() if k != "version"}
-        tile = _build(TileConfig, tile_raw, tile_file, "")
-        _check_tile(tile, tile_file, "")
-    else:
-        tile_file = path
-        tile = _build(TileConfig, tile_ref, path, "tile")
-        _check_tile(tile, path, "tile.")
-    tech_ref = raw.get("tech")
-    if not isinstance(tech_ref, str):
-        raise ConfigError(path, "tech", tech_ref, "a path to a configs/tech/*.yaml file")
-    tech_path = _resolve_path(tech_ref, path)
-    tech = load_tech(tech_path)
-    for table in ("adc_energy_pj", "adc_area_um2"):
-        known = sorted(getattr(tech, table))
-        if tile.adc_bits not in known:
-            raise ConfigError(tile_file, "adc_bits" if tile_file != path else "tile.adc_bits",
-                              tile.adc_bits, f"a resolution that {tech_path} lists under "
-                              f"{table}: {known}")
+        raise ConfigError(path, "kind", kind, "'tile' or 'moe_layer'")
+    tile, tile_file = _load_tile(raw, path)
+    tech, tech_path = _load_checked_tech(raw, path, tile, tile_file)
     wl = _build(TileWorkload, raw.get("workload", {}), path, "workload")
     if wl.n_mvms < 1:
         raise ConfigError(path, "workload.n_mvms", wl.n_mvms, "a positive integer")
@@ -292,6 +345,101 @@ def load_experiment(path) -> TileExperiment:
                          typing.get_type_hints(TileExperiment)["simulator"], path, "simulator")
     return TileExperiment(version=CONFIG_VERSION, kind="tile", tile=tile, tech=tech,
                           workload=wl, simulator=simulator, source=str(path))
+
+
+def _load_tile(raw, path):
+    # tile: inline mapping or a path to configs/hw/*.yaml
+    tile_ref = raw.get("tile", {})
+    if isinstance(tile_ref, str):
+        tile_file = _resolve_path(tile_ref, path)
+        tile_raw = {k: v for k, v in _read_yaml(tile_file).items() if k != "version"}
+        tile = _build(TileConfig, tile_raw, tile_file, "")
+        _check_tile(tile, tile_file, "")
+    else:
+        tile_file = path
+        tile = _build(TileConfig, tile_ref, path, "tile")
+        _check_tile(tile, path, "tile.")
+    return tile, tile_file
+
+
+def _load_checked_tech(raw, path, tile, tile_file):
+    tech_ref = raw.get("tech")
+    if not isinstance(tech_ref, str):
+        raise ConfigError(path, "tech", tech_ref, "a path to a configs/tech/*.yaml file")
+    tech_path = _resolve_path(tech_ref, path)
+    tech = load_tech(tech_path)
+    for table in ("adc_energy_pj", "adc_area_um2"):
+        known = sorted(getattr(tech, table))
+        if tile.adc_bits not in known:
+            raise ConfigError(tile_file, "adc_bits" if tile_file != path else "tile.adc_bits",
+                              tile.adc_bits, f"a resolution that {tech_path} lists under "
+                              f"{table}: {known}")
+    return tech, tech_path
+
+
+def load_dram(path) -> DramConfig:
+    path = Path(path)
+    raw = {k: v for k, v in _read_yaml(path).items() if k != "version"}
+    dram = _build(DramConfig, raw, path, "")
+    for key in ("bandwidth_gbps", "active_power_w"):
+        if not getattr(dram, key).value > 0:
+            raise ConfigError(path, f"{key}.value", getattr(dram, key).value, "a number > 0")
+    for key in ("latency_ns", "idle_power_w"):
+        if getattr(dram, key).value < 0:
+            raise ConfigError(path, f"{key}.value", getattr(dram, key).value, "a number >= 0")
+    return dram
+
+
+def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
+    allowed = [f.name for f in dataclasses.fields(LayerExperiment) if f.name != "source"]
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
+    model_ref = raw.get("model")
+    if not isinstance(model_ref, str):
+        raise ConfigError(path, "model", model_ref, "a path to a configs/models/*.yaml file")
+    model = load_model(_resolve_path(model_ref, path))
+    tile, tile_file = _load_tile(raw, path)
+    tech, _ = _load_checked_tech(raw, path, tile, tile_file)
+    dram_ref = raw.get("dram")
+    if not isinstance(dram_ref, str):
+        raise ConfigError(path, "dram", dram_ref, "a path to a configs/dram/*.yaml file")
+    dram = load_dram(_resolve_path(dram_ref, path))
+    layer = _build(LayerHw, raw.get("layer", {}), path, "layer")
+    wl = _build(LayerWorkload, raw.get("workload", {}), path, "workload")
+    hints = typing.get_type_hints(LayerExperiment)
+    simulator = _convert(raw.get("simulator", "verilator"), hints["simulator"], path,
+                         "simulator")
+    allow_large = _convert(raw.get("allow_large", False), bool, path, "allow_large")
+    if layer.lanes < 1 or model.d_model % layer.lanes:
+        raise ConfigError(path, "layer.lanes", layer.lanes,
+                          f"a positive divisor of the model's d_model={model.d_model}")
+    if layer.go_cache_rows is not None and layer.go_cache_rows < 1:
+        raise ConfigError(path, "layer.go_cache_rows", layer.go_cache_rows,
+                          "null or a positive integer")
+    if wl.n_prompt < 1:
+        raise ConfigError(path, "workload.n_prompt", wl.n_prompt, "a positive integer")
+    if wl.n_generate < 0:
+        raise ConfigError(path, "workload.n_generate", wl.n_generate, "an integer >= 0")
+    for key in ("input_gaps", "backpressure"):
+        if not 0.0 <= getattr(wl, key) < 1.0:
+            raise ConfigError(path, f"workload.{key}", getattr(wl, key),
+                              "a probability in [0, 1)")
+    if model.ffn != "relu":
+        raise ConfigError(path, "model", f"{model.name} (ffn: {model.ffn})",
+                          "a model with 2-matrix ReLU experts (ffn: relu); the SwiGLU engine "
+                          "is not built yet")
+    if model.shared.n_shared:
+        raise ConfigError(path, "model", f"{model.name} (shared experts)",
+                          "a model without shared experts; they are not mapped yet")
+    if tile.input_bits != model.quant.act_bits or tile.weight_bits != model.quant.weight_bits:
+        raise ConfigError(tile_file, "input_bits/weight_bits",
+                          f"{tile.input_bits}/{tile.weight_bits}",
+                          f"the model's act_bits/weight_bits = "
+                          f"{model.quant.act_bits}/{model.quant.weight_bits}")
+    return LayerExperiment(version=CONFIG_VERSION, kind="moe_layer", model=model, tile=tile,
+                           tech=tech, dram=dram, layer=layer, workload=wl, simulator=simulator,
+                           allow_large=allow_large, source=str(path))
 
 
 def resolved_dict(obj) -> Any:

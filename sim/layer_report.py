@@ -1,0 +1,176 @@
+"""Energy, area, throughput and plots of a MoE-layer run (``moepim run`` on a ``moe_layer``
+experiment).
+
+Energy = events x per-event energy + leakage x time, every constant from the tech and DRAM
+files (with their sources):
+
+* crossbar (cells read per bit plane), DAC drives (the RTL's counters), ADC conversions and
+  shift-adds: per tile-position MVM, two banks per job (up, down);
+* router: the gate MVM of every routed token on its own crossbar tiles (same events);
+* digital: partial-sum adds, requantisation and gate multiplies, combine adds;
+* buffers: token and output buffer SRAM bits (the RTL's row counters);
+* GO cache: SRAM bits of the cached gate scores (``moepim.models.gocache``);
+* DRAM: active power x transfer time (prompt in, results out, GO-cache spill) + idle power;
+* leakage: ADC leakage for the whole run.
+
+Area: arrays, ADCs, DACs, shift-adds of every peripheral set, SRAM buffers, from the tech file;
+digital control and datapath logic is not included (Yosys area of the layer: ``moepim synth``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "dram_time_ns",
+           "write_layer_plots"]
+
+
+def _tiles(n_in, n_out, tile):
+    outs = tile.n_columns // (tile.weight_bits // tile.bits_per_cell)
+    return math.ceil(n_in / tile.n_rows), math.ceil(n_out / outs)
+
+
+def layer_geometry(model, tile, n_groups: int, group_size: int) -> dict:
+    up = _tiles(model.d_model, model.d_ff, tile)
+    down = _tiles(model.d_ff, model.d_model, tile)
+    gate = _tiles(model.d_model, model.n_experts, tile)
+    per_expert = up[0] * up[1] + down[0] * down[1]
+    return {"up_tiles": up, "down_tiles": down, "gate_tiles": gate,
+            "crossbars_per_expert": per_expert,
+            "expert_crossbars": per_expert * model.n_experts,
+            "gate_crossbars": gate[0] * gate[1],
+            "peripheral_sets": per_expert * n_groups + gate[0] * gate[1],
+            "n_groups": n_groups, "group_size": group_size}
+
+
+def _mvm_events(tile, n_tile_mvms: int) -> dict:
+    return {"cells": n_tile_mvms * tile.input_bits * tile.n_rows * tile.n_columns,
+            "adc_conversions": n_tile_mvms * tile.input_bits * tile.n_columns,
+            "shift_adds": n_tile_mvms * tile.input_bits * tile.n_columns}
+
+
+def dram_time_ns(dram, n_bytes: int, n_transfers: int) -> float:
+    if n_transfers == 0:
+        return 0.0
+    return n_transfers * dram.latency_ns.value + n_bytes / dram.bandwidth_gbps.value
+
+
+def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
+    """``events``: jobs, dac_drives, routed tokens, SRAM bits, GO-cache bits, DRAM busy ns."""
+    tech, tile, model = exp.tech, exp.tile, exp.model
+    adc = tech.adc_energy_pj[tile.adc_bits].value
+    up, down, gate = geo["up_tiles"], geo["down_tiles"], geo["gate_tiles"]
+    jobs = events["jobs"]
+    ex = _mvm_events(tile, jobs * (up[0] * up[1] + down[0] * down[1]))
+    gx = _mvm_events(tile, events["routed_tokens"] * gate[0] * gate[1])
+    cell = tech.cell_read_energy_fj.value * 1e-3
+    adds = jobs * ((up[0] - 1) * model.d_ff + (down[0] - 1) * model.d_model + model.d_model)
+    mults = jobs * (model.d_ff + 2 * model.d_model) + events["output_values"]
+    sram = tech.sram_energy_pj_per_bit.value
+    dram_busy = events["dram_busy_ns"]
+    breakdown = {
+        "crossbar": ex["cells"] * cell,
+        "dac": events["dac_drives"] * tech.dac_drive_energy_pj.value,
+        "adc": ex["adc_conversions"] * adc,
+        "shift_add": ex["shift_adds"] * tech.shift_add_energy_pj.value,
+        "router": (gx["cells"] * cell + gx["adc_conversions"] * adc
+                   + gx["shift_adds"] * tech.shift_add_energy_pj.value),
+        "digital": adds * tech.int_add_energy_pj.value + mults * tech.int_mult_energy_pj.value,
+        "buffers": events["buffer_bits"] * sram,
+        "go_cache": events["go_cache_bits"] * sram,
+        "dram": (exp.dram.active_power_w.value * dram_busy
+                 + exp.dram.idle_power_w.value * max(0.0, time_ns - dram_busy)) * 1e3,
+        "leakage": (geo["peripheral_sets"] * tile.n_adcs * tech.adc_leakage_mw.value
+                    * 1e-3 * time_ns * 1e3),
+    }
+    return {"total": sum(breakdown.values()), "breakdown": breakdown,
+            "events": {"expert_tile_mvms": jobs * (up[0] * up[1] + down[0] * down[1]),
+                       "gate_tile_mvms": events["routed_tokens"] * gate[0] * gate[1],
+                       "adds": adds, "mults": mults, **{k: v for k, v in events.items()}},
+            "method": "events x per-event energy + ADC leakage x time; constants and sources "
+                      "in the resolved tech and DRAM configs",
+            "not_included": ["router top-C selection and softmax logic (the gate MVM is "
+                             "included)", "digital control toggles (switching activity)",
+                             "attention, KV cache and the rest of the transformer"]}
+
+
+def layer_area_mm2(exp, geo: dict, sram_bits: dict) -> dict:
+    tech, tile = exp.tech, exp.tile
+    sets = geo["peripheral_sets"]
+    crossbars = geo["expert_crossbars"] + geo["gate_crossbars"]
+    um2 = {
+        "arrays": crossbars * tile.n_rows * tile.n_columns * tech.cell_area_um2.value,
+        "adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
+        "dacs": sets * tile.n_rows * tech.dac_area_um2.value,
+        "shift_adds": sets * tile.n_adcs * tech.shift_add_area_um2.value,
+        "sram": sum(sram_bits.values()) * tech.sram_area_um2_per_bit.value,
+    }
+    breakdown = {k: v * 1e-6 for k, v in um2.items()}
+    return {"total": sum(breakdown.values()), "breakdown": breakdown, "sram_bits": sram_bits,
+            "crossbars": crossbars, "peripheral_sets": sets,
+            "not_included": ["digital datapath and control logic (see moepim synth)"]}
+
+
+def write_layer_plots(folder, report: dict, windows) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def bar(data: dict, title: str, unit: str, name: str):
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        keys = list(data)
+        ax.barh(keys, [data[k] for k in keys], color="tab:blue")
+        ax.set_xlabel(unit)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
+    bar(report["energy_pj"]["breakdown"], "Energy breakdown", "pJ", "energy.png")
+    bar(report["area_mm2"]["breakdown"], "Area breakdown", "mm$^2$", "area.png")
+
+    # per-group timeline of the prompt window's schedule
+    sched = windows[0].sched
+    fig, ax = plt.subplots(figsize=(min(14, 2 + 0.35 * sched.timestamps),
+                                    1 + 0.4 * sched.tokens.shape[1]))
+    for s in range(sched.timestamps):
+        for g in range(sched.tokens.shape[1]):
+            t = sched.tokens[s, g]
+            if t >= 0:
+                ax.add_patch(plt.Rectangle((s, g), 0.95, 0.9, color="tab:orange"))
+                if sched.timestamps <= 48:
+                    ax.text(s + 0.45, g + 0.45, str(t), ha="center", va="center", fontsize=6)
+    ax.set_xlim(0, sched.timestamps)
+    ax.set_ylim(0, sched.tokens.shape[1])
+    ax.set_xlabel("timestamp")
+    ax.set_ylabel("group")
+    ax.set_title(f"prompt schedule ({sched.policy}): {sched.timestamps} timestamps, "
+                 f"{sched.tokens_loaded} token loads")
+    fig.tight_layout()
+    fig.savefig(folder / "timeline.png", dpi=110)
+    plt.close(fig)
+    written.append("timeline.png")
+
+    steps = report["decode"]
+    if steps:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        x = np.arange(1, len(steps) + 1)
+        ax.plot(x, [s["cycles"] for s in steps], "o-", label="GO cache")
+        if all(s.get("no_cache_cycles") is not None for s in steps):
+            ax.plot(x, [s["no_cache_cycles"] for s in steps], "s-", label="no cache")
+        ax.set_xlabel("decode step")
+        ax.set_ylabel("cycles")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title("Cycles per decode step")
+        fig.tight_layout()
+        fig.savefig(folder / "decode_cycles.png", dpi=110)
+        plt.close(fig)
+        written.append("decode_cycles.png")
+    return written

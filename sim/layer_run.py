@@ -1,0 +1,337 @@
+"""``moepim run`` on a ``moe_layer`` experiment: build, stream, check, report.
+
+See :mod:`moepim.sim.moe_run` for the steps; this module adds the resource check, the GO-cache
+exactness check, the no-cache comparison, and the report (``report.json``, ``report.csv``,
+plots) of :mod:`moepim.sim.layer_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moepim.models.gocache import GoCacheModel
+from moepim.models.grouping import make_groups
+from moepim.models.pim import CrossbarMatmul, window_cycles
+from moepim.models.quant import SCORE_BITS
+from moepim.models.tile import TileShape
+from moepim.models.workload import make_workload
+
+from .config import ConfigError, LayerExperiment, resolved_dict
+from .layer_report import (
+    dram_time_ns,
+    layer_area_mm2,
+    layer_energy_pj,
+    layer_geometry,
+    write_layer_plots,
+)
+from .moe_run import LayerSpec, bench_args, check_windows, make_component, prepare_windows
+
+__all__ = ["run_layer_experiment", "estimate_resources", "ResourceError"]
+
+
+class ResourceError(RuntimeError):
+    """The configuration will not fit this machine (message says why and how to override)."""
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> dict:
+    """Peak memory and build time, estimated from the config before anything is built.
+
+    Memory: the simulator holds every bank's cells (one byte each) and its partial results
+    (8 bytes per output per row tile); Python holds the float and integer weights (~13 bytes
+    per weight) and the workload. Build time: measured on this class of machine, about 1 s per
+    thousand lane-adders of the engines' digital datapath plus 40 s of C++ compilation.
+    """
+    m, t = exp.model, exp.tile
+    geo = layer_geometry(m, t, n_groups, group_size)
+    cells = n_groups * group_size * geo["crossbars_per_expert"] * t.n_rows * t.n_columns
+    up, down = geo["up_tiles"], geo["down_tiles"]
+    outs = t.n_columns // (t.weight_bits // t.bits_per_cell)
+    results = 8 * n_groups * (up[0] * up[1] + down[0] * down[1]) * outs
+    weights = m.n_experts * 2 * m.d_model * m.d_ff + m.d_model * m.n_experts
+    mem = cells + results + 13 * weights + (400 << 20)
+    lane_adders = n_groups * exp.layer.lanes * (up[0] + down[0] + 4)
+    return {"memory_bytes": int(mem), "build_s": 40 + lane_adders / 1000,
+            "available_bytes": _mem_available(), "crossbars": geo["expert_crossbars"]}
+
+
+def _check_resources(exp, est, allow_large: bool):
+    limit = 0.8 * est["available_bytes"]
+    if est["memory_bytes"] > limit and not (allow_large or exp.allow_large):
+        raise ResourceError(
+            f"{exp.source}: this layer needs about {est['memory_bytes'] / 2**30:.1f} GiB "
+            f"({est['crossbars']} crossbars) but {est['available_bytes'] / 2**30:.1f} GiB are "
+            "available; use a smaller model or tile, or override with --allow-large "
+            "(or allow_large: true in the experiment)")
+    if est["build_s"] > 1800 and not (allow_large or exp.allow_large):
+        raise ResourceError(
+            f"{exp.source}: building this layer would take about {est['build_s'] / 60:.0f} "
+            "minutes; reduce layer.lanes or the model, or override with --allow-large")
+
+
+def _load_inputs(exp: LayerExperiment):
+    from moepim.models.moe import load_weights
+    from moepim.models.traces import read_trace
+
+    wl_cfg, m = exp.workload, exp.model
+    n_tokens = wl_cfg.n_prompt + wl_cfg.n_generate
+    weights = load_weights(wl_cfg.weights, m) if wl_cfg.weights else None
+    trace = None
+    if wl_cfg.trace:
+        t = read_trace(wl_cfg.trace, n_experts=m.n_experts)
+        if not 0 <= wl_cfg.trace_layer < t.shape[0]:
+            raise ConfigError(exp.source, "workload.trace_layer", wl_cfg.trace_layer,
+                              f"a layer index of {wl_cfg.trace} (0..{t.shape[0] - 1})")
+        if t.shape[1] < n_tokens:
+            raise ConfigError(exp.source, "workload.trace", wl_cfg.trace,
+                              f"a trace with at least n_prompt + n_generate = {n_tokens} "
+                              f"tokens (it has {t.shape[1]})")
+        trace = t[wl_cfg.trace_layer, :n_tokens]
+    profile = None
+    if wl_cfg.profile_trace:
+        profile = read_trace(wl_cfg.profile_trace, n_experts=m.n_experts)[wl_cfg.trace_layer]
+    return weights, trace, profile
+
+
+def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, progress=None,
+                         allow_large: bool = False, build_root=None) -> dict:
+    """Run, check and report into ``out_folder`` (an empty staging folder); return the report."""
+    from .block_run import run_bench
+
+    say = progress or (lambda msg: None)
+    t0 = time.monotonic()
+    m, tile, wl_cfg = exp.model, exp.tile, exp.workload
+    if sim not in ("verilator", "icarus"):
+        raise ConfigError(exp.source, "simulator", sim,
+                          "'verilator' or 'icarus' (the matrix-bank macro has no model for "
+                          "Amaranth's simulator)")
+    groups_probe = make_groups(wl_cfg.grouping, m.n_experts, np.ones(m.n_experts))
+    gs = max(len(g) for g in groups_probe)
+    est = estimate_resources(exp, len(groups_probe), gs)
+    _check_resources(exp, est, allow_large)
+
+    say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
+    shape = TileShape(**tile.shape_kwargs())
+    mm = CrossbarMatmul(shape)
+    weights, trace, profile = _load_inputs(exp)
+    wl = make_workload(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
+                       seed=wl_cfg.seed, weights=weights, trace=trace,
+                       trace_source=str(wl_cfg.trace), matmul=mm)
+    P = wl_cfg.n_prompt
+    loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
+    groups = [list(g) for g in make_groups(wl_cfg.grouping, m.n_experts, loads)]
+    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
+    compare = wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
+    nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm)[1:]
+                  if compare else [])
+
+    # GO cache exactness: the cache's decisions are the workload's, and the new token's
+    # output with the cache equals full recomputation over the prefix
+    go = None
+    if wl_cfg.go_cache and m.router.kind == "expert_choice" and wl_cfg.n_generate and \
+            trace is None:
+        rows = exp.layer.go_cache_rows or (P + wl_cfg.n_generate)
+        cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
+        for t in range(P):
+            cache.insert(wl.routing.scores[t])
+        same_sel = True
+        for t in range(P, P + wl_cfg.n_generate):
+            sel = cache.decide_and_insert(wl.routing.scores[t], m.router.ec_capacity_factor)
+            same_sel &= bool(np.array_equal(sel, wl.routing.mask[t]))
+        same_out = all(np.array_equal(nw.golden[-1], w.golden[0])
+                       for nw, w in zip(nc_windows, windows[1:]))
+        go = {"selection_equal": same_sel, "output_equal_to_recompute": same_out,
+              "checked_against_recompute": bool(nc_windows), "counters": cache.counters,
+              "rows": rows}
+
+    simulate_nc = compare and wl_cfg.no_cache == "simulate"
+    run_windows = windows + (nc_windows if simulate_nc else [])
+    spec = LayerSpec(m.d_model, m.d_ff, m.n_experts, len(groups), gs,
+                     max(len(w.x) for w in run_windows), exp.layer.lanes, m.quant.gate_bits,
+                     m.quant.multiplier_bits)
+    hw_tile = {k: v for k, v in tile.hw_kwargs().items() if k not in ("group_size", "core")}
+    dut = make_component(spec, hw_tile)
+    key = {"spec": dataclasses.asdict(spec), "tile": hw_tile}
+    root = Path(build_root) if build_root else Path(os.environ.get(
+        "MOEPIM_BUILD_ROOT", Path.cwd() / "build"))
+    (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
+    info = {}
+    with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
+        from .moe_run import write_bank_images
+
+        say("writing crossbar cell images")
+        plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
+        say(f"simulating {len(run_windows)} windows under {sim}")
+        results = run_bench(dut, top="moe_layer", bench="moe_layer",
+                            args=bench_args(run_windows, spec, wl.quant,
+                                            gap_p=wl_cfg.input_gaps,
+                                            stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
+                                            progress=progress is not None),
+                            sim=sim, plusargs=plus, key_params=key, info=info,
+                            progress=say, build_root=root)
+    check = check_windows(run_windows, results, dut)
+    per = check["windows"]
+    cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] for w in per)
+
+    # timing: RTL cycles of every window + DRAM transfers (serialised)
+    clock = exp.tech.clock_ns.value
+    main = per[:len(windows)]
+    cycles = sum(w["cycles"] for w in main)
+    n_tokens_total = wl_cfg.n_prompt + wl_cfg.n_generate
+    dram_bytes = 2 * n_tokens_total * m.d_model          # prompt/tokens in, results out
+    dram_transfers = 2 * len(windows)
+    if go:
+        dram_bytes += go["counters"]["dram_bytes"]
+        dram_transfers += go["counters"]["spills"] + go["counters"]["dram_reads"]
+    dram_ns = dram_time_ns(exp.dram, dram_bytes, dram_transfers)
+    time_ns = cycles * clock + dram_ns
+
+    geo = layer_geometry(m, tile, len(groups), gs)
+    jobs = sum(w["jobs"] for w in main)
+    c = [w["counters"] for w in main]
+    acc_bits = dut.acc_bits
+    buffer_bits = sum((x["token_reads"] + x["token_writes"]) * spec.lanes * tile.input_bits
+                      + (x["out_reads"] + x["out_writes"]) * spec.lanes * acc_bits for x in c)
+    events = {"jobs": jobs,
+              "dac_drives": sum(x["up_dac_drives"] + x["down_dac_drives"] for x in c),
+              "routed_tokens": n_tokens_total, "buffer_bits": buffer_bits,
+              "go_cache_bits": go["counters"]["sram_bits"] if go else 0,
+              "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
+              "dram_busy_ns": dram_ns}
+    energy = layer_energy_pj(exp, geo, events, time_ns)
+    sram_bits = {"token_buffer": spec.n_tokens * m.d_model * tile.input_bits,
+                 "output_buffer": spec.n_tokens * m.d_model * acc_bits,
+                 "go_cache": (exp.layer.go_cache_rows or n_tokens_total) * m.n_experts
+                 * SCORE_BITS if wl_cfg.go_cache else 0}
+    area = layer_area_mm2(exp, geo, sram_bits)
+    ops = 2 * jobs * 2 * m.d_model * m.d_ff                 # MACs x 2, both matrices
+    tops = ops / time_ns / 1e3 if time_ns else 0.0
+    watts = energy["total"] / time_ns / 1e3 if time_ns else 0.0
+    moe_area = area["total"]
+
+    decode = []
+    for i, w in enumerate(per[1:len(windows)]):
+        entry = {"step": w["step"], "cycles": w["cycles"], "timestamps": w["timestamps"],
+                 "tokens_loaded": w["tokens_loaded"], "jobs": w["jobs"]}
+        if compare:
+            nw = nc_windows[i]
+            if simulate_nc:
+                entry["no_cache_cycles"] = per[len(windows) + i]["cycles"]
+                entry["no_cache_source"] = "simulated"
+            else:
+                entry["no_cache_cycles"] = window_total_cycles(nw, dut)
+                entry["no_cache_source"] = "cycle formula (moepim.models.pim.window_cycles)"
+            entry["no_cache_jobs"] = len(nw.jobs)
+        decode.append(entry)
+    golden_match = not check["mismatches"]
+    go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"])
+    wall = time.monotonic() - t0
+    report = {
+        "kind": "moe_layer", "sim": sim, "cycles": cycles, "time_ns": time_ns,
+        "cycles_match_formula": cycles_ok,
+        "phases": {"prefill_cycles": per[0]["cycles"],
+                   "decode_cycles": [d["cycles"] for d in decode],
+                   "dram_ns": dram_ns},
+        "windows": per,
+        "schedule": {"groups": groups, "policy": wl_cfg.policy,
+                     "prefill": windows[0].sched.to_dict()},
+        "per_group": {"busy_timestamps": [sum(x["busy"][g] for x in c)
+                                          for g in range(len(groups))],
+                      "stall_timestamps": [sum(w.sched.timestamps for w in windows)
+                                           - sum(x["busy"][g] for x in c)
+                                           for g in range(len(groups))]},
+        "decode": decode,
+        "energy_pj": energy, "area_mm2": area,
+        "efficiency": {"ops": ops, "tops": tops, "power_w": watts,
+                       "tops_per_mm2": tops / moe_area if moe_area else 0.0,
+                       "gops_per_w_per_mm2": (tops * 1e3 / watts / moe_area
+                                              if watts and moe_area else 0.0),
+                       "scope": "MoE part (expert crossbars, their peripherals, router "
+                                "crossbars, buffers, GO cache)"},
+        "go_cache": go, "go_cache_exact": go_exact,
+        "accuracy": {"max_abs_error_vs_exact_integer": None},
+        "golden_match": golden_match, "mismatches": check["mismatches"],
+        "n_mismatches": sum(w["mismatching_values"] for w in per),
+        "counters": {"layer": results[-1]["counters"]},
+        "resources": est, "build": info, "wall_s": wall,
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "config": resolved_dict(exp),
+    }
+    report["plots"] = write_layer_plots(out_folder, report, windows)
+    _write(out_folder, report, exp)
+    return report
+
+
+def window_total_cycles(w, dut) -> int:
+    """Cycles of a window without input gaps or back-pressure: token beats, job beats, the
+    timestamps (exact, ``window_cycles``), the output beats and one cycle of hand-over. The
+    RTL takes this or up to ``SETTLE_MAX`` cycles more (the scheduler waits for its queues'
+    heads after the last job beat); the tests check that bound."""
+    n = len(w.x)
+    jobs = max(1, len(w.jobs))
+    compute = window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
+                            job_latency=dut.job_latency)
+    return n * dut.blocks + jobs + compute + n * dut.blocks + WINDOW_OVERHEAD
+
+
+WINDOW_OVERHEAD = 1
+SETTLE_MAX = 2
+
+
+def _write(folder: Path, report: dict, exp) -> None:
+    import yaml
+
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
+    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(exp),
+                                                                sort_keys=False))
+    e = report["efficiency"]
+    headline = {"sim": report["sim"], "cycles": report["cycles"],
+                "time_ns": report["time_ns"], "energy_pj": report["energy_pj"]["total"],
+                "area_mm2": report["area_mm2"]["total"], "tops": e["tops"],
+                "tops_per_mm2": e["tops_per_mm2"], "gops_per_w_per_mm2": e["gops_per_w_per_mm2"],
+                "golden_match": report["golden_match"], "n_mismatches": report["n_mismatches"],
+                "go_cache_exact": report["go_cache_exact"], "wall_s": report["wall_s"]}
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=list(headline))
+    wr.writeheader()
+    wr.writerow(headline)
+    (folder / "report.csv").write_text(buf.getvalue())
+
+
+def _plain(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not serialisable: {type(o)}")
+
+
+def write_summary_line(report: dict, out: Path) -> str:
+    status = "bit-exact" if report["golden_match"] else f"{report['n_mismatches']} MISMATCHES"
+    return (f"{report['sim']}: {len(report['windows'])} windows, {report['cycles']} cycles, "
+            f"{status}, GO cache exact: {report['go_cache_exact']}; report in "
+            f"{out / 'report.json'} ({report['wall_s']:.1f} s)")
+
