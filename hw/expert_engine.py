@@ -27,16 +27,16 @@ is the gate-weighted output block ``rd_addr`` of the last job.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .matrix_bank import MatrixBank, ceil_div
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 
-__all__ = ["ExpertEngine", "engine_job_layout", "SHIFT_BITS"]
+__all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS"]
 
-SHIFT_BITS = 6          # requantisation shifts 0..62 (moepim.models.quant.Requant)
+SHIFT_BITS = 5          # requantisation shifts 0..31 (moepim.models.quant.Requant)
 
 
 def engine_job_layout(*, group_size: int, gate_bits: int, multiplier_bits: int):
@@ -50,11 +50,14 @@ def engine_job_layout(*, group_size: int, gate_bits: int, multiplier_bits: int):
     })
 
 
-def _requant(value, mult, shift, act_bits):
-    """``clamp((value * mult + (1 << shift >> 1)) >> shift)``, exactly ``Requant.apply``
-    followed by the symmetric clamp of ``moepim.models.quant``."""
+def requantize(value, mult, shift, act_bits):
+    """``clamp((value * mult + 2**(shift-1)) >> shift)`` (``shift`` 0: no rounding), exactly
+    ``Requant.apply`` followed by the symmetric clamp of ``moepim.models.quant``. Rounding
+    uses ``floor((x + 2**(s-1)) / 2**s) == (floor(x / 2**(s-1)) + 1) >> 1``, so no shifter
+    is wider than the product."""
     lim = (1 << (act_bits - 1)) - 1
-    rounded = (value * mult + ((Const(1, 1) << shift) >> 1)) >> shift
+    prod = value * mult
+    rounded = Mux(shift == 0, prod, ((prod >> (shift - 1)[:len(shift)]) + 1) >> 1)
     return Mux(rounded > lim, lim, Mux(rounded < -lim, -lim, rounded))
 
 
@@ -123,7 +126,7 @@ class ExpertEngine(wiring.Component):
         hidden = [Signal(signed(ab), name=f"hidden{i}") for i in range(lanes)]
         for i in range(lanes):
             psum = tree_sum(up.rd_data[i][k] for k in range(up.row_tiles))
-            q = _requant(psum, job.up_mult, job.up_shift, ab)
+            q = requantize(psum, job.up_mult, job.up_shift, ab)
             m.d.comb += hidden[i].eq(Mux(q > 0, q, 0))
         m.d.comb += [down.in_data[i].eq(hidden[i]) for i in range(lanes)]
 
@@ -131,7 +134,7 @@ class ExpertEngine(wiring.Component):
         m.d.comb += down.rd_addr.eq(self.rd_addr)
         for i in range(lanes):
             psum = tree_sum(down.rd_data[i][k] for k in range(down.row_tiles))
-            q = _requant(psum, job.down_mult, job.down_shift, ab)
+            q = requantize(psum, job.down_mult, job.down_shift, ab)
             m.d.comb += self.rd_data[i].eq(q * job.gate)
 
         with m.FSM(name="engine"):

