@@ -6,8 +6,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-RUN_CONFIG ?= configs/experiments/tile.yaml
-RUN_OUT    ?= build/runs/tile
+RUN_CONFIG ?= configs/experiments/default.yaml
+RUN_OUT    ?= build/runs/default
 JOBS   ?= 2
 
 .PHONY: setup run test lint bench clean
@@ -31,6 +31,7 @@ lint: setup
 	$(VENV)/bin/ruff check hw sim models testbenches tests benchmarks
 
 bench: setup
+	$(PY) benchmarks/layer_speed.py
 	$(PY) benchmarks/tile_speed.py
 
 clean:

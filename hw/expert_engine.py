@@ -31,7 +31,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .matrix_bank import MatrixBank, ceil_div
+from .matrix_bank import MatrixBank
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS"]

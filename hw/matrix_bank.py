@@ -30,7 +30,7 @@ from amaranth import ClockSignal, Instance, Module, ResetSignal, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import TileGeometry, check_counter_bits, need, need_positive, index_bits
+from .params import TileGeometry, check_counter_bits, index_bits, need, need_positive
 
 __all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "ceil_div"]
 

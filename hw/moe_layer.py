@@ -38,7 +38,6 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
-from .matrix_bank import ceil_div
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 from .scheduler import GroupScheduler
 

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from moepim.models.grouping import GroupingError
 from moepim.models.moe import WeightsError
 from moepim.models.traces import TraceError
-
-from moepim.models.grouping import GroupingError
 
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
 from .layer_run import ResourceError

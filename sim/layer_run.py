@@ -22,7 +22,7 @@ import numpy as np
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
 from moepim.models.pim import CrossbarMatmul, window_cycles
-from moepim.models.quant import SCORE_BITS
+from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
 from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 
@@ -153,7 +153,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     groups = [list(g) for g in make_groups(wl_cfg.grouping, m.n_experts, loads)]
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
     compare = wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
-    nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm)[1:]
+    simulate_nc = compare and wl_cfg.no_cache == "simulate"
+    nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
+                                  golden="all" if simulate_nc else "last")[1:]
                   if compare else [])
 
     # GO cache exactness: the cache's decisions are the workload's, and the new token's
@@ -175,7 +177,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
               "checked_against_recompute": bool(nc_windows), "counters": cache.counters,
               "rows": rows}
 
-    simulate_nc = compare and wl_cfg.no_cache == "simulate"
     run_windows = windows + (nc_windows if simulate_nc else [])
     assert spec.n_tokens >= max(len(w.x) for w in run_windows)
     dut = make_component(spec, hw_tile)
@@ -251,6 +252,16 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                 entry["no_cache_source"] = "cycle formula (moepim.models.pim.window_cycles)"
             entry["no_cache_jobs"] = len(nw.jobs)
         decode.append(entry)
+    # what the crossbars' ADC quantisation costs: the same routing through exact integer
+    # products, and the float layer
+    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing)
+    y_deq = dequantize_output(wl.y_q, wl.quant)
+    accuracy = {
+        "max_abs_diff_vs_exact_integer_codes": int(np.abs(wl.y_q - y_exact).max()),
+        "mean_abs_diff_vs_exact_integer_codes": float(np.abs(wl.y_q - y_exact).mean()),
+        "relative_l2_error_vs_float": float(np.linalg.norm(y_deq - wl.y_float)
+                                            / max(np.linalg.norm(wl.y_float), 1e-30)),
+        "note": "float reference routed by the float gate; integer outputs at act_bits"}
     golden_match = not check["mismatches"]
     go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"])
     wall = time.monotonic() - t0
@@ -277,7 +288,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                        "scope": "MoE part (expert crossbars, their peripherals, router "
                                 "crossbars, buffers, GO cache)"},
         "go_cache": go, "go_cache_exact": go_exact,
-        "accuracy": {"max_abs_error_vs_exact_integer": None},
+        "accuracy": accuracy,
         "golden_match": golden_match, "mismatches": check["mismatches"],
         "n_mismatches": sum(w["mismatching_values"] for w in per),
         "counters": {"layer": results[-1]["counters"]},

@@ -25,6 +25,7 @@ import numpy as np
 
 from moepim.hw.moe_layer import MoELayerAccelerator
 from moepim.models.grouping import make_groups
+from moepim.models.moe import Routing
 from moepim.models.pim import CrossbarMatmul, bank_image, window_cycles
 from moepim.models.quant import moe_forward_int, route_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_mask
@@ -92,8 +93,13 @@ def _jobs(sched, groups, weights, ql) -> list:
     return jobs
 
 
-def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul) -> list[Window]:
-    """The prompt window and one window per generated token (see the module docstring)."""
+def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
+                    golden: str = "all") -> list[Window]:
+    """The prompt window and one window per generated token (see the module docstring).
+
+    ``golden="last"``: for the no-cache windows compute only the new token's golden output
+    (rows of earlier tokens are zero): enough for the GO-cache check and the cycle formula
+    when those windows are not simulated."""
     cfg, ql, P = wl.cfg, wl.quant, wl.n_prompt
     r = wl.routing
     windows = [Window("prefill", 0, wl.x_q[:P], r.mask[:P], r.weights[:P], wl.y_q[:P])]
@@ -111,7 +117,13 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul) -> list[
         else:
             mask = r.mask[:t + 1]
         routing = route_int(x, ql, mask=mask, matmul=matmul)
-        y, _ = moe_forward_int(x, ql, routing=routing, matmul=matmul)
+        if golden == "last":
+            last = Routing(*(f[-1:] for f in (routing.mask, routing.weights, routing.dropped,
+                                                routing.scores)))
+            y = np.zeros(x.shape, dtype=np.int64)
+            y[-1:], _ = moe_forward_int(x[-1:], ql, routing=last, matmul=matmul)
+        else:
+            y, _ = moe_forward_int(x, ql, routing=routing, matmul=matmul)
         windows.append(Window("decode", step + 1, x, routing.mask, routing.weights, y))
     for w in windows:
         w.sched = schedule(w.mask, groups, policy)

@@ -118,7 +118,44 @@ def _tile(sc):
     return group, "tile_group", "tile_scenario", scen.bench_args(exp, group)
 
 
-_BUILDERS = {"tile_group": _tile, "topk": _topk, "group_scheduler": _scheduler, "go_cache": _go_cache}
+def _moe_layer(sc):
+    """A reduced MoE layer (the ``experiment`` of the params, default layer-small), seeded;
+    its banks' cell images travel as the 5th item (written next to the run)."""
+    from moepim.models.grouping import make_groups
+    from moepim.models.pim import CrossbarMatmul, bank_image
+    from moepim.models.tile import TileShape
+    from moepim.models.workload import make_workload
+
+    from .config import load_experiment
+    from .layer_run import layer_spec
+    from .moe_run import bench_args, make_component, prepare_windows
+
+    exp = load_experiment(REPO_ROOT / "configs" / "experiments" /
+                          f"{sc.params.get('experiment', 'layer-small')}.yaml")
+    wl_cfg = dataclasses.replace(exp.workload, seed=sc.seed, no_cache="off")
+    exp = dataclasses.replace(exp, workload=wl_cfg)
+    shape = TileShape(**exp.tile.shape_kwargs())
+    mm = CrossbarMatmul(shape)
+    wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
+                       seed=sc.seed, matmul=mm)
+    groups = [list(g) for g in make_groups(wl_cfg.grouping, exp.model.n_experts,
+                                           wl.routing.mask[:wl_cfg.n_prompt].sum(0))]
+    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm)
+    spec, tile = layer_spec(exp)
+    banks, t = [], wl.quant.tensors
+    for g, members in enumerate(groups):
+        for k, (name, n_in, n_out) in enumerate((("up", spec.d_model, spec.d_ff),
+                                                 ("down", spec.d_ff, spec.d_model))):
+            banks.append((f"MOEPIM_BANK{2 * g + k}", bank_image(
+                [t[f"experts.{e}.{name}.weight"] for e in members], spec.group_size, n_in,
+                n_out, shape)))
+    args = bench_args(windows, spec, wl.quant, gap_p=float(sc.params.get("gap_p", 0.1)),
+                      stall_p=float(sc.params.get("stall_p", 0.2)), seed=sc.seed)
+    return make_component(spec, tile), "moe_layer", "moe_layer", args, banks
+
+
+_BUILDERS = {"tile_group": _tile, "topk": _topk, "group_scheduler": _scheduler,
+             "go_cache": _go_cache, "moe_layer": _moe_layer}
 
 
 # --- capture, signatures, comparison ---
@@ -129,11 +166,15 @@ def capture(sc: WaveScenario, *, build_root=None) -> dict[str, list[list]]:
 
     from .block_run import run_bench
 
-    component, top, bench, args = _BUILDERS[sc.block](sc)
+    component, top, bench, args, *files = _BUILDERS[sc.block](sc)
     with tempfile.TemporaryDirectory() as tmp:
         vcd = Path(tmp) / "run.vcd"
+        plusargs = []
+        for name, image in (files[0] if files else []):
+            image.tofile(Path(tmp) / f"{name}.bin")
+            plusargs.append(f"+{name}={Path(tmp) / f'{name}.bin'}")
         run_bench(component, top=top, bench=bench, args=args, sim="verilator",
-                  build_root=build_root, trace="vcd", trace_to=vcd)
+                  build_root=build_root, trace="vcd", trace_to=vcd, plusargs=plusargs)
         wave = pywellen.Waveform(str(vcd))
         by_name = {v.full_name: v for v in wave.all_vars()}
         out = {}

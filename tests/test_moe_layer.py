@@ -20,7 +20,6 @@ from moepim.sim.layer_run import (
     _check_resources,
     estimate_resources,
     run_layer_experiment,
-    window_total_cycles,
 )
 
 from .conftest import need_icarus
@@ -131,19 +130,11 @@ def test_window_cycles_without_gaps_follow_the_formula(tmp_path):
     exp = _small(input_gaps=0.0, backpressure=0.0, no_cache="model")
     report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
     _check(report, 1 + exp.workload.n_generate)
-    from moepim.models.grouping import make_groups  # noqa: F401  (documented dependency)
-
     # total window cycles: the formula is a tight lower bound (scheduler settle <= SETTLE_MAX)
-    class _Dut:
-        blocks = exp.model.d_model // exp.layer.lanes
-        job_latency = None
-
+    blocks = exp.model.d_model // exp.layer.lanes
     for w in report["windows"]:
-        n_tok = w["tokens"]
-        base = (2 * n_tok * (exp.model.d_model // exp.layer.lanes) + max(1, w["jobs"])
-                + w["compute_cycles"] + 1)
+        base = 2 * w["tokens"] * blocks + max(1, w["jobs"]) + w["compute_cycles"] + 1
         assert base <= w["cycles"] <= base + SETTLE_MAX, w
-    assert window_total_cycles is not None
     # the no-cache steps from the formula grow with the prefix
     nc = [d["no_cache_cycles"] for d in report["decode"]]
     assert nc == sorted(nc) and nc[0] > report["decode"][0]["cycles"]
@@ -233,14 +224,20 @@ def test_trace_with_other_expert_count_is_rejected(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_model_that_does_not_fit_the_crossbars_is_refused(tmp_path):
-    path = _layer_config(tmp_path, lambda r: r["tile"] and None)
-    exp = load_experiment(path)
+def test_model_that_does_not_fit_the_crossbars_is_refused(tmp_path, capsys):
+    # 4-bit crossbar inputs cannot take the model's 8-bit activations
+    tile = yaml.safe_load((REPO_ROOT / "configs" / "hw" / "tile-64.yaml").read_text())
+    tile.pop("version")
+    path = _layer_config(tmp_path, lambda r: r.update(tile=dict(tile, input_bits=4)))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "input_bits" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # a layer far beyond this machine is refused before anything is built
+    exp = load_experiment(DEFAULT)
     big = dataclasses.replace(exp, model=dataclasses.replace(exp.model, d_model=65536,
                                                              d_ff=65536, n_experts=64))
-    est = dict(estimate_resources(big, 32, 2))
     with pytest.raises(ResourceError, match="GiB"):
-        _check_resources(big, est, allow_large=False)
+        _check_resources(big, estimate_resources(big, 32, 2), allow_large=False)
 
 
 def test_layer_config_errors_name_the_file():
