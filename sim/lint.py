@@ -43,7 +43,9 @@ def lint_verilator(verilog: Path, top: str) -> subprocess.CompletedProcess:
     """Run ``verilator --lint-only -Wall`` on an export plus the macro models."""
     exe = setup_verilator()
     waivers = _waiver_file(verilog.parent, verilog)
-    cmd = [str(exe), "--lint-only", "-Wall", "--top-module", top, str(waivers), str(verilog),
+    # --unroll-count 1: as in the builds (sim/build.py), the macro models' loops stay loops
+    cmd = [str(exe), "--lint-only", "-Wall", "--unroll-count", "1", "--top-module", top,
+           str(waivers), str(verilog),
            *map(str, macro_sources())]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
