@@ -76,6 +76,9 @@ class MoELayerAccelerator(wiring.Component):
         self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
                                          n_experts=n_experts, depth=self._depth,
                                          job_data=self._job_data, counter_bits=counter_bits)
+        # a cached simulator build never elaborates the design: not a forgotten submodule
+        for sub in (*self._engines, self._scheduler):
+            sub._MustUse__silence = True
         eng = self._engines[0]
         bound = eng.rd_data.shape().elem_shape.width
         lim = (1 << (bound - 1))

@@ -242,6 +242,6 @@ def test_model_that_does_not_fit_the_crossbars_is_refused(tmp_path, capsys):
 
 def test_layer_config_errors_name_the_file():
     with pytest.raises(ConfigError) as e:
-        load_experiment(REPO_ROOT / "configs" / "models" / "tiny-ec-256.yaml")
+        load_experiment(REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml")
     assert "tiny-ec-256.yaml" in str(e.value)
     assert json.dumps(str(e.value))
