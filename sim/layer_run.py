@@ -262,6 +262,10 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "relative_l2_error_vs_float": float(np.linalg.norm(y_deq - wl.y_float)
                                             / max(np.linalg.norm(wl.y_float), 1e-30)),
         "note": "float reference routed by the float gate; integer outputs at act_bits"}
+    comparison = None
+    if compare:
+        comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
+                                        dut, simulate_nc, go)
     golden_match = not check["mismatches"]
     go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"])
     wall = time.monotonic() - t0
@@ -287,7 +291,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                               if watts and moe_area else 0.0),
                        "scope": "MoE part (expert crossbars, their peripherals, router "
                                 "crossbars, buffers, GO cache)"},
-        "go_cache": go, "go_cache_exact": go_exact,
+        "go_cache": go, "go_cache_exact": go_exact, "go_cache_comparison": comparison,
         "accuracy": accuracy,
         "golden_match": golden_match, "mismatches": check["mismatches"],
         "n_mismatches": sum(w["mismatching_values"] for w in per),
@@ -299,6 +303,57 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     report["plots"] = write_layer_plots(out_folder, report, windows)
     _write(out_folder, report, exp)
     return report
+
+
+def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, simulated,
+                       go) -> dict:
+    """Cycles and energy of the decode steps with the GO cache and without it (the whole
+    prefix recomputed). Simulated windows use their counters; formula windows estimate DAC
+    drives from the cached run's average per job and buffer traffic from the schedule."""
+    clock = exp.tech.clock_ns.value
+    lanes, ab = spec.lanes, exp.tile.input_bits
+    cached = per[1:len(windows)]
+    dac_per_job = (sum(w["counters"]["up_dac_drives"] + w["counters"]["down_dac_drives"]
+                       for w in per[:len(windows)])
+                   / max(1, sum(w["jobs"] for w in per[:len(windows)])))
+
+    def events(entries, n_tokens, go_bits):
+        ev = {"jobs": sum(e["jobs"] for e in entries), "routed_tokens": n_tokens,
+              "go_cache_bits": go_bits, "output_values": n_tokens * spec.d_model,
+              "dram_bytes": 0, "dram_busy_ns": 0.0}
+        if all("counters" in e for e in entries):
+            c = [e["counters"] for e in entries]
+            ev["dac_drives"] = sum(x["up_dac_drives"] + x["down_dac_drives"] for x in c)
+            ev["buffer_bits"] = sum((x["token_reads"] + x["token_writes"]) * lanes * ab
+                                    + (x["out_reads"] + x["out_writes"]) * lanes * acc_bits
+                                    for x in c)
+        else:
+            blocks = dut.blocks
+            ev["dac_drives"] = int(round(dac_per_job * ev["jobs"]))
+            ev["buffer_bits"] = sum(
+                (e["tokens_loaded"] + e["tokens"]) * blocks * lanes * ab
+                + 2 * (e["tokens_loaded"] + e["tokens"]) * blocks * lanes * acc_bits
+                for e in entries)
+        return ev
+
+    def mode(entries, n_tokens, go_bits, source):
+        cycles = sum(e["cycles"] for e in entries)
+        e = layer_energy_pj(exp, geo, events(entries, n_tokens, go_bits), cycles * clock)
+        return {"cycles": cycles, "energy_pj": e["total"], "breakdown": e["breakdown"],
+                "source": source}
+
+    n_gen = len(cached)
+    if simulated:
+        nc = per[len(windows):]
+    else:
+        nc = [{"jobs": len(w.jobs), "tokens": len(w.x), "tokens_loaded": w.sched.tokens_loaded,
+               "cycles": window_total_cycles(w, dut)} for w in nc_windows]
+    with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated")
+    without = mode(nc, sum(e["tokens"] for e in nc), 0,
+                   "simulated" if simulated else "cycle formula + estimated events")
+    return {"decode_steps": n_gen, "with_go_cache": with_cache, "without_cache": without,
+            "speedup": without["cycles"] / max(1, with_cache["cycles"]),
+            "energy_ratio": without["energy_pj"] / max(1e-30, with_cache["energy_pj"])}
 
 
 def window_total_cycles(w, dut) -> int:

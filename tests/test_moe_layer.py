@@ -115,6 +115,10 @@ def test_small_layer_verilator_bit_exact_with_gaps_and_backpressure(tmp_path):
         assert step["no_cache_source"] == "simulated"
         assert step["no_cache_cycles"] > step["cycles"]
         assert step["no_cache_jobs"] >= step["jobs"]
+    cmp = report["go_cache_comparison"]
+    assert cmp["with_go_cache"]["source"] == cmp["without_cache"]["source"] == "simulated"
+    assert cmp["without_cache"]["cycles"] == sum(d["no_cache_cycles"] for d in report["decode"])
+    assert cmp["speedup"] > 1 and cmp["energy_ratio"] > 1
     for name in ("report.json", "report.csv", "energy.png", "area.png", "timeline.png",
                  "decode_cycles.png"):
         assert (tmp_path / name).exists(), name
@@ -245,3 +249,17 @@ def test_layer_config_errors_name_the_file():
         load_experiment(REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml")
     assert "tiny-ec-256.yaml" in str(e.value)
     assert json.dumps(str(e.value))
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_gocache_experiment_reports_both_modes(tmp_path, capsys):
+    out = tmp_path / "go"
+    cfg = REPO_ROOT / "configs" / "experiments" / "gocache-small.yaml"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["go_cache_exact"] is True and report["golden_match"] is True
+    cmp = report["go_cache_comparison"]
+    for mode in ("with_go_cache", "without_cache"):
+        assert cmp[mode]["cycles"] > 0 and cmp[mode]["energy_pj"] > 0
+    assert cmp["without_cache"]["cycles"] > cmp["with_go_cache"]["cycles"]
+    assert "GO cache exact: True" in capsys.readouterr().out

@@ -121,3 +121,54 @@ def test_router_exports_lint_clean(tmp_path, make, top):
     assert lint.returncode == 0, lint.stderr[-3000:]
     need_icarus()
     assert compile_icarus(v, top).returncode == 0
+
+
+@pytest.mark.xdist_group("verilator-small")
+def test_gate_mvm_on_crossbar_tiles_feeds_the_expert_choice_router():
+    """Gate scores from the gate matrix on crossbar tiles (the TileGroup RTL: one crossbar per
+    row tile sharing one peripheral set), partial sums added, the integer softmax, then the
+    expert-choice router RTL: the selection equals the accelerator's golden routing."""
+    from moepim.hw import TileGroup
+    from moepim.models.pim import CrossbarMatmul
+    from moepim.models.quant import int_softmax
+    from moepim.models.tile import TileShape
+    from moepim.sim.tile_run import _field_maps
+
+    need_simulator("verilator")
+    cfg = load_model(REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml")
+    tile = dict(n_rows=64, n_columns=64, bits_per_cell=8, weight_bits=8, input_bits=8,
+                n_adcs=8, adc_bits=8, adc_shift=None)
+    shape = TileShape(**tile)
+    wl = make_workload(cfg, n_prompt=10, seed=5, matmul=CrossbarMatmul(shape))
+    w_gate = wl.quant.tensors["gate.weight"].astype(np.int64)           # (d_model, experts)
+    n_rt = cfg.d_model // shape.n_rows
+    weights = []
+    for i in range(n_rt):
+        w = np.zeros((shape.n_rows, shape.n_outputs), dtype=np.int64)
+        w[:, :cfg.n_experts] = w_gate[i * shape.n_rows:(i + 1) * shape.n_rows]
+        weights.append(w.tolist())
+    xs, xbar = [], []
+    for t in range(wl.n_prompt):
+        for i in range(n_rt):
+            xs.append(wl.x_q[t, i * shape.n_rows:(i + 1) * shape.n_rows].tolist())
+            xbar.append(i)
+    group = TileGroup(**tile, group_size=n_rt, core="macro")
+    res = run_bench(group, top="tile_group", bench="tile_scenario", sim="verilator",
+                    args={"weights": weights, "xs": xs, "xbar": xbar, "gaps": [0] * len(xs),
+                          "ready_pattern": [1, 1, 0], "fields": _field_maps(group),
+                          "timeout": 100_000})
+    partial = np.array(res["y"], dtype=np.int64).reshape(wl.n_prompt, n_rt, -1)
+    logits = partial.sum(axis=1)[:, :cfg.n_experts]                     # partial-sum adders
+    np.testing.assert_array_equal(logits, gate_logits_int(wl.x_q[:wl.n_prompt], wl.quant,
+                                                          CrossbarMatmul(shape)))
+    scores = int_softmax(logits, wl.quant.gate_index)
+    np.testing.assert_array_equal(scores, wl.routing.scores[:wl.n_prompt])
+    cap = expert_choice_capacity(wl.n_prompt, cfg.n_experts, cfg.router.ec_capacity_factor)
+    unit = ExpertChoiceRouter(n_tokens=16, n_experts=cfg.n_experts, c_max=8)
+    got = run_bench(unit, top="expert_router", bench="expert_router", sim="verilator",
+                    args=dict(windows=[[scores.tolist(), cap]], gap_p=0.2, stall_p=0.2,
+                              seed=2))[0]
+    mask = np.zeros((wl.n_prompt, cfg.n_experts), dtype=bool)
+    for e, t in got:
+        mask[t, e] = True
+    np.testing.assert_array_equal(mask, wl.routing.mask[:wl.n_prompt])
