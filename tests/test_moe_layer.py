@@ -263,3 +263,19 @@ def test_gocache_experiment_reports_both_modes(tmp_path, capsys):
         assert cmp[mode]["cycles"] > 0 and cmp[mode]["energy_pj"] > 0
     assert cmp["without_cache"]["cycles"] > cmp["with_go_cache"]["cycles"]
     assert "GO cache exact: True" in capsys.readouterr().out
+
+
+def test_waves_flag_is_for_layer_runs(tmp_path, capsys):
+    tile_cfg = REPO_ROOT / "configs" / "experiments" / "tile-small.yaml"
+    assert main(["run", str(tile_cfg), "--out", str(tmp_path / "t"), "--waves", "--quiet"]) == 2
+    assert "--waves" in capsys.readouterr().err
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_layer_run_writes_waves_on_request(tmp_path):
+    exp = _small(n_prompt=4, n_generate=1, no_cache="off")
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, waves=True)
+    assert report["golden_match"]
+    vcd = tmp_path / "waves.vcd"
+    assert vcd.exists() and vcd.stat().st_size > 0
+    assert "o_outputs__valid" in vcd.read_text(errors="replace")[:200_000]
