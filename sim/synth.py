@@ -6,7 +6,7 @@ liberty file is installable from the package registries this project may use (ch
 PyPI PDK packages carry SPICE/layout data, not liberty timing/area libraries), so the area is
 ``transistors x transistor_area_um2`` of the technology file (value and scaling rule in its
 ``source``). Analog macros are black boxes and are excluded (their area comes from the
-technology table). Results are cached by the SHA-256 of the exported Verilog.
+technology table). Results are cached by the SHA-256 of the exported Verilog and the macro models.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def synthesize(verilog: Path, top: str, *, transistor_area_um2: float, source: s
                build_root: Path | None = None) -> dict:
     """Cells by type and by submodule, flip-flops, transistors and the area estimate."""
     text = Path(verilog).read_text()
-    key = hashlib.sha256((SYNTH_SCRIPT + top + text).encode()).hexdigest()[:20]
+    macros = "".join(m.read_text() for m in macro_sources())
+    key = hashlib.sha256((SYNTH_SCRIPT + top + text + macros).encode()).hexdigest()[:20]
     cache = Path(build_root or default_build_root()) / "cache" / "synth" / f"{key}.json"
     if cache.exists():
         stats = json.loads(cache.read_text())

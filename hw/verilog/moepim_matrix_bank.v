@@ -64,6 +64,9 @@ module moepim_matrix_bank #(
     output reg  [LANES*ROW_TILES*OUT_BITS-1:0]     rd_data,
     output reg  [COUNTER_BITS-1:0]                 dac_drives
 );
+    // The behavioural model is for simulation only: synthesis (Yosys defines SYNTHESIS)
+    // reads the port list of this black box and nothing else.
+`ifndef SYNTHESIS
     localparam integer SPW      = WEIGHT_BITS / BITS_PER_CELL;
     localparam integer N_OUTS   = N_COLUMNS / SPW;            // outputs per tile
     localparam integer TILE     = N_ROWS * N_COLUMNS;
@@ -192,5 +195,6 @@ module moepim_matrix_bank #(
         rd_data <= rd_next;
     end
     /* verilator lint_on BLKSEQ */
+`endif
 endmodule
 `default_nettype wire
