@@ -78,6 +78,10 @@ class ExpertEngine(wiring.Component):
                               bank_id=bank_base, **tile)
         self._down = MatrixBank(n_in=d_ff, n_out=d_model, n_slots=group_size, lanes=lanes,
                                 bank_id=bank_base + 1, **tile)
+        # elaborated with the engine; a layer built for its parameters (cached build, one
+        # exported block) never elaborates the others: not a forgotten submodule
+        for bank in (self._up, self._down):
+            bank._MustUse__silence = True
         self._d_model, self._d_ff, self._lanes = d_model, d_ff, lanes
         self._gate_bits, self._act_bits = gate_bits, input_bits
         self._multiplier_bits = multiplier_bits

@@ -115,6 +115,7 @@ class MoELayerAccelerator(wiring.Component):
     n_tokens = property(lambda self: self._n_tokens)
     lanes = property(lambda self: self._lanes)
     engines = property(lambda self: list(self._engines))
+    scheduler = property(lambda self: self._scheduler)
     acc_bits = property(lambda self: self._acc_bits)
     blocks = property(lambda self: self._d_model // self._lanes)
 

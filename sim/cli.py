@@ -47,7 +47,13 @@ def _progress(quiet: bool):
 
 
 def cmd_run(args) -> int:
-    from .report import atomic_run_dir, tile_area_mm2, tile_energy_pj, write_report
+    from .report import (
+        atomic_run_dir,
+        tile_area_mm2,
+        tile_energy_pj,
+        tile_headline,
+        write_report,
+    )
     from .tile_run import check_outputs, make_scenario, run_scenario
 
     exp = load_experiment(args.config)
@@ -87,7 +93,7 @@ def cmd_run(args) -> int:
             "host": {"python": platform.python_version(), "machine": platform.machine()},
             "config": resolved_dict(exp),
         }
-        write_report(folder, report, exp)
+        write_report(folder, report, exp, tile_headline(report))
     status = "bit-exact" if check["golden_match"] else f"{check['n_mismatches']} MISMATCHES"
     print(f"{sim}: {len(scenario.xs)} MVMs, {run.cycles} cycles, {status}; "
           f"report in {Path(args.out) / 'report.json'} ({wall:.1f} s)")
@@ -128,29 +134,13 @@ def _export_component(exp, top: str):
 
 
 def _layer_component(exp, top: str):
-    from moepim.hw import GroupScheduler
-    from moepim.hw.expert_engine import ExpertEngine, engine_job_layout
-    from moepim.hw.matrix_bank import MatrixBank
-
+    """The layer of the experiment, or the scheduler / an engine / a bank it is built from."""
     from .layer_run import layer_spec
     from .moe_run import make_component
 
-    spec, tile = layer_spec(exp)
-    if top == "moe_layer":
-        return make_component(spec, tile)
-    if top == "expert_engine":
-        return ExpertEngine(d_model=spec.d_model, d_ff=spec.d_ff, group_size=spec.group_size,
-                            lanes=spec.lanes, gate_bits=spec.gate_bits,
-                            multiplier_bits=spec.multiplier_bits, **tile)
-    if top == "matrix_bank":
-        return MatrixBank(n_in=spec.d_model, n_out=spec.d_ff, n_slots=spec.group_size,
-                          lanes=spec.lanes, **tile)
-    return GroupScheduler(n_groups=spec.n_groups, n_tokens=spec.n_tokens,
-                          n_experts=spec.n_experts, depth=spec.n_tokens * spec.group_size,
-                          job_data=engine_job_layout(group_size=spec.group_size,
-                                                     gate_bits=spec.gate_bits,
-                                                     multiplier_bits=spec.multiplier_bits),
-                          counter_bits=tile["counter_bits"])
+    layer = make_component(*layer_spec(exp))
+    return {"moe_layer": layer, "expert_engine": layer.engines[0],
+            "matrix_bank": layer.engines[0].up, "group_scheduler": layer.scheduler}[top]
 
 
 def _export_parameters(exp, top):

@@ -19,23 +19,20 @@ digital control and datapath logic is not included (Yosys area of the layer: ``m
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from moepim.models.pim import tiles_of
+from moepim.models.tile import TileShape
 
 __all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "dram_time_ns",
            "write_layer_plots"]
 
 
-def _tiles(n_in, n_out, tile):
-    outs = tile.n_columns // (tile.weight_bits // tile.bits_per_cell)
-    return math.ceil(n_in / tile.n_rows), math.ceil(n_out / outs)
-
-
 def layer_geometry(model, tile, n_groups: int, group_size: int) -> dict:
-    up = _tiles(model.d_model, model.d_ff, tile)
-    down = _tiles(model.d_ff, model.d_model, tile)
-    gate = _tiles(model.d_model, model.n_experts, tile)
+    shape = TileShape(**tile.shape_kwargs())
+    up = tiles_of(model.d_model, model.d_ff, shape)
+    down = tiles_of(model.d_ff, model.d_model, shape)
+    gate = tiles_of(model.d_model, model.n_experts, shape)
     per_expert = up[0] * up[1] + down[0] * down[1]
     return {"up_tiles": up, "down_tiles": down, "gate_tiles": gate,
             "crossbars_per_expert": per_expert,
@@ -88,7 +85,7 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
             "events": {"expert_tile_mvms": jobs * (up[0] * up[1] + down[0] * down[1]),
                        "gate_tile_mvms": events["routed_tokens"] * gate[0] * gate[1],
-                       "adds": adds, "mults": mults, **{k: v for k, v in events.items()}},
+                       "adds": adds, "mults": mults, **events},
             "method": "events x per-event energy + ADC leakage x time; constants and sources "
                       "in the resolved tech and DRAM configs",
             "not_included": ["router top-C selection and softmax logic (the gate MVM is "

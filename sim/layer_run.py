@@ -7,10 +7,7 @@ plots) of :mod:`moepim.sim.layer_report`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import os
 import platform
 import tempfile
@@ -34,7 +31,15 @@ from .layer_report import (
     layer_geometry,
     write_layer_plots,
 )
-from .moe_run import LayerSpec, bench_args, check_windows, make_component, prepare_windows
+from .moe_run import (
+    LayerSpec,
+    bench_args,
+    check_windows,
+    make_component,
+    prepare_windows,
+    write_bank_images,
+)
+from .report import write_report
 
 __all__ = ["run_layer_experiment", "estimate_resources", "ResourceError"]
 
@@ -189,8 +194,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     info = {}
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
-        from .moe_run import write_bank_images
-
         say("writing crossbar cell images")
         plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
         say(f"simulating {len(run_windows)} windows under {sim}")
@@ -306,7 +309,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "config": resolved_dict(exp),
     }
     report["plots"] = write_layer_plots(out_folder, report, windows)
-    _write(out_folder, report, exp)
+    write_report(out_folder, report, exp, _headline(report))
     return report
 
 
@@ -377,36 +380,14 @@ WINDOW_OVERHEAD = 1
 SETTLE_MAX = 2
 
 
-def _write(folder: Path, report: dict, exp) -> None:
-    import yaml
-
-    (folder / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
-    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(exp),
-                                                                sort_keys=False))
+def _headline(report: dict) -> dict:
     e = report["efficiency"]
-    headline = {"sim": report["sim"], "cycles": report["cycles"],
-                "time_ns": report["time_ns"], "energy_pj": report["energy_pj"]["total"],
-                "area_mm2": report["area_mm2"]["total"], "tops": e["tops"],
-                "tops_per_mm2": e["tops_per_mm2"], "gops_per_w_per_mm2": e["gops_per_w_per_mm2"],
-                "golden_match": report["golden_match"], "n_mismatches": report["n_mismatches"],
-                "go_cache_exact": report["go_cache_exact"], "wall_s": report["wall_s"]}
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=list(headline))
-    wr.writeheader()
-    wr.writerow(headline)
-    (folder / "report.csv").write_text(buf.getvalue())
-
-
-def _plain(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not serialisable: {type(o)}")
+    return {"sim": report["sim"], "cycles": report["cycles"], "time_ns": report["time_ns"],
+            "energy_pj": report["energy_pj"]["total"], "area_mm2": report["area_mm2"]["total"],
+            "tops": e["tops"], "tops_per_mm2": e["tops_per_mm2"],
+            "gops_per_w_per_mm2": e["gops_per_w_per_mm2"],
+            "golden_match": report["golden_match"], "n_mismatches": report["n_mismatches"],
+            "go_cache_exact": report["go_cache_exact"], "wall_s": report["wall_s"]}
 
 
 def write_summary_line(report: dict, out: Path) -> str:

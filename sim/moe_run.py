@@ -17,23 +17,20 @@ Steps (``run_layer``):
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from moepim.hw.moe_layer import MoELayerAccelerator
-from moepim.models.grouping import make_groups
 from moepim.models.moe import Routing
-from moepim.models.pim import CrossbarMatmul, bank_image, window_cycles
+from moepim.models.pim import bank_image, window_cycles
 from moepim.models.quant import moe_forward_int, route_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_mask
 from moepim.models.schedule import schedule
 from moepim.models.tile import TileShape
-from moepim.models.workload import make_workload
 
-__all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images",
+__all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images", "bank_images",
            "bench_args", "check_windows"]
 
 
@@ -133,18 +130,26 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     return windows
 
 
-def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape) -> list[str]:
-    """Cell images of every group's two banks; the plusargs naming them."""
+def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str, np.ndarray]]:
+    """Per bank, its plusarg name and cell image: every group's up and down matrices."""
     t = wl.quant.tensors
-    args = []
+    images = []
     for g, members in enumerate(groups):
         for k, (name, n_in, n_out) in enumerate((("up", spec.d_model, spec.d_ff),
                                                  ("down", spec.d_ff, spec.d_model))):
-            image = bank_image([t[f"experts.{e}.{name}.weight"] for e in members],
-                               spec.group_size, n_in, n_out, shape)
-            path = folder / f"bank{2 * g + k}.bin"
-            image.tofile(path)
-            args.append(f"+MOEPIM_BANK{2 * g + k}={path}")
+            images.append((f"MOEPIM_BANK{2 * g + k}", bank_image(
+                [t[f"experts.{e}.{name}.weight"] for e in members], spec.group_size, n_in,
+                n_out, shape)))
+    return images
+
+
+def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape) -> list[str]:
+    """Write the cell images into ``folder``; return the plusargs naming them."""
+    args = []
+    for name, image in bank_images(wl, groups, spec, shape):
+        path = folder / f"{name}.bin"
+        image.tofile(path)
+        args.append(f"+{name}={path}")
     return args
 
 
@@ -182,30 +187,3 @@ def check_windows(windows: list[Window], results: list[dict], dut) -> dict:
                            "expected_compute_cycles": expected_cycles,
                            "cycles": res["cycles"], "mismatching_values": int(len(bad))})
     return {"mismatches": mismatches, "windows": per_window}
-
-
-def debug_run(model_cfg, tile_kwargs, *, n_prompt, n_generate, grouping, policy, lanes,
-              go_cache=True, sim="verilator", seed=1, gap_p=0.0, stall_p=0.0):
-    """Small end-to-end run (tests and development)."""
-    from .block_run import run_bench
-
-    shape = TileShape(**{k: v for k, v in tile_kwargs.items()
-                         if k not in ("group_size", "core", "counter_bits")})
-    mm = CrossbarMatmul(shape)
-    wl = make_workload(model_cfg, n_prompt=n_prompt, n_generate=n_generate, seed=seed,
-                       matmul=mm)
-    groups = make_groups(grouping, model_cfg.n_experts, wl.routing.mask[:n_prompt].sum(0))
-    gs = max(len(g) for g in groups)
-    windows = prepare_windows(wl, groups, policy, go_cache=go_cache, matmul=mm)
-    spec = LayerSpec(model_cfg.d_model, model_cfg.d_ff, model_cfg.n_experts, len(groups), gs,
-                     max(len(w.x) for w in windows), lanes, model_cfg.quant.gate_bits,
-                     model_cfg.quant.multiplier_bits)
-    hw_tile = {k: v for k, v in tile_kwargs.items() if k not in ("group_size", "core")}
-    dut = make_component(spec, hw_tile)
-    with tempfile.TemporaryDirectory() as tmp:
-        plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
-        res = run_bench(dut, top="moe_layer", bench="moe_layer",
-                        args=bench_args(windows, spec, wl.quant, gap_p=gap_p, stall_p=stall_p,
-                                        seed=seed),
-                        sim=sim, plusargs=plus)
-    return windows, res, check_windows(windows, res, dut), dut

@@ -11,11 +11,12 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .config import ConfigError, TechConfig, TileConfig, resolved_dict
 
-__all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report"]
+__all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report", "tile_headline"]
 
 
 def _adc_entry(table: dict, bits: int, tech: TechConfig, key: str):
@@ -81,18 +82,32 @@ def atomic_run_dir(out: Path):
         os.replace(tmp, out)
 
 
-def write_report(folder: Path, report: dict, config) -> None:
-    (folder / "report.json").write_text(json.dumps(report, indent=2))
-    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config),
-                                                                sort_keys=False))
-    headline = {
+def tile_headline(report: dict) -> dict:
+    return {
         "sim": report["sim"], "cycles": report["cycles"], "time_ns": report["time_ns"],
         "energy_pj": report["energy_pj"]["total"], "area_mm2": report["area_mm2"]["total"],
         "golden_match": report["golden_match"], "n_mismatches": report["n_mismatches"],
         "mvms": report["counters"]["peripherals"]["mvms"], "wall_s": report["wall_s"],
     }
+
+
+def write_report(folder: Path, report: dict, config, headline: dict) -> None:
+    """``report.json``, ``config.resolved.yaml`` and ``report.csv`` (the ``headline`` row)."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
+    (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config),
+                                                                sort_keys=False))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(headline))
     w.writeheader()
     w.writerow(headline)
     (folder / "report.csv").write_text(buf.getvalue())
+
+
+def _plain(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o.tolist() if isinstance(o, np.ndarray) else o)
+    raise TypeError(f"not JSON-serialisable: {type(o)}")

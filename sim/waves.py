@@ -122,13 +122,13 @@ def _moe_layer(sc):
     """A reduced MoE layer (the ``experiment`` of the params, default layer-small), seeded;
     its banks' cell images travel as the 5th item (written next to the run)."""
     from moepim.models.grouping import make_groups
-    from moepim.models.pim import CrossbarMatmul, bank_image
+    from moepim.models.pim import CrossbarMatmul
     from moepim.models.tile import TileShape
     from moepim.models.workload import make_workload
 
     from .config import load_experiment
     from .layer_run import layer_spec
-    from .moe_run import bench_args, make_component, prepare_windows
+    from .moe_run import bank_images, bench_args, make_component, prepare_windows
 
     exp = load_experiment(REPO_ROOT / "configs" / "experiments" /
                           f"{sc.params.get('experiment', 'layer-small')}.yaml")
@@ -142,13 +142,7 @@ def _moe_layer(sc):
                                            wl.routing.mask[:wl_cfg.n_prompt].sum(0))]
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm)
     spec, tile = layer_spec(exp)
-    banks, t = [], wl.quant.tensors
-    for g, members in enumerate(groups):
-        for k, (name, n_in, n_out) in enumerate((("up", spec.d_model, spec.d_ff),
-                                                 ("down", spec.d_ff, spec.d_model))):
-            banks.append((f"MOEPIM_BANK{2 * g + k}", bank_image(
-                [t[f"experts.{e}.{name}.weight"] for e in members], spec.group_size, n_in,
-                n_out, shape)))
+    banks = bank_images(wl, groups, spec, shape)
     args = bench_args(windows, spec, wl.quant, gap_p=float(sc.params.get("gap_p", 0.1)),
                       stall_p=float(sc.params.get("stall_p", 0.2)), seed=sc.seed)
     return make_component(spec, tile), "moe_layer", "moe_layer", args, banks
