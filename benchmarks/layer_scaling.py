@@ -3,10 +3,11 @@
 For each point the default experiment is modified (``n_experts``; ``n_prompt`` with no
 generated tokens) and run end to end in this process; printed per point: build state and time,
 simulation time, simulated cycles, golden-model time, and whether the run was bit-exact.
-Every distinct expert count is a new hardware build (cold the first time).
+Every distinct expert count is a new hardware build (cold the first time). Switching activity
+is off unless ``--switching-activity`` (this measures the simulator, not the energy model).
 
     python benchmarks/layer_scaling.py [--experts 4 8 16 64] [--prompts 32 128 512]
-                                       [--d-model N] [--lanes N]
+                                       [--d-model N] [--lanes N] [--switching-activity]
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--d-model", type=int, default=None, help="override d_model (smaller runs)")
     ap.add_argument("--lanes", type=int, default=None)
+    ap.add_argument("--switching-activity", action="store_true",
+                    help="also record SAIF toggles (a traced build: slower build and run)")
     args = ap.parse_args(argv)
     base = load_experiment(args.config)
     print(f"{'experts':>7} {'prompt':>6} {'build':>6} {'build_s':>8} {'sim_s':>8} "
@@ -40,7 +43,8 @@ def main(argv=None) -> int:
         for n_prompt in args.prompts:
             m = dataclasses.replace(base.model, n_experts=n_exp,
                                     d_model=args.d_model or base.model.d_model)
-            layer = dataclasses.replace(base.layer, lanes=args.lanes or base.layer.lanes)
+            layer = dataclasses.replace(base.layer, lanes=args.lanes or base.layer.lanes,
+                                        switching_activity=args.switching_activity)
             wl = dataclasses.replace(base.workload, n_prompt=n_prompt, n_generate=0)
             exp = dataclasses.replace(base, model=m, layer=layer, workload=wl,
                                       allow_large=True)

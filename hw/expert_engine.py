@@ -21,7 +21,8 @@ blocks)::
     2L+B1+1           down bank done
     2L+B1+2           ``ready`` again: results readable on ``rd_addr``/``rd_data``
 
-so ``job_latency = 2*L + B1 + 2``. While ``ready``, ``rd_data`` (one cycle after ``rd_addr``)
+so ``job_latency = 2*L + B1 + 2``. ``bank_base`` (an input, constant during a run) names the
+cell images: ``bank_base`` for ``up``, ``bank_base + 1`` for ``down``. While ``ready``, ``rd_data`` (one cycle after ``rd_addr``)
 is the gate-weighted output block ``rd_addr`` of the last job.
 """
 
@@ -31,7 +32,7 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .matrix_bank import MatrixBank
+from .matrix_bank import BANK_ID_BITS, MatrixBank
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS"]
@@ -63,7 +64,7 @@ def requantize(value, mult, shift, act_bits):
 
 class ExpertEngine(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, group_size: int, lanes: int,
-                 gate_bits: int = 8, multiplier_bits: int = 15, bank_base: int = 0,
+                 gate_bits: int = 8, multiplier_bits: int = 15,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
@@ -75,9 +76,9 @@ class ExpertEngine(wiring.Component):
                     weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
                     adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
         self._up = MatrixBank(n_in=d_model, n_out=d_ff, n_slots=group_size, lanes=lanes,
-                              bank_id=bank_base, **tile)
+                              **tile)
         self._down = MatrixBank(n_in=d_ff, n_out=d_model, n_slots=group_size, lanes=lanes,
-                                bank_id=bank_base + 1, **tile)
+                                **tile)
         # elaborated with the engine; a layer built for its parameters (cached build, one
         # exported block) never elaborates the others: not a forgotten submodule
         for bank in (self._up, self._down):
@@ -89,6 +90,7 @@ class ExpertEngine(wiring.Component):
         self._out_bits = signed_bits(-lim * ((1 << gate_bits) - 1), lim * ((1 << gate_bits) - 1))
         c = unsigned(counter_bits)
         super().__init__({
+            "bank_base": In(BANK_ID_BITS),
             "in_we": In(1),
             "in_addr": In(index_bits(self._up.in_blocks)),
             "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
@@ -120,6 +122,8 @@ class ExpertEngine(wiring.Component):
         job = Signal.like(self.job)
         cnt = self.counters
 
+        # cell images: bank_base (up) and bank_base + 1 (down)
+        m.d.comb += [up.bank_id.eq(self.bank_base), down.bank_id.eq(self.bank_base + 1)]
         # token input: written by the layer straight into the up bank
         m.d.comb += [up.in_we.eq(self.in_we), up.in_addr.eq(self.in_addr),
                      up.in_data.eq(self.in_data),

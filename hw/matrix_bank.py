@@ -11,11 +11,13 @@ The crossbars and their peripheral sets are one analog/mixed-signal macro, a bla
 ``Instance`` of ``moepim_matrix_bank`` (behavioural model ``hw/verilog/moepim_matrix_bank.v``):
 replicating hundreds of peripheral sets as RTL would make a full-size layer unbuildable, and
 the digital reduction that follows (partial-sum adders) is RTL in the expert engine. Cells are
-loaded at simulation start from a binary image (``+MOEPIM_BANK<bank_id>=<file>``), never
-elaborated into logic, so one build serves every workload.
+loaded at the first clock edge from a binary image (``+MOEPIM_BANK<bank_id>=<file>``), never
+elaborated into logic, so one build serves every workload; ``bank_id`` is an input the parent
+ties to a constant, so identical banks (and engines) are one Verilog module.
 
 Ports (all registered at the macro):
 
+* ``bank_id``: which cell image this bank loads (constant during a run).
 * ``in_we``/``in_addr``/``in_data``: write ``lanes`` inputs of the held input vector.
 * ``start``/``slot``: one MVM of expert slot ``slot``; ``done`` is high ``mvm_latency``
   cycles later; ``busy`` in between. ``start`` while busy is ignored.
@@ -32,9 +34,10 @@ from amaranth.lib.wiring import In, Out
 
 from .params import TileGeometry, check_counter_bits, index_bits, need, need_positive
 
-__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "ceil_div"]
+__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "ceil_div"]
 
 MATRIX_MACRO_NAME = "moepim_matrix_bank"
+BANK_ID_BITS = 16       # width of the macro's bank_id input
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -42,14 +45,12 @@ def ceil_div(a: int, b: int) -> int:
 
 
 class MatrixBank(wiring.Component):
-    def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int, bank_id: int = 0,
+    def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
                             ("lanes", lanes)):
             need_positive(name, value)
-        need(isinstance(bank_id, int) and bank_id >= 0, "bank_id", bank_id,
-             "a non-negative integer")
         need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
              "at most 8 (the macro stores one byte per cell)")
         check_counter_bits(counter_bits)
@@ -58,10 +59,11 @@ class MatrixBank(wiring.Component):
                          adc_bits=adc_bits, adc_shift=adc_shift)
         self._geometry = g
         self._n_in, self._n_out, self._n_slots, self._lanes = n_in, n_out, n_slots, lanes
-        self._bank_id, self._counter_bits = bank_id, counter_bits
+        self._counter_bits = counter_bits
         self._row_tiles = ceil_div(n_in, g.n_rows)
         self._col_tiles = ceil_div(n_out, g.n_outputs)
         super().__init__({
+            "bank_id": In(BANK_ID_BITS),
             "in_we": In(1),
             "in_addr": In(index_bits(self.in_blocks)),
             "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
@@ -80,7 +82,6 @@ class MatrixBank(wiring.Component):
     n_out = property(lambda self: self._n_out)
     n_slots = property(lambda self: self._n_slots)
     lanes = property(lambda self: self._lanes)
-    bank_id = property(lambda self: self._bank_id)
     row_tiles = property(lambda self: self._row_tiles)
     col_tiles = property(lambda self: self._col_tiles)
     in_blocks = property(lambda self: ceil_div(self._n_in, self._lanes))
@@ -109,10 +110,10 @@ class MatrixBank(wiring.Component):
             p_ADC_SHIFT=g.resolved_adc_shift, p_ROW_TILES=self._row_tiles,
             p_COL_TILES=self._col_tiles, p_N_SLOTS=self._n_slots, p_N_IN=self._n_in,
             p_N_OUT=self._n_out, p_LANES=self._lanes, p_OUT_BITS=g.output_bits,
-            p_LATENCY=g.mvm_latency, p_BANK_ID=self._bank_id,
+            p_LATENCY=g.mvm_latency,
             p_SLOT_BITS=index_bits(self._n_slots), p_IN_ADDR_BITS=index_bits(self.in_blocks),
             p_OUT_ADDR_BITS=index_bits(self.out_blocks), p_COUNTER_BITS=self._counter_bits,
-            i_clk=ClockSignal(), i_rst=ResetSignal(),
+            i_clk=ClockSignal(), i_rst=ResetSignal(), i_bank_id=self.bank_id,
             i_in_we=self.in_we, i_in_addr=self.in_addr, i_in_data=self.in_data.as_value(),
             i_start=self.start, i_slot=self.slot, o_busy=self.busy, o_done=self.done,
             i_rd_addr=self.rd_addr, o_rd_data=self.rd_data.as_value(),

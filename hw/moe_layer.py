@@ -7,7 +7,11 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   ``(token, expert, idle_before)`` jobs, each carrying the job's operands: the expert's slot in
   its group, its gate weight and requantisation constants);
 * one :class:`~moepim.hw.expert_engine.ExpertEngine` per group (the group's crossbars and
-  shared peripheral sets, partial-sum adders, requantisation, ReLU, gate weighting);
+  shared peripheral sets, partial-sum adders, requantisation, ReLU, gate weighting). The
+  groups' engines are identical, so the layer instantiates ONE engine module
+  (``ENGINE_MODULE``, listed in ``verilog_modules`` for export) ``n_groups`` times, each with
+  its ``bank_base`` (cell images ``2g`` and ``2g + 1``): export, Verilator build and synthesis
+  handle the engine once instead of once per group;
 * a combine unit accumulating the gate-weighted expert outputs of each token into an output
   buffer (``lib.memory``), and the final requantisation to ``act_bits`` on the way out.
 
@@ -33,7 +37,19 @@ loads, per group busy timestamps, buffer reads/writes (rows).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import (
+    C,
+    Cat,
+    ClockSignal,
+    Instance,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+    Value,
+    signed,
+    unsigned,
+)
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,7 +57,9 @@ from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requanti
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 from .scheduler import GroupScheduler
 
-__all__ = ["MoELayerAccelerator"]
+__all__ = ["MoELayerAccelerator", "ENGINE_MODULE"]
+
+ENGINE_MODULE = "moepim_expert_engine"
 
 
 class MoELayerAccelerator(wiring.Component):
@@ -66,20 +84,18 @@ class MoELayerAccelerator(wiring.Component):
         self._lanes, self._gate_bits, self._multiplier_bits = lanes, gate_bits, multiplier_bits
         self._act_bits = input_bits
         self._depth = depth if depth is not None else n_tokens * group_size
-        self._engines = [ExpertEngine(d_model=d_model, d_ff=d_ff, group_size=group_size,
-                                      lanes=lanes, gate_bits=gate_bits,
-                                      multiplier_bits=multiplier_bits, bank_base=2 * g,
-                                      **self._tile)
-                         for g in range(n_groups)]
+        self._engine = ExpertEngine(d_model=d_model, d_ff=d_ff, group_size=group_size,
+                                    lanes=lanes, gate_bits=gate_bits,
+                                    multiplier_bits=multiplier_bits, **self._tile)
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
                                            multiplier_bits=multiplier_bits)
         self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
                                          n_experts=n_experts, depth=self._depth,
                                          job_data=self._job_data, counter_bits=counter_bits)
         # a cached simulator build never elaborates the design: not a forgotten submodule
-        for sub in (*self._engines, self._scheduler):
+        for sub in (self._engine, self._scheduler):
             sub._MustUse__silence = True
-        eng = self._engines[0]
+        eng = self._engine
         bound = eng.rd_data.shape().elem_shape.width
         lim = (1 << (bound - 1))
         self._acc_bits = signed_bits(-lim * n_experts, lim * n_experts)
@@ -114,14 +130,32 @@ class MoELayerAccelerator(wiring.Component):
     group_size = property(lambda self: self._group_size)
     n_tokens = property(lambda self: self._n_tokens)
     lanes = property(lambda self: self._lanes)
-    engines = property(lambda self: list(self._engines))
+    engine = property(lambda self: self._engine)
     scheduler = property(lambda self: self._scheduler)
     acc_bits = property(lambda self: self._acc_bits)
     blocks = property(lambda self: self._d_model // self._lanes)
 
     @property
     def job_latency(self) -> int:
-        return self._engines[0].job_latency
+        return self._engine.job_latency
+
+    @property
+    def verilog_modules(self):
+        """Modules the layer instantiates by name, to export beside it: the expert engine."""
+        return ((self._engine, ENGINE_MODULE),)
+
+    def _engine_port(self, g: int):
+        """Group ``g``'s engine: its ports as signals, and its ``Instance``."""
+        port = self._engine.signature.create(path=(f"engine{g}",))
+        conns = {}
+        for path, member, value in self._engine.signature.flatten(port):
+            name = "__".join(str(p) for p in path)
+            if name == "bank_base":
+                continue
+            conns[("i_" if member.flow == wiring.In else "o_") + name] = Value.cast(value)
+        inst = Instance(ENGINE_MODULE, i_clk=ClockSignal(), i_rst=ResetSignal(),
+                        i_bank_base=C(2 * g, len(port.bank_base)), **conns)
+        return port, inst
 
     def slot_cycles(self, n_loads: int) -> int:
         """Cycles of one timestamp whose jobs need ``n_loads`` distinct tokens."""
@@ -132,8 +166,10 @@ class MoELayerAccelerator(wiring.Component):
         G, B, lanes, ab = self._n_groups, self.blocks, self._lanes, self._act_bits
         sched = self._scheduler
         m.submodules.scheduler = sched
-        for g, e in enumerate(self._engines):
-            m.submodules[f"engine{g}"] = e
+        engines = []
+        for g in range(G):
+            port, m.submodules[f"engine{g}"] = self._engine_port(g)
+            engines.append(port)
         cnt = self.counters
         vec_bits = lanes * ab
         acc_row = data.ArrayLayout(signed(self._acc_bits), lanes)
@@ -175,14 +211,14 @@ class MoELayerAccelerator(wiring.Component):
         wr_row = Signal(range(self._n_tokens * B))
 
         # token broadcast bus into the engines; the engines' result read address
-        for g, e in enumerate(self._engines):
+        for g, e in enumerate(engines):
             m.d.comb += [e.in_data.as_value().eq(tb_r.data), e.in_addr.eq(wr_blk),
                          e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
 
         # combine: the adder tree over the groups working on the current token
         comb_sum = []
         for i in range(lanes):
-            terms = [Mux(wr_mask[g], e.rd_data[i], 0) for g, e in enumerate(self._engines)]
+            terms = [Mux(wr_mask[g], e.rd_data[i], 0) for g, e in enumerate(engines)]
             comb_sum.append(tree_sum(terms))
 
         # output: requantisation of the accumulators
@@ -233,7 +269,7 @@ class MoELayerAccelerator(wiring.Component):
                                  cnt.timestamps.eq(cnt.timestamps + 1),
                                  cnt.token_loads.eq(cnt.token_loads
                                                     + sched.o_slots.payload.n_loads)]
-                    for g, e in enumerate(self._engines):
+                    for g, e in enumerate(engines):
                         m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
                         with m.If(sched.o_issue[g].valid):
                             m.d.sync += [e.job.eq(sched.o_issue[g].payload.data),
@@ -257,11 +293,11 @@ class MoELayerAccelerator(wiring.Component):
                 with m.Else():
                     m.next = "START"
             with m.State("START"):
-                m.d.comb += [e.start.eq(active[g]) for g, e in enumerate(self._engines)]
+                m.d.comb += [e.start.eq(active[g]) for g, e in enumerate(engines)]
                 m.d.sync += [pending.eq(first_use), blk.eq(0)]
                 m.next = "WAIT"
             with m.State("WAIT"):
-                with m.If(Cat(e.ready for e in self._engines).all()):
+                with m.If(Cat(e.ready for e in engines).all()):
                     m.next = "COMBINE"
             with m.State("COMBINE"):
                 # read the engines' block blk and the token's accumulator row; add and write
@@ -315,8 +351,8 @@ class MoELayerAccelerator(wiring.Component):
         with m.If(running.any() | (fsm.ongoing("SLOT") & sched.o_slots.valid)):
             m.d.sync += cnt.cycles.eq(cnt.cycles + 1)
         m.d.comb += [
-            cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in self._engines)),
-            cnt.up_dac_drives.eq(tree_sum(e.counters.up_dac_drives for e in self._engines)),
-            cnt.down_dac_drives.eq(tree_sum(e.counters.down_dac_drives for e in self._engines)),
+            cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in engines)),
+            cnt.up_dac_drives.eq(tree_sum(e.counters.up_dac_drives for e in engines)),
+            cnt.down_dac_drives.eq(tree_sum(e.counters.down_dac_drives for e in engines)),
         ]
         return m

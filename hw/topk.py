@@ -63,6 +63,7 @@ class StreamingTopK(wiring.Component):
     n_items = property(lambda self: self._n_items)
     k = property(lambda self: self._k)
     score_bits = property(lambda self: self._score_bits)
+    signed_scores = property(lambda self: self._signed)
 
     def window_cycles(self, n: int, count: int) -> int:
         return n + count

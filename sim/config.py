@@ -90,6 +90,7 @@ class TechConfig:
     int_add_energy_pj: Constant
     int_mult_energy_pj: Constant
     adc_leakage_mw: Constant
+    net_toggle_energy_fj: Constant
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,13 @@ class DramConfig:
 class LayerHw:
     """MoE-layer hardware beyond the tile: ``lanes`` = width of the digital datapath (values
     per cycle of the token broadcast, the partial-sum adders and the combine unit);
-    ``go_cache_rows`` = GO-cache SRAM capacity in tokens (``null``: the whole run fits)."""
+    ``go_cache_rows`` = GO-cache SRAM capacity in tokens (``null``: the whole run fits);
+    ``switching_activity``: Verilator runs record every RTL net's toggles (SAIF) for the
+    digital switching energy (a traced build: longer build and simulation)."""
 
     lanes: int = 64
     go_cache_rows: int | None = None
+    switching_activity: bool = True
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def dram_time_ns(dram, n_bytes: int, n_transfers: int) -> float:
 
 
 def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
-    """``events``: jobs, dac_drives, routed tokens, SRAM bits, GO-cache bits, DRAM busy ns."""
+    """``events``: jobs, dac_drives, routed tokens, SRAM bits, GO-cache bits, DRAM busy ns, and
+    ``net_toggles`` (the RTL's switching activity; ``None`` when not measured)."""
     tech, tile, model = exp.tech, exp.tile, exp.model
     adc = tech.adc_energy_pj[tile.adc_bits].value
     up, down, gate = geo["up_tiles"], geo["down_tiles"], geo["gate_tiles"]
@@ -74,7 +75,8 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
         "shift_add": ex["shift_adds"] * tech.shift_add_energy_pj.value,
         "router": (gx["cells"] * cell + gx["adc_conversions"] * adc
                    + gx["shift_adds"] * tech.shift_add_energy_pj.value),
-        "digital": adds * tech.int_add_energy_pj.value + mults * tech.int_mult_energy_pj.value,
+        "digital_arithmetic": (adds * tech.int_add_energy_pj.value
+                               + mults * tech.int_mult_energy_pj.value),
         "buffers": events["buffer_bits"] * sram,
         "go_cache": events["go_cache_bits"] * sram,
         "dram": (exp.dram.active_power_w.value * dram_busy
@@ -82,18 +84,29 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
         "leakage": (geo["peripheral_sets"] * tile.n_adcs * tech.adc_leakage_mw.value
                     * 1e-3 * time_ns * 1e3),
     }
+    not_included = ["router top-C selection and softmax logic (the gate MVM is included)",
+                    "attention, KV cache and the rest of the transformer"]
+    toggles = events.get("net_toggles")
+    if toggles is None:
+        not_included.append("digital switching (toggle counts need a Verilator run with "
+                            "layer.switching_activity and without --waves: SAIF)")
+    else:
+        breakdown["digital_switching"] = toggles * tech.net_toggle_energy_fj.value * 1e-3
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
             "events": {"expert_tile_mvms": jobs * (up[0] * up[1] + down[0] * down[1]),
                        "gate_tile_mvms": events["routed_tokens"] * gate[0] * gate[1],
                        "adds": adds, "mults": mults, **events},
-            "method": "events x per-event energy + ADC leakage x time; constants and sources "
-                      "in the resolved tech and DRAM configs",
-            "not_included": ["router top-C selection and softmax logic (the gate MVM is "
-                             "included)", "digital control toggles (switching activity)",
-                             "attention, KV cache and the rest of the transformer"]}
+            "method": "events x per-event energy + RTL net toggles x net_toggle_energy_fj + "
+                      "ADC leakage x time; constants and sources in the resolved tech and DRAM "
+                      "configs. digital_arithmetic prices the datapath's adds and multiplies "
+                      "per operation; digital_switching the toggles of every RTL net (an "
+                      "arithmetic unit's internal gate nodes are not RTL nets)",
+            "not_included": not_included}
 
 
-def layer_area_mm2(exp, geo: dict, sram_bits: dict) -> dict:
+def layer_area_mm2(exp, geo: dict, sram_bits: dict, synth: dict | None = None) -> dict:
+    """Analog parts from the technology table; ``synth`` (``moepim.sim.synth`` on the layer's
+    RTL): the digital logic, and its memories as SRAM (replacing the buffer estimates)."""
     tech, tile = exp.tech, exp.tile
     sets = geo["peripheral_sets"]
     crossbars = geo["expert_crossbars"] + geo["gate_crossbars"]
@@ -102,12 +115,24 @@ def layer_area_mm2(exp, geo: dict, sram_bits: dict) -> dict:
         "adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
         "dacs": sets * tile.n_rows * tech.dac_area_um2.value,
         "shift_adds": sets * tile.n_adcs * tech.shift_add_area_um2.value,
-        "sram": sum(sram_bits.values()) * tech.sram_area_um2_per_bit.value,
     }
+    not_included = []
+    digital = None
+    if synth is not None:
+        sram_bits = {**{k: v for k, v in sram_bits.items()
+                        if k not in ("token_buffer", "output_buffer")},
+                     "layer_memories": synth["memory_bits"]}
+        um2["digital_logic"] = synth["logic_area_mm2"] * 1e6
+        digital = {k: synth[k] for k in ("flow", "cells", "flip_flops", "transistors",
+                                         "memories", "method", "transistor_area_um2",
+                                         "source", "excluded")}
+    else:
+        not_included.append("digital datapath and control logic (Yosys synthesis skipped)")
+    um2["sram"] = sum(sram_bits.values()) * tech.sram_area_um2_per_bit.value
     breakdown = {k: v * 1e-6 for k, v in um2.items()}
     return {"total": sum(breakdown.values()), "breakdown": breakdown, "sram_bits": sram_bits,
-            "crossbars": crossbars, "peripheral_sets": sets,
-            "not_included": ["digital datapath and control logic (see moepim synth)"]}
+            "crossbars": crossbars, "peripheral_sets": sets, "digital_logic": digital,
+            "not_included": not_included}
 
 
 def write_layer_plots(folder, report: dict, windows) -> list[str]:

@@ -24,6 +24,7 @@ from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 
 from .config import ConfigError, LayerExperiment, resolved_dict
+from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
 from .layer_report import (
     dram_time_ns,
     layer_area_mm2,
@@ -193,20 +194,40 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "MOEPIM_BUILD_ROOT", Path.cwd() / "build"))
     (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     info = {}
+    # switching activity (Verilator's SAIF) unless the run records waveforms instead: then the
+    # prompt, the cached decode steps and the no-cache steps are separate simulations of the
+    # same build (each window starts from an empty layer), so each has its own toggle count
+    switching = sim in SWITCHING_SIMULATORS and not waves and exp.layer.switching_activity
+    trace = "vcd" if waves else ("saif" if switching else None)
+    parts = ([("prefill", windows[:1]), ("decode", windows[1:]),
+              ("no_cache", nc_windows if simulate_nc else [])] if switching else
+             [("all", run_windows)])
+    results, toggles = [], {}
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
         say("writing crossbar cell images")
         plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
-        say(f"simulating {len(run_windows)} windows under {sim}")
-        results = run_bench(dut, top="moe_layer", bench="moe_layer",
-                            args=bench_args(run_windows, spec, wl.quant,
-                                            gap_p=wl_cfg.input_gaps,
-                                            stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
-                                            progress=progress is not None),
-                            sim=sim, plusargs=plus, key_params=key, info=info,
-                            progress=say, build_root=root,
-                            trace="vcd" if waves else None,
-                            trace_to=out_folder / "waves.vcd" if waves else None)
-    check = check_windows(run_windows, results, dut)
+        for name, part in parts:
+            if not part:
+                continue
+            say(f"simulating {len(part)} windows ({name}) under {sim}")
+            trace_to = (out_folder / "waves.vcd" if waves else
+                        Path(tmp) / f"{name}.saif" if switching else None)
+            part_info = {}
+            results += run_bench(dut, top="moe_layer", bench="moe_layer",
+                                 args=bench_args(part, spec, wl.quant,
+                                                 gap_p=wl_cfg.input_gaps,
+                                                 stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
+                                                 progress=progress is not None),
+                                 sim=sim, plusargs=plus, key_params=key, info=part_info,
+                                 progress=say, build_root=root, trace=trace, trace_to=trace_to)
+            # the build facts of the first simulation (later ones reuse its build); the
+            # simulation time of all
+            sim_s = info.get("sim_s", 0.0) + part_info["sim_s"]
+            info = {**(info or part_info), "sim_s": sim_s}
+            if switching:
+                toggles[name] = switching_energy(trace_to, exp.tech)
+    check = check_windows(run_windows, results, dut, restarts=[
+        sum(len(p) for _, p in parts[:k]) for k in range(1, len(parts))])
     per = check["windows"]
     cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] for w in per)
 
@@ -234,13 +255,18 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
               "routed_tokens": n_tokens_total, "buffer_bits": buffer_bits,
               "go_cache_bits": go["counters"]["sram_bits"] if go else 0,
               "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
-              "dram_busy_ns": dram_ns}
+              "dram_busy_ns": dram_ns,
+              "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
+                                  if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
+    energy["switching"] = toggles or None
     sram_bits = {"token_buffer": spec.n_tokens * m.d_model * tile.input_bits,
                  "output_buffer": spec.n_tokens * m.d_model * acc_bits,
                  "go_cache": (exp.layer.go_cache_rows or n_tokens_total) * m.n_experts
                  * SCORE_BITS if wl_cfg.go_cache else 0}
-    area = layer_area_mm2(exp, geo, sram_bits)
+    say("digital logic area: yosys on the layer's RTL (cached after the first run)")
+    area = layer_area_mm2(exp, geo, sram_bits, component_area(
+        dut, "moe_layer", exp.tech, sim=sim, build_dir=info.get("directory"), build_root=root))
     ops = 2 * jobs * 2 * m.d_model * m.d_ff                 # MACs x 2, both matrices
     tops = ops / time_ns / 1e3 if time_ns else 0.0
     watts = energy["total"] / time_ns / 1e3 if time_ns else 0.0
@@ -273,7 +299,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     comparison = None
     if compare:
         comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
-                                        dut, simulate_nc, go)
+                                        dut, simulate_nc, go, toggles)
     golden_match = not check["mismatches"]
     go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"])
     wall = time.monotonic() - t0
@@ -303,7 +329,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "accuracy": accuracy,
         "golden_match": golden_match, "mismatches": check["mismatches"],
         "n_mismatches": sum(w["mismatching_values"] for w in per),
-        "counters": {"layer": results[-1]["counters"]},
+        "counters": {"layer": _sum_counters(w["counters"] for w in main)},
         "resources": est, "build": info, "wall_s": wall,
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "config": resolved_dict(exp),
@@ -313,11 +339,22 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     return report
 
 
+def _sum_counters(deltas) -> dict:
+    total = {}
+    for d in deltas:
+        for k, v in d.items():
+            total[k] = ([a + b for a, b in zip(total[k], v)] if k in total else list(v)) \
+                if isinstance(v, list) else total.get(k, 0) + v
+    return total
+
+
 def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, simulated,
-                       go) -> dict:
+                       go, toggles) -> dict:
     """Cycles and energy of the decode steps with the GO cache and without it (the whole
     prefix recomputed). Simulated windows use their counters; formula windows estimate DAC
-    drives from the cached run's average per job and buffer traffic from the schedule."""
+    drives from the cached run's average per job and buffer traffic from the schedule.
+    Switching energy is compared only when both modes were simulated with SAIF."""
+    both = "decode" in toggles and "no_cache" in toggles
     clock = exp.tech.clock_ns.value
     lanes, ab = spec.lanes, exp.tile.input_bits
     cached = per[1:len(windows)]
@@ -325,10 +362,11 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
                        for w in per[:len(windows)])
                    / max(1, sum(w["jobs"] for w in per[:len(windows)])))
 
-    def events(entries, n_tokens, go_bits):
+    def events(entries, n_tokens, go_bits, part):
         ev = {"jobs": sum(e["jobs"] for e in entries), "routed_tokens": n_tokens,
               "go_cache_bits": go_bits, "output_values": n_tokens * spec.d_model,
-              "dram_bytes": 0, "dram_busy_ns": 0.0}
+              "dram_bytes": 0, "dram_busy_ns": 0.0,
+              "net_toggles": toggles[part]["toggles"] if both else None}
         if all("counters" in e for e in entries):
             c = [e["counters"] for e in entries]
             ev["dac_drives"] = sum(x["up_dac_drives"] + x["down_dac_drives"] for x in c)
@@ -344,9 +382,9 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
                 for e in entries)
         return ev
 
-    def mode(entries, n_tokens, go_bits, source):
+    def mode(entries, n_tokens, go_bits, source, part):
         cycles = sum(e["cycles"] for e in entries)
-        e = layer_energy_pj(exp, geo, events(entries, n_tokens, go_bits), cycles * clock)
+        e = layer_energy_pj(exp, geo, events(entries, n_tokens, go_bits, part), cycles * clock)
         return {"cycles": cycles, "energy_pj": e["total"], "breakdown": e["breakdown"],
                 "source": source}
 
@@ -356,9 +394,11 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     else:
         nc = [{"jobs": len(w.jobs), "tokens": len(w.x), "tokens_loaded": w.sched.tokens_loaded,
                "cycles": window_total_cycles(w, dut)} for w in nc_windows]
-    with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated")
+    with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
+                      "decode")
     without = mode(nc, sum(e["tokens"] for e in nc), 0,
-                   "simulated" if simulated else "cycle formula + estimated events")
+                   "simulated" if simulated else "cycle formula + estimated events",
+                   "no_cache")
     return {"decode_steps": n_gen, "with_go_cache": with_cache, "without_cache": without,
             "speedup": without["cycles"] / max(1, with_cache["cycles"]),
             "energy_ratio": without["energy_pj"] / max(1e-30, with_cache["energy_pj"])}

@@ -163,11 +163,14 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
             "seed": seed, "progress": progress}
 
 
-def check_windows(windows: list[Window], results: list[dict], dut) -> dict:
-    """Outputs vs golden and cycles vs the formula, per window."""
+def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) -> dict:
+    """Outputs vs golden and cycles vs the formula, per window. The results' counters are
+    cumulative within a simulation; ``restarts``: indices of windows that begin a new one."""
     mismatches, per_window = [], []
     prev = {}
     for i, (w, res) in enumerate(zip(windows, results)):
+        if i in restarts:
+            prev = {}
         now = res["counters"]
         delta = {k: (v - prev.get(k, 0) if not isinstance(v, list) else
                      [a - b for a, b in zip(v, prev.get(k, [0] * len(v)))])

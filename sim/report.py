@@ -26,8 +26,11 @@ def _adc_entry(table: dict, bits: int, tech: TechConfig, key: str):
     return table[bits]
 
 
-def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict) -> dict:
-    """Energy = events x per-event energy (each constant from the tech file, with its source)."""
+def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict,
+                   switching: dict | None = None) -> dict:
+    """Energy = events x per-event energy + RTL net toggles x per-toggle energy (each constant
+    from the tech file, with its source). ``switching``: ``moepim.sim.digital.switching_energy``
+    of the run (``None``: not measured, e.g. outside Verilator)."""
     per = counters["peripherals"]
     activations = sum(x["activations"] for x in counters["crossbars"])
     cells = tile.n_rows * tile.n_columns
@@ -38,13 +41,19 @@ def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict) -> dict:
         "adc": per["adc_conversions"] * adc.value,
         "shift_add": per["shift_adds"] * tech.shift_add_energy_pj.value,
     }
-    return {"total": sum(breakdown.values()), "breakdown": breakdown,
-            "not_included": ["digital control and buffers (switching activity, later issue)",
-                             "leakage"]}
+    not_included = ["leakage"]
+    if switching is None:
+        not_included.append("digital switching (toggle counts need a Verilator run: SAIF)")
+    else:
+        breakdown["digital_switching"] = switching["energy_pj"]
+    return {"total": sum(breakdown.values()), "breakdown": breakdown, "switching": switching,
+            "not_included": not_included}
 
 
-def tile_area_mm2(tile: TileConfig, tech: TechConfig) -> dict:
-    """Analog and mixed-signal area of one crossbar group from the technology table."""
+def tile_area_mm2(tile: TileConfig, tech: TechConfig, digital: dict | None = None) -> dict:
+    """Analog and mixed-signal area of one crossbar group from the technology table, and
+    ``digital`` (``moepim.sim.synth`` of the group's RTL, crossbars black-boxed): its logic
+    and memories."""
     adc = _adc_entry(tech.adc_area_um2, tile.adc_bits, tech, "adc_area_um2")
     um2 = {
         "arrays": tile.group_size * tile.n_rows * tile.n_columns * tech.cell_area_um2.value,
@@ -52,9 +61,19 @@ def tile_area_mm2(tile: TileConfig, tech: TechConfig) -> dict:
         "dacs": tile.n_rows * tech.dac_area_um2.value,
         "shift_adds": tile.n_adcs * tech.shift_add_area_um2.value,
     }
+    not_included = []
+    summary = None
+    if digital is None:
+        not_included.append("digital logic (Yosys synthesis skipped)")
+    else:
+        um2["digital_logic"] = digital["logic_area_mm2"] * 1e6
+        um2["sram"] = digital["memory_area_mm2"] * 1e6
+        summary = {k: digital[k] for k in ("flow", "cells", "flip_flops", "transistors",
+                                           "memory_bits", "method", "transistor_area_um2",
+                                           "source", "excluded")}
     breakdown = {k: v * 1e-6 for k, v in um2.items()}
-    return {"total": sum(breakdown.values()), "breakdown": breakdown,
-            "not_included": ["digital logic (Yosys synthesis, later issue)"]}
+    return {"total": sum(breakdown.values()), "breakdown": breakdown, "digital_logic": summary,
+            "not_included": not_included}
 
 
 @contextmanager

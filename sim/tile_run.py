@@ -8,6 +8,7 @@ model's event counts, and every MVM's latency with ``mvm_latency``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +73,7 @@ class TileRun:
     build: dict = field(default_factory=dict)
     sim_s: float = 0.0        # the whole simulation, start-up and weight programming included
     mvm_wall_s: float = 0.0   # the MVM phase only (cycle 0 to the last result)
+    saif: Path | None = None  # the run's toggle counts (Verilator), if asked for
 
 
 def _counter_dict(layout, word: int) -> dict:
@@ -112,10 +114,11 @@ def _timeout(exp: TileExperiment, sc: Scenario) -> int:
 
 
 def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None,
-                 progress=None) -> TileRun:
+                 progress=None, saif: Path | None = None) -> TileRun:
     """Play a scenario on the experiment's ``TileGroup`` under ``sim``: cocotb on the exported
     Verilog (Verilator, Icarus) or Amaranth's simulator, where macro cores become the Python
-    behavioural model. One bench (``testbenches.benches.tile_scenario``) serves all three."""
+    behavioural model. One bench (``testbenches.benches.tile_scenario``) serves all three.
+    ``saif`` (Verilator): keep the run's toggle counts there."""
     from .amaranth_macro import add_macro_model
     from .block_run import run_bench
 
@@ -134,12 +137,13 @@ def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None
     if progress:
         progress(f"simulating {len(sc.xs)} MVMs under {sim}")
     r = run_bench(group, top="tile_group", bench="tile_scenario", args=args, sim=sim,
-                  build_root=build_root, setup=setup, info=info, progress=progress)
+                  build_root=build_root, setup=setup, info=info, progress=progress,
+                  trace="saif" if saif else None, trace_to=saif)
     counters = _counter_dict(group.counters.shape(), int(r["counters"]))
     build = {k: info[k] for k in ("cached", "build_s", "directory") if k in info}
     return TileRun(sim, np.array(r["y"], dtype=np.int64), np.array(r["accept"]),
                    np.array(r["done"]), np.array(r["xbar"]), r["cycles"], r["load_cycles"],
-                   counters, build, info["sim_s"], r["mvm_wall_s"])
+                   counters, build, info["sim_s"], r["mvm_wall_s"], saif)
 
 
 def expected_counters(exp: TileExperiment, sc: Scenario) -> dict:

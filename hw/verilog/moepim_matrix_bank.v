@@ -13,8 +13,9 @@
 // In an exported netlist this module is a black box; this file is its simulation model (for
 // the Verilator and Icarus runs).
 //
-// Cells are loaded at time zero from a binary file named by the plusarg
-// +MOEPIM_BANK<BANK_ID>=<path>: one byte per cell, index
+// Cells are loaded at the first rising clock edge from a binary file named by the plusarg
+// +MOEPIM_BANK<bank_id>=<path> (bank_id is an input tied to a constant by the parent, so one
+// expert-engine module serves every group): one byte per cell, index
 //   (((slot*ROW_TILES + rt)*COL_TILES + ct)*N_ROWS + r)*N_COLUMNS + c.
 // Without the plusarg the cells stay zero.
 //
@@ -29,6 +30,8 @@
 //              (l*ROW_TILES + k)*OUT_BITS). Outputs beyond the matrix read as zero.
 // Counter `dac_drives`: word-line pulses, one per '1' input bit per tile position.
 `default_nettype none
+// analog macro: its internals are not digital nets (no switching-activity trace)
+/* verilator tracing_off */
 module moepim_matrix_bank #(
     parameter integer N_ROWS        = 256,
     parameter integer N_COLUMNS     = 256,
@@ -45,7 +48,6 @@ module moepim_matrix_bank #(
     parameter integer LANES         = 16,
     parameter integer OUT_BITS      = 26,
     parameter integer LATENCY       = 68,
-    parameter integer BANK_ID       = 0,
     parameter integer SLOT_BITS     = 1,
     parameter integer IN_ADDR_BITS  = 4,
     parameter integer OUT_ADDR_BITS = 4,
@@ -53,6 +55,7 @@ module moepim_matrix_bank #(
 ) (
     input  wire                                    clk,
     input  wire                                    rst,
+    input  wire [15:0]                             bank_id,
     input  wire                                    in_we,
     input  wire [IN_ADDR_BITS-1:0]                 in_addr,
     input  wire [LANES*INPUT_BITS-1:0]             in_data,
@@ -92,25 +95,35 @@ module moepim_matrix_bank #(
     reg [31:0]            code;
     reg [LANES*ROW_TILES*OUT_BITS-1:0] rd_next;
 
+    reg                          loaded;
+
     initial begin
         for (i = 0; i < N_CELLS; i = i + 1) cells[i] = 8'd0;
         for (i = 0; i < IN_PAD; i = i + 1) x[i] = {INPUT_BITS{1'b0}};
         for (i = 0; i < ROW_TILES*OUT_PAD; i = i + 1) results[i] = 64'sd0;
-        if ($value$plusargs($sformatf("MOEPIM_BANK%0d=%%s", BANK_ID), path)) begin
-            fd = $fopen(path, "rb");
-            if (fd == 0) begin
-                $display("moepim_matrix_bank %0d: cannot open %0s", BANK_ID, path);
-                $finish;
-            end
-            got = $fread(cells, fd);
-            $fclose(fd);
-            if (got != N_CELLS) begin
-                $display("moepim_matrix_bank %0d: %0s holds %0d cells, the bank needs %0d",
-                         BANK_ID, path, got, N_CELLS);
-                $finish;
-            end
-        end
+        loaded = 1'b0;
     end
+
+    // the cell image of this bank, once, at the first rising edge (bank_id is settled then)
+    task automatic load_cells;
+        begin
+            if ($value$plusargs($sformatf("MOEPIM_BANK%0d=%%s", bank_id), path)) begin
+                fd = $fopen(path, "rb");
+                if (fd == 0) begin
+                    $display("moepim_matrix_bank %0d: cannot open %0s", bank_id, path);
+                    $finish;
+                end
+                got = $fread(cells, fd);
+                $fclose(fd);
+                if (got != N_CELLS) begin
+                    $display("moepim_matrix_bank %0d: %0s holds %0d cells, the bank needs %0d",
+                             bank_id, path, got, N_CELLS);
+                    $finish;
+                end
+            end
+            loaded = 1'b1;
+        end
+    endtask
 
     // one tile-position MVM for every (rt, ct) of expert slot s, into results
     task automatic mvm(input integer s);
@@ -161,6 +174,7 @@ module moepim_matrix_bank #(
     endtask
 
     always @(posedge clk) begin
+        if (!loaded) load_cells;
         if (rst) begin
             busy <= 1'b0;
             done <= 1'b0;

@@ -12,6 +12,8 @@
 //   drive   : the held plane takes `wl` (one input bit plane on the word lines).
 // Cells are not reset (like an SRAM/RRAM array); the plane and the sums are.
 `default_nettype none
+// analog macro: its internals are not digital nets (no switching-activity trace)
+/* verilator tracing_off */
 module moepim_xbar_macro #(
     parameter integer N_ROWS        = 256,
     parameter integer N_COLUMNS     = 256,
