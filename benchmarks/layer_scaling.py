@@ -2,7 +2,8 @@
 
 For each point the default experiment is modified (``n_experts``; ``n_prompt`` with no
 generated tokens) and run end to end in this process; printed per point: build state and time,
-simulation time, simulated cycles, golden-model time, and whether the run was bit-exact.
+simulation time, Yosys time (the digital-area estimate; cached per design), wall time,
+simulated cycles, golden-model time, and whether the run was bit-exact.
 Every distinct expert count is a new hardware build (cold the first time). Switching activity
 is off unless ``--switching-activity`` (this measures the simulator, not the energy model).
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     base = load_experiment(args.config)
     print(f"{'experts':>7} {'prompt':>6} {'build':>6} {'build_s':>8} {'sim_s':>8} "
-          f"{'wall_s':>8} {'golden_s':>8} {'cycles':>9} exact")
+          f"{'synth_s':>8} {'wall_s':>8} {'golden_s':>8} {'cycles':>9} exact")
     for n_exp in args.experts:
         for n_prompt in args.prompts:
             m = dataclasses.replace(base.model, n_experts=n_exp,
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
                 wall = time.monotonic() - t0
             b = r["build"]
             print(f"{n_exp:7d} {n_prompt:6d} {'cached' if b['cached'] else 'cold':>6} "
-                  f"{b.get('build_s', 0):8.1f} {b.get('sim_s', 0):8.1f} {wall:8.1f} {g:8.1f} "
+                  f"{b.get('build_s', 0):8.1f} {b.get('sim_s', 0):8.1f} "
+                  f"{b.get('synth_s', 0):8.1f} {wall:8.1f} {g:8.1f} "
                   f"{r['cycles']:9d} {r['golden_match']}", flush=True)
     return 0
 

@@ -265,8 +265,10 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                  "go_cache": (exp.layer.go_cache_rows or n_tokens_total) * m.n_experts
                  * SCORE_BITS if wl_cfg.go_cache else 0}
     say("digital logic area: yosys on the layer's RTL (cached after the first run)")
+    t_synth = time.monotonic()
     area = layer_area_mm2(exp, geo, sram_bits, component_area(
         dut, "moe_layer", exp.tech, sim=sim, build_dir=info.get("directory"), build_root=root))
+    info["synth_s"] = time.monotonic() - t_synth          # ~0 when cached
     ops = 2 * jobs * 2 * m.d_model * m.d_ff                 # MACs x 2, both matrices
     tops = ops / time_ns / 1e3 if time_ns else 0.0
     watts = energy["total"] / time_ns / 1e3 if time_ns else 0.0
