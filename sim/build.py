@@ -26,7 +26,8 @@ from amaranth.back import verilog
 from .ports import port_map
 from .toolchain import setup_simulator
 
-__all__ = ["export_component", "to_verilog", "macro_sources", "Build", "build_simulator", "default_build_root",
+__all__ = ["export_component", "to_verilog", "silence_unused", "compact_zero_init",
+           "macro_sources", "Build", "build_simulator", "default_build_root",
            "VERILATOR_BUILD_ARGS"]
 
 # -Wno-fatal: Amaranth's generated Verilog carries width/unused warnings that are harmless for
@@ -82,6 +83,20 @@ def compact_zero_init(text: str) -> str:
                 f"{indent}  for (i = 0; i < {len(rows)}; i = i + 1) {name}{sep}[i] = {width}'h0;\n"
                 f"{indent}end\n")
     return _ZERO_INIT.sub(loop, text)
+
+
+def silence_unused(unit, depth: int = 3) -> None:
+    """No unused-elaboratable warning for ``unit`` and the sub-blocks it holds (a block made
+    only to list its parameters is never elaborated)."""
+    from amaranth.hdl import Elaboratable
+
+    unit._MustUse__silence = True
+    if depth == 0:
+        return
+    for value in vars(unit).values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(sub, Elaboratable) and not getattr(sub, "_MustUse__silence", False):
+                silence_unused(sub, depth - 1)
 
 
 def export_component(component, name: str, out_dir: Path, *, parameters: dict | None = None):

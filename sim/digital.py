@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from .activity import module_toggles
-from .build import default_build_root, to_verilog
+from .build import default_build_root, silence_unused, to_verilog
 from .synth import synthesize
 
 __all__ = ["digital_area", "component_area", "switching_energy", "SWITCHING_SIMULATORS"]
@@ -32,7 +32,7 @@ def component_area(component, top: str, tech, *, sim: str, build_dir=None, black
                    build_root=None) -> dict:
     """``digital_area`` of the Verilog a run simulated: a Verilator build keeps the plain
     export; other simulators' copies are adapted, so the component is exported afresh."""
-    component._MustUse__silence = True      # not elaborated when the build's copy is used
+    silence_unused(component)       # not elaborated when the build's copy is used
     built = Path(build_dir) / f"{top}.v" if build_dir else None
     if sim == "verilator" and built is not None and built.exists():
         return digital_area(built, top, tech, blackbox=blackbox, build_root=build_root)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .build import silence_unused
 from .config import ConfigError, TileExperiment
 
 __all__ = ["TILE_TOPS", "LAYER_TOPS", "ROUTING_TOPS", "EXPORT_TOPS", "export_tops", "make_top"]
@@ -40,22 +41,8 @@ def make_top(exp, top: str):
         block, params = _layer_top(exp, top)
     else:
         block, params = _routing_top(exp, top)
-    _silence(block)         # listing or exporting one block must not warn about the rest
+    silence_unused(block)         # listing or exporting one block must not warn about the rest
     return block, params
-
-
-def _silence(unit, depth: int = 3) -> None:
-    """No unused-elaboratable warning for ``unit`` and the sub-blocks it holds (a block made
-    only to list its parameters is never elaborated)."""
-    from amaranth.hdl import Elaboratable
-
-    unit._MustUse__silence = True
-    if depth == 0:
-        return
-    for value in vars(unit).values():
-        for sub in value if isinstance(value, (list, tuple)) else (value,):
-            if isinstance(sub, Elaboratable) and not getattr(sub, "_MustUse__silence", False):
-                _silence(sub, depth - 1)
 
 
 def _tile_top(exp, top: str):
@@ -119,7 +106,7 @@ def _routing_top(exp, top: str):
         params = dict(n_experts=m.n_experts, k=m.router.top_k, logit_bits=logit_bits(exp),
                       renormalize=m.router.renormalize, gate_bits=m.quant.gate_bits)
         router = TokenChoiceRouter(**params)
-    _silence(router)
+    silence_unused(router)
     if top == "router":
         return router, {"kind": type(router).__name__, **params}
     unit = router.topk
