@@ -104,35 +104,28 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
             "not_included": not_included}
 
 
-def layer_area_mm2(exp, geo: dict, sram_bits: dict, synth: dict | None = None) -> dict:
-    """Analog parts from the technology table; ``synth`` (``moepim.sim.synth`` on the layer's
-    RTL): the digital logic, and its memories as SRAM (replacing the buffer estimates)."""
+def layer_area_mm2(exp, geo: dict, go_cache_bits: int, synth: dict) -> dict:
+    """Analog parts from the technology table; from ``synth`` (``moepim.sim.synth`` on the
+    layer's RTL) the digital logic and the layer's memories (buffers, queues) as SRAM, with the
+    GO cache's SRAM (not part of the layer's RTL) beside them."""
     tech, tile = exp.tech, exp.tile
     sets = geo["peripheral_sets"]
     crossbars = geo["expert_crossbars"] + geo["gate_crossbars"]
+    sram_bits = {"go_cache": go_cache_bits, "layer_memories": synth["memory_bits"]}
     um2 = {
         "arrays": crossbars * tile.n_rows * tile.n_columns * tech.cell_area_um2.value,
         "adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
         "dacs": sets * tile.n_rows * tech.dac_area_um2.value,
         "shift_adds": sets * tile.n_adcs * tech.shift_add_area_um2.value,
+        "digital_logic": synth["logic_area_mm2"] * 1e6,
+        "sram": sum(sram_bits.values()) * tech.sram_area_um2_per_bit.value,
     }
-    not_included = []
-    digital = None
-    if synth is not None:
-        sram_bits = {**{k: v for k, v in sram_bits.items()
-                        if k not in ("token_buffer", "output_buffer")},
-                     "layer_memories": synth["memory_bits"]}
-        um2["digital_logic"] = synth["logic_area_mm2"] * 1e6
-        digital = {k: synth[k] for k in ("flow", "cells", "flip_flops", "transistors",
-                                         "memories", "method", "transistor_area_um2",
-                                         "source", "excluded")}
-    else:
-        not_included.append("digital datapath and control logic (Yosys synthesis skipped)")
-    um2["sram"] = sum(sram_bits.values()) * tech.sram_area_um2_per_bit.value
+    digital = {k: synth[k] for k in ("flow", "cells", "flip_flops", "transistors", "memories",
+                                     "method", "transistor_area_um2", "source", "excluded")}
     breakdown = {k: v * 1e-6 for k, v in um2.items()}
     return {"total": sum(breakdown.values()), "breakdown": breakdown, "sram_bits": sram_bits,
             "crossbars": crossbars, "peripheral_sets": sets, "digital_logic": digital,
-            "not_included": not_included}
+            "not_included": []}
 
 
 def write_layer_plots(folder, report: dict, windows) -> list[str]:

@@ -260,13 +260,11 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                   if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
     energy["switching"] = toggles or None
-    sram_bits = {"token_buffer": spec.n_tokens * m.d_model * tile.input_bits,
-                 "output_buffer": spec.n_tokens * m.d_model * acc_bits,
-                 "go_cache": (exp.layer.go_cache_rows or n_tokens_total) * m.n_experts
-                 * SCORE_BITS if wl_cfg.go_cache else 0}
+    go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
+                     if wl_cfg.go_cache else 0)
     say("digital logic area: yosys on the layer's RTL (cached after the first run)")
     t_synth = time.monotonic()
-    area = layer_area_mm2(exp, geo, sram_bits, component_area(
+    area = layer_area_mm2(exp, geo, go_cache_bits, component_area(
         dut, "moe_layer", exp.tech, sim=sim, build_dir=info.get("directory"), build_root=root))
     info["synth_s"] = time.monotonic() - t_synth          # ~0 when cached
     ops = 2 * jobs * 2 * m.d_model * m.d_ff                 # MACs x 2, both matrices
