@@ -7,13 +7,20 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   ``(token, expert, idle_before)`` jobs, each carrying the job's operands: the expert's slot in
   its group, its gate weight and requantisation constants);
 * one :class:`~moepim.hw.expert_engine.ExpertEngine` per group (the group's crossbars and
-  shared peripheral sets, partial-sum adders, requantisation, ReLU, gate weighting). The
-  groups' engines are identical, so the layer instantiates ONE engine module
+  shared peripheral sets, partial-sum adders, requantisation, ReLU or SwiGLU, gate
+  weighting). The groups' engines are identical, so the layer instantiates ONE engine module
   (``ENGINE_MODULE``, listed in ``verilog_modules`` for export) ``n_groups`` times, each with
-  its ``bank_base`` (cell images ``2g`` and ``2g + 1``): export, Verilator build and synthesis
-  handle the engine once instead of once per group;
+  its ``bank_base`` (cell images ``n_banks*g + k``, ``k`` over the engine's ``bank_names``):
+  export, Verilator build and synthesis handle the engine once instead of once per group;
+* shared experts (``shared_d_ff``): the LAST group holds the model's always-on shared expert
+  (its expert index is the last, ``n_experts - 1``): a one-slot engine of width
+  ``shared_d_ff`` (module ``SHARED_ENGINE_MODULE``), scheduled like any group (one token per
+  timestamp); its gate weight is the shared gate (sigmoid table, or full scale);
 * a combine unit accumulating the gate-weighted expert outputs of each token into an output
   buffer (``lib.memory``), and the final requantisation to ``act_bits`` on the way out.
+
+SwiGLU layers take the experts' SiLU tables on ``i_lut`` (group, address in that engine's
+table, value) before the first window; it is accepted between windows (state ``TOKENS``).
 
 Window protocol (the host streams one window at a time: a prompt, or one decode step):
 
@@ -31,7 +38,8 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
    order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
 
 Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
-job_latency + 5`` (``slot_cycles``). Counters: cycles spent in timestamps, timestamps, token
+job_latency + 5`` (``slot_cycles``), ``job_latency`` being the longest of the engines working
+in it (``group_latency``: they differ only with a shared expert of another width). Counters: cycles spent in timestamps, timestamps, token
 loads, per group busy timestamps, buffer reads/writes (rows).
 """
 
@@ -57,23 +65,29 @@ from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requanti
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 from .scheduler import GroupScheduler
 
-__all__ = ["MoELayerAccelerator", "ENGINE_MODULE"]
+__all__ = ["MoELayerAccelerator", "ENGINE_MODULE", "SHARED_ENGINE_MODULE"]
 
 ENGINE_MODULE = "moepim_expert_engine"
+SHARED_ENGINE_MODULE = "moepim_shared_engine"
 
 
 class MoELayerAccelerator(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, n_experts: int, n_groups: int,
                  group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
-                 multiplier_bits: int = 15, depth: int | None = None,
+                 multiplier_bits: int = 15, ffn: str = "relu", shared_d_ff: int = 0,
+                 depth: int | None = None,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
             need_positive(name, value)
-        need(n_groups * group_size >= n_experts, "n_groups", n_groups,
-             f"n_groups * group_size >= n_experts={n_experts}")
+        need(shared_d_ff >= 0, "shared_d_ff", shared_d_ff, "0 (no shared expert) or a width")
+        n_sh = 1 if shared_d_ff else 0
+        need(n_groups > n_sh and n_experts > n_sh, "n_groups", n_groups,
+             "at least one routed group besides the shared expert's")
+        need((n_groups - n_sh) * group_size >= n_experts - n_sh, "n_groups", n_groups,
+             f"(routed groups) * group_size >= routed experts ({n_experts - n_sh})")
         need(d_model % lanes == 0, "lanes", lanes, f"a divisor of d_model={d_model}")
         check_counter_bits(counter_bits)
         self._tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
@@ -86,15 +100,20 @@ class MoELayerAccelerator(wiring.Component):
         self._depth = depth if depth is not None else n_tokens * group_size
         self._engine = ExpertEngine(d_model=d_model, d_ff=d_ff, group_size=group_size,
                                     lanes=lanes, gate_bits=gate_bits,
-                                    multiplier_bits=multiplier_bits, **self._tile)
+                                    multiplier_bits=multiplier_bits, ffn=ffn, **self._tile)
+        self._shared = (ExpertEngine(d_model=d_model, d_ff=shared_d_ff, group_size=1,
+                                     lanes=lanes, gate_bits=gate_bits,
+                                     multiplier_bits=multiplier_bits, ffn=ffn, **self._tile)
+                        if shared_d_ff else None)
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
-                                           multiplier_bits=multiplier_bits)
+                                           multiplier_bits=multiplier_bits, ffn=ffn)
         self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
                                          n_experts=n_experts, depth=self._depth,
                                          job_data=self._job_data, counter_bits=counter_bits)
         # a cached simulator build never elaborates the design: not a forgotten submodule
-        for sub in (self._engine, self._scheduler):
-            sub._MustUse__silence = True
+        for sub in (self._engine, self._scheduler, self._shared):
+            if sub is not None:
+                sub._MustUse__silence = True
         eng = self._engine
         bound = eng.rd_data.shape().elem_shape.width
         lim = (1 << (bound - 1))
@@ -103,7 +122,14 @@ class MoELayerAccelerator(wiring.Component):
         blocks = unsigned(index_bits(self.blocks))
         c = unsigned(counter_bits)
         vec = data.ArrayLayout(signed(input_bits), lanes)
+        lut = {}
+        if ffn == "swiglu":
+            widest = max((e for e in self._engine_kinds()), key=lambda e: e.lut_depth)
+            lut = {"i_lut": In(stream.Signature(data.StructLayout({
+                "group": unsigned(index_bits(n_groups)),
+                "addr": widest.lut_addr.shape(), "data": widest.lut_data.shape()})))}
         super().__init__({
+            **lut,
             "i_tokens": In(stream.Signature(data.StructLayout({
                 "token": tok, "block": blocks, "data": vec, "last": 1}))),
             "i_jobs": In(stream.Signature(data.StructLayout({
@@ -119,7 +145,7 @@ class MoELayerAccelerator(wiring.Component):
                 "cycles": c, "timestamps": c, "token_loads": c,
                 "token_reads": c, "token_writes": c, "out_reads": c, "out_writes": c,
                 "busy": data.ArrayLayout(c, n_groups),
-                "engine_busy_cycles": c, "up_dac_drives": c, "down_dac_drives": c})),
+                "engine_busy_cycles": c, "dac_drives": c})),
         })
 
     # parameters and derived sizes
@@ -131,35 +157,59 @@ class MoELayerAccelerator(wiring.Component):
     n_tokens = property(lambda self: self._n_tokens)
     lanes = property(lambda self: self._lanes)
     engine = property(lambda self: self._engine)
+    ffn = property(lambda self: self._engine.ffn)
     scheduler = property(lambda self: self._scheduler)
     acc_bits = property(lambda self: self._acc_bits)
     blocks = property(lambda self: self._d_model // self._lanes)
 
+    shared_engine = property(lambda self: self._shared)
+
+    def _engine_kinds(self):
+        return [self._engine] + ([self._shared] if self._shared else [])
+
+    def _engine_of(self, g: int):
+        """Group ``g``'s engine prototype and module name."""
+        if self._shared is not None and g == self._n_groups - 1:
+            return self._shared, SHARED_ENGINE_MODULE
+        return self._engine, ENGINE_MODULE
+
     @property
     def job_latency(self) -> int:
-        return self._engine.job_latency
+        """The longest job latency of the layer's engines."""
+        return max(e.job_latency for e in self._engine_kinds())
+
+    def group_latency(self, g: int) -> int:
+        """Job latency of group ``g``'s engine."""
+        return self._engine_of(g)[0].job_latency
 
     @property
     def verilog_modules(self):
-        """Modules the layer instantiates by name, to export beside it: the expert engine."""
-        return ((self._engine, ENGINE_MODULE),)
+        """Modules the layer instantiates by name, to export beside it: the expert engine(s)."""
+        mods = [(self._engine, ENGINE_MODULE)]
+        if self._shared is not None:
+            mods.append((self._shared, SHARED_ENGINE_MODULE))
+        return tuple(mods)
 
     def _engine_port(self, g: int):
         """Group ``g``'s engine: its ports as signals, and its ``Instance``."""
-        port = self._engine.signature.create(path=(f"engine{g}",))
+        engine, module = self._engine_of(g)
+        port = engine.signature.create(path=(f"engine{g}",))
         conns = {}
-        for path, member, value in self._engine.signature.flatten(port):
+        for path, member, value in engine.signature.flatten(port):
             name = "__".join(str(p) for p in path)
             if name == "bank_base":
                 continue
             conns[("i_" if member.flow == wiring.In else "o_") + name] = Value.cast(value)
-        inst = Instance(ENGINE_MODULE, i_clk=ClockSignal(), i_rst=ResetSignal(),
-                        i_bank_base=C(2 * g, len(port.bank_base)), **conns)
+        base = len(engine.bank_names) * g
+        inst = Instance(module, i_clk=ClockSignal(), i_rst=ResetSignal(),
+                        i_bank_base=C(base, len(port.bank_base)), **conns)
         return port, inst
 
-    def slot_cycles(self, n_loads: int) -> int:
-        """Cycles of one timestamp whose jobs need ``n_loads`` distinct tokens."""
-        return n_loads * 2 * self.blocks + self.job_latency + 5
+    def slot_cycles(self, n_loads: int, active_groups=None) -> int:
+        """Cycles of one timestamp whose jobs need ``n_loads`` distinct tokens, the groups
+        ``active_groups`` (default: all) working in it."""
+        groups = range(self._n_groups) if active_groups is None else active_groups
+        return n_loads * 2 * self.blocks + max(self.group_latency(g) for g in groups) + 5
 
     def elaborate(self, platform):
         m = Module()
@@ -214,6 +264,15 @@ class MoELayerAccelerator(wiring.Component):
         for g, e in enumerate(engines):
             m.d.comb += [e.in_data.as_value().eq(tb_r.data), e.in_addr.eq(wr_blk),
                          e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
+
+        # SiLU tables (SwiGLU): written between windows
+        lut_open = Signal()         # the FSM is between windows
+        if self.ffn == "swiglu":
+            lw = self.i_lut
+            m.d.comb += lw.ready.eq(lut_open)
+            for g, e in enumerate(engines):
+                m.d.comb += [e.lut_we.eq(lw.valid & lw.ready & (lw.payload.group == g)),
+                             e.lut_addr.eq(lw.payload.addr), e.lut_data.eq(lw.payload.data)]
 
         # combine: the adder tree over the groups working on the current token
         comb_sum = []
@@ -271,9 +330,12 @@ class MoELayerAccelerator(wiring.Component):
                                                     + sched.o_slots.payload.n_loads)]
                     for g, e in enumerate(engines):
                         m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
+                        job = sched.o_issue[g].payload.data
                         with m.If(sched.o_issue[g].valid):
-                            m.d.sync += [e.job.eq(sched.o_issue[g].payload.data),
-                                         cnt.busy[g].eq(cnt.busy[g] + 1)]
+                            # field by field: the shared engine's slot field is narrower
+                            m.d.sync += [e.job[name].eq(job[name])
+                                         for name, _ in e.job.shape()]
+                            m.d.sync += cnt.busy[g].eq(cnt.busy[g] + 1)
                     m.d.sync += blk.eq(0)
                     m.next = "LOAD_FIRST"
             with m.State("LOAD_FIRST"):
@@ -345,6 +407,8 @@ class MoELayerAccelerator(wiring.Component):
                         m.d.sync += blk.eq(0)
                         m.next = "TOKENS"
 
+        m.d.comb += lut_open.eq(fsm.ongoing("TOKENS"))
+
         # timestamp cycles; the engines' counters summed
         running = Cat(fsm.ongoing(name) for name in ("LOAD_FIRST", "LOAD", "START", "WAIT",
                                                       "COMBINE"))
@@ -352,7 +416,6 @@ class MoELayerAccelerator(wiring.Component):
             m.d.sync += cnt.cycles.eq(cnt.cycles + 1)
         m.d.comb += [
             cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in engines)),
-            cnt.up_dac_drives.eq(tree_sum(e.counters.up_dac_drives for e in engines)),
-            cnt.down_dac_drives.eq(tree_sum(e.counters.down_dac_drives for e in engines)),
+            cnt.dac_drives.eq(tree_sum(e.counters.dac_drives for e in engines)),
         ]
         return m

@@ -11,7 +11,8 @@ ideal ADC it equals the exact integer product. Passed as ``matmul`` to
 
 :func:`window_cycles` is the layer's cycle formula (documented with
 ``moepim.hw.MoELayerAccelerator``): per timestamp with ``n`` distinct tokens,
-``n * 2 * blocks + job_latency + 5`` cycles.
+``n * 2 * blocks + job_latency + 5`` cycles (``job_latency``: of the slowest engine working in
+that timestamp).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape) 
     return np.concatenate(parts).astype(np.uint8)
 
 
-def window_cycles(loads_per_slot, *, blocks: int, job_latency: int) -> int:
-    """Cycles the layer spends in the timestamps of one window."""
+def window_cycles(loads_per_slot, *, blocks: int, job_latency) -> int:
+    """Cycles the layer spends in the timestamps of one window. ``job_latency``: one number,
+    or per timestamp (the slowest engine working in it, when engines differ)."""
     loads = np.asarray(loads_per_slot, dtype=np.int64)
     return int((loads * 2 * blocks + job_latency + 5).sum())

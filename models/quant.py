@@ -39,8 +39,8 @@ from .routing import (
 from .zoo import ModelConfig
 
 __all__ = ["Requant", "int_matmul", "QuantLayer", "quantize_layer", "quantize_input",
-           "int_softmax", "route_int", "moe_forward_int", "dequantize_output", "SCORE_BITS",
-           "EXP_LUT"]
+           "int_softmax", "route_int", "moe_forward_int", "shared_gate_int",
+           "dequantize_output", "SCORE_BITS", "EXP_LUT"]
 
 SCORE_BITS = 16                 # gate-score precision (Q0.16), also what the GO cache stores
 EXP_STEPS_PER_UNIT = 16         # EXP_LUT resolution: 1/16 of a natural-log unit
@@ -283,6 +283,18 @@ def _ffn_int(x_q, ql, p, matmul=int_matmul):
     return _clamp(ql.requant[f"{p}.down"].apply(matmul(h, t[f"{p}.down.weight"])), ab)
 
 
+def shared_gate_int(x_q: np.ndarray, ql: QuantLayer, matmul=int_matmul) -> np.ndarray:
+    """Per token, the shared experts' combine weight (``gate_bits`` unsigned): the sigmoid
+    table of the requantised shared-gate logit, or full scale for an ungated shared expert."""
+    cfg, ab = ql.cfg, ql.cfg.quant.act_bits
+    x_q = np.asarray(x_q, dtype=np.int64)
+    if cfg.shared.gate == "sigmoid":
+        lg = _clamp(ql.requant["shared_gate"].apply(
+            matmul(x_q, ql.tensors["shared_gate.weight"])), ab)
+        return _lut_apply(ql.luts["sigmoid"], lg, ab)[:, 0]
+    return np.full(x_q.shape[0], (1 << cfg.quant.gate_bits) - 1, dtype=np.int64)
+
+
 def moe_forward_int(x_q: np.ndarray, ql: QuantLayer, mask=None, routing: Routing | None = None,
                     matmul=int_matmul):
     """Integer MoE layer: ``y_q`` (T, d) at scale ``ql.s_y``, and the routing used.
@@ -301,11 +313,5 @@ def moe_forward_int(x_q: np.ndarray, ql: QuantLayer, mask=None, routing: Routing
                                                                         f"experts.{e}", matmul)
     if cfg.shared.n_shared:
         out = _ffn_int(x_q, ql, "shared", matmul)
-        if cfg.shared.gate == "sigmoid":
-            lg = _clamp(ql.requant["shared_gate"].apply(
-                matmul(x_q, ql.tensors["shared_gate.weight"])), ab)
-            gate = _lut_apply(ql.luts["sigmoid"], lg, ab)
-        else:
-            gate = np.full((x_q.shape[0], 1), (1 << cfg.quant.gate_bits) - 1, dtype=np.int64)
-        acc += gate * out
+        acc += shared_gate_int(x_q, ql, matmul)[:, None] * out
     return _clamp(ql.requant["combine"].apply(acc), ab), routing

@@ -429,13 +429,6 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
         if not 0.0 <= getattr(wl, key) < 1.0:
             raise ConfigError(path, f"workload.{key}", getattr(wl, key),
                               "a probability in [0, 1)")
-    if model.ffn != "relu":
-        raise ConfigError(path, "model", f"{model.name} (ffn: {model.ffn})",
-                          "a model with 2-matrix ReLU experts (ffn: relu); the SwiGLU engine "
-                          "is not built yet")
-    if model.shared.n_shared:
-        raise ConfigError(path, "model", f"{model.name} (shared experts)",
-                          "a model without shared experts; they are not mapped yet")
     if tile.input_bits != model.quant.act_bits or tile.weight_bits != model.quant.weight_bits:
         raise ConfigError(tile_file, "input_bits/weight_bits",
                           f"{tile.input_bits}/{tile.weight_bits}",

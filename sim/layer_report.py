@@ -5,10 +5,11 @@ Energy = events x per-event energy + leakage x time, every constant from the tec
 files (with their sources):
 
 * crossbar (cells read per bit plane), DAC drives (the RTL's counters), ADC conversions and
-  shift-adds: per tile-position MVM, two banks per job (up, down);
+  shift-adds: per tile-position MVM, every bank of a job (up, down; SwiGLU: and gate_proj);
 * router: the gate MVM of every routed token on its own crossbar tiles (same events);
-* digital: partial-sum adds, requantisation and gate multiplies, combine adds;
-* buffers: token and output buffer SRAM bits (the RTL's row counters);
+* digital: partial-sum adds, requantisation, SwiGLU products and gate multiplies, combine
+  adds;
+* buffers: token and output buffer SRAM bits (the RTL's row counters), SiLU-table reads;
 * GO cache: SRAM bits of the cached gate scores (``moepim.models.gocache``);
 * DRAM: active power x transfer time (prompt in, results out, GO-cache spill) + idle power;
 * leakage: ADC leakage for the whole run.
@@ -28,18 +29,45 @@ __all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "dram_time_ns"
            "write_layer_plots"]
 
 
+def _matrix_tiles(model, d_ff: int, shape) -> dict:
+    up = tiles_of(model.d_model, d_ff, shape)
+    mats = {"up": up, "down": tiles_of(d_ff, model.d_model, shape)}
+    if model.ffn == "swiglu":
+        mats["gate_proj"] = up
+    return mats
+
+
 def layer_geometry(model, tile, n_groups: int, group_size: int) -> dict:
+    """Tiles of every expert matrix (``matrix_tiles``: name -> (row tiles, column tiles); the
+    shared expert's in ``shared_matrix_tiles``), of the router's gate (with the shared gate's
+    column), crossbar and peripheral-set counts. ``n_groups``: routed groups (a shared expert
+    has its own engine: one slot, its own peripheral sets)."""
     shape = TileShape(**tile.shape_kwargs())
-    up = tiles_of(model.d_model, model.d_ff, shape)
-    down = tiles_of(model.d_ff, model.d_model, shape)
-    gate = tiles_of(model.d_model, model.n_experts, shape)
-    per_expert = up[0] * up[1] + down[0] * down[1]
-    return {"up_tiles": up, "down_tiles": down, "gate_tiles": gate,
-            "crossbars_per_expert": per_expert,
-            "expert_crossbars": per_expert * model.n_experts,
+    matrices = _matrix_tiles(model, model.d_ff, shape)
+    shared = _matrix_tiles(model, model.shared.d_ff, shape) if model.shared.n_shared else {}
+    gate_columns = model.n_experts + (1 if model.shared.n_shared and
+                                      model.shared.gate == "sigmoid" else 0)
+    gate = tiles_of(model.d_model, gate_columns, shape)
+    per_expert = sum(r * c for r, c in matrices.values())
+    per_shared = sum(r * c for r, c in shared.values())
+    return {"matrix_tiles": matrices, "shared_matrix_tiles": shared, "gate_tiles": gate,
+            "crossbars_per_expert": per_expert, "crossbars_per_shared": per_shared,
+            "expert_crossbars": per_expert * model.n_experts + per_shared,
             "gate_crossbars": gate[0] * gate[1],
-            "peripheral_sets": per_expert * n_groups + gate[0] * gate[1],
+            "peripheral_sets": per_expert * n_groups + per_shared + gate[0] * gate[1],
             "n_groups": n_groups, "group_size": group_size}
+
+
+def _job_ops(model, mats: dict, d_ff: int) -> tuple[int, int, int]:
+    """Digital work of one job: adds (the row tiles' partial sums of every matrix output, the
+    combine add), multiplies (requantisations, SwiGLU's product, the gate weight) and
+    SiLU-table bits read."""
+    n_out = {"up": d_ff, "down": model.d_model, "gate_proj": d_ff}
+    adds = sum((rt - 1) * n_out[k] for k, (rt, _) in mats.items()) + model.d_model
+    swiglu = "gate_proj" in mats
+    mults = d_ff + 2 * model.d_model + (2 * d_ff if swiglu else 0)
+    lut_bits = d_ff * model.quant.act_bits if swiglu else 0
+    return adds, mults, lut_bits
 
 
 def _mvm_events(tile, n_tile_mvms: int) -> dict:
@@ -55,17 +83,24 @@ def dram_time_ns(dram, n_bytes: int, n_transfers: int) -> float:
 
 
 def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
-    """``events``: jobs, dac_drives, routed tokens, SRAM bits, GO-cache bits, DRAM busy ns, and
-    ``net_toggles`` (the RTL's switching activity; ``None`` when not measured)."""
+    """``events``: jobs (routed), shared_jobs, dac_drives, routed tokens, SRAM bits, GO-cache
+    bits, DRAM busy ns, and ``net_toggles`` (the RTL's switching activity; ``None`` when not
+    measured)."""
     tech, tile, model = exp.tech, exp.tile, exp.model
     adc = tech.adc_energy_pj[tile.adc_bits].value
-    up, down, gate = geo["up_tiles"], geo["down_tiles"], geo["gate_tiles"]
-    jobs = events["jobs"]
-    ex = _mvm_events(tile, jobs * (up[0] * up[1] + down[0] * down[1]))
+    gate = geo["gate_tiles"]
+    jobs, shared_jobs = events["jobs"], events.get("shared_jobs", 0)
+    tile_mvms = jobs * geo["crossbars_per_expert"] + shared_jobs * geo["crossbars_per_shared"]
+    ex = _mvm_events(tile, tile_mvms)
     gx = _mvm_events(tile, events["routed_tokens"] * gate[0] * gate[1])
     cell = tech.cell_read_energy_fj.value * 1e-3
-    adds = jobs * ((up[0] - 1) * model.d_ff + (down[0] - 1) * model.d_model + model.d_model)
-    mults = jobs * (model.d_ff + 2 * model.d_model) + events["output_values"]
+    ops = [(jobs, _job_ops(model, geo["matrix_tiles"], model.d_ff))]
+    if shared_jobs:
+        ops.append((shared_jobs, _job_ops(model, geo["shared_matrix_tiles"],
+                                          model.shared.d_ff)))
+    adds = sum(n * o[0] for n, o in ops)
+    mults = sum(n * o[1] for n, o in ops) + events["output_values"]
+    lut_bits = sum(n * o[2] for n, o in ops)
     sram = tech.sram_energy_pj_per_bit.value
     dram_busy = events["dram_busy_ns"]
     breakdown = {
@@ -77,7 +112,8 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
                    + gx["shift_adds"] * tech.shift_add_energy_pj.value),
         "digital_arithmetic": (adds * tech.int_add_energy_pj.value
                                + mults * tech.int_mult_energy_pj.value),
-        "buffers": events["buffer_bits"] * sram,
+        # token/output buffer rows (RTL counters) and SwiGLU's SiLU-table reads
+        "buffers": (events["buffer_bits"] + lut_bits) * sram,
         "go_cache": events["go_cache_bits"] * sram,
         "dram": (exp.dram.active_power_w.value * dram_busy
                  + exp.dram.idle_power_w.value * max(0.0, time_ns - dram_busy)) * 1e3,
@@ -93,7 +129,7 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
     else:
         breakdown["digital_switching"] = toggles * tech.net_toggle_energy_fj.value * 1e-3
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
-            "events": {"expert_tile_mvms": jobs * (up[0] * up[1] + down[0] * down[1]),
+            "events": {"expert_tile_mvms": tile_mvms,
                        "gate_tile_mvms": events["routed_tokens"] * gate[0] * gate[1],
                        "adds": adds, "mults": mults, **events},
             "method": "events x per-event energy + RTL net toggles x net_toggle_energy_fj + "

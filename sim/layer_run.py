@@ -18,7 +18,7 @@ import numpy as np
 
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
-from moepim.models.pim import CrossbarMatmul, window_cycles
+from moepim.models.pim import CrossbarMatmul
 from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
 from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
@@ -36,6 +36,9 @@ from .moe_run import (
     LayerSpec,
     bench_args,
     check_windows,
+    expected_compute_cycles,
+    layer_groups,
+    lut_writes,
     make_component,
     prepare_windows,
     write_bank_images,
@@ -69,13 +72,16 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
     """
     m, t = exp.model, exp.tile
     geo = layer_geometry(m, t, n_groups, group_size)
-    cells = n_groups * group_size * geo["crossbars_per_expert"] * t.n_rows * t.n_columns
-    up, down = geo["up_tiles"], geo["down_tiles"]
+    per_set = [(n_groups, group_size, geo["crossbars_per_expert"], geo["matrix_tiles"]),
+               (1, 1, geo["crossbars_per_shared"], geo["shared_matrix_tiles"])]
+    cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * t.n_columns
     outs = t.n_columns // (t.weight_bits // t.bits_per_cell)
-    results = 8 * n_groups * (up[0] * up[1] + down[0] * down[1]) * outs
-    weights = m.n_experts * 2 * m.d_model * m.d_ff + m.d_model * m.n_experts
+    results = 8 * sum(n * x for n, _, x, _ in per_set) * outs
+    weights = (m.n_experts * m.d_ff + m.shared.d_ff * (1 if m.shared.n_shared else 0)) \
+        * m.n_matrices * m.d_model + m.d_model * m.n_experts
     mem = cells + results + 13 * weights + (400 << 20)
-    lane_adders = n_groups * exp.layer.lanes * (up[0] + down[0] + 4)
+    lane_adders = exp.layer.lanes * sum(n * (sum(rt for rt, _ in mats.values()) + 2 * len(mats))
+                                        for n, _, _, mats in per_set if mats)
     return {"memory_bytes": int(mem), "build_s": 40 + lane_adders / 1000,
             "available_bytes": _mem_available(), "crossbars": geo["expert_crossbars"]}
 
@@ -83,11 +89,14 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
 def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
     """The hardware parameters of an experiment (its build key) and the tile arguments."""
     m, wl_cfg = exp.model, exp.workload
-    probe = make_groups(wl_cfg.grouping, m.n_experts, np.ones(m.n_experts))
-    recompute = wl_cfg.n_generate > 0 and (not wl_cfg.go_cache or wl_cfg.no_cache == "simulate")
+    probe = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, np.ones(m.n_experts)), m)
+    recompute = (wl_cfg.n_generate > 0 and m.router.kind == "expert_choice"
+                 and (not wl_cfg.go_cache or wl_cfg.no_cache == "simulate"))
     n_tokens = wl_cfg.n_prompt + (wl_cfg.n_generate if recompute else 0)
-    spec = LayerSpec(m.d_model, m.d_ff, m.n_experts, len(probe), max(len(g) for g in probe),
-                     n_tokens, exp.layer.lanes, m.quant.gate_bits, m.quant.multiplier_bits)
+    n_sh = 1 if m.shared.n_shared else 0
+    spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
+                     max(len(g) for g in probe), n_tokens, exp.layer.lanes, m.quant.gate_bits,
+                     m.quant.multiplier_bits, m.ffn, m.shared.d_ff if n_sh else 0)
     hw_tile = {k: v for k, v in exp.tile.hw_kwargs().items() if k not in ("group_size", "core")}
     return spec, hw_tile
 
@@ -147,7 +156,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                           "Amaranth's simulator)")
     spec, hw_tile = layer_spec(exp)
     gs = spec.group_size
-    est = estimate_resources(exp, spec.n_groups, gs)
+    n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
+    est = estimate_resources(exp, n_routed, gs)
     _check_resources(exp, est, allow_large)
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
@@ -159,9 +169,11 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                        trace_source=str(wl_cfg.trace), matmul=mm)
     P = wl_cfg.n_prompt
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
-    groups = [list(g) for g in make_groups(wl_cfg.grouping, m.n_experts, loads)]
+    groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
-    compare = wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
+    # the GO cache matters to expert choice only (a token-choice router decides alone)
+    compare = (wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
+               and m.router.kind == "expert_choice")
     simulate_nc = compare and wl_cfg.no_cache == "simulate"
     nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
                                   golden="all" if simulate_nc else "last")[1:]
@@ -206,6 +218,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
         say("writing crossbar cell images")
         plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
+        luts = lut_writes(wl, groups, spec)
         for name, part in parts:
             if not part:
                 continue
@@ -217,7 +230,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                  args=bench_args(part, spec, wl.quant,
                                                  gap_p=wl_cfg.input_gaps,
                                                  stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
-                                                 progress=progress is not None),
+                                                 progress=progress is not None,
+                                                 luts=luts),
                                  sim=sim, plusargs=plus, key_params=key, info=part_info,
                                  progress=say, build_root=root, trace=trace, trace_to=trace_to)
             # the build facts of the first simulation (later ones reuse its build); the
@@ -244,14 +258,15 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     dram_ns = dram_time_ns(exp.dram, dram_bytes, dram_transfers)
     time_ns = cycles * clock + dram_ns
 
-    geo = layer_geometry(m, tile, len(groups), gs)
-    jobs = sum(w["jobs"] for w in main)
+    geo = layer_geometry(m, tile, n_routed, gs)
+    shared_jobs = sum(w["shared_jobs"] for w in main)
+    jobs = sum(w["jobs"] for w in main) - shared_jobs
     c = [w["counters"] for w in main]
     acc_bits = dut.acc_bits
     buffer_bits = sum((x["token_reads"] + x["token_writes"]) * spec.lanes * tile.input_bits
                       + (x["out_reads"] + x["out_writes"]) * spec.lanes * acc_bits for x in c)
-    events = {"jobs": jobs,
-              "dac_drives": sum(x["up_dac_drives"] + x["down_dac_drives"] for x in c),
+    events = {"jobs": jobs, "shared_jobs": shared_jobs,
+              "dac_drives": sum(x["dac_drives"] for x in c),
               "routed_tokens": n_tokens_total, "buffer_bits": buffer_bits,
               "go_cache_bits": go["counters"]["sram_bits"] if go else 0,
               "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
@@ -267,7 +282,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     area = layer_area_mm2(exp, geo, go_cache_bits, component_area(
         dut, "moe_layer", exp.tech, sim=sim, build_dir=info.get("directory"), build_root=root))
     info["synth_s"] = time.monotonic() - t_synth          # ~0 when cached
-    ops = 2 * jobs * 2 * m.d_model * m.d_ff                 # MACs x 2, both matrices
+    # MACs x 2, every matrix of every job
+    ops = 2 * m.n_matrices * m.d_model * (jobs * m.d_ff + shared_jobs * m.shared.d_ff)
     tops = ops / time_ns / 1e3 if time_ns else 0.0
     watts = energy["total"] / time_ns / 1e3 if time_ns else 0.0
     moe_area = area["total"]
@@ -311,6 +327,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                    "dram_ns": dram_ns},
         "windows": per,
         "schedule": {"groups": groups, "policy": wl_cfg.policy,
+                     "shared_expert": m.n_experts if m.shared.n_shared else None,
                      "prefill": windows[0].sched.to_dict()},
         "per_group": {"busy_timestamps": [sum(x["busy"][g] for x in c)
                                           for g in range(len(groups))],
@@ -358,24 +375,25 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     clock = exp.tech.clock_ns.value
     lanes, ab = spec.lanes, exp.tile.input_bits
     cached = per[1:len(windows)]
-    dac_per_job = (sum(w["counters"]["up_dac_drives"] + w["counters"]["down_dac_drives"]
-                       for w in per[:len(windows)])
+    dac_per_job = (sum(w["counters"]["dac_drives"] for w in per[:len(windows)])
                    / max(1, sum(w["jobs"] for w in per[:len(windows)])))
 
     def events(entries, n_tokens, go_bits, part):
-        ev = {"jobs": sum(e["jobs"] for e in entries), "routed_tokens": n_tokens,
+        shared = sum(e["shared_jobs"] for e in entries)
+        ev = {"jobs": sum(e["jobs"] for e in entries) - shared, "shared_jobs": shared,
+              "routed_tokens": n_tokens,
               "go_cache_bits": go_bits, "output_values": n_tokens * spec.d_model,
               "dram_bytes": 0, "dram_busy_ns": 0.0,
               "net_toggles": toggles[part]["toggles"] if both else None}
         if all("counters" in e for e in entries):
             c = [e["counters"] for e in entries]
-            ev["dac_drives"] = sum(x["up_dac_drives"] + x["down_dac_drives"] for x in c)
+            ev["dac_drives"] = sum(x["dac_drives"] for x in c)
             ev["buffer_bits"] = sum((x["token_reads"] + x["token_writes"]) * lanes * ab
                                     + (x["out_reads"] + x["out_writes"]) * lanes * acc_bits
                                     for x in c)
         else:
             blocks = dut.blocks
-            ev["dac_drives"] = int(round(dac_per_job * ev["jobs"]))
+            ev["dac_drives"] = int(round(dac_per_job * (ev["jobs"] + shared)))
             ev["buffer_bits"] = sum(
                 (e["tokens_loaded"] + e["tokens"]) * blocks * lanes * ab
                 + 2 * (e["tokens_loaded"] + e["tokens"]) * blocks * lanes * acc_bits
@@ -392,7 +410,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     if simulated:
         nc = per[len(windows):]
     else:
-        nc = [{"jobs": len(w.jobs), "tokens": len(w.x), "tokens_loaded": w.sched.tokens_loaded,
+        nc = [{"jobs": len(w.jobs), "shared_jobs": w.shared_jobs, "tokens": len(w.x), "tokens_loaded": w.sched.tokens_loaded,
                "cycles": window_total_cycles(w, dut)} for w in nc_windows]
     with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
                       "decode")
@@ -411,8 +429,7 @@ def window_total_cycles(w, dut) -> int:
     heads after the last job beat); the tests check that bound."""
     n = len(w.x)
     jobs = max(1, len(w.jobs))
-    compute = window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
-                            job_latency=dut.job_latency)
+    compute = expected_compute_cycles(w, dut)
     return n * dut.blocks + jobs + compute + n * dut.blocks + WINDOW_OVERHEAD
 
 

@@ -9,7 +9,8 @@ Steps (``run_layer``):
 3. Windows: the prompt (prefill), then one per generated token. With the GO cache a decode
    window holds the new token only (its expert choice comes from the cached scores of earlier
    tokens); without it, the whole prefix is recomputed (routing over all tokens, every
-   selected (token, expert) job executed again).
+   selected (token, expert) job executed again). Token-choice routers decide each token
+   alone, so their decode windows hold the new token only.
 4. The hardware (``moepim.hw.MoELayerAccelerator``) runs the windows under Verilator, Icarus;
    its outputs are checked against the golden for every token of every window, and its
    cycles against the schedule's formula (``moepim.models.pim.window_cycles``).
@@ -22,21 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
+from moepim.hw.expert_engine import FFN_BANKS, FFN_REQUANTS
 from moepim.hw.moe_layer import MoELayerAccelerator
 from moepim.models.moe import Routing
 from moepim.models.pim import bank_image, window_cycles
-from moepim.models.quant import moe_forward_int, route_int
+from moepim.models.quant import moe_forward_int, route_int, shared_gate_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_mask
-from moepim.models.schedule import schedule
+from moepim.models.schedule import IDLE, schedule
 from moepim.models.tile import TileShape
 
 __all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images", "bank_images",
-           "bench_args", "check_windows"]
+           "layer_groups", "lut_writes", "bench_args", "check_windows", "slot_latencies",
+           "expected_compute_cycles"]
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Everything that sizes the hardware (the build key) besides the tile."""
+    """Everything that sizes the hardware (the build key) besides the tile. ``n_experts`` and
+    ``n_groups`` count the shared expert and its group (the last) when ``shared_d_ff`` > 0."""
 
     d_model: int
     d_ff: int
@@ -47,6 +51,8 @@ class LayerSpec:
     lanes: int
     gate_bits: int
     multiplier_bits: int
+    ffn: str = "relu"
+    shared_d_ff: int = 0
 
 
 @dataclass
@@ -59,13 +65,15 @@ class Window:
     golden: np.ndarray              # (tokens, d_model) expected outputs
     sched: object = None            # moepim.models.schedule.Schedule
     jobs: list = field(default_factory=list)
+    shared_jobs: int = 0            # jobs of the shared expert (in ``jobs``)
 
 
 def make_component(spec: LayerSpec, tile_kwargs: dict) -> MoELayerAccelerator:
     dut = MoELayerAccelerator(
         d_model=spec.d_model, d_ff=spec.d_ff, n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
-        gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, **tile_kwargs)
+        gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
+        shared_d_ff=spec.shared_d_ff, **tile_kwargs)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -80,21 +88,44 @@ def _shift(rq, name: str) -> int:
     return rq.shift
 
 
+# the engine's requantisation names -> moepim.models.quant's (per expert prefix)
+_REQUANT_OF = {"up": "up", "down": "down", "gate_proj": "gate", "mul": "mul"}
+# the engine's bank names -> the weight tensors (``experts.<e>.<name>.weight``)
+_TENSOR_OF = {"up": "up", "down": "down", "gate_proj": "gate"}
+
+
+def layer_groups(groups, cfg) -> list[list[int]]:
+    """The layer's groups: the routed ``groups``, then the shared expert's own group (expert
+    index ``n_experts``) when the model has shared experts (fused into one, as the model's
+    ``shared.d_ff`` is their total width)."""
+    out = [list(g) for g in groups]
+    return out + [[cfg.n_experts]] if cfg.shared.n_shared else out
+
+
+def _prefix(exp: int, cfg) -> str:
+    """Weight/requant/table name prefix of expert ``exp`` (the shared expert: ``shared``)."""
+    return "shared" if exp == cfg.n_experts else f"experts.{exp}"
+
+
 def _jobs(sched, groups, weights, ql) -> list:
     jobs = []
     for g, plan in enumerate(sched.plan()):
         for tok, exp, idle in plan:
-            up, down = ql.requant[f"experts.{exp}.up"], ql.requant[f"experts.{exp}.down"]
-            jobs.append([g, tok, exp, idle, {
-                "slot": groups[g].index(exp), "gate": int(weights[tok, exp]),
-                "up_mult": up.mult, "up_shift": _shift(up, f"experts.{exp}.up"),
-                "down_mult": down.mult, "down_shift": _shift(down, f"experts.{exp}.down")}])
+            fields = {"slot": groups[g].index(exp), "gate": int(weights[tok, exp])}
+            for name in FFN_REQUANTS[ql.cfg.ffn]:
+                key = f"{_prefix(exp, ql.cfg)}.{_REQUANT_OF[name]}"
+                rq = ql.requant[key]
+                fields[f"{name}_mult"] = rq.mult
+                fields[f"{name}_shift"] = _shift(rq, key)
+            jobs.append([g, tok, exp, idle, fields])
     return jobs
 
 
 def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
                     golden: str = "all") -> list[Window]:
     """The prompt window and one window per generated token (see the module docstring).
+    ``groups``: :func:`layer_groups` (with a shared expert, every token is a job of its group,
+    weighted by the shared gate).
 
     ``golden="last"``: for the no-cache windows compute only the new token's golden output
     (rows of earlier tokens are zero): enough for the GO-cache check and the cycle formula
@@ -104,17 +135,15 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     windows = [Window("prefill", 0, wl.x_q[:P], r.mask[:P], r.weights[:P], wl.y_q[:P])]
     for step in range(wl.n_generate):
         t = P + step
-        if go_cache:
+        # a token-choice router decides each token alone: nothing to recompute, cache or not
+        if go_cache or cfg.router.kind != "expert_choice":
             windows.append(Window("decode", step + 1, wl.x_q[t:t + 1], r.mask[t:t + 1],
                                   r.weights[t:t + 1], wl.y_q[t:t + 1]))
             continue
         # no cache: every earlier token's hidden state and routing recomputed
         x = wl.x_q[:t + 1]
-        if cfg.router.kind == "expert_choice":
-            mask = expert_choice_mask(r.scores[:t + 1], expert_choice_capacity(
-                t + 1, cfg.n_experts, cfg.router.ec_capacity_factor))
-        else:
-            mask = r.mask[:t + 1]
+        mask = expert_choice_mask(r.scores[:t + 1], expert_choice_capacity(
+            t + 1, cfg.n_experts, cfg.router.ec_capacity_factor))
         routing = route_int(x, ql, mask=mask, matmul=matmul)
         if golden == "last":
             last = Routing(*(f[-1:] for f in (routing.mask, routing.weights, routing.dropped,
@@ -125,22 +154,40 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
             y, _ = moe_forward_int(x, ql, routing=routing, matmul=matmul)
         windows.append(Window("decode", step + 1, x, routing.mask, routing.weights, y))
     for w in windows:
+        if cfg.shared.n_shared:
+            w.mask = np.hstack([w.mask, np.ones((len(w.x), 1), dtype=bool)])
+            w.weights = np.hstack([w.weights, shared_gate_int(w.x, ql, matmul)[:, None]])
+            w.shared_jobs = len(w.x)
         w.sched = schedule(w.mask, groups, policy)
         w.jobs = _jobs(w.sched, groups, w.weights, ql)
     return windows
 
 
 def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str, np.ndarray]]:
-    """Per bank, its plusarg name and cell image: every group's up and down matrices."""
-    t = wl.quant.tensors
+    """Per bank, its plusarg name and cell image: every group's matrices, bank ids as the
+    layer numbers them (``n_banks*g + k``, ``k`` over the engine's bank names)."""
+    t, cfg = wl.quant.tensors, wl.cfg
+    names = FFN_BANKS[spec.ffn]
     images = []
     for g, members in enumerate(groups):
-        for k, (name, n_in, n_out) in enumerate((("up", spec.d_model, spec.d_ff),
-                                                 ("down", spec.d_ff, spec.d_model))):
-            images.append((f"MOEPIM_BANK{2 * g + k}", bank_image(
-                [t[f"experts.{e}.{name}.weight"] for e in members], spec.group_size, n_in,
-                n_out, shape)))
+        shared = members == [cfg.n_experts]
+        for k, name in enumerate(names):
+            ws = [t[f"{_prefix(e, cfg)}.{_TENSOR_OF[name]}.weight"] for e in members]
+            n_in, n_out = ws[0].shape
+            images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
+                ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
     return images
+
+
+def lut_writes(wl, groups, spec: LayerSpec) -> list[list[int]]:
+    """The SiLU table writes of a SwiGLU layer, ``[group, addr, value]`` (the layout of
+    ``moepim.hw.expert_engine``: ``slot * 2**act_bits + code index``); none for ReLU."""
+    if spec.ffn != "swiglu":
+        return []
+    luts, cfg = wl.quant.luts, wl.cfg
+    return [[g, k * len(luts[f"{_prefix(e, cfg)}.silu"]) + i, int(v)]
+            for g, members in enumerate(groups) for k, e in enumerate(members)
+            for i, v in enumerate(luts[f"{_prefix(e, cfg)}.silu"])]
 
 
 def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape) -> list[str]:
@@ -154,13 +201,26 @@ def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShap
 
 
 def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p=0.0,
-               seed=0, progress=False) -> dict:
+               seed=0, progress=False, luts=()) -> dict:
+    """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`."""
     combine = ql.requant["combine"]
     return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups}
-                        for w in windows],
+                        for w in windows], "luts": list(luts),
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p, "stall_p": stall_p,
             "seed": seed, "progress": progress}
+
+
+def slot_latencies(sched, dut) -> np.ndarray:
+    """Per timestamp of ``sched``, the job latency of its slowest working engine."""
+    lat = np.array([dut.group_latency(g) for g in range(sched.tokens.shape[1])], dtype=np.int64)
+    return np.where(sched.tokens != IDLE, lat, 0).max(axis=1, initial=0)
+
+
+def expected_compute_cycles(w: Window, dut) -> int:
+    """The cycle formula (``moepim.models.pim.window_cycles``) of a window's timestamps."""
+    return window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
+                         job_latency=slot_latencies(w.sched, dut))
 
 
 def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) -> dict:
@@ -181,10 +241,10 @@ def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) 
         for tok, col in bad[:16]:
             mismatches.append({"window": i, "token": int(tok), "index": int(col),
                                "expected": int(w.golden[tok, col]), "got": int(got[tok, col])})
-        expected_cycles = window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
-                                        job_latency=dut.job_latency)
+        expected_cycles = expected_compute_cycles(w, dut)
         per_window.append({"kind": w.kind, "step": w.step, "tokens": len(w.x),
-                           "jobs": len(w.jobs), "timestamps": w.sched.timestamps,
+                           "jobs": len(w.jobs), "shared_jobs": w.shared_jobs,
+                           "timestamps": w.sched.timestamps,
                            "tokens_loaded": w.sched.tokens_loaded,
                            "compute_cycles": delta["cycles"], "counters": delta,
                            "expected_compute_cycles": expected_cycles,

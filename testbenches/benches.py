@@ -329,13 +329,12 @@ async def free_run(io, *, cycles):
 
 
 
-JOB_FIELDS = ("slot", "gate", "up_mult", "up_shift", "down_mult", "down_shift")
-
-
 async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
-                    timeout=10_000_000, progress=False):
+                    luts=(), timeout=10_000_000, progress=False):
     """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
-    d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}``.
+    d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
+    fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
+    tables (SwiGLU layers), streamed first with the same input gaps.
     Returns per window the outputs (``[[int] * d_model]`` per token), the cycles from its
     first token beat to its last output beat, and the layer's counters after it."""
     from .bits import pack_array, unpack_array
@@ -343,6 +342,20 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     rng = np.random.default_rng(seed)
     io.set("combine_mult", combine[0])
     io.set("combine_shift", combine[1])
+    writes = list(luts)
+    while writes:
+        offer = rng.random() >= gap_p
+        io.set("i_lut.valid", int(offer))
+        if offer:
+            g, addr, value = writes[0]
+            io.set("i_lut.payload.group", g)
+            io.set("i_lut.payload.addr", addr)
+            io.set("i_lut.payload.data", value)
+        if offer and await io.get("i_lut.ready"):
+            writes.pop(0)
+        await io.tick()
+    if luts:
+        io.set("i_lut.valid", 0)
     results = []
     for w_index, window in enumerate(windows):
         tokens = window["tokens"]
@@ -374,8 +387,8 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                     io.set("i_jobs.payload.token", tok)
                     io.set("i_jobs.payload.expert", exp)
                     io.set("i_jobs.payload.idle_before", idle)
-                    for name in JOB_FIELDS:
-                        io.set(f"i_jobs.payload.data.{name}", fields[name])
+                    for name, value in fields.items():
+                        io.set(f"i_jobs.payload.data.{name}", value)
             ready = int(rng.random() >= stall_p)
             io.set("o_outputs.ready", ready)
             if offer_t and await io.get("i_tokens.ready"):
@@ -398,7 +411,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
         io.set("o_outputs.ready", 0)
         counters = {name: await io.get(f"counters.{name}") for name in (
             "cycles", "timestamps", "token_loads", "token_reads", "token_writes", "out_reads",
-            "out_writes", "engine_busy_cycles", "up_dac_drives", "down_dac_drives")}
+            "out_writes", "engine_busy_cycles", "dac_drives")}
         counters["busy"] = [await io.get(f"counters.busy.{g}")
                             for g in range(window.get("n_groups", 0))]
         await io.tick()

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moepim.models.pim import CrossbarMatmul, bank_image, tiles_of
+from moepim.models.quant import moe_forward_int
 from moepim.models.tile import TileShape, encode_cells, tile_mvm
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment
@@ -175,6 +176,108 @@ def test_icarus_runs_the_small_layer_bit_exact(tmp_path):
     assert report["area_mm2"]["breakdown"]["digital_logic"] > 0
 
 
+SWIGLU_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-swiglu-small.yaml"
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_swiglu_layer_verilator_bit_exact(tmp_path):
+    """SwiGLU experts (up, gate_proj, down banks; per-expert SiLU tables written at run time),
+    top-2 routing: bit-exact with the crossbar golden, cycles equal to the formula."""
+    exp = load_experiment(SWIGLU_LAYER)
+    assert exp.model.ffn == "swiglu" and exp.model.router.kind == "softmax_topk"
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    _check(report, 1 + exp.workload.n_generate)
+    m, t = exp.model, exp.tile
+    rt, ct = tiles_of(m.d_model, m.d_ff, TileShape(**t.shape_kwargs()))
+    down_rt, down_ct = tiles_of(m.d_ff, m.d_model, TileShape(**t.shape_kwargs()))
+    # three banks per expert: two d_model x d_ff (up, gate_proj) and one d_ff x d_model
+    per_expert = 2 * rt * ct + down_rt * down_ct
+    assert report["energy_pj"]["events"]["expert_tile_mvms"] == \
+        per_expert * sum(w["jobs"] for w in report["windows"])
+    groups = report["schedule"]["groups"]
+    assert report["area_mm2"]["peripheral_sets"] == per_expert * len(groups) + \
+        tiles_of(m.d_model, m.n_experts, TileShape(**t.shape_kwargs()))[0]
+    # the SiLU tables are RAM in every engine: 2**act_bits entries per expert slot
+    silu = [x for x in report["area_mm2"]["digital_logic"]["memories"] if x["name"] == "silu"]
+    assert silu and silu[0]["depth"] == max(len(g) for g in groups) << t.input_bits
+    assert silu[0]["instances"] == len(groups)
+    # every token went through top-2 experts
+    assert sum(w["jobs"] for w in report["windows"]) == \
+        m.router.top_k * (exp.workload.n_prompt + exp.workload.n_generate)
+
+
+SHARED_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-shared-small.yaml"
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_shared_expert_layer_verilator_bit_exact(tmp_path):
+    """A sigmoid-gated shared expert (wider than the routed ones) on its own engine: every
+    token is one of its jobs, its gated output is combined with the routed experts'."""
+    from moepim.sim.layer_run import layer_spec
+    from moepim.sim.moe_run import make_component
+
+    exp = load_experiment(SHARED_LAYER)
+    m, w = exp.model, exp.workload
+    assert m.shared.n_shared == 1 and m.shared.d_ff != m.d_ff
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    _check(report, 1 + w.n_generate)
+    groups = report["schedule"]["groups"]
+    assert report["schedule"]["shared_expert"] == m.n_experts and groups[-1] == [m.n_experts]
+    for win in report["windows"]:
+        assert win["shared_jobs"] == win["tokens"]
+        assert win["jobs"] == win["tokens"] * (m.router.top_k + 1)
+    # the shared group works once per token: it is busy in as many timestamps as tokens
+    n_tok = w.n_prompt + w.n_generate
+    assert report["per_group"]["busy_timestamps"][-1] == n_tok
+    # its engine is slower than the routed ones: the cycle formula takes, per timestamp, the
+    # slowest working engine (asserted in _check for every window)
+    spec, tile = layer_spec(exp)
+    dut = make_component(spec, tile)
+    assert dut.group_latency(spec.n_groups - 1) > dut.group_latency(0)
+    # area: the shared expert's crossbars and its own peripheral sets are counted
+    shape = TileShape(**exp.tile.shape_kwargs())
+    per = lambda d_ff: 2 * np.prod(tiles_of(m.d_model, d_ff, shape)) + np.prod(  # noqa: E731
+        tiles_of(d_ff, m.d_model, shape))
+    gate = np.prod(tiles_of(m.d_model, m.n_experts + 1, shape))
+    assert report["area_mm2"]["peripheral_sets"] == \
+        per(m.d_ff) * (len(groups) - 1) + per(m.shared.d_ff) + gate
+    assert report["area_mm2"]["crossbars"] == per(m.d_ff) * m.n_experts + per(m.shared.d_ff) \
+        + gate
+
+
+def test_shared_expert_reaches_the_golden():
+    """The golden layer adds the gated shared expert: without it the outputs differ, and its
+    sigmoid gate weights are per token, not constant."""
+    from moepim.models.quant import shared_gate_int
+    from moepim.models.workload import make_workload
+
+    exp = load_experiment(SHARED_LAYER)
+    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    wl = make_workload(exp.model, n_prompt=6, n_generate=0, seed=2, matmul=mm)
+    gates = shared_gate_int(wl.x_q, wl.quant, mm)
+    assert gates.shape == (6,) and len(set(gates.tolist())) > 1
+    assert gates.min() >= 0 and gates.max() < (1 << exp.model.quant.gate_bits)
+    routed = dataclasses.replace(exp.model, shared=dataclasses.replace(exp.model.shared,
+                                                                       n_shared=0))
+    wl.quant.cfg = routed
+    y, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=mm)
+    assert not np.array_equal(y, wl.y_q)
+
+
+def test_swiglu_golden_differs_from_a_wrong_silu_table():
+    """The SiLU tables reach the golden: changing one expert's table changes its outputs
+    (so a bench that skipped the table writes could not pass the bit-exact check)."""
+    from moepim.models.workload import make_workload
+
+    exp = load_experiment(SWIGLU_LAYER)
+    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    wl = make_workload(exp.model, n_prompt=4, n_generate=0, seed=1, matmul=mm)
+    e = int(np.flatnonzero(wl.routing.mask.any(axis=0))[0])
+    wl.quant.luts[f"experts.{e}.silu"] = np.zeros_like(wl.quant.luts[f"experts.{e}.silu"])
+    y, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=mm)
+    assert not np.array_equal(y, wl.y_q)
+
+
 def test_layer_exports_one_engine_module_for_all_groups():
     from moepim.hw.moe_layer import ENGINE_MODULE
     from moepim.sim.build import to_verilog
@@ -243,7 +346,7 @@ def _layer_config(tmp_path, mutate, name="bad.yaml"):
     (lambda r: r["workload"].update(n_prompt=0), "workload.n_prompt"),
     (lambda r: r.update(simulator="amaranth"), "simulator"),
     (lambda r: r.update(dram="missing.yaml"), "missing.yaml"),
-    (lambda r: r.update(model=str(REPO_ROOT / "configs/models/mixtral-8x7b.yaml")), "model"),
+    (lambda r: r["workload"].update(no_cache="sometimes"), "workload.no_cache"),
 ])
 def test_bad_layer_configs_exit_2_without_output(tmp_path, capsys, mutate, key):
     path = _layer_config(tmp_path, mutate)
