@@ -29,7 +29,8 @@ Sequence of one job (cycle 0 = ``start``; ``L`` = ``mvm_latency``, ``B1`` = ``d_
 so ``job_latency = 2*L + B1 + 2`` for both FFN kinds. ``bank_base`` (an input, constant during
 a run) names the cell images: ``bank_base + k`` for the ``k``-th name of ``bank_names``
 (``up``, ``down``, then ``gate_proj``). While ``ready``, ``rd_data`` (one cycle after
-``rd_addr``) is the gate-weighted output block ``rd_addr`` of the last job.
+``rd_addr``) is the gate-weighted output block ``rd_addr`` of the last job. ``core``: the
+banks' (``"python"``: driven by simulator models, for Amaranth's simulator).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class ExpertEngine(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, group_size: int, lanes: int,
                  gate_bits: int = 8, multiplier_bits: int = 15, ffn: str = "relu",
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
+                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
                             ("gate_bits", gate_bits), ("multiplier_bits", multiplier_bits)):
             need_positive(name, value)
@@ -94,7 +95,7 @@ class ExpertEngine(wiring.Component):
                     adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
         shapes = {"up": (d_model, d_ff), "down": (d_ff, d_model), "gate_proj": (d_model, d_ff)}
         self._banks = {name: MatrixBank(n_in=shapes[name][0], n_out=shapes[name][1],
-                                        n_slots=group_size, lanes=lanes, **tile)
+                                        n_slots=group_size, lanes=lanes, core=core, **tile)
                        for name in FFN_BANKS[ffn]}
         self._up, self._down = self._banks["up"], self._banks["down"]
         # elaborated with the engine; a layer built for its parameters (cached build, one

@@ -15,6 +15,10 @@ loaded at the first clock edge from a binary image (``+MOEPIM_BANK<bank_id>=<fil
 elaborated into logic, so one build serves every workload; ``bank_id`` is an input the parent
 ties to a constant, so identical banks (and engines) are one Verilog module.
 
+``core="python"`` leaves the macro out: its outputs are then driven by a simulator process
+(``moepim.sim.amaranth_macro.add_bank_model``), for Amaranth's simulator, which cannot run the
+Verilog model.
+
 Ports (all registered at the macro):
 
 * ``bank_id``: which cell image this bank loads (constant during a run).
@@ -34,10 +38,11 @@ from amaranth.lib.wiring import In, Out
 
 from .params import TileGeometry, check_counter_bits, index_bits, need, need_positive
 
-__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "ceil_div"]
+__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "BANK_CORES", "ceil_div"]
 
 MATRIX_MACRO_NAME = "moepim_matrix_bank"
 BANK_ID_BITS = 16       # width of the macro's bank_id input
+BANK_CORES = ("macro", "python")
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -47,10 +52,12 @@ def ceil_div(a: int, b: int) -> int:
 class MatrixBank(wiring.Component):
     def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
+                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
         for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
                             ("lanes", lanes)):
             need_positive(name, value)
+        need(core in BANK_CORES, "core", core, f"one of {', '.join(BANK_CORES)}")
+        self._core = core
         need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
              "at most 8 (the macro stores one byte per cell)")
         check_counter_bits(counter_bits)
@@ -87,6 +94,7 @@ class MatrixBank(wiring.Component):
     in_blocks = property(lambda self: ceil_div(self._n_in, self._lanes))
     out_blocks = property(lambda self: ceil_div(self._n_out, self._lanes))
     mvm_latency = property(lambda self: self._geometry.mvm_latency)
+    core = property(lambda self: self._core)
 
     @property
     def n_crossbars(self) -> int:
@@ -103,6 +111,8 @@ class MatrixBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self._geometry
+        if self._core == "python":
+            return m                        # outputs driven by the simulator's bank model
         m.submodules.macro = Instance(
             MATRIX_MACRO_NAME,
             p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,

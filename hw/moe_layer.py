@@ -19,6 +19,10 @@ Composition (no logic of its own beyond wiring and the control sequence below):
 * a combine unit accumulating the gate-weighted expert outputs of each token into an output
   buffer (``lib.memory``), and the final requantisation to ``act_bits`` on the way out.
 
+``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
+every group's engine in place, its banks driven by simulator processes
+(``moepim.sim.amaranth_macro.add_bank_model``); the default instantiates engines by name.
+
 SwiGLU layers take the experts' SiLU tables on ``i_lut`` (group, address in that engine's
 table, value) before the first window; it is accepted between windows (state ``TOKENS``).
 
@@ -75,7 +79,7 @@ class MoELayerAccelerator(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, n_experts: int, n_groups: int,
                  group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
                  multiplier_bits: int = 15, ffn: str = "relu", shared_d_ff: int = 0,
-                 depth: int | None = None,
+                 depth: int | None = None, engine_core: str = "macro",
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
@@ -105,6 +109,22 @@ class MoELayerAccelerator(wiring.Component):
                                      lanes=lanes, gate_bits=gate_bits,
                                      multiplier_bits=multiplier_bits, ffn=ffn, **self._tile)
                         if shared_d_ff else None)
+        need(engine_core in ("macro", "python"), "engine_core", engine_core,
+             "'macro' (engines by module name, banks as macros) or 'python' (for Amaranth's "
+             "simulator: every group's engine elaborated, banks driven by simulator models)")
+        self._engine_core = engine_core
+        # python core: one engine object per group, elaborated in place
+        self._group_engines = []
+        if engine_core == "python":
+            for g in range(n_groups):
+                proto = self._shared if (self._shared is not None and g == n_groups - 1) \
+                    else self._engine
+                eng = ExpertEngine(d_model=d_model, d_ff=proto._d_ff,
+                                   group_size=proto._group_size, lanes=lanes,
+                                   gate_bits=gate_bits, multiplier_bits=multiplier_bits,
+                                   ffn=ffn, core="python", **self._tile)
+                eng._MustUse__silence = True
+                self._group_engines.append(eng)
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
                                            multiplier_bits=multiplier_bits, ffn=ffn)
         self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
@@ -190,9 +210,14 @@ class MoELayerAccelerator(wiring.Component):
             mods.append((self._shared, SHARED_ENGINE_MODULE))
         return tuple(mods)
 
+    group_engines = property(lambda self: list(self._group_engines))
+
     def _engine_port(self, g: int):
-        """Group ``g``'s engine: its ports as signals, and its ``Instance``."""
+        """Group ``g``'s engine: its ports as signals, and its ``Instance`` (python core: the
+        group's own engine object, both)."""
         engine, module = self._engine_of(g)
+        if self._group_engines:
+            return self._group_engines[g], self._group_engines[g]
         port = engine.signature.create(path=(f"engine{g}",))
         conns = {}
         for path, member, value in engine.signature.flatten(port):
@@ -219,6 +244,8 @@ class MoELayerAccelerator(wiring.Component):
         engines = []
         for g in range(G):
             port, m.submodules[f"engine{g}"] = self._engine_port(g)
+            if self._group_engines:
+                m.d.comb += port.bank_base.eq(len(port.bank_names) * g)
             engines.append(port)
         cnt = self.counters
         vec_bits = lanes * ab

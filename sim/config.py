@@ -118,9 +118,10 @@ class TileExperiment:
 
 @dataclass(frozen=True)
 class DramConfig:
-    """Off-chip DRAM channel: transfers queue on one channel (no overlap), each taking
-    ``latency_ns + bytes / bandwidth``; energy = active power x busy time + idle power x the
-    rest of the run."""
+    """Off-chip DRAM channel (``moepim.models.dram``): transfers queue first come, first
+    served, each occupying the channel ``bytes / bandwidth`` and done ``latency_ns`` after its
+    transfer; energy = active power x busy time + idle power x the rest of the run (the energy
+    per byte is ``active_power / bandwidth``)."""
 
     name: str
     bandwidth_gbps: Constant          # GB/s
@@ -180,7 +181,7 @@ class LayerExperiment:
     dram: DramConfig
     layer: LayerHw = field(default_factory=LayerHw)
     workload: LayerWorkload = field(default_factory=LayerWorkload)
-    simulator: Literal["verilator", "icarus"] = "verilator"
+    simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
     allow_large: bool = False
     source: str = ""
 

@@ -11,7 +11,8 @@ files (with their sources):
   adds;
 * buffers: token and output buffer SRAM bits (the RTL's row counters), SiLU-table reads;
 * GO cache: SRAM bits of the cached gate scores (``moepim.models.gocache``);
-* DRAM: active power x transfer time (prompt in, results out, GO-cache spill) + idle power;
+* DRAM: active power x transfer time (prompt in, results out, GO-cache spill and read-back,
+  on the channel timeline of ``moepim.sim.layer_run.dram_timeline``) + idle power;
 * leakage: ADC leakage for the whole run.
 
 Area: arrays, ADCs, DACs, shift-adds of every peripheral set, SRAM buffers, from the tech file;
@@ -25,8 +26,7 @@ import numpy as np
 from moepim.models.pim import tiles_of
 from moepim.models.tile import TileShape
 
-__all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "dram_time_ns",
-           "write_layer_plots"]
+__all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "write_layer_plots"]
 
 
 def _matrix_tiles(model, d_ff: int, shape) -> dict:
@@ -74,12 +74,6 @@ def _mvm_events(tile, n_tile_mvms: int) -> dict:
     return {"cells": n_tile_mvms * tile.input_bits * tile.n_rows * tile.n_columns,
             "adc_conversions": n_tile_mvms * tile.input_bits * tile.n_columns,
             "shift_adds": n_tile_mvms * tile.input_bits * tile.n_columns}
-
-
-def dram_time_ns(dram, n_bytes: int, n_transfers: int) -> float:
-    if n_transfers == 0:
-        return 0.0
-    return n_transfers * dram.latency_ns.value + n_bytes / dram.bandwidth_gbps.value
 
 
 def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:

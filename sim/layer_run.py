@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moepim.models.dram import DramChannel
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
 from moepim.models.pim import CrossbarMatmul
@@ -26,7 +27,6 @@ from moepim.models.workload import make_workload
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
 from .layer_report import (
-    dram_time_ns,
     layer_area_mm2,
     layer_energy_pj,
     layer_geometry,
@@ -34,6 +34,7 @@ from .layer_report import (
 )
 from .moe_run import (
     LayerSpec,
+    bank_images,
     bench_args,
     check_windows,
     expected_compute_cycles,
@@ -150,10 +151,11 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     say = progress or (lambda msg: None)
     t0 = time.monotonic()
     m, tile, wl_cfg = exp.model, exp.tile, exp.workload
-    if sim not in ("verilator", "icarus"):
-        raise ConfigError(exp.source, "simulator", sim,
-                          "'verilator' or 'icarus' (the matrix-bank macro has no model for "
-                          "Amaranth's simulator)")
+    if sim not in ("verilator", "icarus", "amaranth"):
+        raise ConfigError(exp.source, "simulator", sim, "'verilator', 'icarus' or 'amaranth'")
+    if waves and sim == "amaranth":
+        raise ConfigError(exp.source, "--waves", True,
+                          "a run under verilator or icarus (they write the VCD)")
     spec, hw_tile = layer_spec(exp)
     gs = spec.group_size
     n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
@@ -188,15 +190,21 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
         for t in range(P):
             cache.insert(wl.routing.scores[t])
+        # per window, the cache's DRAM traffic: rows read back (before the window's compute)
+        # and rows spilled (written)
+        traffic = [{"read_rows": 0, "write_rows": cache.counters["spills"]}]
         same_sel = True
         for t in range(P, P + wl_cfg.n_generate):
+            before = dict(cache.counters)
             sel = cache.decide_and_insert(wl.routing.scores[t], m.router.ec_capacity_factor)
             same_sel &= bool(np.array_equal(sel, wl.routing.mask[t]))
+            traffic.append({"read_rows": cache.counters["dram_reads"] - before["dram_reads"],
+                            "write_rows": cache.counters["spills"] - before["spills"]})
         same_out = all(np.array_equal(nw.golden[-1], w.golden[0])
                        for nw, w in zip(nc_windows, windows[1:]))
         go = {"selection_equal": same_sel, "output_equal_to_recompute": same_out,
               "checked_against_recompute": bool(nc_windows), "counters": cache.counters,
-              "rows": rows}
+              "rows": rows, "row_bytes": cache.row_bytes, "dram_traffic": traffic}
 
     run_windows = windows + (nc_windows if simulate_nc else [])
     assert spec.n_tokens >= max(len(w.x) for w in run_windows)
@@ -215,9 +223,15 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
               ("no_cache", nc_windows if simulate_nc else [])] if switching else
              [("all", run_windows)])
     results, toggles = [], {}
+    sim_dut, setup = dut, None
+    if sim == "amaranth":
+        # Amaranth's simulator runs the engines in place, their banks as Python models
+        sim_dut = make_component(spec, hw_tile, engine_core="python")
+        setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape)))
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
         say("writing crossbar cell images")
-        plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
+        plus = write_bank_images(Path(tmp), wl, groups, spec, shape) \
+            if sim != "amaranth" else []
         luts = lut_writes(wl, groups, spec)
         for name, part in parts:
             if not part:
@@ -226,7 +240,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
             trace_to = (out_folder / "waves.vcd" if waves else
                         Path(tmp) / f"{name}.saif" if switching else None)
             part_info = {}
-            results += run_bench(dut, top="moe_layer", bench="moe_layer",
+            results += run_bench(sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
                                  args=bench_args(part, spec, wl.quant,
                                                  gap_p=wl_cfg.input_gaps,
                                                  stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
@@ -245,18 +259,14 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     per = check["windows"]
     cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] for w in per)
 
-    # timing: RTL cycles of every window + DRAM transfers (serialised)
-    clock = exp.tech.clock_ns.value
+    # timing: RTL cycles of every window on the DRAM channel's timeline
     main = per[:len(windows)]
     cycles = sum(w["cycles"] for w in main)
     n_tokens_total = wl_cfg.n_prompt + wl_cfg.n_generate
-    dram_bytes = 2 * n_tokens_total * m.d_model          # prompt/tokens in, results out
-    dram_transfers = 2 * len(windows)
-    if go:
-        dram_bytes += go["counters"]["dram_bytes"]
-        dram_transfers += go["counters"]["spills"] + go["counters"]["dram_reads"]
-    dram_ns = dram_time_ns(exp.dram, dram_bytes, dram_transfers)
-    time_ns = cycles * clock + dram_ns
+    dram = dram_timeline(exp, main, go)
+    dram_ns = dram["stall_ns"]
+    dram_bytes = dram["bytes"]
+    time_ns = dram["end_ns"]
 
     geo = layer_geometry(m, tile, n_routed, gs)
     shared_jobs = sum(w["shared_jobs"] for w in main)
@@ -270,7 +280,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
               "routed_tokens": n_tokens_total, "buffer_bits": buffer_bits,
               "go_cache_bits": go["counters"]["sram_bits"] if go else 0,
               "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
-              "dram_busy_ns": dram_ns,
+              "dram_busy_ns": dram["busy_ns"],
               "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
                                   if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
@@ -325,6 +335,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "phases": {"prefill_cycles": per[0]["cycles"],
                    "decode_cycles": [d["cycles"] for d in decode],
                    "dram_ns": dram_ns},
+        "dram": dram,
         "windows": per,
         "schedule": {"groups": groups, "policy": wl_cfg.policy,
                      "shared_expert": m.n_experts if m.shared.n_shared else None,
@@ -354,6 +365,58 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     report["plots"] = write_layer_plots(out_folder, report, windows)
     write_report(out_folder, report, exp, _headline(report))
     return report
+
+
+def _bank_models(layer, images: dict):
+    """``setup`` for Amaranth's simulator: every bank of every group's engine played by
+    ``moepim.sim.amaranth_macro.add_bank_model`` with its cell image (by bank id)."""
+    from .amaranth_macro import add_bank_model
+
+    def setup(simulator):
+        for g, engine in enumerate(layer.group_engines):
+            for k, name in enumerate(engine.bank_names):
+                bank_id = len(engine.bank_names) * g + k
+                add_bank_model(simulator, engine.banks[name], images[f"MOEPIM_BANK{bank_id}"])
+    return setup
+
+
+def dram_timeline(exp, windows: list[dict], go) -> dict:
+    """The windows one after another on one DRAM channel (``moepim.models.dram``): a window
+    starts when the previous one's results are written; at its start it requests its new
+    tokens' vectors and the GO-cache rows it reads back (they queue and contend), and queues
+    the rows the cache spills; its compute (the RTL's cycles) starts when its reads are done;
+    at the end it writes its new tokens' results. Returns the channel's summary, the run's
+    end time, the time the layer waited for DRAM (``stall_ns``) and per-window timestamps."""
+    m, clock = exp.model, exp.tech.clock_ns.value
+    vec_bytes = m.d_model * -(-m.quant.act_bits // 8)
+    ch = DramChannel(bandwidth_gbps=exp.dram.bandwidth_gbps.value,
+                     latency_ns=exp.dram.latency_ns.value)
+    t, compute, entries = 0.0, 0.0, []
+    for i, w in enumerate(windows):
+        new = w["tokens"] if i == 0 else 1          # a decode window adds one token
+        reads = [ch.submit("tokens_in", new * vec_bytes, t)]
+        writes = []
+        if go:
+            g = go["dram_traffic"][i]
+            if g["read_rows"]:
+                reads.append(ch.submit("go_cache_read", g["read_rows"] * go["row_bytes"], t))
+            if g["write_rows"]:
+                writes.append(ch.submit("go_cache_spill", g["write_rows"] * go["row_bytes"],
+                                        t))
+        start = max(r.done_ns for r in reads)
+        end = start + w["cycles"] * clock
+        out = ch.submit("results_out", new * vec_bytes, end)
+        compute += end - start
+        entries.append({"start_ns": t, "compute_start_ns": start, "compute_end_ns": end,
+                        "done_ns": out.done_ns})
+        t = max([out.done_ns] + [x.done_ns for x in writes])
+    summary = ch.summary()
+    d = exp.dram
+    return {**summary, "end_ns": t, "stall_ns": t - compute, "windows": entries,
+            "preset": d.name,
+            "energy_pj_per_byte": d.active_power_w.value / d.bandwidth_gbps.value * 1e3,
+            "model": "one channel, first come first served, latency pipelined "
+                     "(moepim.models.dram)"}
 
 
 def _sum_counters(deltas) -> dict:

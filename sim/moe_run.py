@@ -68,8 +68,9 @@ class Window:
     shared_jobs: int = 0            # jobs of the shared expert (in ``jobs``)
 
 
-def make_component(spec: LayerSpec, tile_kwargs: dict) -> MoELayerAccelerator:
-    dut = MoELayerAccelerator(
+def make_component(spec: LayerSpec, tile_kwargs: dict,
+                   engine_core: str = "macro") -> MoELayerAccelerator:
+    dut = MoELayerAccelerator(engine_core=engine_core,
         d_model=spec.d_model, d_ff=spec.d_ff, n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
