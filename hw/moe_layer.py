@@ -2,7 +2,8 @@
 
 Composition (no logic of its own beyond wiring and the control sequence below):
 
-* a token buffer (``lib.memory``, ``n_tokens`` token vectors, ``lanes`` values per row);
+* a token buffer (an SRAM macro, :class:`~moepim.hw.sram.Sram`: ``n_tokens`` token vectors,
+  ``lanes`` values per row);
 * a :class:`~moepim.hw.GroupScheduler` holding the window's plan (per group its
   ``(token, expert, idle_before)`` jobs, each carrying the job's operands: the expert's slot in
   its group, its gate weight and requantisation constants);
@@ -17,7 +18,7 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   ``shared_d_ff`` (module ``SHARED_ENGINE_MODULE``), scheduled like any group (one token per
   timestamp); its gate weight is the shared gate (sigmoid table, or full scale);
 * a combine unit accumulating the gate-weighted expert outputs of each token into an output
-  buffer (``lib.memory``), and the final requantisation to ``act_bits`` on the way out.
+  buffer (an SRAM macro), and the final requantisation to ``act_bits`` on the way out.
 
 ``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
 every group's engine in place, its banks driven by simulator processes
@@ -62,12 +63,13 @@ from amaranth import (
     signed,
     unsigned,
 )
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
 from .scheduler import GroupScheduler
+from .sram import Sram
 
 __all__ = ["MoELayerAccelerator", "ENGINE_MODULE", "SHARED_ENGINE_MODULE"]
 
@@ -251,13 +253,11 @@ class MoELayerAccelerator(wiring.Component):
         vec_bits = lanes * ab
         acc_row = data.ArrayLayout(signed(self._acc_bits), lanes)
 
-        # buffers
-        m.submodules.token_buf = token_buf = memory.Memory(
-            shape=unsigned(vec_bits), depth=self._n_tokens * B, init=[])
-        tb_w, tb_r = token_buf.write_port(), token_buf.read_port()
-        m.submodules.out_buf = out_buf = memory.Memory(
-            shape=acc_row, depth=self._n_tokens * B, init=[])
-        ob_w, ob_r = out_buf.write_port(), out_buf.read_port()
+        # buffers: SRAM macros (Amaranth memories under Amaranth's simulator)
+        core = "macro" if self._engine_core == "macro" else "memory"
+        m.submodules.token_buf = tb = Sram(shape=unsigned(vec_bits), depth=self._n_tokens * B,
+                                           core=core)
+        m.submodules.out_buf = ob = Sram(shape=acc_row, depth=self._n_tokens * B, core=core)
 
         # slot state: per group, active, token and job operands
         active = Signal(G)
@@ -289,7 +289,7 @@ class MoELayerAccelerator(wiring.Component):
 
         # token broadcast bus into the engines; the engines' result read address
         for g, e in enumerate(engines):
-            m.d.comb += [e.in_data.as_value().eq(tb_r.data), e.in_addr.eq(wr_blk),
+            m.d.comb += [e.in_data.as_value().eq(tb.r_data), e.in_addr.eq(wr_blk),
                          e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
 
         # SiLU tables (SwiGLU): written between windows
@@ -314,7 +314,7 @@ class MoELayerAccelerator(wiring.Component):
         out_last = Signal()
         for i in range(lanes):
             m.d.comb += out.payload.data[i].eq(
-                requantize(ob_r.data[i], self.combine_mult, self.combine_shift, ab))
+                requantize(ob.r_data[i], self.combine_mult, self.combine_shift, ab))
         m.d.comb += [out.payload.token.eq(out_tok), out.payload.block.eq(out_blk),
                      out.payload.last.eq(out_last)]
         rd_tok = Signal(range(self._n_tokens + 1))
@@ -322,8 +322,8 @@ class MoELayerAccelerator(wiring.Component):
         with m.FSM(name="layer") as fsm:
             with m.State("TOKENS"):
                 t = self.i_tokens
-                m.d.comb += [t.ready.eq(1), tb_w.addr.eq(t.payload.token * B + t.payload.block),
-                             tb_w.data.eq(t.payload.data.as_value()), tb_w.en.eq(t.valid)]
+                m.d.comb += [t.ready.eq(1), tb.w_addr.eq(t.payload.token * B + t.payload.block),
+                             tb.w_data.eq(t.payload.data.as_value()), tb.w_en.eq(t.valid)]
                 with m.If(t.valid):
                     m.d.sync += cnt.token_writes.eq(cnt.token_writes + 1)
                     with m.If(t.payload.last):
@@ -371,7 +371,7 @@ class MoELayerAccelerator(wiring.Component):
             with m.State("LOAD"):
                 # read block blk of the current token; write it to the matching engines
                 # one cycle later (wr_*)
-                m.d.comb += tb_r.addr.eq(cur_tok * B + blk)
+                m.d.comb += tb.r_addr.eq(cur_tok * B + blk)
                 m.d.sync += [ld_valid.eq(pending.any()), wr_blk.eq(blk), wr_mask.eq(match)]
                 with m.If(pending.any()):
                     m.d.sync += cnt.token_reads.eq(cnt.token_reads + 1)
@@ -392,11 +392,11 @@ class MoELayerAccelerator(wiring.Component):
                 # read the engines' block blk and the token's accumulator row; add and write
                 # back one cycle later
                 row = cur_tok * B + blk
-                m.d.comb += ob_r.addr.eq(row)
+                m.d.comb += ob.r_addr.eq(row)
                 m.d.sync += [cb_valid.eq(pending.any()), wr_mask.eq(match), wr_row.eq(row)]
                 with m.If(cb_valid):
-                    m.d.comb += [ob_w.en.eq(1), ob_w.addr.eq(wr_row)]
-                    m.d.comb += [ob_w.data[i].eq(ob_r.data[i] + comb_sum[i])
+                    m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(wr_row)]
+                    m.d.comb += [ob.w_data[i].eq(ob.r_data[i] + comb_sum[i])
                                  for i in range(lanes)]
                     m.d.sync += cnt.out_writes.eq(cnt.out_writes + 1)
                 with m.If(pending.any()):
@@ -416,12 +416,12 @@ class MoELayerAccelerator(wiring.Component):
                 # the output beat waits; each row is cleared as it is read
                 more = rd_tok < n_window
                 advance = ~out.valid | out.ready
-                m.d.comb += [ob_r.en.eq(advance), ob_r.addr.eq(rd_tok * B + blk)]
+                m.d.comb += [ob.r_en.eq(advance), ob.r_addr.eq(rd_tok * B + blk)]
                 with m.If(advance):
                     m.d.sync += out.valid.eq(more)
                     with m.If(more):
-                        m.d.comb += [ob_w.en.eq(1), ob_w.addr.eq(rd_tok * B + blk),
-                                     ob_w.data.as_value().eq(0)]
+                        m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(rd_tok * B + blk),
+                                     ob.w_data.as_value().eq(0)]
                         m.d.sync += [cnt.out_writes.eq(cnt.out_writes + 1),
                                      out_tok.eq(rd_tok), out_blk.eq(blk),
                                      out_last.eq((rd_tok == n_window - 1) & (blk == B - 1)),

@@ -4,7 +4,8 @@ Flow (``synth_script``):
 
 1. ``synth -run :fine``: elaboration, FSM extraction, arithmetic (``alumacc``), resource
    sharing, and memories collected into ``$mem_v2`` cells.
-2. Memories are SRAM macros, not logic: each is listed (``dump -m t:$mem_v2``: width x depth, per
+2. Memories are SRAM macros, not logic: each is listed (``dump -m t:$mem_v2``, and the
+   black-box SRAM macros ``moepim_sram`` of :mod:`moepim.hw.sram`: width x depth, per
    instance) and removed before gate mapping; their area is ``bits x sram_area_um2_per_bit``
    of the technology file.
 3. ``synth -run fine:`` maps the logic to Yosys's internal gates, ``dfflegalize`` to plain D
@@ -51,7 +52,8 @@ def synth_script(top: str, *, flow: str = "gates", blackbox: tuple[str, ...] = (
     steps = [f"hierarchy -top {top}"]
     if blackbox:
         steps.append("blackbox " + " ".join(blackbox))
-    steps += [f"synth -top {top} -run :fine", "tee -q -o memories.txt dump -m t:$mem_v2",
+    steps += [f"synth -top {top} -run :fine",
+              "tee -q -o memories.txt dump -m t:$mem_v2 t:moepim_sram",
               "delete t:$mem_v2",
               f"synth -top {top} -run fine:" + (" -noabc" if flow == "gates" else ""),
               "dfflegalize -cell $_DFF_P_ 01"]
@@ -163,18 +165,20 @@ def _rtlil_int(word: str) -> int:
 
 
 def _memories(text: str, instances: dict[str, int]) -> list[dict]:
-    """The ``$mem_v2`` cells of a ``dump``: module, name, width, depth, bits, instances."""
+    """The ``$mem_v2`` and SRAM-macro (``moepim_sram``) cells of a ``dump``: module, name,
+    width, depth, bits, instances."""
     out, module, cur = [], None, None
     for line in text.splitlines():
         words = line.split()
         if words[:1] == ["module"]:
             module = words[1].lstrip("\\")
-        elif words[:2] == ["cell", "$mem_v2"]:
+        elif words[:2] in (["cell", "$mem_v2"], ["cell", "\\moepim_sram"]):
             cur = {"module": module, "name": words[2].lstrip("\\"), "width": 0, "depth": 0}
             out.append(cur)
         elif cur is not None and words[:2] == ["parameter", "\\WIDTH"]:
             cur["width"] = _rtlil_int(words[2])
-        elif cur is not None and words[:2] == ["parameter", "\\SIZE"]:
+        elif cur is not None and words[:2] in (["parameter", "\\SIZE"],
+                                                ["parameter", "\\DEPTH"]):
             cur["depth"] = _rtlil_int(words[2])
     for x in out:
         x["bits"] = x["width"] * x["depth"]

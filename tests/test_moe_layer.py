@@ -135,7 +135,7 @@ def test_small_layer_verilator_bit_exact_with_gaps_and_backpressure(tmp_path):
                                               + report["phases"]["dram_ns"])
     assert dram["by_kind"]["tokens_in"]["bytes"] == n_tok * exp.model.d_model
     assert dram["by_kind"]["results_out"]["bytes"] == n_tok * exp.model.d_model
-    assert report["phases"]["dram_ns"] >= dram["busy_ns"] > 0
+    assert report["phases"]["dram_ns"] >= dram["busy_ns"] * (1 - 1e-9) and dram["busy_ns"] > 0
     assert report["efficiency"]["tops_per_mm2"] > 0
     # switching activity: one SAIF per simulation (prefill, cached decode, no-cache decode)
     sw = e["switching"]

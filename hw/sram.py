@@ -1,0 +1,67 @@
+"""``Sram``: a one-write, one-read-port RAM (synchronous, non-transparent read: a read in the
+cycle of a write to the same row returns the old row), as an SRAM macro or as Amaranth memory.
+
+``core="macro"``: a black-box ``Instance`` of ``moepim_sram`` (behavioural model
+``hw/verilog/moepim_sram.v``; Yosys prices it as SRAM from its ``WIDTH`` and ``DEPTH``). Large
+buffers are macros because Amaranth writes every bit of a memory's initial contents into its
+netlist (a 512-token layer's buffers: ~60 M bits, minutes of export), and because a compiled
+SRAM is what a chip would use. ``core="memory"``: ``amaranth.lib.memory.Memory`` with the same
+ports and timing, for Amaranth's simulator (which cannot run the Verilog model).
+
+Ports: ``w_en``/``w_addr``/``w_data`` (write at the clock edge), ``r_en``/``r_addr`` ->
+``r_data`` (the row of ``r_addr`` one cycle later when ``r_en``; held while ``r_en`` is low).
+Rows start at zero.
+"""
+
+from __future__ import annotations
+
+from amaranth import ClockSignal, Instance, Module, Shape
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import index_bits, need, need_positive
+
+__all__ = ["Sram", "SRAM_MACRO_NAME", "SRAM_CORES"]
+
+SRAM_MACRO_NAME = "moepim_sram"
+SRAM_CORES = ("macro", "memory")
+
+
+class Sram(wiring.Component):
+    def __init__(self, *, shape, depth: int, core: str = "macro"):
+        need_positive("depth", depth)
+        need(core in SRAM_CORES, "core", core, f"one of {', '.join(SRAM_CORES)}")
+        self._shape, self._depth, self._core = shape, depth, core
+        addr = index_bits(depth)
+        super().__init__({
+            "w_en": In(1), "w_addr": In(addr), "w_data": In(shape),
+            "r_en": In(1, init=1), "r_addr": In(addr), "r_data": Out(shape),
+        })
+
+    depth = property(lambda self: self._depth)
+    core = property(lambda self: self._core)
+
+    @property
+    def width(self) -> int:
+        return Shape.cast(self._shape).width
+
+    @property
+    def bits(self) -> int:
+        return self.width * self._depth
+
+    def elaborate(self, platform):
+        m = Module()
+        if self._core == "memory":
+            m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth,
+                                                   init=[])
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.en.eq(self.w_en), wp.addr.eq(self.w_addr), wp.data.eq(self.w_data),
+                         rp.en.eq(self.r_en), rp.addr.eq(self.r_addr), self.r_data.eq(rp.data)]
+            return m
+        value = lambda v: v.as_value() if isinstance(v, data.View) else v   # noqa: E731
+        m.submodules.macro = Instance(
+            SRAM_MACRO_NAME, p_WIDTH=self.width, p_DEPTH=self._depth,
+            p_ADDR_BITS=len(self.w_addr), i_clk=ClockSignal(),
+            i_w_en=self.w_en, i_w_addr=self.w_addr, i_w_data=value(self.w_data),
+            i_r_en=self.r_en, i_r_addr=self.r_addr, o_r_data=value(self.r_data))
+        return m
