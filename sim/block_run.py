@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from moepim.testbenches.benches import BENCHES
@@ -33,12 +33,16 @@ def no_pytest_env():
 def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_root=None,
               trace: str | None = None, trace_to: Path | None = None, setup=None,
               info: dict | None = None, progress=None, plusargs: list[str] | None = None,
-              key_params: dict | None = None):
+              key_params: dict | None = None, build_estimate_s: float | None = None,
+              during_sim=None):
     """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
     ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
     macro models); ``plusargs`` go to the cocotb simulators (e.g. the matrix banks' cell
-    images); ``info`` receives the build facts and the simulation's wall time."""
+    images); ``info`` receives the build facts and the simulation's wall time.
+    ``build_estimate_s``: a progress bar for a cold build (with ``progress``); ``during_sim``:
+    a context-manager factory entered around the simulation itself (its progress bar)."""
+    during_sim = during_sim or nullcontext
     info = info if info is not None else {}
     fn = BENCHES[bench]
     if sim == "amaranth":
@@ -55,7 +59,8 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
         if setup is not None:
             setup(s)
         t0 = time.monotonic()
-        s.run()
+        with during_sim():
+            s.run()
         info.update(sim_s=time.monotonic() - t0, cached=False, build_s=0.0)
         return json.loads(json.dumps(out["result"]))    # same plain types as cocotb's
 
@@ -65,7 +70,8 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
         raise ValueError("give both trace and trace_to, or neither")
     waves = trace is not None
     build = build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace,
-                            progress=progress, key_params=key_params)
+                            progress=progress, key_params=key_params,
+                            build_estimate_s=build_estimate_s)
     info.update(cached=build.cached, build_s=build.build_s, directory=str(build.directory))
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -75,7 +81,7 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
                 "result": str(folder / "result.json")}
         (folder / "bench.json").write_text(json.dumps(spec))
         t0 = time.monotonic()
-        with no_pytest_env():
+        with no_pytest_env(), during_sim():
             xml = build.runner().test(
                 test_module="moepim.testbenches.block", hdl_toplevel=top,
                 hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,

@@ -24,6 +24,7 @@ from pathlib import Path
 from amaranth.back import verilog
 
 from .ports import port_map
+from .progress import timed_bar
 from .toolchain import setup_simulator
 
 __all__ = ["export_component", "to_verilog", "silence_unused", "compact_zero_init",
@@ -202,14 +203,16 @@ def _hw_digest() -> str:
 
 def build_simulator(component, *, sim: str, top: str, build_root: Path | None = None,
                     trace: str | None = None, progress=None,
-                    key_params: dict | None = None) -> Build:
+                    key_params: dict | None = None,
+                    build_estimate_s: float | None = None) -> Build:
     """Export ``component`` and build it for ``sim`` (``verilator`` or ``icarus``), cached.
 
     ``trace``: ``None``, ``"vcd"`` (value changes, for waveform regression) or ``"saif"``
     (toggle counts, Verilator only). The cache key is the exported Verilog, or, when
     ``key_params`` (the component's constructor arguments) is given, those parameters and a
     digest of the RTL sources: then a cached build skips the export (large designs take
-    minutes to export)."""
+    minutes to export). ``build_estimate_s`` (with ``progress``): show the compilation as a
+    progress bar against that estimate."""
     if trace not in (None, "vcd", "saif"):
         raise ValueError(f"trace={trace!r} is not allowed: None, 'vcd' or 'saif'")
     if trace == "saif" and sim != "verilator":
@@ -258,16 +261,19 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         t0 = time.monotonic()
         if progress:
             progress(f"building {top} for {sim}")
-        runner.build(
-            sources=sources,
-            hdl_toplevel=top,
-            build_dir=staging,
-            build_args=flags,
-            timescale=("1ns", "1ps"),
-            waves=waves,
-            always=True,
-            log_file=staging / "build.log",
-        )
+        bar = (timed_bar(f"building {top}", build_estimate_s)
+               if progress and build_estimate_s else contextlib.nullcontext())
+        with bar:
+            runner.build(
+                sources=sources,
+                hdl_toplevel=top,
+                build_dir=staging,
+                build_args=flags,
+                timescale=("1ns", "1ps"),
+                waves=waves,
+                always=True,
+                log_file=staging / "build.log",
+            )
         build_s = time.monotonic() - t0
         (staging / "build.ok").write_text(json.dumps({"build_s": build_s}))
         os.replace(staging, directory)

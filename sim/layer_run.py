@@ -8,6 +8,7 @@ plots) of :mod:`moepim.sim.layer_report`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import tempfile
@@ -44,6 +45,7 @@ from .moe_run import (
     prepare_windows,
     write_bank_images,
 )
+from .progress import file_bar
 from .report import write_report
 
 __all__ = ["run_layer_experiment", "estimate_resources", "ResourceError"]
@@ -240,14 +242,19 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
             trace_to = (out_folder / "waves.vcd" if waves else
                         Path(tmp) / f"{name}.saif" if switching else None)
             part_info = {}
-            results += run_bench(sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
-                                 args=bench_args(part, spec, wl.quant,
-                                                 gap_p=wl_cfg.input_gaps,
-                                                 stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
-                                                 progress=progress is not None,
-                                                 luts=luts),
-                                 sim=sim, plusargs=plus, key_params=key, info=part_info,
-                                 progress=say, build_root=root, trace=trace, trace_to=trace_to)
+            progress_file = Path(tmp) / f"{name}.progress"
+            expected = _expected_bench_cycles(part, dut, len(luts), wl_cfg.input_gaps,
+                                              wl_cfg.backpressure)
+            results += run_bench(
+                sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
+                args=bench_args(part, spec, wl.quant, gap_p=wl_cfg.input_gaps,
+                                stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
+                                progress_file=progress_file, luts=luts),
+                sim=sim, plusargs=plus, key_params=key, info=part_info, progress=say,
+                build_root=root, trace=trace, trace_to=trace_to,
+                build_estimate_s=est["build_s"],
+                during_sim=functools.partial(file_bar, f"simulating ({name})", expected,
+                                             progress_file, enabled=progress is not None))
             # the build facts of the first simulation (later ones reuse its build); the
             # simulation time of all
             sim_s = info.get("sim_s", 0.0) + part_info["sim_s"]
@@ -365,6 +372,19 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     report["plots"] = write_layer_plots(out_folder, report, windows)
     write_report(out_folder, report, exp, _headline(report))
     return report
+
+
+def _expected_bench_cycles(windows, dut, n_lut_writes: int, gap_p: float,
+                           stall_p: float) -> int:
+    """About how many cycles the bench takes for ``windows`` (the progress bar's total): the
+    cycle formula of each window with its input beats slowed by the input gaps and its
+    output beats by the back-pressure."""
+    total = n_lut_writes / (1 - gap_p)
+    for w in windows:
+        beats = len(w.x) * dut.blocks
+        total += ((beats + max(1, len(w.jobs))) / (1 - gap_p) + expected_compute_cycles(w, dut)
+                  + beats / (1 - stall_p) + WINDOW_OVERHEAD)
+    return int(total)
 
 
 def _bank_models(layer, images: dict):

@@ -202,14 +202,15 @@ def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShap
 
 
 def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p=0.0,
-               seed=0, progress=False, luts=()) -> dict:
-    """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`."""
+               seed=0, progress_file=None, luts=()) -> dict:
+    """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`;
+    ``progress_file``: where the bench reports its simulated cycles (a progress bar)."""
     combine = ql.requant["combine"]
     return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups}
                         for w in windows], "luts": list(luts),
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p, "stall_p": stall_p,
-            "seed": seed, "progress": progress}
+            "seed": seed, "progress_file": str(progress_file) if progress_file else None}
 
 
 def slot_latencies(sched, dut) -> np.ndarray:

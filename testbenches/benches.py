@@ -7,6 +7,9 @@ Verilator and Icarus runs can be compared with each other and with the functiona
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 __all__ = ["BENCHES"]
@@ -329,12 +332,26 @@ async def free_run(io, *, cycles):
 
 
 
+def report_progress(path, done: int) -> None:
+    """Record ``done`` (simulated cycles) for a progress bar polling ``path``
+    (``moepim.sim.progress.file_bar``); atomic, so the reader never sees half a number."""
+    if not path:
+        return
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(str(int(done)))
+    os.replace(tmp, path)
+
+
+PROGRESS_EVERY = 2000       # cycles between progress reports
+
+
 async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
-                    luts=(), timeout=10_000_000, progress=False):
+                    luts=(), timeout=10_000_000, progress_file=None):
     """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
     d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
     fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
-    tables (SwiGLU layers), streamed first with the same input gaps.
+    tables (SwiGLU layers), streamed first with the same input gaps. ``progress_file``: where
+    the simulated cycles are reported (:func:`report_progress`).
     Returns per window the outputs (``[[int] * d_model]`` per token), the cycles from its
     first token beat to its last output beat, and the layer's counters after it."""
     from .bits import pack_array, unpack_array
@@ -404,6 +421,8 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                     word, act_bits, lanes, True).tolist()
                 done = bool(await io.get("o_outputs.payload.last"))
             await io.tick()
+            if progress_file and io.cycle % PROGRESS_EVERY == 0:
+                report_progress(progress_file, io.cycle)
             if start is not None and io.cycle - start > timeout:
                 raise TimeoutError(f"window {w_index}: no last output after {timeout} cycles")
         io.set("i_tokens.valid", 0)
@@ -417,8 +436,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
         await io.tick()
         results.append({"outputs": outputs, "cycles": io.cycle - 1 - start,
                         "counters": counters})
-        if progress:
-            print(f"moepim: window {w_index + 1}/{len(windows)} done", flush=True)
+        report_progress(progress_file, io.cycle)
     return results
 
 BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
