@@ -252,7 +252,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                 progress_file=progress_file, luts=luts),
                 sim=sim, plusargs=plus, key_params=key, info=part_info, progress=say,
                 build_root=root, trace=trace, trace_to=trace_to,
-                build_estimate_s=est["build_s"],
+                build_estimate_s=est["build_s"] if progress is not None else None,
                 during_sim=functools.partial(file_bar, f"simulating ({name})", expected,
                                              progress_file, enabled=progress is not None))
             # the build facts of the first simulation (later ones reuse its build); the
