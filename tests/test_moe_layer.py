@@ -186,6 +186,18 @@ def test_icarus_runs_the_small_layer_bit_exact(tmp_path):
 
 
 SWIGLU_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-swiglu-small.yaml"
+SHARED_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-shared-small.yaml"
+
+
+def test_icarus_runs_the_shared_swiglu_layer_bit_exact(tmp_path):
+    """SwiGLU engines (SiLU tables in RAM) and the shared expert's engine under Icarus."""
+    need_icarus()
+    exp = load_experiment(SHARED_LAYER)
+    exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, n_prompt=2,
+                                                                n_generate=1))
+    report = run_layer_experiment(exp, sim="icarus", out_folder=tmp_path)
+    _check(report, 2)
+    assert all(w["shared_jobs"] == w["tokens"] for w in report["windows"])
 
 
 @pytest.mark.xdist_group("layer-verilator")
@@ -213,9 +225,6 @@ def test_swiglu_layer_verilator_bit_exact(tmp_path):
     # every token went through top-2 experts
     assert sum(w["jobs"] for w in report["windows"]) == \
         m.router.top_k * (exp.workload.n_prompt + exp.workload.n_generate)
-
-
-SHARED_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-shared-small.yaml"
 
 
 @pytest.mark.xdist_group("layer-verilator")
