@@ -132,6 +132,8 @@ class ExpertEngine(wiring.Component):
     up = property(lambda self: self._up)
     down = property(lambda self: self._down)
     ffn = property(lambda self: self._ffn)
+    d_ff = property(lambda self: self._d_ff)
+    group_size = property(lambda self: self._group_size)
     bank_names = property(lambda self: FFN_BANKS[self._ffn])
     banks = property(lambda self: dict(self._banks))
     lut_depth = property(lambda self: self._group_size << self._act_bits)

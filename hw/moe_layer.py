@@ -44,8 +44,9 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
 
 Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
 job_latency + 5`` (``slot_cycles``), ``job_latency`` being the longest of the engines working
-in it (``group_latency``: they differ only with a shared expert of another width). Counters: cycles spent in timestamps, timestamps, token
-loads, per group busy timestamps, buffer reads/writes (rows).
+in it (``group_latency``: they differ only with a shared expert of another width).
+Counters: cycles spent in timestamps, timestamps, token loads, per group busy timestamps,
+buffer reads/writes (rows).
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ class MoELayerAccelerator(wiring.Component):
             for g in range(n_groups):
                 proto = self._shared if (self._shared is not None and g == n_groups - 1) \
                     else self._engine
-                eng = ExpertEngine(d_model=d_model, d_ff=proto._d_ff,
-                                   group_size=proto._group_size, lanes=lanes,
+                eng = ExpertEngine(d_model=d_model, d_ff=proto.d_ff,
+                                   group_size=proto.group_size, lanes=lanes,
                                    gate_bits=gate_bits, multiplier_bits=multiplier_bits,
                                    ffn=ffn, core="python", **self._tile)
                 eng._MustUse__silence = True
@@ -146,7 +147,7 @@ class MoELayerAccelerator(wiring.Component):
         vec = data.ArrayLayout(signed(input_bits), lanes)
         lut = {}
         if ffn == "swiglu":
-            widest = max((e for e in self._engine_kinds()), key=lambda e: e.lut_depth)
+            widest = max(self._engine_kinds(), key=lambda e: e.lut_depth)
             lut = {"i_lut": In(stream.Signature(data.StructLayout({
                 "group": unsigned(index_bits(n_groups)),
                 "addr": widest.lut_addr.shape(), "data": widest.lut_data.shape()})))}
@@ -217,9 +218,9 @@ class MoELayerAccelerator(wiring.Component):
     def _engine_port(self, g: int):
         """Group ``g``'s engine: its ports as signals, and its ``Instance`` (python core: the
         group's own engine object, both)."""
-        engine, module = self._engine_of(g)
         if self._group_engines:
             return self._group_engines[g], self._group_engines[g]
+        engine, module = self._engine_of(g)
         port = engine.signature.create(path=(f"engine{g}",))
         conns = {}
         for path, member, value in engine.signature.flatten(port):
