@@ -39,22 +39,29 @@ def _matrix_tiles(model, d_ff: int, shape) -> dict:
 
 def layer_geometry(model, tile, n_groups: int, group_size: int) -> dict:
     """Tiles of every expert matrix (``matrix_tiles``: name -> (row tiles, column tiles); the
-    shared expert's in ``shared_matrix_tiles``), of the router's gate (with the shared gate's
-    column), crossbar and peripheral-set counts. ``n_groups``: routed groups (a shared expert
+    shared expert's in ``shared_matrix_tiles``), of the router's gate matrices
+    (``gate_tiles``: the linear gate with the shared gate's column, or the MLP gate's two
+    layers), crossbar and peripheral-set counts. ``n_groups``: routed groups (a shared expert
     has its own engine: one slot, its own peripheral sets)."""
     shape = TileShape(**tile.shape_kwargs())
     matrices = _matrix_tiles(model, model.d_ff, shape)
     shared = _matrix_tiles(model, model.shared.d_ff, shape) if model.shared.n_shared else {}
     gate_columns = model.n_experts + (1 if model.shared.n_shared and
                                       model.shared.gate == "sigmoid" else 0)
-    gate = tiles_of(model.d_model, gate_columns, shape)
+    if model.router.kind == "mlp_gate":
+        hidden = model.router.gate_hidden
+        gate = {"fc1": tiles_of(model.d_model, hidden, shape),
+                "fc2": tiles_of(hidden, gate_columns, shape)}
+    else:
+        gate = {"gate": tiles_of(model.d_model, gate_columns, shape)}
+    gate_crossbars = sum(r * c for r, c in gate.values())
     per_expert = sum(r * c for r, c in matrices.values())
     per_shared = sum(r * c for r, c in shared.values())
     return {"matrix_tiles": matrices, "shared_matrix_tiles": shared, "gate_tiles": gate,
             "crossbars_per_expert": per_expert, "crossbars_per_shared": per_shared,
             "expert_crossbars": per_expert * model.n_experts + per_shared,
-            "gate_crossbars": gate[0] * gate[1],
-            "peripheral_sets": per_expert * n_groups + per_shared + gate[0] * gate[1],
+            "gate_crossbars": gate_crossbars,
+            "peripheral_sets": per_expert * n_groups + per_shared + gate_crossbars,
             "n_groups": n_groups, "group_size": group_size}
 
 
@@ -82,11 +89,10 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
     measured)."""
     tech, tile, model = exp.tech, exp.tile, exp.model
     adc = tech.adc_energy_pj[tile.adc_bits].value
-    gate = geo["gate_tiles"]
     jobs, shared_jobs = events["jobs"], events.get("shared_jobs", 0)
     tile_mvms = jobs * geo["crossbars_per_expert"] + shared_jobs * geo["crossbars_per_shared"]
     ex = _mvm_events(tile, tile_mvms)
-    gx = _mvm_events(tile, events["routed_tokens"] * gate[0] * gate[1])
+    gx = _mvm_events(tile, events["routed_tokens"] * geo["gate_crossbars"])
     cell = tech.cell_read_energy_fj.value * 1e-3
     ops = [(jobs, _job_ops(model, geo["matrix_tiles"], model.d_ff))]
     if shared_jobs:
@@ -124,7 +130,7 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
         breakdown["digital_switching"] = toggles * tech.net_toggle_energy_fj.value * 1e-3
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
             "events": {"expert_tile_mvms": tile_mvms,
-                       "gate_tile_mvms": events["routed_tokens"] * gate[0] * gate[1],
+                       "gate_tile_mvms": events["routed_tokens"] * geo["gate_crossbars"],
                        "adds": adds, "mults": mults, **events},
             "method": "events x per-event energy + RTL net toggles x net_toggle_energy_fj + "
                       "ADC leakage x time; constants and sources in the resolved tech and DRAM "
