@@ -27,7 +27,7 @@ from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.layer_run import run_layer_experiment
-from moepim.sim.moe_run import prepare_windows
+from moepim.sim.moe_run import layer_groups, prepare_windows
 
 
 def golden_only(exp) -> float:
@@ -36,10 +36,11 @@ def golden_only(exp) -> float:
     mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
     wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
                        seed=wl_cfg.seed, matmul=mm)
-    groups = make_groups(wl_cfg.grouping, exp.model.n_experts,
-                         wl.routing.mask[:wl_cfg.n_prompt].sum(0))
+    groups = layer_groups(make_groups(wl_cfg.grouping, exp.model.n_experts,
+                                      wl.routing.mask[:wl_cfg.n_prompt].sum(0)), exp.model)
     prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
-    if wl_cfg.go_cache and wl_cfg.no_cache != "off":
+    if wl_cfg.go_cache and wl_cfg.no_cache != "off" and \
+            exp.model.router.kind == "expert_choice":
         prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
                         golden="all" if wl_cfg.no_cache == "simulate" else "last")
     return time.monotonic() - t0
