@@ -21,7 +21,7 @@ import numpy as np
 
 from .tile import TileShape, _plane_weights, _planes, encode_cells
 
-__all__ = ["CrossbarMatmul", "bank_image", "tiles_of", "window_cycles"]
+__all__ = ["CrossbarMatmul", "bank_image", "row_tile_outputs", "tiles_of", "window_cycles"]
 
 
 def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
@@ -49,6 +49,36 @@ def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
     return out
 
 
+def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape) -> np.ndarray:
+    """What the tiles of one matrix compute, per row tile: ``x`` ``(B, row_tiles * n_rows)``
+    signed inputs, ``cells`` ``(row_tiles, col_tiles, n_rows, n_columns)`` (as
+    :func:`bank_image` lays them out); returns ``(B, row_tiles, col_tiles * n_outputs)``, each
+    row tile's outputs with its own offset correction (so their sum over row tiles is the
+    matrix product through the crossbars)."""
+    s = shape
+    rt, ct = cells.shape[:2]
+    planes = _planes(x, s).astype(np.float32)                  # (IB, B, rt*R)
+    shift, top = s.resolved_adc_shift, (1 << s.adc_bits) - 1
+    pw = _plane_weights(s)
+    slice_w = np.array([1 << (j * s.bits_per_cell) for j in range(s.slices_per_weight)],
+                       dtype=np.int64)
+    half_w = 1 << (s.weight_bits - 1)
+    out = np.zeros((x.shape[0], rt, ct * s.n_outputs), dtype=np.int64)
+    for i in range(rt):
+        rows = slice(i * s.n_rows, (i + 1) * s.n_rows)
+        p = planes[:, :, rows]                                  # (IB, B, R)
+        c = cells[i].transpose(1, 0, 2).reshape(s.n_rows, -1).astype(np.float32)
+        # column sums < 2**24: exact in float32 whatever the summation order
+        sums = np.rint(p.reshape(-1, s.n_rows) @ c).astype(np.int64)
+        sums = sums.reshape(p.shape[0], p.shape[1], ct, s.n_columns)
+        conv = np.minimum(sums >> shift, top) << shift
+        acc = np.tensordot(pw, conv, axes=(0, 0))              # (B, ct, C)
+        acc = acc.reshape(*acc.shape[:2], s.n_outputs, s.slices_per_weight) @ slice_w
+        out[:, i] = acc.reshape(x.shape[0], -1) - half_w * x[:, rows].sum(axis=1,
+                                                                          keepdims=True)
+    return out
+
+
 class CrossbarMatmul:
     """``a @ b`` through crossbar tiles of ``shape`` (see the module docstring)."""
 
@@ -63,31 +93,13 @@ class CrossbarMatmul:
             raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
         squeeze = a.ndim == 1
         a = a.reshape(-1, a.shape[-1])
-        rt, ct = tiles_of(*b.shape, s)
-        cells = _cells(b, s)
+        rt, _ = tiles_of(*b.shape, s)
         x = np.zeros((a.shape[0], rt * s.n_rows), dtype=np.int64)
         x[:, :a.shape[1]] = a
         half_x = 1 << (s.input_bits - 1)
         if x.size and (x.min() < -half_x or x.max() > half_x - 1):
             raise ValueError(f"inputs must be signed {s.input_bits}-bit integers")
-        planes = _planes(x, s).astype(np.float32)              # (B, T, rt*R)
-        shift, top = s.resolved_adc_shift, (1 << s.adc_bits) - 1
-        pw = _plane_weights(s)
-        slice_w = np.array([1 << (j * s.bits_per_cell) for j in range(s.slices_per_weight)],
-                           dtype=np.int64)
-        out = np.zeros((a.shape[0], ct * s.n_outputs), dtype=np.int64)
-        for i in range(rt):
-            p = planes[:, :, i * s.n_rows:(i + 1) * s.n_rows]      # (B, T, R)
-            c = cells[i].transpose(1, 0, 2).reshape(s.n_rows, -1).astype(np.float32)
-            # column sums < 2**24: exact in float32 whatever the summation order
-            sums = np.rint(p.reshape(-1, s.n_rows) @ c).astype(np.int64)
-            sums = sums.reshape(p.shape[0], p.shape[1], ct, s.n_columns)
-            conv = np.minimum(sums >> shift, top) << shift
-            acc = np.tensordot(pw, conv, axes=(0, 0))              # (T, ct, C)
-            acc = acc.reshape(*acc.shape[:2], s.n_outputs, s.slices_per_weight) @ slice_w
-            out += acc.reshape(a.shape[0], -1)
-        out -= (1 << (s.weight_bits - 1)) * x.sum(axis=1, keepdims=True)
-        out = out[:, :b.shape[1]]
+        out = row_tile_outputs(x, _cells(b, s), s).sum(axis=1)[:, :b.shape[1]]
         return out[0] if squeeze else out
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from moepim.models.pim import row_tile_outputs
+from moepim.models.tile import TileShape
 from moepim.testbenches.bits import pack_array, unpack_array
 
-__all__ = ["add_macro_model", "add_bank_model", "bank_results"]
+__all__ = ["add_macro_model", "add_bank_model"]
 
 
 def add_macro_model(sim, xbar) -> None:
@@ -43,40 +45,18 @@ def add_macro_model(sim, xbar) -> None:
     sim.add_process(process)
 
 
-def bank_results(cells: np.ndarray, x: np.ndarray, g, row_tiles: int, col_tiles: int
-                 ) -> tuple[np.ndarray, int]:
-    """One MVM of ``moepim_matrix_bank`` on one expert slot's ``cells`` (row tile, column
-    tile, row, column): per output and row tile the partial sum (offset corrected), and the
-    word-line pulses. The arithmetic of ``moepim.models.tile.tile_mvm``, tile by tile."""
-    ib, spw = g.input_bits, g.slices_per_weight
-    n_outs = g.n_columns // spw
-    shift, top = g.resolved_adc_shift, (1 << g.adc_bits) - 1
-    xu = x & ((1 << ib) - 1)
-    planes = ((xu[None, :] >> np.arange(ib)[:, None]) & 1).astype(np.float64)   # (IB, pad)
-    pw = np.array([1 << b for b in range(ib - 1)] + [-(1 << (ib - 1))], dtype=np.int64)
-    slice_w = np.array([1 << (j * g.bits_per_cell) for j in range(spw)], dtype=np.int64)
-    out = np.zeros((col_tiles * n_outs, row_tiles), dtype=np.int64)
-    half = 1 << (g.weight_bits - 1)
-    for rt in range(row_tiles):
-        p = planes[:, rt * g.n_rows:(rt + 1) * g.n_rows]
-        c = cells[rt].transpose(1, 0, 2).reshape(g.n_rows, -1).astype(np.float64)
-        sums = np.rint(p @ c).astype(np.int64)                     # (IB, ct*C), exact
-        conv = np.minimum(sums >> shift, top) << shift
-        col = pw @ conv                                            # (ct*C,)
-        acc = col.reshape(col_tiles * n_outs, spw) @ slice_w
-        out[:, rt] = acc - half * int(x[rt * g.n_rows:(rt + 1) * g.n_rows].sum())
-    ones = int(sum(bin(int(v)).count("1") for v in xu)) * col_tiles
-    return out, ones
-
-
 def add_bank_model(sim, bank, image: np.ndarray) -> None:
     """Play ``moepim_matrix_bank`` (``hw/verilog``) for a ``MatrixBank(core="python")`` in
     Amaranth's simulator, edge for edge as the Verilog model, with the cell ``image`` of
     ``moepim.models.pim.bank_image``."""
     g = bank.geometry
+    shape = TileShape(n_rows=g.n_rows, n_columns=g.n_columns, bits_per_cell=g.bits_per_cell,
+                      weight_bits=g.weight_bits, input_bits=g.input_bits, n_adcs=g.n_adcs,
+                      adc_bits=g.adc_bits, adc_shift=g.resolved_adc_shift)
     rt_n, ct_n = bank.row_tiles, bank.col_tiles
     cells = np.asarray(image, dtype=np.uint8).reshape(bank.n_slots, rt_n, ct_n, g.n_rows,
                                                       g.n_columns)
+    bit_mask = (1 << g.input_bits) - 1
     lanes, latency, out_bits = bank.lanes, bank.mvm_latency, g.output_bits
     n_outs_pad = ct_n * (g.n_columns // g.slices_per_weight)
     mask = (1 << out_bits) - 1
@@ -93,8 +73,11 @@ def add_bank_model(sim, bank, image: np.ndarray) -> None:
             else:
                 done = 0
                 if start and not busy:
-                    results, ones = bank_results(cells[slot], x, g, rt_n, ct_n)
-                    dac = (dac + ones) & ((1 << len(bank.dac_drives)) - 1)
+                    # per output and row tile, the partial sum; one word-line pulse per
+                    # '1' input bit per tile position
+                    results = row_tile_outputs(x[None], cells[slot], shape)[0].T
+                    ones = sum(bin(int(v)).count("1") for v in x & bit_mask)
+                    dac = (dac + ones * ct_n) & ((1 << len(bank.dac_drives)) - 1)
                     busy, count = 1, 1
                 elif busy:
                     if count == latency - 1:

@@ -493,7 +493,8 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     if simulated:
         nc = per[len(windows):]
     else:
-        nc = [{"jobs": len(w.jobs), "shared_jobs": w.shared_jobs, "tokens": len(w.x), "tokens_loaded": w.sched.tokens_loaded,
+        nc = [{"jobs": len(w.jobs), "shared_jobs": w.shared_jobs, "tokens": len(w.x),
+               "tokens_loaded": w.sched.tokens_loaded,
                "cycles": window_total_cycles(w, dut)} for w in nc_windows]
     with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
                       "decode")

@@ -70,8 +70,8 @@ class Window:
 
 def make_component(spec: LayerSpec, tile_kwargs: dict,
                    engine_core: str = "macro") -> MoELayerAccelerator:
-    dut = MoELayerAccelerator(engine_core=engine_core,
-        d_model=spec.d_model, d_ff=spec.d_ff, n_experts=spec.n_experts, n_groups=spec.n_groups,
+    dut = MoELayerAccelerator(
+        engine_core=engine_core, d_model=spec.d_model, d_ff=spec.d_ff, n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
         shared_d_ff=spec.shared_d_ff, **tile_kwargs)
@@ -89,10 +89,9 @@ def _shift(rq, name: str) -> int:
     return rq.shift
 
 
-# the engine's requantisation names -> moepim.models.quant's (per expert prefix)
-_REQUANT_OF = {"up": "up", "down": "down", "gate_proj": "gate", "mul": "mul"}
-# the engine's bank names -> the weight tensors (``experts.<e>.<name>.weight``)
-_TENSOR_OF = {"up": "up", "down": "down", "gate_proj": "gate"}
+# the engine's bank and requantisation names -> moepim.models.quant's (per expert prefix:
+# weights ``<prefix>.<name>.weight``, requantisations ``<prefix>.<name>``)
+_MODEL_NAME = {"up": "up", "down": "down", "gate_proj": "gate", "mul": "mul"}
 
 
 def layer_groups(groups, cfg) -> list[list[int]]:
@@ -114,7 +113,7 @@ def _jobs(sched, groups, weights, ql) -> list:
         for tok, exp, idle in plan:
             fields = {"slot": groups[g].index(exp), "gate": int(weights[tok, exp])}
             for name in FFN_REQUANTS[ql.cfg.ffn]:
-                key = f"{_prefix(exp, ql.cfg)}.{_REQUANT_OF[name]}"
+                key = f"{_prefix(exp, ql.cfg)}.{_MODEL_NAME[name]}"
                 rq = ql.requant[key]
                 fields[f"{name}_mult"] = rq.mult
                 fields[f"{name}_shift"] = _shift(rq, key)
@@ -173,7 +172,7 @@ def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str
     for g, members in enumerate(groups):
         shared = members == [cfg.n_experts]
         for k, name in enumerate(names):
-            ws = [t[f"{_prefix(e, cfg)}.{_TENSOR_OF[name]}.weight"] for e in members]
+            ws = [t[f"{_prefix(e, cfg)}.{_MODEL_NAME[name]}.weight"] for e in members]
             n_in, n_out = ws[0].shape
             images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
                 ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
