@@ -19,6 +19,11 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   timestamp); its gate weight is the shared gate (sigmoid table, or full scale);
 * a combine unit accumulating the gate-weighted expert outputs of each token into an output
   buffer (an SRAM macro), and the final requantisation to ``act_bits`` on the way out.
+* the routing front end (``router``: ``"expert_choice"`` or ``"top_k"``,
+  :class:`~moepim.hw.route_unit.RouteUnit`): the gate matrix on its own crossbars (cell image
+  ``gate_bank_id``, after every group's banks), the softmax, the expert-choice router with
+  the GO cache (``go_rows`` SRAM rows, later rows spilled through ``o_dram_req`` /
+  ``i_dram_resp``) or the top-k router. ``router=None``: the host supplies the routes.
 
 ``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
 every group's engine in place, its banks driven by simulator processes
@@ -31,22 +36,32 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
 
 1. ``i_tokens``: the window's token vectors, ``lanes`` values per beat (any order), ``last``
    on the final beat; the window holds tokens ``0 .. token_of_last``.
-2. ``i_jobs``: the plan, one job per beat, ``last`` on the final one; a single beat with
+2. Routing (``route_mode`` != ``MODE_HOST``, held with ``route_cap`` and ``go_insert`` for
+   the window): token by token, the vector is read from the token buffer into the gate bank
+   (``blocks + 1`` cycles) and handed to the route unit (a two-stage pipeline: the next
+   token is read while the router works on this one); its routes
+   ``(token, expert, weight)`` leave on ``o_routes``, a beat with ``last`` closes the window
+   (``MODE_WINDOW``: routed over the window's tokens, with ``go_insert`` their score rows
+   stored in the GO cache, cleared first; ``MODE_CACHED``: one generated token decided by the
+   GO cache). Cycles: ``route_cycles`` (counter ``route_cycles``, back-pressure excluded).
+   The host builds the plan from the routes (the ``reschedule`` policy runs offline).
+3. ``i_jobs``: the plan, one job per beat, ``last`` on the final one; a single beat with
    ``empty`` (and ``last``) means no expert work in this window.
-3. Timestamps, in lock step for all groups (one per scheduler slot):
+4. Timestamps, in lock step for all groups (one per scheduler slot):
    SLOT (take the slot record and every group's job, 1 cycle), LOAD (each distinct token of
    the slot read once from the token buffer and broadcast to every group that needs it:
    ``d_model/lanes`` cycles per token, plus 1), START (1), WAIT (the engines' job latency),
    COMBINE (per distinct token, ``d_model/lanes`` cycles, plus 1: the groups working on that
    token add their outputs in an adder tree and accumulate into the token's output row).
-4. ``o_outputs``: every token of the window, ``lanes`` values per beat, in token then block
+5. ``o_outputs``: every token of the window, ``lanes`` values per beat, in token then block
    order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
 
 Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
 job_latency + 5`` (``slot_cycles``), ``job_latency`` being the longest of the engines working
 in it (``group_latency``: they differ only with a shared expert of another width).
 Counters: cycles spent in timestamps, timestamps, token loads, per group busy timestamps,
-buffer reads/writes (rows).
+buffer reads/writes (rows); with a router, routing cycles, gate MVMs, the gate bank's DAC
+drives and the GO cache's counters (``go_*``).
 """
 
 from __future__ import annotations
@@ -69,6 +84,7 @@ from amaranth.lib.wiring import In, Out
 
 from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .route_unit import MODE_BITS, MODE_HOST, RouteUnit
 from .scheduler import GroupScheduler
 from .sram import Sram
 
@@ -83,6 +99,8 @@ class MoELayerAccelerator(wiring.Component):
                  group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
                  multiplier_bits: int = 15, ffn: str = "relu", shared_d_ff: int = 0,
                  depth: int | None = None, engine_core: str = "macro",
+                 router: str | None = None, top_k: int = 1, renormalize: bool = False,
+                 c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
@@ -128,6 +146,15 @@ class MoELayerAccelerator(wiring.Component):
                                    ffn=ffn, core="python", **self._tile)
                 eng._MustUse__silence = True
                 self._group_engines.append(eng)
+        # routing front end: the gate on its own crossbars and the router (routed experts)
+        self._route = None
+        if router is not None:
+            self._route = RouteUnit(
+                d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
+                router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
+                c_max=c_max, go_rows=go_rows, max_sequence=max_sequence,
+                core="python" if engine_core == "python" else "macro", **self._tile)
+            self._route._MustUse__silence = True
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
                                            multiplier_bits=multiplier_bits, ffn=ffn)
         self._scheduler = GroupScheduler(n_groups=n_groups, n_tokens=n_tokens,
@@ -151,8 +178,21 @@ class MoELayerAccelerator(wiring.Component):
             lut = {"i_lut": In(stream.Signature(data.StructLayout({
                 "group": unsigned(index_bits(n_groups)),
                 "addr": widest.lut_addr.shape(), "data": widest.lut_data.shape()})))}
+        route = {}
+        if self._route is not None:
+            ru = self._route.signature.members
+            route = {"route_mode": In(MODE_BITS), "route_cap": ru["cap"],
+                     "go_insert": In(1), "gate_index_mult": ru["index_mult"],
+                     "gate_index_shift": ru["index_shift"], "o_routes": ru["o_routes"]}
+            if self._route.has_go_cache:
+                route.update(o_dram_req=ru["o_dram_req"], i_dram_resp=ru["i_dram_resp"])
+            route_counts = {"route_cycles": c, **{
+                name: c for name, _ in self._route.counters.shape()}}
+        else:
+            route_counts = {}
         super().__init__({
             **lut,
+            **route,
             "i_tokens": In(stream.Signature(data.StructLayout({
                 "token": tok, "block": blocks, "data": vec, "last": 1}))),
             "i_jobs": In(stream.Signature(data.StructLayout({
@@ -168,7 +208,7 @@ class MoELayerAccelerator(wiring.Component):
                 "cycles": c, "timestamps": c, "token_loads": c,
                 "token_reads": c, "token_writes": c, "out_reads": c, "out_writes": c,
                 "busy": data.ArrayLayout(c, n_groups),
-                "engine_busy_cycles": c, "dac_drives": c})),
+                "engine_busy_cycles": c, "dac_drives": c, **route_counts})),
         })
 
     # parameters and derived sizes
@@ -186,6 +226,35 @@ class MoELayerAccelerator(wiring.Component):
     blocks = property(lambda self: self._d_model // self._lanes)
 
     shared_engine = property(lambda self: self._shared)
+    route_unit = property(lambda self: self._route)
+
+    @property
+    def gate_bank_id(self) -> int:
+        """Cell image of the gate's crossbars: after every group's banks."""
+        return sum(len(self._engine_of(g)[0].bank_names) for g in range(self._n_groups))
+
+    def route_cycles(self, mode: int, n_tokens: int, *, cap: int = 1, insert: bool = False,
+                     routes_per_token=(), go_rows_read: int = 0,
+                     go_dram_rows: int = 0) -> int:
+        """Cycles of a window's routing phase (counter ``route_cycles``: back-pressure on
+        ``o_routes`` excluded). The route unit is a two-stage pipeline: while stage 2 (the
+        router) works on token ``t``, the layer reads token ``t+1`` into the gate bank
+        (``blocks + 1`` cycles), hands it over (1) and stage 1 runs its gate MVM
+        (``RouteUnit.gate_cycles``); the hand-over of its logits waits for stage 2
+        (``RouteUnit.router_cycles``). After the last token, the window's close
+        (``RouteUnit.close_cycles``). ``routes_per_token``: routes each token emits (top-k)."""
+        ru = self._route
+        load = 0                    # cycle the token's read into the gate bank starts
+        stage2_free = 0             # first cycle stage 2 is idle again
+        for t in range(n_tokens):
+            handover = load + self.blocks + 1
+            handoff = max(handover + ru.gate_cycles + 1, stage2_free)
+            stage2_free = handoff + ru.router_cycles(
+                mode, first=t == 0, insert=insert,
+                n_routes=routes_per_token[t] if routes_per_token else 0,
+                go_rows_read=go_rows_read, go_dram_rows=go_dram_rows)
+            load = handoff + 2
+        return stage2_free + ru.close_cycles(mode, n_tokens, cap)
 
     def _engine_kinds(self):
         return [self._engine] + ([self._shared] if self._shared else [])
@@ -293,6 +362,24 @@ class MoELayerAccelerator(wiring.Component):
             m.d.comb += [e.in_data.as_value().eq(tb.r_data), e.in_addr.eq(wr_blk),
                          e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
 
+        # routing front end: token vectors into the gate bank, routes straight out
+        ru = self._route
+        rl_valid = Signal()
+        rtok = Signal(range(self._n_tokens + 1))
+        if ru is not None:
+            m.submodules.route = ru
+            m.d.comb += [ru.bank_id.eq(self.gate_bank_id), ru.mode.eq(self.route_mode),
+                         ru.cap.eq(self.route_cap), ru.go_insert.eq(self.go_insert),
+                         ru.index_mult.eq(self.gate_index_mult),
+                         ru.index_shift.eq(self.gate_index_shift),
+                         ru.in_data.as_value().eq(tb.r_data), ru.in_addr.eq(wr_blk),
+                         ru.in_we.eq(rl_valid)]
+            wiring.connect(m, ru.o_routes, wiring.flipped(self.o_routes))
+            if ru.has_go_cache:
+                wiring.connect(m, ru.o_dram_req, wiring.flipped(self.o_dram_req))
+                wiring.connect(m, wiring.flipped(self.i_dram_resp), ru.i_dram_resp)
+            m.d.comb += [cnt[name].eq(ru.counters[name]) for name, _ in ru.counters.shape()]
+
         # SiLU tables (SwiGLU): written between windows
         lut_open = Signal()         # the FSM is between windows
         if self.ffn == "swiglu":
@@ -329,6 +416,35 @@ class MoELayerAccelerator(wiring.Component):
                     m.d.sync += cnt.token_writes.eq(cnt.token_writes + 1)
                     with m.If(t.payload.last):
                         m.d.sync += n_window.eq(t.payload.token + 1)
+                        m.next = "JOBS"
+                        if ru is not None:
+                            with m.If(self.route_mode != MODE_HOST):
+                                m.d.sync += [rtok.eq(0), blk.eq(0)]
+                                m.next = "ROUTE_LOAD"
+            if ru is not None:
+                with m.State("ROUTE_LOAD"):
+                    # token rtok's blocks into the gate bank (written one cycle after the read)
+                    m.d.comb += tb.r_addr.eq(rtok * B + blk)
+                    m.d.sync += [rl_valid.eq(blk < B), wr_blk.eq(blk), blk.eq(blk + 1)]
+                    with m.If(blk == B):
+                        m.d.sync += blk.eq(0)
+                        m.next = "ROUTE_GO"
+                with m.State("ROUTE_GO"):
+                    m.d.comb += [ru.i_tokens.valid.eq(1), ru.i_tokens.payload.token.eq(rtok),
+                                 ru.i_tokens.payload.last.eq(rtok == n_window - 1)]
+                    with m.If(ru.i_tokens.ready):
+                        m.d.sync += rtok.eq(rtok + 1)
+                        m.next = "ROUTE_WAIT"
+                        with m.If(rtok == n_window - 1):
+                            m.next = "ROUTE_CLOSE"
+                with m.State("ROUTE_WAIT"):
+                    # the route unit is idle again when it takes tokens
+                    with m.If(ru.i_tokens.ready):
+                        m.next = "ROUTE_LOAD"
+                with m.State("ROUTE_CLOSE"):
+                    # the host takes the routes; the window's closing beat ends the phase
+                    with m.If(self.o_routes.valid & self.o_routes.ready &
+                              self.o_routes.payload.last):
                         m.next = "JOBS"
             with m.State("JOBS"):
                 j, sj = self.i_jobs, sched.i_jobs
@@ -436,6 +552,12 @@ class MoELayerAccelerator(wiring.Component):
                         m.next = "TOKENS"
 
         m.d.comb += lut_open.eq(fsm.ongoing("TOKENS"))
+        if ru is not None:
+            routing = Cat(fsm.ongoing(name) for name in ("ROUTE_LOAD", "ROUTE_GO", "ROUTE_WAIT",
+                                                          "ROUTE_CLOSE")).any()
+            stalled = self.o_routes.valid & ~self.o_routes.ready
+            with m.If(routing & ~stalled):
+                m.d.sync += cnt.route_cycles.eq(cnt.route_cycles + 1)
 
         # timestamp cycles; the engines' counters summed
         running = Cat(fsm.ongoing(name) for name in ("LOAD_FIRST", "LOAD", "START", "WAIT",

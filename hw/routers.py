@@ -144,8 +144,8 @@ class ExpertChoiceRouter(wiring.Component):
 
     ``i_scores`` brings one token's row per transfer (``last`` closes the window; ``cap`` is
     taken with it); rows go to an SRAM. Then, expert by expert, the column streams through a
-    :class:`StreamingTopK` and the selected tokens leave on ``o_selected`` as (expert, token),
-    best first, ``last`` on the window's final selection.
+    :class:`StreamingTopK` and the selected tokens leave on ``o_selected`` as (expert, token,
+    score), best first, ``last`` on the window's final selection.
 
     Cycles from the one after the window's last row to the handshake of its final selection,
     without back-pressure: ``select_cycles = n_experts * (T + 1 + cap)`` for ``T`` tokens.
@@ -165,7 +165,8 @@ class ExpertChoiceRouter(wiring.Component):
                 "scores": row, "cap": unsigned(index_bits(c_max + 1)), "last": 1}))),
             "o_selected": Out(stream.Signature(data.StructLayout({
                 "expert": unsigned(index_bits(n_experts)),
-                "token": unsigned(index_bits(n_tokens)), "last": 1}))),
+                "token": unsigned(index_bits(n_tokens)),
+                "score": unsigned(SCORE_BITS), "last": 1}))),
         })
 
     def select_cycles(self, n_tokens: int, cap: int) -> int:
@@ -216,6 +217,7 @@ class ExpertChoiceRouter(wiring.Component):
                 m.d.comb += [self.o_selected.valid.eq(topk.o_selected.valid),
                              topk.o_selected.ready.eq(self.o_selected.ready),
                              out.expert.eq(expert), out.token.eq(topk.o_selected.payload.index),
+                             out.score.eq(topk.o_selected.payload.score),
                              out.last.eq(topk.o_selected.payload.last & (expert == n_exp - 1))]
                 with m.If(topk.o_selected.valid & self.o_selected.ready &
                           topk.o_selected.payload.last):

@@ -6,17 +6,20 @@ files (with their sources):
 
 * crossbar (cells read per bit plane), DAC drives (the RTL's counters), ADC conversions and
   shift-adds: per tile-position MVM, every bank of a job (up, down; SwiGLU: and gate_proj);
-* router: the gate MVM of every routed token on its own crossbar tiles (same events);
+* router: the gate MVM of every routed token on its own crossbar tiles (same events; the RTL's
+  gate-MVM counter when the layer routes on its own hardware, ``moepim.hw.route_unit``);
 * digital: partial-sum adds, requantisation, SwiGLU products and gate multiplies, combine
   adds;
 * buffers: token and output buffer SRAM bits (the RTL's row counters), SiLU-table reads;
-* GO cache: SRAM bits of the cached gate scores (``moepim.models.gocache``);
+* GO cache: SRAM bits of the cached gate scores (the RTL's counters when the layer routes,
+  otherwise ``moepim.models.gocache``);
 * DRAM: active power x transfer time (prompt in, results out, GO-cache spill and read-back,
   on the channel timeline of ``moepim.sim.layer_run.dram_timeline``) + idle power;
 * leakage: ADC leakage for the whole run.
 
-Area: arrays, ADCs, DACs, shift-adds of every peripheral set, SRAM buffers, from the tech file;
-digital control and datapath logic is not included (Yosys area of the layer: ``moepim synth``).
+Area: arrays, ADCs, DACs, shift-adds of every peripheral set from the tech file; the digital
+logic and the layer's memories (token/output buffers, scheduler queues, the router's score rows
+and the GO cache when the layer routes) from Yosys on the layer's RTL, memories priced as SRAM.
 """
 
 from __future__ import annotations
@@ -84,8 +87,9 @@ def _mvm_events(tile, n_tile_mvms: int) -> dict:
 
 
 def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
-    """``events``: jobs (routed), shared_jobs, dac_drives, routed tokens, SRAM bits, GO-cache
-    bits, DRAM busy ns, and ``net_toggles`` (the RTL's switching activity; ``None`` when not
+    """``events``: jobs (routed), shared_jobs, dac_drives, routed tokens (gate MVMs),
+    ``hw_routing`` (the layer's RTL routes: its selection and softmax logic are in the
+    switching count), SRAM bits, GO-cache bits, DRAM busy ns, and ``net_toggles`` (the RTL's switching activity; ``None`` when not
     measured)."""
     tech, tile, model = exp.tech, exp.tile, exp.model
     adc = tech.adc_energy_pj[tile.adc_bits].value
@@ -120,8 +124,10 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
         "leakage": (geo["peripheral_sets"] * tile.n_adcs * tech.adc_leakage_mw.value
                     * 1e-3 * time_ns * 1e3),
     }
-    not_included = ["router top-C selection and softmax logic (the gate MVM is included)",
-                    "attention, KV cache and the rest of the transformer"]
+    not_included = ["attention, KV cache and the rest of the transformer"]
+    if not events.get("hw_routing"):
+        not_included.insert(0, "router selection and softmax (routes supplied by the host; "
+                               "the gate MVM is included)")
     toggles = events.get("net_toggles")
     if toggles is None:
         not_included.append("digital switching (toggle counts need a Verilator run with "

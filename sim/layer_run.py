@@ -22,6 +22,7 @@ from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
 from moepim.models.pim import CrossbarMatmul
 from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
+from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 
@@ -39,10 +40,12 @@ from .moe_run import (
     bench_args,
     check_windows,
     expected_compute_cycles,
+    expected_route_cycles,
     layer_groups,
     lut_writes,
     make_component,
     prepare_windows,
+    route_counter_names,
     write_bank_images,
 )
 from .progress import file_bar
@@ -89,6 +92,19 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
             "available_bytes": _mem_available(), "crossbars": geo["expert_crossbars"]}
 
 
+def hw_router(model) -> str | None:
+    """The routing front end the layer is built with (``moepim.hw.route_unit``), or ``None``
+    when the host supplies the routes: the MLP gate (its tanh hidden layer has no RTL yet)
+    and top-k with capacity dropping (no RTL for the drop)."""
+    r = model.router
+    if r.kind == "expert_choice":
+        return "expert_choice"
+    if r.kind == "softmax_topk" and not (r.capacity_factor is not None
+                                         and r.drop_policy == "drop"):
+        return "top_k"
+    return None
+
+
 def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
     """The hardware parameters of an experiment (its build key) and the tile arguments."""
     m, wl_cfg = exp.model, exp.workload
@@ -97,9 +113,21 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
                  and (not wl_cfg.go_cache or wl_cfg.no_cache == "simulate"))
     n_tokens = wl_cfg.n_prompt + (wl_cfg.n_generate if recompute else 0)
     n_sh = 1 if m.shared.n_shared else 0
+    r = m.router
+    router = hw_router(m)
+    route = {}
+    if router == "expert_choice":
+        go = wl_cfg.go_cache and wl_cfg.n_generate > 0
+        seq = wl_cfg.n_prompt + wl_cfg.n_generate
+        route = {"c_max": expert_choice_capacity(n_tokens, m.n_experts, r.ec_capacity_factor),
+                 "go_rows": min(exp.layer.go_cache_rows or seq, seq) if go else 0,
+                 "max_sequence": seq if go else 0}
+    elif router == "top_k":
+        route = {"top_k": r.top_k, "renormalize": bool(r.renormalize)}
     spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
                      max(len(g) for g in probe), n_tokens, exp.layer.lanes, m.quant.gate_bits,
-                     m.quant.multiplier_bits, m.ffn, m.shared.d_ff if n_sh else 0)
+                     m.quant.multiplier_bits, m.ffn, m.shared.d_ff if n_sh else 0,
+                     router=router, **route)
     hw_tile = {k: v for k, v in exp.tile.hw_kwargs().items() if k not in ("group_size", "core")}
     return spec, hw_tile
 
@@ -174,13 +202,19 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     P = wl_cfg.n_prompt
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
-    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
+    # the layer routes on its own hardware unless routes come from a trace (or its router
+    # has no RTL: hw_router)
+    trace_routes = trace is not None
+    hw_routing = spec.router is not None and not trace_routes
+    route_kw = {"hw_routing": hw_routing, "go_rows": spec.go_rows}
+    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm,
+                              **route_kw)
     # the GO cache matters to expert choice only (a token-choice router decides alone)
     compare = (wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
                and m.router.kind == "expert_choice")
     simulate_nc = compare and wl_cfg.no_cache == "simulate"
     nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
-                                  golden="all" if simulate_nc else "last")[1:]
+                                  golden="all" if simulate_nc else "last", **route_kw)[1:]
                   if compare else [])
 
     # GO cache exactness: the cache's decisions are the workload's, and the new token's
@@ -188,7 +222,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     go = None
     if wl_cfg.go_cache and m.router.kind == "expert_choice" and wl_cfg.n_generate and \
             trace is None:
-        rows = exp.layer.go_cache_rows or (P + wl_cfg.n_generate)
+        rows = min(exp.layer.go_cache_rows or (P + wl_cfg.n_generate), P + wl_cfg.n_generate)
         cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
         for t in range(P):
             cache.insert(wl.routing.scores[t])
@@ -217,11 +251,12 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     info = {}
     # switching activity (Verilator's SAIF) unless the run records waveforms instead: then the
-    # prompt, the cached decode steps and the no-cache steps are separate simulations of the
-    # same build (each window starts from an empty layer), so each has its own toggle count
+    # prompt, the prompt with the cached decode steps (the decode steps need the GO cache the
+    # prompt filled; their toggles are the difference) and the no-cache steps are separate
+    # simulations of the same build, so each has its own toggle count
     switching = sim in SWITCHING_SIMULATORS and not waves and exp.layer.switching_activity
     trace = "vcd" if waves else ("saif" if switching else None)
-    parts = ([("prefill", windows[:1]), ("decode", windows[1:]),
+    parts = ([("prefill", windows[:1]), ("prefill_decode", windows),
               ("no_cache", nc_windows if simulate_nc else [])] if switching else
              [("all", run_windows)])
     results, toggles = [], {}
@@ -245,26 +280,37 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
             progress_file = Path(tmp) / f"{name}.progress"
             expected = _expected_bench_cycles(part, dut, len(luts), wl_cfg.input_gaps,
                                               wl_cfg.backpressure)
-            results += run_bench(
+            got = run_bench(
                 sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
                 args=bench_args(part, spec, wl.quant, gap_p=wl_cfg.input_gaps,
                                 stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
-                                progress_file=progress_file, luts=luts),
+                                progress_file=progress_file, luts=luts,
+                                extra_counters=route_counter_names(dut)),
                 sim=sim, plusargs=plus, key_params=key, info=part_info, progress=say,
                 build_root=root, trace=trace, trace_to=trace_to,
                 build_estimate_s=est["build_s"] if progress is not None else None,
                 during_sim=functools.partial(file_bar, f"simulating ({name})", expected,
                                              progress_file, enabled=progress is not None))
+            # the prompt alone is simulated for its toggles only
+            results += got if name != "prefill" else []
             # the build facts of the first simulation (later ones reuse its build); the
             # simulation time of all
             sim_s = info.get("sim_s", 0.0) + part_info["sim_s"]
             info = {**(info or part_info), "sim_s": sim_s}
             if switching:
                 toggles[name] = switching_energy(trace_to, exp.tech)
+        if "prefill_decode" in toggles:
+            both, first = toggles.pop("prefill_decode"), toggles["prefill"]
+            toggles["decode"] = {**both, "toggles": both["toggles"] - first["toggles"],
+                                 "energy_pj": both["energy_pj"] - first["energy_pj"],
+                                 "method": both["method"] + "; the decode steps' toggles: a "
+                                 "run of the prompt and the decode steps minus the prompt's"}
+    kept = [p for name, p in parts if p and name != "prefill"]
     check = check_windows(run_windows, results, dut, restarts=[
-        sum(len(p) for _, p in parts[:k]) for k in range(1, len(parts))])
+        sum(len(p) for p in kept[:k]) for k in range(1, len(kept))])
     per = check["windows"]
-    cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] for w in per)
+    cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"]
+                    and w.get("route_cycles") == w.get("expected_route_cycles") for w in per)
 
     # timing: RTL cycles of every window on the DRAM channel's timeline
     main = per[:len(windows)]
@@ -280,20 +326,30 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     jobs = sum(w["jobs"] for w in main) - shared_jobs
     c = [w["counters"] for w in main]
     acc_bits = dut.acc_bits
+    if go and hw_routing:
+        # the GO cache's RTL counters (prompt inserts, decode decisions) vs its model's
+        rtl = {k: sum(x[f"go_{k}"] for x in c) for k in go["counters"]}
+        go["rtl_counters"] = rtl
+        go["counters_match_rtl"] = rtl == go["counters"]
     buffer_bits = sum((x["token_reads"] + x["token_writes"]) * spec.lanes * tile.input_bits
                       + (x["out_reads"] + x["out_writes"]) * spec.lanes * acc_bits for x in c)
+    # gate MVMs: the RTL's count when the layer routes (a no-cache window recomputes its
+    # prefix's), else one per token
+    routed = sum(x["gate_mvms"] for x in c) if hw_routing else n_tokens_total
     events = {"jobs": jobs, "shared_jobs": shared_jobs,
-              "dac_drives": sum(x["dac_drives"] for x in c),
-              "routed_tokens": n_tokens_total, "buffer_bits": buffer_bits,
-              "go_cache_bits": go["counters"]["sram_bits"] if go else 0,
+              "dac_drives": sum(x["dac_drives"] + x.get("gate_dac_drives", 0) for x in c),
+              "routed_tokens": routed, "hw_routing": hw_routing, "buffer_bits": buffer_bits,
+              "go_cache_bits": (go.get("rtl_counters", go["counters"])["sram_bits"]
+                                if go else 0),
               "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
               "dram_busy_ns": dram["busy_ns"],
               "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
                                   if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
     energy["switching"] = toggles or None
+    # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
     go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
-                     if wl_cfg.go_cache else 0)
+                     if wl_cfg.go_cache and not spec.go_rows else 0)
     say("digital logic area: yosys on the layer's RTL (cached after the first run)")
     t_synth = time.monotonic()
     area = layer_area_mm2(exp, geo, go_cache_bits, component_area(
@@ -334,7 +390,27 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
                                         dut, simulate_nc, go, toggles)
     golden_match = not check["mismatches"]
-    go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"])
+    if go and hw_routing:
+        # the decode steps' selections made by the RTL GO cache are the golden's
+        go["rtl_selection_equal"] = all(w["routes_match"] for w in main[1:])
+    go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"]
+                                        and go.get("rtl_selection_equal", True)
+                                        and go.get("counters_match_rtl", True))
+    routing = {"source": "host (golden routing: " + (
+        "a trace" if trace_routes else f"no RTL for the {m.router.kind} router") + ")",
+        "router": m.router.kind}
+    if hw_routing:
+        routing = {
+            "source": "hardware: gate crossbars, softmax and "
+                      + ("expert-choice router / GO cache" if spec.router == "expert_choice"
+                         else "top-k router") + " (moepim.hw.route_unit)",
+            "router": m.router.kind, "hw_router": spec.router,
+            "routes_match": all(w["routes_match"] for w in per),
+            "route_cycles_match_formula": all(w["route_cycles"] == w["expected_route_cycles"]
+                                              for w in per),
+            "prefill_route_cycles": per[0]["route_cycles"],
+            "decode_route_cycles": [w["route_cycles"] for w in main[1:]],
+            "gate_mvms": routed}
     wall = time.monotonic() - t0
     report = {
         "kind": "moe_layer", "sim": sim, "cycles": cycles, "time_ns": time_ns,
@@ -343,6 +419,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                    "decode_cycles": [d["cycles"] for d in decode],
                    "dram_ns": dram_ns},
         "dram": dram,
+        "routing": routing,
         "windows": per,
         "schedule": {"groups": groups, "policy": wl_cfg.policy,
                      "shared_expert": m.n_experts if m.shared.n_shared else None,
@@ -383,7 +460,8 @@ def _expected_bench_cycles(windows, dut, n_lut_writes: int, gap_p: float,
     for w in windows:
         beats = len(w.x) * dut.blocks
         total += ((beats + max(1, len(w.jobs))) / (1 - gap_p) + expected_compute_cycles(w, dut)
-                  + beats / (1 - stall_p) + WINDOW_OVERHEAD)
+                  + (expected_route_cycles(w, dut) or 0) + beats / (1 - stall_p)
+                  + WINDOW_OVERHEAD)
     return int(total)
 
 
@@ -397,6 +475,9 @@ def _bank_models(layer, images: dict):
             for k, name in enumerate(engine.bank_names):
                 bank_id = len(engine.bank_names) * g + k
                 add_bank_model(simulator, engine.banks[name], images[f"MOEPIM_BANK{bank_id}"])
+        if layer.route_unit is not None:
+            add_bank_model(simulator, layer.route_unit.bank,
+                           images[f"MOEPIM_BANK{layer.gate_bank_id}"])
     return setup
 
 
@@ -470,7 +551,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
               "net_toggles": toggles[part]["toggles"] if both else None}
         if all("counters" in e for e in entries):
             c = [e["counters"] for e in entries]
-            ev["dac_drives"] = sum(x["dac_drives"] for x in c)
+            ev["dac_drives"] = sum(x["dac_drives"] + x.get("gate_dac_drives", 0) for x in c)
             ev["buffer_bits"] = sum((x["token_reads"] + x["token_writes"]) * lanes * ab
                                     + (x["out_reads"] + x["out_writes"]) * lanes * acc_bits
                                     for x in c)
@@ -507,14 +588,16 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
 
 
 def window_total_cycles(w, dut) -> int:
-    """Cycles of a window without input gaps or back-pressure: token beats, job beats, the
-    timestamps (exact, ``window_cycles``), the output beats and one cycle of hand-over. The
-    RTL takes this or up to ``SETTLE_MAX`` cycles more (the scheduler waits for its queues'
-    heads after the last job beat); the tests check that bound."""
+    """Cycles of a window without input gaps or back-pressure: token beats, the routing phase
+    (exact, ``expected_route_cycles``), job beats, the timestamps (exact, ``window_cycles``),
+    the output beats and one cycle of hand-over. The RTL takes this or up to ``SETTLE_MAX``
+    cycles more (the scheduler waits for its queues' heads after the last job beat); the
+    tests check that bound."""
     n = len(w.x)
     jobs = max(1, len(w.jobs))
     compute = expected_compute_cycles(w, dut)
-    return n * dut.blocks + jobs + compute + n * dut.blocks + WINDOW_OVERHEAD
+    route = expected_route_cycles(w, dut) or 0
+    return n * dut.blocks + route + jobs + compute + n * dut.blocks + WINDOW_OVERHEAD
 
 
 WINDOW_OVERHEAD = 1

@@ -25,6 +25,13 @@ import numpy as np
 
 from moepim.hw.expert_engine import FFN_BANKS, FFN_REQUANTS
 from moepim.hw.moe_layer import MoELayerAccelerator
+from moepim.hw.route_unit import (
+    INDEX_MULT_BITS,
+    INDEX_SHIFT_BITS,
+    MODE_CACHED,
+    MODE_HOST,
+    MODE_WINDOW,
+)
 from moepim.models.moe import Routing
 from moepim.models.pim import bank_image, window_cycles
 from moepim.models.quant import moe_forward_int, route_int, shared_gate_int
@@ -32,8 +39,9 @@ from moepim.models.routing import expert_choice_capacity, expert_choice_mask
 from moepim.models.schedule import IDLE, schedule
 from moepim.models.tile import TileShape
 
-__all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images", "bank_images",
-           "layer_groups", "lut_writes", "bench_args", "check_windows", "slot_latencies",
+__all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images",
+           "bank_images", "layer_groups", "lut_writes", "bench_args", "route_counter_names",
+           "expected_route_cycles", "check_windows", "slot_latencies",
            "expected_compute_cycles"]
 
 
@@ -53,6 +61,13 @@ class LayerSpec:
     multiplier_bits: int
     ffn: str = "relu"
     shared_d_ff: int = 0
+    # routing front end (``moepim.hw.route_unit``): None = routes come from the host
+    router: str | None = None
+    top_k: int = 1
+    renormalize: bool = False
+    c_max: int = 1
+    go_rows: int = 0
+    max_sequence: int = 0
 
 
 @dataclass
@@ -66,15 +81,29 @@ class Window:
     sched: object = None            # moepim.models.schedule.Schedule
     jobs: list = field(default_factory=list)
     shared_jobs: int = 0            # jobs of the shared expert (in ``jobs``)
+    # routing on the hardware (``moepim.hw.route_unit``): mode, capacity, GO-cache insert
+    route_mode: int = MODE_HOST
+    route_cap: int = 0
+    go_insert: bool = False
+    go_rows_read: int = 0           # cached decode: earlier rows the GO cache scans in SRAM
+    go_dram_rows: int = 0           # ... and reads back from DRAM
+
+    def expected_routes(self, n_routed: int) -> list[list[int]]:
+        """``[token, expert, weight]`` of every selection of the routed experts, sorted."""
+        t, e = np.nonzero(self.mask[:, :n_routed])
+        return sorted([int(a), int(b), int(self.weights[a, b])] for a, b in zip(t, e))
 
 
 def make_component(spec: LayerSpec, tile_kwargs: dict,
                    engine_core: str = "macro") -> MoELayerAccelerator:
     dut = MoELayerAccelerator(
-        engine_core=engine_core, d_model=spec.d_model, d_ff=spec.d_ff, n_experts=spec.n_experts, n_groups=spec.n_groups,
+        engine_core=engine_core, d_model=spec.d_model, d_ff=spec.d_ff,
+        n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
-        shared_d_ff=spec.shared_d_ff, **tile_kwargs)
+        shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
+        renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
+        max_sequence=spec.max_sequence, **tile_kwargs)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -122,23 +151,40 @@ def _jobs(sched, groups, weights, ql) -> list:
 
 
 def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
-                    golden: str = "all") -> list[Window]:
+                    golden: str = "all", hw_routing: bool = False,
+                    go_rows: int = 0) -> list[Window]:
     """The prompt window and one window per generated token (see the module docstring).
     ``groups``: :func:`layer_groups` (with a shared expert, every token is a job of its group,
     weighted by the shared gate).
 
     ``golden="last"``: for the no-cache windows compute only the new token's golden output
     (rows of earlier tokens are zero): enough for the GO-cache check and the cycle formula
-    when those windows are not simulated."""
+    when those windows are not simulated.
+
+    ``hw_routing``: the layer routes every window itself (``moepim.hw.route_unit``): a window
+    of the expert-choice router over its tokens (the prompt, and with ``go_cache`` its rows
+    stored in the GO cache of ``go_rows`` SRAM rows), a generated token decided by the GO cache
+    from the earlier rows, a top-k router token by token; otherwise the host supplies them."""
     cfg, ql, P = wl.cfg, wl.quant, wl.n_prompt
+    ec = cfg.router.kind == "expert_choice"
+
+    def cap(n):
+        return expert_choice_capacity(n, cfg.n_experts, cfg.router.ec_capacity_factor) \
+            if ec else 0
     r = wl.routing
-    windows = [Window("prefill", 0, wl.x_q[:P], r.mask[:P], r.weights[:P], wl.y_q[:P])]
+    route = MODE_WINDOW if hw_routing else MODE_HOST
+    windows = [Window("prefill", 0, wl.x_q[:P], r.mask[:P], r.weights[:P], wl.y_q[:P],
+                      route_mode=route, route_cap=cap(P), go_insert=hw_routing and go_cache
+                      and ec)]
     for step in range(wl.n_generate):
         t = P + step
         # a token-choice router decides each token alone: nothing to recompute, cache or not
-        if go_cache or cfg.router.kind != "expert_choice":
-            windows.append(Window("decode", step + 1, wl.x_q[t:t + 1], r.mask[t:t + 1],
-                                  r.weights[t:t + 1], wl.y_q[t:t + 1]))
+        if go_cache or not ec:
+            windows.append(Window(
+                "decode", step + 1, wl.x_q[t:t + 1], r.mask[t:t + 1], r.weights[t:t + 1],
+                wl.y_q[t:t + 1], route_cap=cap(t + 1), go_rows_read=min(t, go_rows or t),
+                go_dram_rows=t - min(t, go_rows or t),
+                route_mode=(MODE_CACHED if ec else MODE_WINDOW) if hw_routing else MODE_HOST))
             continue
         # no cache: every earlier token's hidden state and routing recomputed
         x = wl.x_q[:t + 1]
@@ -152,7 +198,8 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
             y[-1:], _ = moe_forward_int(x[-1:], ql, routing=last, matmul=matmul)
         else:
             y, _ = moe_forward_int(x, ql, routing=routing, matmul=matmul)
-        windows.append(Window("decode", step + 1, x, routing.mask, routing.weights, y))
+        windows.append(Window("decode", step + 1, x, routing.mask, routing.weights, y,
+                              route_mode=route, route_cap=cap(t + 1)))
     for w in windows:
         if cfg.shared.n_shared:
             w.mask = np.hstack([w.mask, np.ones((len(w.x), 1), dtype=bool)])
@@ -176,6 +223,11 @@ def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str
             n_in, n_out = ws[0].shape
             images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
                 ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
+    if spec.router is not None:
+        # the gate's crossbars (routed experts' columns), after every group's banks
+        w = t["gate.weight"]
+        images.append((f"MOEPIM_BANK{len(names) * len(groups)}",
+                       bank_image([w], 1, w.shape[0], w.shape[1], shape)))
     return images
 
 
@@ -200,16 +252,35 @@ def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShap
     return args
 
 
+def route_counter_names(dut) -> list[str]:
+    """The layer's routing counters (none without a routing front end)."""
+    if dut.route_unit is None:
+        return []
+    return ["route_cycles"] + [name for name, _ in dut.route_unit.counters.shape()]
+
+
 def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p=0.0,
-               seed=0, progress_file=None, luts=()) -> dict:
+               seed=0, progress_file=None, luts=(), extra_counters=()) -> dict:
     """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`;
-    ``progress_file``: where the bench reports its simulated cycles (a progress bar)."""
+    ``progress_file``: where the bench reports its simulated cycles (a progress bar);
+    ``extra_counters``: :func:`route_counter_names`."""
     combine = ql.requant["combine"]
-    return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups}
-                        for w in windows], "luts": list(luts),
+    gate_index = None
+    if spec.router is not None:
+        rq = ql.gate_index
+        if rq.mult >= 1 << INDEX_MULT_BITS or rq.shift >= 1 << INDEX_SHIFT_BITS:
+            raise ValueError(f"the gate's softmax index requantisation (mult {rq.mult}, shift "
+                             f"{rq.shift}) does not fit the router's {INDEX_MULT_BITS}-bit "
+                             f"multiplier and {INDEX_SHIFT_BITS}-bit shift")
+        gate_index = [rq.mult, rq.shift]
+    return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups,
+                         "route": [w.route_mode, w.route_cap, int(w.go_insert)]}
+                        for w in windows], "luts": list(luts), "gate_index": gate_index,
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
-            "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p, "stall_p": stall_p,
-            "seed": seed, "progress_file": str(progress_file) if progress_file else None}
+            "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
+            "stall_p": stall_p,
+            "seed": seed, "progress_file": str(progress_file) if progress_file else None,
+            "dram": spec.go_rows > 0, "extra_counters": list(extra_counters)}
 
 
 def slot_latencies(sched, dut) -> np.ndarray:
@@ -222,6 +293,17 @@ def expected_compute_cycles(w: Window, dut) -> int:
     """The cycle formula (``moepim.models.pim.window_cycles``) of a window's timestamps."""
     return window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
                          job_latency=slot_latencies(w.sched, dut))
+
+
+def expected_route_cycles(w: Window, dut) -> int | None:
+    """The routing phase's cycle formula (``MoELayerAccelerator.route_cycles``); ``None`` when
+    the host supplies the window's routes."""
+    if w.route_mode == MODE_HOST:
+        return None
+    per_token = w.mask[:, :dut.route_unit.n_experts].sum(axis=1)
+    return dut.route_cycles(w.route_mode, len(w.x), cap=w.route_cap, insert=w.go_insert,
+                            routes_per_token=[int(n) for n in per_token],
+                            go_rows_read=w.go_rows_read, go_dram_rows=w.go_dram_rows)
 
 
 def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) -> dict:
@@ -243,7 +325,19 @@ def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) 
             mismatches.append({"window": i, "token": int(tok), "index": int(col),
                                "expected": int(w.golden[tok, col]), "got": int(got[tok, col])})
         expected_cycles = expected_compute_cycles(w, dut)
-        per_window.append({"kind": w.kind, "step": w.step, "tokens": len(w.x),
+        routing = {}
+        if w.route_mode != MODE_HOST:
+            want = w.expected_routes(dut.route_unit.n_experts)
+            got_routes = sorted(res["routes"])
+            if got_routes != want:
+                extra = [r for r in got_routes if r not in want]
+                missing = [r for r in want if r not in got_routes]
+                mismatches.append({"window": i, "routes": "differ",
+                                   "unexpected": extra[:8], "missing": missing[:8]})
+            routing = {"routes": len(got_routes), "routes_match": got_routes == want,
+                       "route_cycles": delta["route_cycles"],
+                       "expected_route_cycles": expected_route_cycles(w, dut)}
+        per_window.append({**routing, "kind": w.kind, "step": w.step, "tokens": len(w.x),
                            "jobs": len(w.jobs), "shared_jobs": w.shared_jobs,
                            "timestamps": w.sched.timestamps,
                            "tokens_loaded": w.sched.tokens_loaded,

@@ -140,8 +140,9 @@ def _moe_layer(sc):
                        seed=sc.seed, matmul=mm)
     groups = [list(g) for g in make_groups(wl_cfg.grouping, exp.model.n_experts,
                                            wl.routing.mask[:wl_cfg.n_prompt].sum(0))]
-    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm)
     spec, tile = layer_spec(exp)
+    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm,
+                              hw_routing=spec.router is not None, go_rows=spec.go_rows)
     banks = bank_images(wl, groups, spec, shape)
     args = bench_args(windows, spec, wl.quant, gap_p=float(sc.params.get("gap_p", 0.1)),
                       stall_p=float(sc.params.get("stall_p", 0.2)), seed=sc.seed)

@@ -346,19 +346,53 @@ PROGRESS_EVERY = 2000       # cycles between progress reports
 
 
 async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
-                    luts=(), timeout=10_000_000, progress_file=None):
+                    luts=(), timeout=10_000_000, progress_file=None, gate_index=None,
+                    dram=False, extra_counters=()):
     """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
     d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
     fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
     tables (SwiGLU layers), streamed first with the same input gaps. ``progress_file``: where
     the simulated cycles are reported (:func:`report_progress`).
-    Returns per window the outputs (``[[int] * d_model]`` per token), the cycles from its
-    first token beat to its last output beat, and the layer's counters after it."""
+
+    Routing on the layer (``gate_index`` = the softmax index ``[mult, shift]``): each window's
+    ``"route": [mode, cap, go_insert]`` is set before its tokens; the routes the layer emits
+    are collected (with the same back-pressure) and the plan is offered only after the
+    window's closing route beat, as a host scheduling from the routes would. ``dram``: the
+    layer has the GO cache's DRAM port; this bench's DRAM stores spilled rows and answers a
+    read the cycle after its request (the DRAM's timing is modelled by the run's timeline).
+
+    Returns per window the outputs (``[[int] * d_model]`` per token), its routes
+    (``[token, expert, weight]``), the cycles from its first token beat to its last output
+    beat, and the layer's counters after it (``extra_counters`` besides the basic ones)."""
     from .bits import pack_array, unpack_array
 
     rng = np.random.default_rng(seed)
     io.set("combine_mult", combine[0])
     io.set("combine_shift", combine[1])
+    if gate_index is not None:
+        io.set("gate_index_mult", gate_index[0])
+        io.set("gate_index_shift", gate_index[1])
+    store, answers = {}, []
+
+    def offer_dram():
+        """Sets of one DRAM cycle (before any get): take requests, offer the oldest answer."""
+        io.set("o_dram_req.ready", 1)
+        io.set("i_dram_resp.valid", int(bool(answers)))
+        if answers:
+            io.set("i_dram_resp.payload.data", answers[0])
+        return bool(answers)
+
+    async def serve_dram(offered):
+        """Gets of the DRAM cycle: store a write, queue a read's answer; whether the offered
+        answer was taken."""
+        if await io.get("o_dram_req.valid"):
+            addr = await io.get("o_dram_req.payload.addr")
+            if await io.get("o_dram_req.payload.write"):
+                store[addr] = await io.get("o_dram_req.payload.data")
+            else:
+                answers.append(store[addr])
+        return offered and await io.get("i_dram_resp.ready")
+
     writes = list(luts)
     while writes:
         offer = rng.random() >= gap_p
@@ -381,6 +415,13 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
         beats = [(t, b) for t in range(len(tokens)) for b in range(blocks)]
         jobs = list(window["jobs"]) or [None]
         outputs = [[0] * d_model for _ in tokens]
+        mode, cap, insert = window.get("route", (0, 0, 0))
+        routing = gate_index is not None and mode != 0
+        if gate_index is not None:
+            io.set("route_mode", mode)
+            io.set("route_cap", cap)
+            io.set("go_insert", insert)
+        routes, routed = [], not routing
         start, done = None, False
         while not done:
             offer_t = bool(beats) and rng.random() >= gap_p
@@ -392,7 +433,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                 io.set("i_tokens.payload.data",
                        pack_array(tokens[t][b * lanes:(b + 1) * lanes], act_bits))
                 io.set("i_tokens.payload.last", int(len(beats) == 1))
-            offer_j = not beats and bool(jobs) and rng.random() >= gap_p
+            offer_j = not beats and routed and bool(jobs) and rng.random() >= gap_p
             io.set("i_jobs.valid", int(offer_j))
             if offer_j:
                 job = jobs[0]
@@ -408,6 +449,18 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                         io.set(f"i_jobs.payload.data.{name}", value)
             ready = int(rng.random() >= stall_p)
             io.set("o_outputs.ready", ready)
+            taken = False
+            if not routed:
+                io.set("o_routes.ready", ready)
+                offered = offer_dram() if dram else False
+                if ready and await io.get("o_routes.valid"):
+                    if await io.get("o_routes.payload.last"):
+                        routed = True
+                    else:
+                        routes.append([await io.get(f"o_routes.payload.{f}")
+                                       for f in ("token", "expert", "weight")])
+                if dram:
+                    taken = await serve_dram(offered)
             if offer_t and await io.get("i_tokens.ready"):
                 start = io.cycle if start is None else start
                 beats.pop(0)
@@ -421,6 +474,8 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                     word, act_bits, lanes, True).tolist()
                 done = bool(await io.get("o_outputs.payload.last"))
             await io.tick()
+            if taken:
+                answers.pop(0)
             if progress_file and io.cycle % PROGRESS_EVERY == 0:
                 report_progress(progress_file, io.cycle)
             if start is not None and io.cycle - start > timeout:
@@ -428,16 +483,24 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
         io.set("i_tokens.valid", 0)
         io.set("i_jobs.valid", 0)
         io.set("o_outputs.ready", 0)
+        if gate_index is not None:
+            io.set("o_routes.ready", 0)
+        if dram:
+            io.set("o_dram_req.ready", 0)
+            io.set("i_dram_resp.valid", 0)
         counters = {name: await io.get(f"counters.{name}") for name in (
             "cycles", "timestamps", "token_loads", "token_reads", "token_writes", "out_reads",
-            "out_writes", "engine_busy_cycles", "dac_drives")}
+            "out_writes", "engine_busy_cycles", "dac_drives", *extra_counters)}
         counters["busy"] = [await io.get(f"counters.busy.{g}")
                             for g in range(window.get("n_groups", 0))]
         await io.tick()
-        results.append({"outputs": outputs, "cycles": io.cycle - 1 - start,
+        results.append({"outputs": outputs, "routes": routes, "cycles": io.cycle - 1 - start,
                         "counters": counters})
         report_progress(progress_file, io.cycle)
     return results
 
-BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router, "expert_router": expert_router,"topk_windows": topk_windows, "scheduler_plan": scheduler_plan,
-           "go_cache_commands": go_cache_commands, "moe_layer": moe_layer}
+
+BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router,
+           "expert_router": expert_router, "topk_windows": topk_windows,
+           "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,
+           "moe_layer": moe_layer}

@@ -98,6 +98,8 @@ def _check(report, windows_expected):
     assert report["cycles_match_formula"]
     for w in report["windows"]:
         assert w["compute_cycles"] == w["expected_compute_cycles"]
+        assert w["route_cycles"] == w["expected_route_cycles"], w   # routing phase
+        assert w["routes_match"] and w["routes"] > 0
         assert w["counters"]["timestamps"] == w["timestamps"]
         assert w["counters"]["token_loads"] == w["tokens_loaded"]
     assert len(report["windows"]) == windows_expected
@@ -159,6 +161,66 @@ def test_small_layer_verilator_bit_exact_with_gaps_and_backpressure(tmp_path):
 
 
 @pytest.mark.xdist_group("layer-verilator")
+def test_layer_routes_on_its_hardware_and_the_go_cache_spills_to_dram(tmp_path):
+    """The routing front end (gate crossbars, softmax, expert-choice router, GO cache): every
+    window's routes equal the golden's, the GO cache of 4 SRAM rows spills later rows through
+    the layer's DRAM port and reads them back for each decision; its RTL counters equal the
+    functional model's; the routing phase's cycles equal the formula, DRAM rows included."""
+    exp = _small(input_gaps=0.0, backpressure=0.0, no_cache="model")
+    exp = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer, go_cache_rows=4,
+                                                             switching_activity=False))
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    _check(report, 1 + exp.workload.n_generate)
+    go = report["go_cache"]
+    assert go["rows"] == 4 and go["counters"]["spills"] > 0 and go["counters"]["dram_reads"] > 0
+    assert go["rtl_counters"] == go["counters"] and go["counters_match_rtl"]
+    assert go["rtl_selection_equal"] and report["go_cache_exact"] is True
+    r = report["routing"]
+    assert r["source"].startswith("hardware") and r["routes_match"]
+    assert r["route_cycles_match_formula"]
+    assert r["gate_mvms"] == exp.workload.n_prompt + exp.workload.n_generate
+    # a decode step's routing scans more rows as the sequence grows (DRAM rows included)
+    assert r["decode_route_cycles"] == sorted(r["decode_route_cycles"])
+    # the GO cache is in the layer's RTL: its SRAM is among the layer's memories
+    assert report["area_mm2"]["sram_bits"]["go_cache"] == 0
+
+
+def test_wrong_hardware_routes_are_mismatches():
+    """A route the hardware emits that the golden does not have (or a missing one) makes the
+    window a mismatch, never a warning."""
+    from moepim.hw.route_unit import MODE_WINDOW
+    from moepim.sim.moe_run import Window, check_windows
+
+    class Dut:
+        class route_unit:
+            n_experts = 2
+        blocks = 1
+
+        @staticmethod
+        def route_cycles(*a, **k):
+            return 7
+
+        @staticmethod
+        def group_latency(g):
+            return 1
+
+    mask = np.array([[True, False], [False, True]])
+    w = Window("prefill", 0, np.zeros((2, 4)), mask, np.array([[3, 0], [0, 5]]),
+               np.zeros((2, 4), dtype=np.int64), route_mode=MODE_WINDOW, route_cap=1)
+    from moepim.models.schedule import schedule
+    w.sched = schedule(mask, [[0], [1]], "compact")
+    counters = {"cycles": 0, "route_cycles": 7}
+    good = {"outputs": np.zeros((2, 4)).tolist(), "routes": [[1, 1, 5], [0, 0, 3]],
+            "counters": counters, "cycles": 0}
+    assert not check_windows([w], [good], Dut)["mismatches"]
+    bad = dict(good, routes=[[0, 0, 3], [1, 1, 4]])
+    out = check_windows([w], [bad], Dut)
+    assert out["mismatches"] == [{"window": 0, "routes": "differ", "unexpected": [[1, 1, 4]],
+                                  "missing": [[1, 1, 5]]}]
+    assert out["windows"][0]["routes_match"] is False
+
+
+@pytest.mark.xdist_group("layer-verilator")
 def test_window_cycles_without_gaps_follow_the_formula(tmp_path):
     exp = _small(input_gaps=0.0, backpressure=0.0, no_cache="model")
     report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
@@ -166,7 +228,8 @@ def test_window_cycles_without_gaps_follow_the_formula(tmp_path):
     # total window cycles: the formula is a tight lower bound (scheduler settle <= SETTLE_MAX)
     blocks = exp.model.d_model // exp.layer.lanes
     for w in report["windows"]:
-        base = 2 * w["tokens"] * blocks + max(1, w["jobs"]) + w["compute_cycles"] + 1
+        base = (2 * w["tokens"] * blocks + w["route_cycles"] + max(1, w["jobs"])
+                + w["compute_cycles"] + 1)
         assert base <= w["cycles"] <= base + SETTLE_MAX, w
     # the no-cache steps from the formula grow with the prefix
     nc = [d["no_cache_cycles"] for d in report["decode"]]

@@ -1,0 +1,381 @@
+"""``RouteUnit``: the MoE layer's routing front end, a two-stage pipeline over tokens.
+
+The gate matrix (``d_model x n_experts``) lives on its own crossbars, a one-slot
+:class:`~moepim.hw.matrix_bank.MatrixBank` with its own peripheral sets; partial-sum adders
+give the integer logits (``moepim.models.quant.gate_logits_int`` with the crossbar arithmetic).
+Then, by ``router`` (a build parameter):
+
+* ``"expert_choice"``: :class:`~moepim.hw.softmax.GateSoftmax` over all experts gives the
+  token's Q0.16 score row. ``mode == MODE_WINDOW``: the row goes to an
+  :class:`~moepim.hw.routers.ExpertChoiceRouter` (and, with ``go_insert``, into the
+  :class:`~moepim.hw.gocache.GateOutputCache`, cleared at the window's token 0); after the
+  window's ``last`` token every expert takes its ``cap`` best tokens. ``mode == MODE_CACHED``
+  (one generated token): the GO cache decides from the earlier tokens' rows (``DECIDE`` with
+  ``cap``) and stores the new row. The gate weight of a selection is its score
+  ``>> (16 - gate_bits)`` (``route_int``: softmax over all experts).
+* ``"top_k"``: a :class:`~moepim.hw.routers.TokenChoiceRouter` (top ``top_k`` logits, softmax
+  over them or over all experts, ``renormalize``).
+
+Two stages, a pipeline: stage 1 runs the gate MVM of a token and holds its logits until
+stage 2 (softmax, selection, routes out) takes them; meanwhile the parent loads the next
+token's vector. Stage 2 is usually the slower one (the softmax's divider takes 18 cycles per
+expert), so the gate MVM and the token reads hide behind it.
+
+Protocol: the parent writes the token's vector into the gate bank (``in_we``/``in_addr``/
+``in_data``, as an expert engine's input), then hands the token over on ``i_tokens`` (token
+index, ``last``); ``i_tokens.ready`` is high only while stage 1 is idle (its previous token
+handed to stage 2), so the parent loads the next vector only then. Routes leave on
+``o_routes`` as ``(token, expert, weight)`` beats; after the window's ``last`` token's routes
+one beat with ``last`` (and no route) closes the window. ``mode``, ``cap``, ``go_insert``,
+``index_mult`` and ``index_shift`` are held by the parent while a window is routed.
+
+Cycles, without back-pressure on ``o_routes`` (``MoELayerAccelerator.route_cycles`` composes
+them): stage 1, ``gate_cycles = L + OB + 2`` from the cycle after the handshake (start, the
+gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read), then the hand-over when
+stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
+``S = softmax.latency(E) + 2`` for ``E`` experts:
+
+* expert choice, ``MODE_WINDOW``: ``S + 1`` (the row into the router and the GO cache), plus
+  1 on token 0 with ``go_insert`` (the GO cache cleared);
+* expert choice, ``MODE_CACHED``: ``S + rows + E + 5``, ``rows`` the earlier rows the GO cache
+  scans (SRAM rows one per cycle; DRAM rows at the DRAM's pace, one per cycle with a DRAM
+  answering the cycle after a request), ``E`` cycles to walk the selection mask;
+* top-k: ``TokenChoiceRouter.latency(k) + 3 + k`` (``k`` routes sent).
+
+The window's close (``close_cycles``): the expert-choice selection over the window
+(``ExpertChoiceRouter.select_cycles``) and the closing beat, or the closing beat alone.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
+from .matrix_bank import BANK_ID_BITS, MatrixBank
+from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .routers import ExpertChoiceRouter, TokenChoiceRouter
+from .softmax import SCORE_BITS, GateSoftmax
+
+__all__ = ["RouteUnit", "ROUTERS", "MODE_HOST", "MODE_WINDOW", "MODE_CACHED"]
+
+ROUTERS = ("expert_choice", "top_k")
+MODE_HOST, MODE_WINDOW, MODE_CACHED = 0, 1, 2     # the layer's route_mode values
+MODE_BITS = 2
+INDEX_MULT_BITS, INDEX_SHIFT_BITS = 16, 6          # GateSoftmax's run-time index requant
+
+
+class RouteUnit(wiring.Component):
+    def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
+                 router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
+                 c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
+                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
+        for name, value in (("d_model", d_model), ("n_experts", n_experts),
+                            ("n_tokens", n_tokens), ("lanes", lanes)):
+            need_positive(name, value)
+        need(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
+        need(go_rows >= 0, "go_rows", go_rows, "0 (no GO cache) or a row count")
+        check_counter_bits(counter_bits)
+        self._router, self._n, self._t, self._lanes = router, n_experts, n_tokens, lanes
+        self._gate_bits, self._k, self._renorm = gate_bits, top_k, bool(renormalize)
+        self.bank = MatrixBank(n_in=d_model, n_out=n_experts, n_slots=1, lanes=lanes,
+                               n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+                               weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
+                               adc_bits=adc_bits, adc_shift=adc_shift,
+                               counter_bits=counter_bits, core=core)
+        g = self.bank.geometry
+        lim = 1 << (g.output_bits - 1)
+        rt = self.bank.row_tiles
+        self._logit_bits = signed_bits(-lim * rt, (lim - 1) * rt)
+        self.softmax = self.ec = self.go = self.tc = None
+        if router == "expert_choice":
+            self.softmax = GateSoftmax(n_experts=n_experts, logit_bits=self._logit_bits)
+            self.ec = ExpertChoiceRouter(n_tokens=n_tokens, n_experts=n_experts, c_max=c_max)
+            if go_rows:
+                need(max_sequence >= go_rows, "max_sequence", max_sequence,
+                     f"at least go_rows={go_rows}")
+                self.go = GateOutputCache(n_experts=n_experts, capacity=go_rows,
+                                          max_tokens=max_sequence, counter_bits=counter_bits)
+        else:
+            self.tc = TokenChoiceRouter(n_experts=n_experts, k=top_k,
+                                        logit_bits=self._logit_bits, renormalize=renormalize,
+                                        gate_bits=gate_bits)
+        # elaborated with the unit; a cached build never elaborates them
+        for sub in (self.bank, self.softmax, self.ec, self.go, self.tc,
+                    self.ec and self.ec.topk, self.tc and self.tc.topk,
+                    self.tc and self.tc.softmax):
+            if sub is not None:
+                sub._MustUse__silence = True
+        cap_shape = unsigned(index_bits(max(n_tokens, max_sequence) + 2))
+        c = unsigned(counter_bits)
+        go_ports = {}
+        go_counts = {}
+        if self.go is not None:
+            members = self.go.signature.members
+            go_ports = {"o_dram_req": members["o_dram_req"], "i_dram_resp": members["i_dram_resp"]}
+            go_counts = {f"go_{name}": c for name, _ in self.go.counters.shape()}
+        super().__init__({
+            "bank_id": In(BANK_ID_BITS),
+            "in_we": In(1),
+            "in_addr": In(index_bits(self.bank.in_blocks)),
+            "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
+            "mode": In(MODE_BITS),
+            "cap": In(cap_shape),
+            "go_insert": In(1),
+            "index_mult": In(unsigned(INDEX_MULT_BITS)),
+            "index_shift": In(unsigned(INDEX_SHIFT_BITS)),
+            "i_tokens": In(stream.Signature(data.StructLayout({
+                "token": unsigned(index_bits(n_tokens)), "last": 1}))),
+            "o_routes": Out(stream.Signature(data.StructLayout({
+                "token": unsigned(index_bits(n_tokens)),
+                "expert": unsigned(index_bits(n_experts)),
+                "weight": unsigned(gate_bits), "last": 1}))),
+            **go_ports,
+            "counters": Out(data.StructLayout({
+                "gate_mvms": c, "gate_dac_drives": c, **go_counts})),
+        })
+
+    router = property(lambda self: self._router)
+    n_experts = property(lambda self: self._n)
+    logit_bits = property(lambda self: self._logit_bits)
+    has_go_cache = property(lambda self: self.go is not None)
+
+    @property
+    def gate_cycles(self) -> int:
+        """Stage 1 of a token: from the cycle after its ``i_tokens`` handshake to the first
+        cycle it can hand its logits over: start, the MVM, the logit blocks."""
+        return self.bank.mvm_latency + self.bank.out_blocks + 2
+
+    def router_cycles(self, mode: int, *, first: bool = False, insert: bool = False,
+                      n_routes: int = 0, go_rows_read: int = 0, go_dram_rows: int = 0) -> int:
+        """Stage 2 of a token: cycles from its hand-over to the next hand-over stage 2 can take
+        (module docstring). ``first``/``insert``: token 0 of a window that fills the GO
+        cache; ``n_routes``: routes a top-k token sends; ``go_rows_read``/``go_dram_rows``:
+        rows a cached decision scans in SRAM / in DRAM."""
+        if self._router == "top_k":
+            return self.tc.latency(n_routes) + 3 + n_routes
+        soft = self.softmax.latency(self._n) + 2
+        if mode == MODE_WINDOW:
+            return soft + 1 + (1 if first and insert else 0)
+        return soft + go_rows_read + go_dram_rows + self._n + 5
+
+    def close_cycles(self, mode: int, n_tokens: int, cap: int) -> int:
+        """Cycles after the window's last token until its closing beat is taken."""
+        if self._router == "expert_choice" and mode == MODE_WINDOW:
+            return self.ec.select_cycles(n_tokens, cap) + 1
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        n, lanes, bank = self._n, self._lanes, self.bank
+        m.submodules.gate_bank = bank
+        cnt = self.counters
+        m.d.comb += [bank.bank_id.eq(self.bank_id), bank.in_we.eq(self.in_we),
+                     bank.in_addr.eq(self.in_addr), bank.in_data.eq(self.in_data),
+                     bank.slot.eq(0), cnt.gate_dac_drives.eq(bank.dac_drives)]
+        tok = Signal.like(self.i_tokens.payload.token)
+        last = Signal()
+        out = self.o_routes
+        shift = SCORE_BITS - self._gate_bits
+
+        # the logits: partial sums of the gate bank's row tiles, block by block
+        logits = Signal(data.ArrayLayout(signed(self._logit_bits), n))
+        blk = Signal(range(bank.out_blocks + 2))
+        got = Signal()                       # bank.rd_data holds block blk - 1
+        for b in range(bank.out_blocks):
+            with m.If(got & (blk == b + 1)):
+                for i in range(lanes):
+                    e = b * lanes + i
+                    if e < n:
+                        m.d.sync += logits[e].eq(tree_sum(bank.rd_data[i][r]
+                                                          for r in range(bank.row_tiles)))
+        m.d.comb += bank.rd_addr.eq(blk)
+
+        if self.go is not None:
+            go = self.go
+            m.submodules.go_cache = go
+            wiring.connect(m, wiring.flipped(self.o_dram_req), go.o_dram_req)
+            wiring.connect(m, wiring.flipped(self.i_dram_resp), go.i_dram_resp)
+            m.d.comb += [cnt[f"go_{name}"].eq(go.counters[name])
+                         for name, _ in go.counters.shape()]
+        ec_kind = self._router == "expert_choice"
+        if ec_kind:
+            sm, ec = self.softmax, self.ec
+            m.submodules.softmax = sm
+            m.submodules.ec_router = ec
+            row = Signal(data.ArrayLayout(unsigned(SCORE_BITS), n))
+            sel = Signal(n)
+            expert = Signal(range(n + 1))
+            pushed_ec, pushed_go = Signal(), Signal()
+        else:
+            tc = self.tc
+            m.submodules.tc_router = tc
+            experts = Signal.like(tc.o_routes.payload.experts)
+            weights = Signal.like(tc.o_routes.payload.weights)
+            n_sel = Signal.like(tc.o_routes.payload.n_selected)
+            j = Signal.like(n_sel)
+
+        # stage 1, the gate: MVM of the token the parent loaded, its logits into stage 2
+        tok_b = Signal.like(tok)
+        last_b = Signal()
+        logits_b = Signal.like(logits)
+        handoff = Signal()
+        stage2_idle = Signal()
+        with m.FSM(name="gate"):
+            with m.State("IDLE"):
+                m.d.comb += self.i_tokens.ready.eq(1)
+                with m.If(self.i_tokens.valid):
+                    m.d.sync += [tok.eq(self.i_tokens.payload.token),
+                                 last.eq(self.i_tokens.payload.last)]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += bank.start.eq(1)
+                m.d.sync += [cnt.gate_mvms.eq(cnt.gate_mvms + 1), blk.eq(0), got.eq(0)]
+                m.next = "MVM"
+            with m.State("MVM"):
+                with m.If(bank.done):
+                    m.next = "LOGITS"
+            with m.State("LOGITS"):
+                # read block blk; its data arrives next cycle (got)
+                m.d.sync += [blk.eq(blk + 1), got.eq(1)]
+                with m.If(blk == bank.out_blocks):
+                    m.next = "HANDOFF"
+            with m.State("HANDOFF"):
+                # wait for stage 2 to finish the previous token
+                with m.If(stage2_idle):
+                    m.d.comb += handoff.eq(1)
+                    m.d.sync += [logits_b.eq(logits), tok_b.eq(tok), last_b.eq(last)]
+                    m.next = "IDLE"
+
+        # stage 2, the router: scores, selection, routes out
+        tok_a = tok
+        tok, last, logits = tok_b, last_b, logits_b
+        with m.FSM(name="route"):
+            with m.State("IDLE"):
+                m.d.comb += stage2_idle.eq(1)
+                first = "SCORE" if ec_kind else "TC_IN"
+                with m.If(handoff):
+                    m.next = first
+                    if self.go is not None:
+                        with m.If(self.go_insert & (self.mode == MODE_WINDOW) & (tok_a == 0)):
+                            m.next = "CLEAR"
+            if self.go is not None:
+                with m.State("CLEAR"):
+                    # a new sequence: forget the cached rows (the GO cache is idle here)
+                    m.d.comb += [self.go.i_cmd.valid.eq(1),
+                                 self.go.i_cmd.payload.op.eq(OP_CLEAR)]
+                    with m.If(self.go.i_cmd.ready):
+                        m.next = "SCORE"
+            if ec_kind:
+                with m.State("SCORE"):
+                    p = sm.i_logits.payload
+                    m.d.comb += [sm.i_logits.valid.eq(1), p.logits.eq(logits),
+                                 p.mask.eq((1 << n) - 1), p.index_mult.eq(self.index_mult),
+                                 p.index_shift.eq(self.index_shift)]
+                    with m.If(sm.i_logits.ready):
+                        m.next = "SCORE_WAIT"
+                with m.State("SCORE_WAIT"):
+                    m.d.comb += sm.o_probs.ready.eq(1)
+                    with m.If(sm.o_probs.valid):
+                        m.d.sync += [row.eq(sm.o_probs.payload.p16), pushed_ec.eq(0),
+                                     pushed_go.eq(0)]
+                        m.next = "PUSH"
+                        if self.go is not None:
+                            with m.If(self.mode == MODE_CACHED):
+                                m.next = "DECIDE"
+                with m.State("PUSH"):
+                    # the row into the window's expert-choice router (and the GO cache)
+                    m.d.comb += [ec.i_scores.valid.eq(~pushed_ec),
+                                 ec.i_scores.payload.scores.eq(row),
+                                 ec.i_scores.payload.cap.eq(self.cap),
+                                 ec.i_scores.payload.last.eq(last)]
+                    done_ec = pushed_ec | ec.i_scores.ready
+                    done_go = 1
+                    if self.go is not None:
+                        want = self.go_insert & ~pushed_go
+                        m.d.comb += [self.go.i_cmd.valid.eq(want),
+                                     self.go.i_cmd.payload.op.eq(OP_INSERT),
+                                     self.go.i_cmd.payload.scores.eq(row)]
+                        done_go = ~want | self.go.i_cmd.ready
+                        with m.If(want & self.go.i_cmd.ready):
+                            m.d.sync += pushed_go.eq(1)
+                    with m.If(ec.i_scores.ready):
+                        m.d.sync += pushed_ec.eq(1)
+                    with m.If(done_ec & done_go):
+                        m.next = "SELECT"
+                        with m.If(~last):
+                            m.next = "IDLE"
+                with m.State("SELECT"):
+                    # the window's selections, expert by expert, best first
+                    o = ec.o_selected.payload
+                    m.d.comb += [out.valid.eq(ec.o_selected.valid),
+                                 ec.o_selected.ready.eq(out.ready),
+                                 out.payload.token.eq(o.token), out.payload.expert.eq(o.expert),
+                                 out.payload.weight.eq(o.score[shift:])]
+                    with m.If(ec.o_selected.valid & out.ready & o.last):
+                        m.next = "CLOSE"
+                if self.go is not None:
+                    with m.State("DECIDE"):
+                        m.d.comb += [self.go.i_cmd.valid.eq(1),
+                                     self.go.i_cmd.payload.op.eq(OP_DECIDE),
+                                     self.go.i_cmd.payload.cap.eq(self.cap),
+                                     self.go.i_cmd.payload.scores.eq(row)]
+                        with m.If(self.go.i_cmd.ready):
+                            m.next = "DECIDED"
+                    with m.State("DECIDED"):
+                        m.d.comb += self.go.o_select.ready.eq(1)
+                        with m.If(self.go.o_select.valid):
+                            m.d.sync += [sel.eq(self.go.o_select.payload.mask), expert.eq(0)]
+                            m.next = "EMIT_MASK"
+                    with m.State("EMIT_MASK"):
+                        # one cycle per expert; a selected one waits for its beat's handshake
+                        hit = Signal()
+                        weight = Signal(self._gate_bits)
+                        with m.Switch(expert):
+                            for e in range(n):
+                                with m.Case(e):
+                                    m.d.comb += [hit.eq(sel[e]), weight.eq(row[e][shift:])]
+                        m.d.comb += [out.valid.eq(hit & (expert < n)),
+                                     out.payload.token.eq(tok), out.payload.expert.eq(expert),
+                                     out.payload.weight.eq(weight)]
+                        with m.If(expert == n):
+                            m.next = "CLOSE"
+                            with m.If(~last):
+                                m.next = "IDLE"
+                        with m.Elif(~hit | out.ready):
+                            m.d.sync += expert.eq(expert + 1)
+            else:
+                with m.State("TC_IN"):
+                    p = tc.i_tokens.payload
+                    m.d.comb += [tc.i_tokens.valid.eq(1), p.logits.eq(logits),
+                                 p.count.eq(self._k), p.index_mult.eq(self.index_mult),
+                                 p.index_shift.eq(self.index_shift)]
+                    with m.If(tc.i_tokens.ready):
+                        m.next = "TC_WAIT"
+                with m.State("TC_WAIT"):
+                    m.d.comb += tc.o_routes.ready.eq(1)
+                    with m.If(tc.o_routes.valid):
+                        r = tc.o_routes.payload
+                        m.d.sync += [experts.eq(r.experts), weights.eq(r.weights),
+                                     n_sel.eq(r.n_selected), j.eq(0)]
+                        m.next = "TC_EMIT"
+                with m.State("TC_EMIT"):
+                    m.d.comb += [out.valid.eq(j < n_sel), out.payload.token.eq(tok)]
+                    with m.Switch(j):
+                        for s in range(self._k):
+                            with m.Case(s):
+                                m.d.comb += [out.payload.expert.eq(experts[s]),
+                                             out.payload.weight.eq(weights[s])]
+                    with m.If(j == n_sel):
+                        m.next = "CLOSE"
+                        with m.If(~last):
+                            m.next = "IDLE"
+                    with m.Elif(out.ready):
+                        m.d.sync += j.eq(j + 1)
+            with m.State("CLOSE"):
+                m.d.comb += [out.valid.eq(1), out.payload.last.eq(1)]
+                with m.If(out.ready):
+                    m.next = "IDLE"
+        return m
