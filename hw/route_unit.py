@@ -18,8 +18,9 @@ Then, by ``router`` (a build parameter):
 
 Two stages, a pipeline: stage 1 runs the gate MVM of a token and holds its logits until
 stage 2 (softmax, selection, routes out) takes them; meanwhile the parent loads the next
-token's vector. Stage 2 is usually the slower one (the softmax's divider takes 18 cycles per
-expert), so the gate MVM and the token reads hide behind it.
+token's vector. The slower stage sets the pace: stage 1 (the token read, ``d_model/lanes``
+cycles, and the gate MVM) at full size, stage 2 (the softmax, ``2E + 23`` cycles, and the
+selection) with many experts or few blocks.
 
 Protocol: the parent writes the token's vector into the gate bank (``in_we``/``in_addr``/
 ``in_data``, as an expert engine's input), then hands the token over on ``i_tokens`` (token

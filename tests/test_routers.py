@@ -61,6 +61,37 @@ def test_token_router_matches_workload_routing(sim, name):
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("n", [5, 16])
+def test_gate_softmax_is_bit_exact_with_int_softmax(sim, n):
+    """Every Q0.16 probability (not only the top gate_bits of a weight) equals
+    ``models.quant.int_softmax``: random logits, masks of every size, table indices that
+    clamp at 255, shift 0; cycles equal ``latency``."""
+    from moepim.models.quant import Requant, int_softmax
+
+    need_simulator(sim)
+    rng = np.random.default_rng(n)
+    bits = 20
+    unit = GateSoftmax(n_experts=n, logit_bits=bits)
+    rows = []
+    for i in range(12):
+        logits = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), n)
+        if i % 3 == 0:
+            logits = rng.integers(-40, 40, n)             # close logits: many similar terms
+        mask = rng.random(n) < (i + 1) / 12
+        mask[rng.integers(n)] = True
+        mult, shift = int(rng.integers(1, 1 << 16)), int(rng.integers(0, 40))
+        rows.append([logits.tolist(), mask.tolist(), mult, shift])
+    rows.append([[7] * n, [True] * n, 1, 0])               # all equal: 1/n each
+    rows.append([[0] * (n - 1) + [1], [False] * (n - 1) + [True], 1, 0])   # one: full scale
+    out = run_bench(unit, top="gate_softmax", bench="gate_softmax", sim=sim, args=dict(
+        rows=rows, logit_bits=bits, stall_p=0.0, seed=1))
+    for (logits, mask, mult, shift), (probs, cycles) in zip(rows, out):
+        want = int_softmax(np.array(logits), Requant(mult, shift), np.array(mask))
+        assert probs == want.tolist(), (logits, mask, mult, shift)
+        assert cycles == unit.latency(sum(mask))
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
 def test_expert_choice_router_matches_workload(sim):
     need_simulator(sim)
     cfg = small("llama-moe-3.5b-4-16-paper", n_experts=6)
@@ -85,7 +116,9 @@ def test_expert_choice_router_matches_workload(sim):
 def test_router_cycle_formulas():
     unit = TokenChoiceRouter(n_experts=16, k=4, logit_bits=24, renormalize=True)
     sm = GateSoftmax(n_experts=16, logit_bits=24)
-    assert unit.latency(4) == 16 + 4 + 2 + sm.latency(4) == 16 + 4 + 2 + 36 + 4 * 18
+    # one reciprocal (18 quotient bits + 1) per token, whatever the mask
+    assert sm.latency(4) == sm.latency(16) == 2 * 16 + 4 + 18 + 1
+    assert unit.latency(4) == 16 + 4 + 2 + sm.latency(4)
     ec = ExpertChoiceRouter(n_tokens=40, n_experts=16, c_max=10)
     assert ec.select_cycles(40, 10) == 16 * 51
     del unit, sm, ec
