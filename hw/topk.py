@@ -43,13 +43,18 @@ def selected_layout(n_items: int, score_bits: int, signed_scores: bool):
     })
 
 
+# k registers, k comparators and a k-way output multiplexer: the cost grows linearly (Yosys
+# prices it); an expert-choice window of 512 tokens over 4 experts asks for k = 512
+MAX_K = 1024
+
+
 class StreamingTopK(wiring.Component):
     """Ports: ``i_items`` (index, score, count, last), ``o_selected`` (index, score, last)."""
 
     def __init__(self, *, n_items: int, k: int, score_bits: int, signed_scores: bool = True):
         need_positive("n_items", n_items)
         need_positive("k", k)
-        need(k <= 64, "k", k, "an integer from 1 to 64")
+        need(k <= MAX_K, "k", k, f"an integer from 1 to {MAX_K}")
         need(isinstance(score_bits, int) and 1 <= score_bits <= 64, "score_bits", score_bits,
              "an integer from 1 to 64")
         self._n_items, self._k = n_items, k

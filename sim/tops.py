@@ -6,7 +6,8 @@ routing would need at this model's size):
 
 * tile experiments: ``tile_group``, ``peripheral_set``, ``crossbar_array``;
 * MoE-layer experiments additionally: ``moe_layer`` (the whole accelerator), ``expert_engine``
-  and ``matrix_bank`` (group 0's), ``group_scheduler``, ``router`` (the model's router kind:
+  and ``matrix_bank`` (group 0's), ``group_scheduler``, ``route_unit`` (the layer's routing
+  front end, for models whose router has RTL), ``router`` (the model's router kind:
   ``ExpertChoiceRouter`` over the prompt + generated window, or ``TokenChoiceRouter``),
   ``gate_softmax``, ``topk`` (the router's top-k unit) and ``go_cache``.
 """
@@ -21,13 +22,18 @@ from .config import ConfigError, TileExperiment
 __all__ = ["TILE_TOPS", "LAYER_TOPS", "ROUTING_TOPS", "EXPORT_TOPS", "export_tops", "make_top"]
 
 TILE_TOPS = ("tile_group", "peripheral_set", "crossbar_array")
-LAYER_TOPS = ("moe_layer", "expert_engine", "matrix_bank", "group_scheduler")
+LAYER_TOPS = ("moe_layer", "expert_engine", "matrix_bank", "group_scheduler", "route_unit")
 ROUTING_TOPS = ("router", "gate_softmax", "topk", "go_cache")
 EXPORT_TOPS = TILE_TOPS + LAYER_TOPS + ROUTING_TOPS
 
 
 def export_tops(exp) -> tuple[str, ...]:
-    return TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
+    """The tops of ``exp`` (no ``route_unit`` when the model's routes come from the host)."""
+    if isinstance(exp, TileExperiment):
+        return TILE_TOPS
+    from .layer_run import hw_router
+
+    return tuple(t for t in EXPORT_TOPS if t != "route_unit" or hw_router(exp.model))
 
 
 def make_top(exp, top: str):
@@ -66,7 +72,8 @@ def _layer_top(exp, top: str):
     spec, tile = layer_spec(exp)
     layer = make_component(spec, tile)
     block = {"moe_layer": layer, "expert_engine": layer.engine,
-             "matrix_bank": layer.engine.up, "group_scheduler": layer.scheduler}[top]
+             "matrix_bank": layer.engine.up, "group_scheduler": layer.scheduler,
+             "route_unit": layer.route_unit}[top]
     return block, {**dataclasses.asdict(spec), **tile}
 
 

@@ -185,6 +185,19 @@ def test_layer_routes_on_its_hardware_and_the_go_cache_spills_to_dram(tmp_path):
     assert report["area_mm2"]["sram_bits"]["go_cache"] == 0
 
 
+@pytest.mark.parametrize("name, router", [
+    ("llama-moe-3.5b-4-16-paper", "expert_choice"), ("mixtral-8x7b", "top_k"),
+    ("qwen1.5-moe-a2.7b", "top_k"), ("olmoe-1b-7b", "top_k"),
+    ("llama-moe-3.5b-4-16", None),          # MLP gate: no RTL for its tanh hidden layer
+    ("switch-base-128", None),              # capacity dropping: no RTL
+])
+def test_which_routers_run_on_the_layer(name, router):
+    from moepim.sim.config import load_model
+    from moepim.sim.layer_run import hw_router
+
+    assert hw_router(load_model(REPO_ROOT / "configs" / "models" / f"{name}.yaml")) == router
+
+
 def test_wrong_hardware_routes_are_mismatches():
     """A route the hardware emits that the golden does not have (or a missing one) makes the
     window a mismatch, never a warning."""

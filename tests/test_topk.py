@@ -37,6 +37,18 @@ def test_topk_matches_model(sim, signed_scores, gap_p, stall_p):
         assert span == bound if gap_p == stall_p == 0 else span >= bound
 
 
+def test_topk_keeps_more_than_64():
+    """Expert choice over long windows needs large k (C = 128 for 512 tokens, 16 experts)."""
+    rng = np.random.default_rng(5)
+    windows = [(rng.integers(0, 40, size=n).tolist(), c) for n, c in
+               ((150, 130), (200, 100), (90, 130), (130, 130))]
+    unit = StreamingTopK(n_items=200, k=130, score_bits=8, signed_scores=False)
+    r = run_bench(unit, top="topk", bench="topk_windows", sim="amaranth",
+                  args=dict(windows=windows, gap_p=0.0, stall_p=0.0, seed=0))
+    for (scores, count), got in zip(windows, r["selected"]):
+        assert got == _expected(scores, count)
+
+
 def test_topk_agrees_with_routing_topk_mask():
     """Per token, the unit's top-k set is the routing model's top-k set."""
     scores = np.random.default_rng(3).integers(-50, 50, size=(10, 16))
