@@ -21,7 +21,7 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import index_bits, need, need_positive
+from .params import index_bits, need, need_positive, tree_sum
 
 __all__ = ["StreamingTopK", "item_layout", "selected_layout"]
 
@@ -114,7 +114,7 @@ class StreamingTopK(wiring.Component):
                         m.next = "EMIT"
             with m.State("EMIT"):
                 limit = Signal(range(k + 1))
-                n_valid = sum(valid[j] for j in range(k))
+                n_valid = tree_sum(valid[j] for j in range(k))
                 m.d.comb += limit.eq(count)
                 with m.If(n_valid < count):
                     m.d.comb += limit.eq(n_valid)
