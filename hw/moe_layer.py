@@ -23,7 +23,11 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   :class:`~moepim.hw.route_unit.RouteUnit`): the gate matrix on its own crossbars (cell image
   ``gate_bank_id``, after every group's banks), the softmax, the expert-choice router with
   the GO cache (``go_rows`` SRAM rows, later rows spilled through ``o_dram_req`` /
-  ``i_dram_resp``) or the top-k router. ``router=None``: the host supplies the routes.
+  ``i_dram_resp``) or the top-k router. ``router=None``: the host supplies the routes. An
+  MLP gate (``gate_hidden``: LLaMA-MoE's ``W_2 tanh(W_1 x)``) has its two layers on cell
+  images ``gate_bank_id`` and ``gate_bank_id + 1``, the hidden requantisation on
+  ``gate_hidden_mult``/``gate_hidden_shift`` and its tanh table written on ``i_gate_lut``
+  (address ``code + 2**(act_bits-1)``, value) between windows, like the SiLU tables.
 
 ``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
 every group's engine in place, its banks driven by simulator processes
@@ -101,7 +105,7 @@ class MoELayerAccelerator(wiring.Component):
                  depth: int | None = None, engine_core: str = "macro",
                  router: str | None = None, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 gate_hidden: int = 0, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
@@ -153,6 +157,7 @@ class MoELayerAccelerator(wiring.Component):
                 d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
                 router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
                 c_max=c_max, go_rows=go_rows, max_sequence=max_sequence,
+                gate_hidden=gate_hidden, multiplier_bits=multiplier_bits,
                 core="python" if engine_core == "python" else "macro", **self._tile)
             self._route._MustUse__silence = True
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
@@ -186,6 +191,11 @@ class MoELayerAccelerator(wiring.Component):
                      "gate_index_shift": ru["index_shift"], "o_routes": ru["o_routes"]}
             if self._route.has_go_cache:
                 route.update(o_dram_req=ru["o_dram_req"], i_dram_resp=ru["i_dram_resp"])
+            if self._route.gate_hidden:
+                route.update(gate_hidden_mult=ru["hidden_mult"],
+                             gate_hidden_shift=ru["hidden_shift"],
+                             i_gate_lut=In(stream.Signature(data.StructLayout({
+                                 "addr": ru["lut_addr"].shape, "data": ru["lut_data"].shape}))))
             route_counts = {"route_cycles": c, **{
                 name: c for name, _ in self._route.counters.shape()}}
         else:
@@ -363,6 +373,7 @@ class MoELayerAccelerator(wiring.Component):
                          e.in_we.eq(ld_valid & wr_mask[g]), e.rd_addr.eq(blk)]
 
         # routing front end: token vectors into the gate bank, routes straight out
+        lut_open = Signal()         # the FSM is between windows (tables are written then)
         ru = self._route
         rl_valid = Signal()
         rtok = Signal(range(self._n_tokens + 1))
@@ -378,10 +389,15 @@ class MoELayerAccelerator(wiring.Component):
             if ru.has_go_cache:
                 wiring.connect(m, ru.o_dram_req, wiring.flipped(self.o_dram_req))
                 wiring.connect(m, wiring.flipped(self.i_dram_resp), ru.i_dram_resp)
+            if ru.gate_hidden:
+                gl = self.i_gate_lut            # the MLP gate's tanh table, between windows
+                m.d.comb += [ru.hidden_mult.eq(self.gate_hidden_mult),
+                             ru.hidden_shift.eq(self.gate_hidden_shift),
+                             gl.ready.eq(lut_open), ru.lut_we.eq(gl.valid & lut_open),
+                             ru.lut_addr.eq(gl.payload.addr), ru.lut_data.eq(gl.payload.data)]
             m.d.comb += [cnt[name].eq(ru.counters[name]) for name, _ in ru.counters.shape()]
 
         # SiLU tables (SwiGLU): written between windows
-        lut_open = Signal()         # the FSM is between windows
         if self.ffn == "swiglu":
             lw = self.i_lut
             m.d.comb += lw.ready.eq(lut_open)

@@ -3,7 +3,13 @@
 The gate matrix (``d_model x n_experts``) lives on its own crossbars, a one-slot
 :class:`~moepim.hw.matrix_bank.MatrixBank` with its own peripheral sets; partial-sum adders
 give the integer logits (``moepim.models.quant.gate_logits_int`` with the crossbar arithmetic).
-Then, by ``router`` (a build parameter):
+An MLP gate (``gate_hidden`` > 0, LLaMA-MoE's ``W_2 tanh(W_1 x)``) has two one-slot banks:
+``W_1`` (``d_model x gate_hidden``, cell image ``bank_id``), whose partial sums are
+requantised (``hidden_mult``/``hidden_shift``, clamped to ``input_bits``) and looked up in the
+tanh table (``2**input_bits`` entries, written through ``lut_we``/``lut_addr``/``lut_data``
+before the run, address ``code + 2**(input_bits-1)``), ``lanes`` per cycle, into the input of
+``W_2`` (``gate_hidden x n_experts``, cell image ``bank_id + 1``), whose partial sums are the
+logits. Then, by ``router`` (a build parameter):
 
 * ``"expert_choice"``: :class:`~moepim.hw.softmax.GateSoftmax` over all experts gives the
   token's Q0.16 score row. ``mode == MODE_WINDOW``: the row goes to an
@@ -32,7 +38,8 @@ one beat with ``last`` (and no route) closes the window. ``mode``, ``cap``, ``go
 
 Cycles, without back-pressure on ``o_routes`` (``MoELayerAccelerator.route_cycles`` composes
 them): stage 1, ``gate_cycles = L + OB + 2`` from the cycle after the handshake (start, the
-gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read), then the hand-over when
+gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read; an MLP gate adds its second
+layer: ``L1 + HB + L2 + OB + 3``, ``HB`` hidden blocks between the banks), then the hand-over when
 stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
 ``S = softmax.latency(E) + 2`` for ``E`` experts:
 
@@ -49,10 +56,11 @@ The window's close (``close_cycles``): the expert-choice selection over the wind
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .expert_engine import SHIFT_BITS, requantize
 from .gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from .matrix_bank import BANK_ID_BITS, MatrixBank
 from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
@@ -71,7 +79,7 @@ class RouteUnit(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 gate_hidden: int = 0, multiplier_bits: int = 15, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
@@ -81,14 +89,22 @@ class RouteUnit(wiring.Component):
         check_counter_bits(counter_bits)
         self._router, self._n, self._t, self._lanes = router, n_experts, n_tokens, lanes
         self._gate_bits, self._k, self._renorm = gate_bits, top_k, bool(renormalize)
-        self.bank = MatrixBank(n_in=d_model, n_out=n_experts, n_slots=1, lanes=lanes,
-                               n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
-                               weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                               adc_bits=adc_bits, adc_shift=adc_shift,
-                               counter_bits=counter_bits, core=core)
-        g = self.bank.geometry
+        need(gate_hidden >= 0, "gate_hidden", gate_hidden,
+             "0 (a linear gate) or the MLP gate's hidden width")
+        need(0 < multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "1 .. 31")
+        self._hidden, self._act_bits = gate_hidden, input_bits
+        tile = dict(n_slots=1, lanes=lanes, n_rows=n_rows, n_columns=n_columns,
+                    bits_per_cell=bits_per_cell, weight_bits=weight_bits,
+                    input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
+                    adc_shift=adc_shift, counter_bits=counter_bits, core=core)
+        # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
+        self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_experts, **tile)
+        self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_experts, **tile)
+                      if gate_hidden else None)
+        self.logit_bank = self.bank2 or self.bank
+        g = self.logit_bank.geometry
         lim = 1 << (g.output_bits - 1)
-        rt = self.bank.row_tiles
+        rt = self.logit_bank.row_tiles
         self._logit_bits = signed_bits(-lim * rt, (lim - 1) * rt)
         self.softmax = self.ec = self.go = self.tc = None
         if router == "expert_choice":
@@ -104,7 +120,7 @@ class RouteUnit(wiring.Component):
                                         logit_bits=self._logit_bits, renormalize=renormalize,
                                         gate_bits=gate_bits)
         # elaborated with the unit; a cached build never elaborates them
-        for sub in (self.bank, self.softmax, self.ec, self.go, self.tc,
+        for sub in (self.bank, self.bank2, self.softmax, self.ec, self.go, self.tc,
                     self.ec and self.ec.topk, self.tc and self.tc.topk,
                     self.tc and self.tc.softmax):
             if sub is not None:
@@ -117,8 +133,15 @@ class RouteUnit(wiring.Component):
             members = self.go.signature.members
             go_ports = {"o_dram_req": members["o_dram_req"], "i_dram_resp": members["i_dram_resp"]}
             go_counts = {f"go_{name}": c for name, _ in self.go.counters.shape()}
+        mlp = {}
+        if gate_hidden:
+            mlp = {"hidden_mult": In(unsigned(multiplier_bits)),
+                   "hidden_shift": In(unsigned(SHIFT_BITS)),
+                   "lut_we": In(1), "lut_addr": In(unsigned(input_bits)),
+                   "lut_data": In(signed(input_bits))}
         super().__init__({
             "bank_id": In(BANK_ID_BITS),
+            **mlp,
             "in_we": In(1),
             "in_addr": In(index_bits(self.bank.in_blocks)),
             "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
@@ -142,12 +165,17 @@ class RouteUnit(wiring.Component):
     n_experts = property(lambda self: self._n)
     logit_bits = property(lambda self: self._logit_bits)
     has_go_cache = property(lambda self: self.go is not None)
+    gate_hidden = property(lambda self: self._hidden)
+    banks = property(lambda self: [b for b in (self.bank, self.bank2) if b is not None])
 
     @property
     def gate_cycles(self) -> int:
         """Stage 1 of a token: from the cycle after its ``i_tokens`` handshake to the first
         cycle it can hand its logits over: start, the MVM, the logit blocks."""
-        return self.bank.mvm_latency + self.bank.out_blocks + 2
+        if self.bank2 is None:
+            return self.bank.mvm_latency + self.bank.out_blocks + 2
+        return (self.bank.mvm_latency + self.bank.out_blocks + self.bank2.mvm_latency
+                + self.bank2.out_blocks + 3)
 
     def router_cycles(self, mode: int, *, first: bool = False, insert: bool = False,
                       n_routes: int = 0, go_rows_read: int = 0, go_dram_rows: int = 0) -> int:
@@ -175,24 +203,47 @@ class RouteUnit(wiring.Component):
         cnt = self.counters
         m.d.comb += [bank.bank_id.eq(self.bank_id), bank.in_we.eq(self.in_we),
                      bank.in_addr.eq(self.in_addr), bank.in_data.eq(self.in_data),
-                     bank.slot.eq(0), cnt.gate_dac_drives.eq(bank.dac_drives)]
+                     bank.slot.eq(0),
+                     cnt.gate_dac_drives.eq(tree_sum(b.dac_drives for b in self.banks))]
         tok = Signal.like(self.i_tokens.payload.token)
         last = Signal()
         out = self.o_routes
         shift = SCORE_BITS - self._gate_bits
+        lb = self.logit_bank
 
-        # the logits: partial sums of the gate bank's row tiles, block by block
+        # the logits: partial sums of the logit bank's row tiles, block by block
         logits = Signal(data.ArrayLayout(signed(self._logit_bits), n))
-        blk = Signal(range(bank.out_blocks + 2))
-        got = Signal()                       # bank.rd_data holds block blk - 1
-        for b in range(bank.out_blocks):
+        blk = Signal(range(max(bank.out_blocks, lb.out_blocks) + 2))
+        got = Signal()                       # lb.rd_data holds block blk - 1
+        for b in range(lb.out_blocks):
             with m.If(got & (blk == b + 1)):
                 for i in range(lanes):
                     e = b * lanes + i
                     if e < n:
-                        m.d.sync += logits[e].eq(tree_sum(bank.rd_data[i][r]
-                                                          for r in range(bank.row_tiles)))
-        m.d.comb += bank.rd_addr.eq(blk)
+                        m.d.sync += logits[e].eq(tree_sum(lb.rd_data[i][r]
+                                                          for r in range(lb.row_tiles)))
+        m.d.comb += [b.rd_addr.eq(blk) for b in self.banks]
+
+        # MLP gate: the first layer's partial sums, requantised, through the tanh table into
+        # the second layer's input, one block per cycle (block blk - 1 while reading blk)
+        hidden_we = Signal()
+        if self.bank2 is not None:
+            b2, ab, hb = self.bank2, self._act_bits, bank.out_blocks
+            m.submodules.gate_bank2 = b2
+            m.submodules.tanh = lut = memory.Memory(shape=signed(ab), depth=1 << ab, init=[])
+            wp = lut.write_port()
+            m.d.comb += [wp.en.eq(self.lut_we), wp.addr.eq(self.lut_addr),
+                         wp.data.eq(self.lut_data), b2.bank_id.eq(self.bank_id + 1),
+                         b2.slot.eq(0), b2.in_we.eq(hidden_we), b2.in_addr.eq(blk - 1)]
+            for i in range(lanes):
+                h = requantize(tree_sum(bank.rd_data[i][r] for r in range(bank.row_tiles)),
+                               self.hidden_mult, self.hidden_shift, ab)
+                rp = lut.read_port(domain="comb")
+                m.d.comb += rp.addr.eq((h + (1 << (ab - 1)))[:ab])
+                if (hb - 1) * lanes + i < self._hidden:
+                    m.d.comb += b2.in_data[i].eq(rp.data)
+                else:                        # past the hidden width in the last block
+                    m.d.comb += b2.in_data[i].eq(Mux(blk == hb, 0, rp.data))
 
         if self.go is not None:
             go = self.go
@@ -238,10 +289,26 @@ class RouteUnit(wiring.Component):
             with m.State("MVM"):
                 with m.If(bank.done):
                     m.next = "LOGITS"
+                    if self.bank2 is not None:
+                        m.d.sync += blk.eq(1)           # block 0 is being read
+                        m.next = "HIDDEN"
+            if self.bank2 is not None:
+                with m.State("HIDDEN"):
+                    m.d.comb += hidden_we.eq(1)
+                    m.d.sync += blk.eq(blk + 1)
+                    with m.If(blk == bank.out_blocks):
+                        m.next = "START2"
+                with m.State("START2"):
+                    m.d.comb += self.bank2.start.eq(1)
+                    m.d.sync += [blk.eq(0), got.eq(0)]
+                    m.next = "MVM2"
+                with m.State("MVM2"):
+                    with m.If(self.bank2.done):
+                        m.next = "LOGITS"
             with m.State("LOGITS"):
                 # read block blk; its data arrives next cycle (got)
                 m.d.sync += [blk.eq(blk + 1), got.eq(1)]
-                with m.If(blk == bank.out_blocks):
+                with m.If(blk == lb.out_blocks):
                     m.next = "HANDOFF"
             with m.State("HANDOFF"):
                 # wait for stage 2 to finish the previous token

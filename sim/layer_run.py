@@ -94,13 +94,12 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
 
 def hw_router(model) -> str | None:
     """The routing front end the layer is built with (``moepim.hw.route_unit``), or ``None``
-    when the host supplies the routes: the MLP gate (its tanh hidden layer has no RTL yet)
-    and top-k with capacity dropping (no RTL for the drop)."""
+    when the host supplies the routes: top-k with capacity dropping (no RTL for the drop).
+    LLaMA-MoE's MLP gate is a top-k router behind the gate's two layers."""
     r = model.router
     if r.kind == "expert_choice":
         return "expert_choice"
-    if r.kind == "softmax_topk" and not (r.capacity_factor is not None
-                                         and r.drop_policy == "drop"):
+    if not (r.capacity_factor is not None and r.drop_policy == "drop"):
         return "top_k"
     return None
 
@@ -123,7 +122,10 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
                  "go_rows": min(exp.layer.go_cache_rows or seq, seq) if go else 0,
                  "max_sequence": seq if go else 0}
     elif router == "top_k":
-        route = {"top_k": r.top_k, "renormalize": bool(r.renormalize)}
+        # the MLP gate's weights: softmax over the selected logits (``route_int``)
+        mlp = r.kind == "mlp_gate"
+        route = {"top_k": r.top_k, "renormalize": bool(r.renormalize) or mlp,
+                 "gate_hidden": r.gate_hidden if mlp else 0}
     spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
                      max(len(g) for g in probe), n_tokens, exp.layer.lanes, m.quant.gate_bits,
                      m.quant.multiplier_bits, m.ffn, m.shared.d_ff if n_sh else 0,
@@ -412,7 +414,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "router": m.router.kind}
     if hw_routing:
         routing = {
-            "source": "hardware: gate crossbars, softmax and "
+            "source": "hardware: gate crossbars"
+                      + (" (two layers, tanh table)" if spec.gate_hidden else "")
+                      + ", softmax and "
                       + ("expert-choice router / GO cache" if spec.router == "expert_choice"
                          else "top-k router") + " (moepim.hw.route_unit)",
             "router": m.router.kind, "hw_router": spec.router,
@@ -488,8 +492,8 @@ def _bank_models(layer, images: dict):
                 bank_id = len(engine.bank_names) * g + k
                 add_bank_model(simulator, engine.banks[name], images[f"MOEPIM_BANK{bank_id}"])
         if layer.route_unit is not None:
-            add_bank_model(simulator, layer.route_unit.bank,
-                           images[f"MOEPIM_BANK{layer.gate_bank_id}"])
+            for k, bank in enumerate(layer.route_unit.banks):
+                add_bank_model(simulator, bank, images[f"MOEPIM_BANK{layer.gate_bank_id + k}"])
     return setup
 
 

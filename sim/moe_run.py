@@ -68,6 +68,7 @@ class LayerSpec:
     c_max: int = 1
     go_rows: int = 0
     max_sequence: int = 0
+    gate_hidden: int = 0            # MLP gate (LLaMA-MoE): its hidden width; 0 = linear gate
 
 
 @dataclass
@@ -103,7 +104,7 @@ def make_component(spec: LayerSpec, tile_kwargs: dict,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
         shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
         renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
-        max_sequence=spec.max_sequence, **tile_kwargs)
+        max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden, **tile_kwargs)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -224,10 +225,13 @@ def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str
             images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
                 ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
     if spec.router is not None:
-        # the gate's crossbars (routed experts' columns), after every group's banks
-        w = t["gate.weight"]
-        images.append((f"MOEPIM_BANK{len(names) * len(groups)}",
-                       bank_image([w], 1, w.shape[0], w.shape[1], shape)))
+        # the gate's crossbars (routed experts' columns), after every group's banks; an MLP
+        # gate's two layers one after the other
+        gates = ["gate.fc1.weight", "gate.fc2.weight"] if spec.gate_hidden else ["gate.weight"]
+        for k, name in enumerate(gates):
+            w = t[name]
+            images.append((f"MOEPIM_BANK{len(names) * len(groups) + k}",
+                           bank_image([w], 1, w.shape[0], w.shape[1], shape)))
     return images
 
 
@@ -267,7 +271,8 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
     ``extra_counters``: :func:`route_counter_names`; ``route_stall_p``: back-pressure on the
     layer's routes (the routing formula is then an upper bound, see ``check_windows``)."""
     combine = ql.requant["combine"]
-    gate_index = None
+    gate_index = gate_hidden = None
+    gate_lut = []
     if spec.router is not None:
         rq = ql.gate_index
         if rq.mult >= 1 << INDEX_MULT_BITS or rq.shift >= 1 << INDEX_SHIFT_BITS:
@@ -275,9 +280,15 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
                              f"{rq.shift}) does not fit the router's {INDEX_MULT_BITS}-bit "
                              f"multiplier and {INDEX_SHIFT_BITS}-bit shift")
         gate_index = [rq.mult, rq.shift]
+    if spec.gate_hidden:
+        # the MLP gate's hidden requantisation and tanh table (address code + 2**(ab-1))
+        rq = ql.requant["gate.fc1"]
+        gate_hidden = [rq.mult, _shift(rq, "gate.fc1")]
+        gate_lut = [[i, int(v)] for i, v in enumerate(ql.luts["tanh"])]
     return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups,
                          "route": [w.route_mode, w.route_cap, int(w.go_insert)]}
                         for w in windows], "luts": list(luts), "gate_index": gate_index,
+            "gate_hidden": gate_hidden, "gate_lut": gate_lut,
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
             "stall_p": stall_p,

@@ -188,7 +188,7 @@ def test_layer_routes_on_its_hardware_and_the_go_cache_spills_to_dram(tmp_path):
 @pytest.mark.parametrize("name, router", [
     ("llama-moe-3.5b-4-16-paper", "expert_choice"), ("mixtral-8x7b", "top_k"),
     ("qwen1.5-moe-a2.7b", "top_k"), ("olmoe-1b-7b", "top_k"),
-    ("llama-moe-3.5b-4-16", None),          # MLP gate: no RTL for its tanh hidden layer
+    ("llama-moe-3.5b-4-16", "top_k"),       # MLP gate: two gate layers, then top-4
     ("switch-base-128", None),              # capacity dropping: no RTL
 ])
 def test_which_routers_run_on_the_layer(name, router):
@@ -376,6 +376,60 @@ def test_shared_expert_reaches_the_golden():
     assert not np.array_equal(y, wl.y_q)
 
 
+MLP_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-mlpgate-small.yaml"
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_mlp_gate_routes_on_the_layer(tmp_path):
+    """LLaMA-MoE's MLP gate on the layer: the first gate layer's partial sums requantised and
+    looked up in the tanh table (written at run time) feed the second layer's crossbars, whose
+    logits go to the top-k router; routes, outputs and routing cycles are exact. The hidden
+    width (24) is not a multiple of the 16 lanes: the second layer gets a partial block."""
+    from moepim.sim.layer_run import layer_spec
+    from moepim.sim.moe_run import make_component
+
+    exp = load_experiment(MLP_LAYER)
+    exp = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer,
+                                                             switching_activity=False))
+    m = exp.model
+    assert m.router.kind == "mlp_gate" and m.router.gate_hidden % exp.layer.lanes
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    _check(report, 1 + exp.workload.n_generate)
+    r = report["routing"]
+    assert r["hw_router"] == "top_k" and "two layers, tanh table" in r["source"]
+    n_tok = exp.workload.n_prompt + exp.workload.n_generate
+    assert r["gate_mvms"] == n_tok
+    assert sum(w["routes"] for w in report["windows"]) == m.router.top_k * n_tok
+    # the gate stage is the two layers: longer than a linear gate on the same bank
+    spec, tile = layer_spec(exp)
+    ru = make_component(spec, tile).route_unit
+    assert ru.gate_hidden == m.router.gate_hidden and len(ru.banks) == 2
+    b1, b2 = ru.banks
+    assert ru.gate_cycles == b1.mvm_latency + b1.out_blocks + b2.mvm_latency \
+        + b2.out_blocks + 3
+    # the tanh table is a RAM of the layer (Yosys), 2**act_bits entries
+    tanh = [x for x in report["area_mm2"]["digital_logic"]["memories"] if x["name"] == "tanh"]
+    assert tanh and tanh[0]["depth"] == 1 << exp.tile.input_bits
+    # both gate layers' crossbars priced per routed token
+    shape = TileShape(**exp.tile.shape_kwargs())
+    gate = np.prod(tiles_of(m.d_model, m.router.gate_hidden, shape)) \
+        + np.prod(tiles_of(m.router.gate_hidden, m.n_experts, shape))
+    assert report["energy_pj"]["events"]["gate_tile_mvms"] == n_tok * gate
+
+
+def test_mlp_gate_golden_depends_on_the_tanh_table():
+    """The tanh table reaches the routes: a wrong table changes the selections (so a bench
+    that skipped the table writes could not match the golden routes)."""
+    from moepim.models.quant import route_int
+    from moepim.models.workload import make_workload
+
+    exp = load_experiment(MLP_LAYER)
+    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    wl = make_workload(exp.model, n_prompt=8, n_generate=0, seed=3, matmul=mm)
+    wl.quant.luts["tanh"] = wl.quant.luts["tanh"][::-1].copy()
+    assert not np.array_equal(route_int(wl.x_q, wl.quant, matmul=mm).mask, wl.routing.mask)
+
+
 def test_swiglu_golden_differs_from_a_wrong_silu_table():
     """The SiLU tables reach the golden: changing one expert's table changes its outputs
     (so a bench that skipped the table writes could not pass the bit-exact check)."""
@@ -393,6 +447,7 @@ def test_swiglu_golden_differs_from_a_wrong_silu_table():
 @pytest.mark.parametrize("config, workload", [
     (SMALL_LAYER, dict(n_prompt=4, n_generate=2, no_cache="simulate")),
     (SHARED_LAYER, dict(n_prompt=3, n_generate=1)),
+    (MLP_LAYER, dict(n_prompt=3, n_generate=1)),
 ])
 def test_amaranth_simulator_runs_the_layer_bit_exact(tmp_path, config, workload):
     """``--sim amaranth``: every group's engine elaborated in place, the matrix banks played
