@@ -27,7 +27,10 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   MLP gate (``gate_hidden``: LLaMA-MoE's ``W_2 tanh(W_1 x)``) has its two layers on cell
   images ``gate_bank_id`` and ``gate_bank_id + 1``, the hidden requantisation on
   ``gate_hidden_mult``/``gate_hidden_shift`` and its tanh table written on ``i_gate_lut``
-  (address ``code + 2**(act_bits-1)``, value) between windows, like the SiLU tables.
+  (table 0, address ``code + 2**(act_bits-1)``, value) between windows, like the SiLU tables.
+  A sigmoid-gated shared expert (``shared_gate``): its gate is one more gate column,
+  requantised with ``gate_shared_mult``/``gate_shared_shift`` into the sigmoid table
+  (``i_gate_lut`` table 1); its weight leaves as a route beat of the shared expert.
 
 ``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
 every group's engine in place, its banks driven by simulator processes
@@ -105,7 +108,7 @@ class MoELayerAccelerator(wiring.Component):
                  depth: int | None = None, engine_core: str = "macro",
                  router: str | None = None, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 gate_hidden: int = 0, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 gate_hidden: int = 0, shared_gate: bool = False, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
@@ -118,6 +121,8 @@ class MoELayerAccelerator(wiring.Component):
         need((n_groups - n_sh) * group_size >= n_experts - n_sh, "n_groups", n_groups,
              f"(routed groups) * group_size >= routed experts ({n_experts - n_sh})")
         need(d_model % lanes == 0, "lanes", lanes, f"a divisor of d_model={d_model}")
+        need(not shared_gate or (n_sh and router is not None), "shared_gate", shared_gate,
+             "False without a shared expert (shared_d_ff) or a router")
         check_counter_bits(counter_bits)
         self._tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                           weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
@@ -157,7 +162,8 @@ class MoELayerAccelerator(wiring.Component):
                 d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
                 router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
                 c_max=c_max, go_rows=go_rows, max_sequence=max_sequence,
-                gate_hidden=gate_hidden, multiplier_bits=multiplier_bits,
+                gate_hidden=gate_hidden, shared_gate=shared_gate,
+                multiplier_bits=multiplier_bits,
                 core="python" if engine_core == "python" else "macro", **self._tile)
             self._route._MustUse__silence = True
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
@@ -193,9 +199,14 @@ class MoELayerAccelerator(wiring.Component):
                 route.update(o_dram_req=ru["o_dram_req"], i_dram_resp=ru["i_dram_resp"])
             if self._route.gate_hidden:
                 route.update(gate_hidden_mult=ru["hidden_mult"],
-                             gate_hidden_shift=ru["hidden_shift"],
-                             i_gate_lut=In(stream.Signature(data.StructLayout({
-                                 "addr": ru["lut_addr"].shape, "data": ru["lut_data"].shape}))))
+                             gate_hidden_shift=ru["hidden_shift"])
+            if self._route.shared_gate:
+                route.update(gate_shared_mult=ru["shared_mult"],
+                             gate_shared_shift=ru["shared_shift"])
+            if self._route.has_tables:
+                route.update(i_gate_lut=In(stream.Signature(data.StructLayout({
+                    "table": 1, "addr": ru["lut_addr"].shape,
+                    "data": ru["lut_data"].shape}))))
             route_counts = {"route_cycles": c, **{
                 name: c for name, _ in self._route.counters.shape()}}
         else:
@@ -390,10 +401,15 @@ class MoELayerAccelerator(wiring.Component):
                 wiring.connect(m, ru.o_dram_req, wiring.flipped(self.o_dram_req))
                 wiring.connect(m, wiring.flipped(self.i_dram_resp), ru.i_dram_resp)
             if ru.gate_hidden:
-                gl = self.i_gate_lut            # the MLP gate's tanh table, between windows
                 m.d.comb += [ru.hidden_mult.eq(self.gate_hidden_mult),
-                             ru.hidden_shift.eq(self.gate_hidden_shift),
-                             gl.ready.eq(lut_open), ru.lut_we.eq(gl.valid & lut_open),
+                             ru.hidden_shift.eq(self.gate_hidden_shift)]
+            if ru.shared_gate:
+                m.d.comb += [ru.shared_mult.eq(self.gate_shared_mult),
+                             ru.shared_shift.eq(self.gate_shared_shift)]
+            if ru.has_tables:
+                gl = self.i_gate_lut        # the gate's tanh / sigmoid tables, between windows
+                m.d.comb += [gl.ready.eq(lut_open), ru.lut_we.eq(gl.valid & lut_open),
+                             ru.lut_table.eq(gl.payload.table),
                              ru.lut_addr.eq(gl.payload.addr), ru.lut_data.eq(gl.payload.data)]
             m.d.comb += [cnt[name].eq(ru.counters[name]) for name, _ in ru.counters.shape()]
 

@@ -9,7 +9,14 @@ requantised (``hidden_mult``/``hidden_shift``, clamped to ``input_bits``) and lo
 tanh table (``2**input_bits`` entries, written through ``lut_we``/``lut_addr``/``lut_data``
 before the run, address ``code + 2**(input_bits-1)``), ``lanes`` per cycle, into the input of
 ``W_2`` (``gate_hidden x n_experts``, cell image ``bank_id + 1``), whose partial sums are the
-logits. Then, by ``router`` (a build parameter):
+logits. A model's sigmoid-gated shared expert (``shared_gate``) adds one column to the
+logit bank: its logit is requantised (``shared_mult``/``shared_shift``, clamped to
+``input_bits``) and looked up in the sigmoid table (``2**input_bits`` entries of
+``gate_bits``, ``moepim.models.quant.shared_gate_int``); the result leaves as the token's first
+route beat, expert ``n_experts`` (the shared expert), before the routed experts' selections.
+Tables are written through ``lut_we``/``lut_table``/``lut_addr``/``lut_data`` before the run
+(table 0 tanh, 1 sigmoid; address ``code + 2**(input_bits-1)``). Then, by ``router`` (a build
+parameter):
 
 * ``"expert_choice"``: :class:`~moepim.hw.softmax.GateSoftmax` over all experts gives the
   token's Q0.16 score row. ``mode == MODE_WINDOW``: the row goes to an
@@ -48,7 +55,9 @@ stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
 * expert choice, ``MODE_CACHED``: ``S + rows + E + 5``, ``rows`` the earlier rows the GO cache
   scans (SRAM rows one per cycle; DRAM rows at the DRAM's pace, one per cycle with a DRAM
   answering the cycle after a request), ``E`` cycles to walk the selection mask;
-* top-k: ``TokenChoiceRouter.latency(k) + 3 + k`` (``k`` routes sent).
+* top-k: ``TokenChoiceRouter.latency(k) + 3 + k`` (``k`` routes sent);
+
+plus 1 with the shared gate (its beat).
 
 The window's close (``close_cycles``): the expert-choice selection over the window
 (``ExpertChoiceRouter.select_cycles``) and the closing beat, or the closing beat alone.
@@ -79,7 +88,8 @@ class RouteUnit(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 gate_hidden: int = 0, multiplier_bits: int = 15, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 gate_hidden: int = 0, shared_gate: bool = False, multiplier_bits: int = 15,
+                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
@@ -93,13 +103,17 @@ class RouteUnit(wiring.Component):
              "0 (a linear gate) or the MLP gate's hidden width")
         need(0 < multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "1 .. 31")
         self._hidden, self._act_bits = gate_hidden, input_bits
+        self._shared = bool(shared_gate)
+        need(not (gate_hidden and shared_gate), "shared_gate", shared_gate,
+             "False with an MLP gate (the shared gate reads the token, not the hidden layer)")
+        n_cols = n_experts + self._shared       # the shared gate's column after the experts'
         tile = dict(n_slots=1, lanes=lanes, n_rows=n_rows, n_columns=n_columns,
                     bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                     input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
                     adc_shift=adc_shift, counter_bits=counter_bits, core=core)
         # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
-        self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_experts, **tile)
-        self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_experts, **tile)
+        self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_cols, **tile)
+        self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_cols, **tile)
                       if gate_hidden else None)
         self.logit_bank = self.bank2 or self.bank
         g = self.logit_bank.geometry
@@ -133,15 +147,19 @@ class RouteUnit(wiring.Component):
             members = self.go.signature.members
             go_ports = {"o_dram_req": members["o_dram_req"], "i_dram_resp": members["i_dram_resp"]}
             go_counts = {f"go_{name}": c for name, _ in self.go.counters.shape()}
-        mlp = {}
+        tables = {}
         if gate_hidden:
-            mlp = {"hidden_mult": In(unsigned(multiplier_bits)),
-                   "hidden_shift": In(unsigned(SHIFT_BITS)),
-                   "lut_we": In(1), "lut_addr": In(unsigned(input_bits)),
-                   "lut_data": In(signed(input_bits))}
+            tables.update(hidden_mult=In(unsigned(multiplier_bits)),
+                          hidden_shift=In(unsigned(SHIFT_BITS)))
+        if self._shared:
+            tables.update(shared_mult=In(unsigned(multiplier_bits)),
+                          shared_shift=In(unsigned(SHIFT_BITS)))
+        if gate_hidden or self._shared:
+            tables.update(lut_we=In(1), lut_table=In(1), lut_addr=In(unsigned(input_bits)),
+                          lut_data=In(signed(max(input_bits, gate_bits + 1))))
         super().__init__({
             "bank_id": In(BANK_ID_BITS),
-            **mlp,
+            **tables,
             "in_we": In(1),
             "in_addr": In(index_bits(self.bank.in_blocks)),
             "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
@@ -154,7 +172,7 @@ class RouteUnit(wiring.Component):
                 "token": unsigned(index_bits(n_tokens)), "last": 1}))),
             "o_routes": Out(stream.Signature(data.StructLayout({
                 "token": unsigned(index_bits(n_tokens)),
-                "expert": unsigned(index_bits(n_experts)),
+                "expert": unsigned(index_bits(n_cols)),
                 "weight": unsigned(gate_bits), "last": 1}))),
             **go_ports,
             "counters": Out(data.StructLayout({
@@ -166,6 +184,8 @@ class RouteUnit(wiring.Component):
     logit_bits = property(lambda self: self._logit_bits)
     has_go_cache = property(lambda self: self.go is not None)
     gate_hidden = property(lambda self: self._hidden)
+    shared_gate = property(lambda self: self._shared)
+    has_tables = property(lambda self: bool(self._hidden or self._shared))
     banks = property(lambda self: [b for b in (self.bank, self.bank2) if b is not None])
 
     @property
@@ -183,9 +203,10 @@ class RouteUnit(wiring.Component):
         (module docstring). ``first``/``insert``: token 0 of a window that fills the GO
         cache; ``n_routes``: routes a top-k token sends; ``go_rows_read``/``go_dram_rows``:
         rows a cached decision scans in SRAM / in DRAM."""
+        beat = int(self._shared)                 # the shared gate's route beat
         if self._router == "top_k":
-            return self.tc.latency(n_routes) + 3 + n_routes
-        soft = self.softmax.latency(self._n) + 2
+            return self.tc.latency(n_routes) + 3 + n_routes + beat
+        soft = self.softmax.latency(self._n) + 2 + beat
         if mode == MODE_WINDOW:
             return soft + 1 + (1 if first and insert else 0)
         return soft + go_rows_read + go_dram_rows + self._n + 5
@@ -213,33 +234,49 @@ class RouteUnit(wiring.Component):
 
         # the logits: partial sums of the logit bank's row tiles, block by block
         logits = Signal(data.ArrayLayout(signed(self._logit_bits), n))
+        shared_logit = Signal(signed(self._logit_bits))
         blk = Signal(range(max(bank.out_blocks, lb.out_blocks) + 2))
         got = Signal()                       # lb.rd_data holds block blk - 1
         for b in range(lb.out_blocks):
             with m.If(got & (blk == b + 1)):
                 for i in range(lanes):
                     e = b * lanes + i
-                    if e < n:
-                        m.d.sync += logits[e].eq(tree_sum(lb.rd_data[i][r]
-                                                          for r in range(lb.row_tiles)))
+                    dst = logits[e] if e < n else shared_logit if e == n and self._shared \
+                        else None
+                    if dst is not None:
+                        m.d.sync += dst.eq(tree_sum(lb.rd_data[i][r]
+                                                    for r in range(lb.row_tiles)))
         m.d.comb += [b.rd_addr.eq(blk) for b in self.banks]
 
         # MLP gate: the first layer's partial sums, requantised, through the tanh table into
         # the second layer's input, one block per cycle (block blk - 1 while reading blk)
         hidden_we = Signal()
+        ab = self._act_bits
+
+        def table(name, shape, index):
+            """A run-time table (``lut_table`` ``index``) and its write port."""
+            mem = memory.Memory(shape=shape, depth=1 << ab, init=[])
+            m.submodules[name] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.en.eq(self.lut_we & (self.lut_table == index)),
+                         wp.addr.eq(self.lut_addr), wp.data.eq(self.lut_data)]
+            return mem
+
+        def code(value):
+            """Table address of a signed ``ab``-bit code."""
+            return (value + (1 << (ab - 1)))[:ab]
+
         if self.bank2 is not None:
-            b2, ab, hb = self.bank2, self._act_bits, bank.out_blocks
+            b2, hb = self.bank2, bank.out_blocks
             m.submodules.gate_bank2 = b2
-            m.submodules.tanh = lut = memory.Memory(shape=signed(ab), depth=1 << ab, init=[])
-            wp = lut.write_port()
-            m.d.comb += [wp.en.eq(self.lut_we), wp.addr.eq(self.lut_addr),
-                         wp.data.eq(self.lut_data), b2.bank_id.eq(self.bank_id + 1),
+            lut = table("tanh", signed(ab), 0)
+            m.d.comb += [b2.bank_id.eq(self.bank_id + 1),
                          b2.slot.eq(0), b2.in_we.eq(hidden_we), b2.in_addr.eq(blk - 1)]
             for i in range(lanes):
                 h = requantize(tree_sum(bank.rd_data[i][r] for r in range(bank.row_tiles)),
                                self.hidden_mult, self.hidden_shift, ab)
                 rp = lut.read_port(domain="comb")
-                m.d.comb += rp.addr.eq((h + (1 << (ab - 1)))[:ab])
+                m.d.comb += rp.addr.eq(code(h))
                 if (hb - 1) * lanes + i < self._hidden:
                     m.d.comb += b2.in_data[i].eq(rp.data)
                 else:                        # past the hidden width in the last block
@@ -268,6 +305,16 @@ class RouteUnit(wiring.Component):
             weights = Signal.like(tc.o_routes.payload.weights)
             n_sel = Signal.like(tc.o_routes.payload.n_selected)
             j = Signal.like(n_sel)
+
+        # the shared expert's gate weight, from the registered logit
+        shared_w = Signal(self._gate_bits)
+        shared_b = Signal.like(shared_w)
+        if self._shared:
+            sig = table("sigmoid", unsigned(self._gate_bits), 1)
+            rp = sig.read_port(domain="comb")
+            m.d.comb += [rp.addr.eq(code(requantize(shared_logit, self.shared_mult,
+                                                    self.shared_shift, ab))),
+                         shared_w.eq(rp.data)]
 
         # stage 1, the gate: MVM of the token the parent loaded, its logits into stage 2
         tok_b = Signal.like(tok)
@@ -314,7 +361,8 @@ class RouteUnit(wiring.Component):
                 # wait for stage 2 to finish the previous token
                 with m.If(stage2_idle):
                     m.d.comb += handoff.eq(1)
-                    m.d.sync += [logits_b.eq(logits), tok_b.eq(tok), last_b.eq(last)]
+                    m.d.sync += [logits_b.eq(logits), tok_b.eq(tok), last_b.eq(last),
+                                 shared_b.eq(shared_w)]
                     m.next = "IDLE"
 
         # stage 2, the router: scores, selection, routes out
@@ -325,17 +373,24 @@ class RouteUnit(wiring.Component):
                 m.d.comb += stage2_idle.eq(1)
                 first = "SCORE" if ec_kind else "TC_IN"
                 with m.If(handoff):
-                    m.next = first
+                    m.next = "SHARED" if self._shared else first
                     if self.go is not None:
                         with m.If(self.go_insert & (self.mode == MODE_WINDOW) & (tok_a == 0)):
                             m.next = "CLEAR"
+            if self._shared:
+                with m.State("SHARED"):
+                    # the shared expert's gate weight: the token's first route beat
+                    m.d.comb += [out.valid.eq(1), out.payload.token.eq(tok),
+                                 out.payload.expert.eq(n), out.payload.weight.eq(shared_b)]
+                    with m.If(out.ready):
+                        m.next = first
             if self.go is not None:
                 with m.State("CLEAR"):
                     # a new sequence: forget the cached rows (the GO cache is idle here)
                     m.d.comb += [self.go.i_cmd.valid.eq(1),
                                  self.go.i_cmd.payload.op.eq(OP_CLEAR)]
                     with m.If(self.go.i_cmd.ready):
-                        m.next = "SCORE"
+                        m.next = "SHARED" if self._shared else "SCORE"
             if ec_kind:
                 with m.State("SCORE"):
                     p = sm.i_logits.payload

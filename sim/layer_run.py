@@ -126,6 +126,8 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
         mlp = r.kind == "mlp_gate"
         route = {"top_k": r.top_k, "renormalize": bool(r.renormalize) or mlp,
                  "gate_hidden": r.gate_hidden if mlp else 0}
+    if router is not None and n_sh and m.shared.gate == "sigmoid":
+        route["shared_gate"] = True      # the shared expert's gate on the layer's router
     spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
                      max(len(g) for g in probe), n_tokens, exp.layer.lanes, m.quant.gate_bits,
                      m.quant.multiplier_bits, m.ffn, m.shared.d_ff if n_sh else 0,
@@ -418,7 +420,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                       + (" (two layers, tanh table)" if spec.gate_hidden else "")
                       + ", softmax and "
                       + ("expert-choice router / GO cache" if spec.router == "expert_choice"
-                         else "top-k router") + " (moepim.hw.route_unit)",
+                         else "top-k router")
+                      + (", shared expert's sigmoid gate" if spec.shared_gate else "")
+                      + " (moepim.hw.route_unit)",
             "router": m.router.kind, "hw_router": spec.router,
             "routes_match": all(w["routes_match"] for w in per),
             "route_cycles_match_formula": all(route_ok(w) for w in per),

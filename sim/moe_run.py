@@ -69,6 +69,7 @@ class LayerSpec:
     go_rows: int = 0
     max_sequence: int = 0
     gate_hidden: int = 0            # MLP gate (LLaMA-MoE): its hidden width; 0 = linear gate
+    shared_gate: bool = False       # the shared expert's sigmoid gate on the layer's router
 
 
 @dataclass
@@ -104,7 +105,8 @@ def make_component(spec: LayerSpec, tile_kwargs: dict,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
         shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
         renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
-        max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden, **tile_kwargs)
+        max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden,
+        shared_gate=spec.shared_gate, **tile_kwargs)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -225,11 +227,12 @@ def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str
             images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
                 ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
     if spec.router is not None:
-        # the gate's crossbars (routed experts' columns), after every group's banks; an MLP
-        # gate's two layers one after the other
-        gates = ["gate.fc1.weight", "gate.fc2.weight"] if spec.gate_hidden else ["gate.weight"]
-        for k, name in enumerate(gates):
-            w = t[name]
+        # the gate's crossbars (routed experts' columns, then the shared gate's), after every
+        # group's banks; an MLP gate's two layers one after the other
+        gates = [["gate.fc1.weight"], ["gate.fc2.weight"]] if spec.gate_hidden \
+            else [["gate.weight"] + (["shared_gate.weight"] if spec.shared_gate else [])]
+        for k, columns in enumerate(gates):
+            w = np.hstack([t[name] for name in columns])
             images.append((f"MOEPIM_BANK{len(names) * len(groups) + k}",
                            bank_image([w], 1, w.shape[0], w.shape[1], shape)))
     return images
@@ -271,7 +274,7 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
     ``extra_counters``: :func:`route_counter_names`; ``route_stall_p``: back-pressure on the
     layer's routes (the routing formula is then an upper bound, see ``check_windows``)."""
     combine = ql.requant["combine"]
-    gate_index = gate_hidden = None
+    gate_index = gate_hidden = gate_shared = None
     gate_lut = []
     if spec.router is not None:
         rq = ql.gate_index
@@ -284,11 +287,16 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
         # the MLP gate's hidden requantisation and tanh table (address code + 2**(ab-1))
         rq = ql.requant["gate.fc1"]
         gate_hidden = [rq.mult, _shift(rq, "gate.fc1")]
-        gate_lut = [[i, int(v)] for i, v in enumerate(ql.luts["tanh"])]
+        gate_lut += [[0, i, int(v)] for i, v in enumerate(ql.luts["tanh"])]
+    if spec.shared_gate:
+        # the shared expert's gate requantisation and sigmoid table (table 1)
+        rq = ql.requant["shared_gate"]
+        gate_shared = [rq.mult, _shift(rq, "shared_gate")]
+        gate_lut += [[1, i, int(v)] for i, v in enumerate(ql.luts["sigmoid"])]
     return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups,
                          "route": [w.route_mode, w.route_cap, int(w.go_insert)]}
                         for w in windows], "luts": list(luts), "gate_index": gate_index,
-            "gate_hidden": gate_hidden, "gate_lut": gate_lut,
+            "gate_hidden": gate_hidden, "gate_shared": gate_shared, "gate_lut": gate_lut,
             "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
             "stall_p": stall_p,
@@ -341,7 +349,8 @@ def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) 
         expected_cycles = expected_compute_cycles(w, dut)
         routing = {}
         if w.route_mode != MODE_HOST:
-            want = w.expected_routes(dut.route_unit.n_experts)
+            ru = dut.route_unit          # routed experts, and the shared gate's beats
+            want = w.expected_routes(ru.n_experts + int(ru.shared_gate))
             got_routes = sorted(res["routes"])
             if got_routes != want:
                 extra = [r for r in got_routes if r not in want]

@@ -381,7 +381,7 @@ PROGRESS_EVERY = 2000       # cycles between progress reports
 async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
                     luts=(), timeout=10_000_000, progress_file=None, gate_index=None,
                     dram=False, extra_counters=(), route_stall_p=0.0, gate_hidden=None,
-                    gate_lut=()):
+                    gate_shared=None, gate_lut=()):
     """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
     d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
     fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
@@ -396,8 +396,9 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     would. ``dram``: the
     layer has the GO cache's DRAM port; this bench's DRAM stores spilled rows and answers a
     read the cycle after its request (the DRAM's timing is modelled by the run's timeline).
-    An MLP gate: ``gate_hidden`` = its hidden requantisation ``[mult, shift]``, ``gate_lut``
-    = ``[addr, value]`` writes of its tanh table (streamed after ``luts``).
+    An MLP gate: ``gate_hidden`` = its hidden requantisation ``[mult, shift]``; a shared
+    expert's gate: ``gate_shared`` = its logit's requantisation; ``gate_lut`` = ``[table,
+    addr, value]`` writes of their tanh / sigmoid tables (streamed after ``luts``).
 
     Returns per window the outputs (``[[int] * d_model]`` per token), its routes
     (``[token, expert, weight]``), the cycles from its first token beat to its last output
@@ -431,9 +432,10 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                 answers.append(store[addr])
         return offered and await io.get("i_dram_resp.ready")
 
-    if gate_hidden is not None:
-        io.set("gate_hidden_mult", gate_hidden[0])
-        io.set("gate_hidden_shift", gate_hidden[1])
+    for name, rq in (("gate_hidden", gate_hidden), ("gate_shared", gate_shared)):
+        if rq is not None:
+            io.set(f"{name}_mult", rq[0])
+            io.set(f"{name}_shift", rq[1])
 
     async def write_table(port, fields, writes):
         """Stream table writes (``fields`` of each) into ``port``, with the input gaps."""
@@ -452,7 +454,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     if luts:
         await write_table("i_lut", ("group", "addr", "data"), luts)
     if gate_lut:
-        await write_table("i_gate_lut", ("addr", "data"), gate_lut)
+        await write_table("i_gate_lut", ("table", "addr", "data"), gate_lut)
     results = []
     for w_index, window in enumerate(windows):
         tokens = window["tokens"]

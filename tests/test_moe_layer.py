@@ -338,6 +338,10 @@ def test_shared_expert_layer_verilator_bit_exact(tmp_path):
     for win in report["windows"]:
         assert win["shared_jobs"] == win["tokens"]
         assert win["jobs"] == win["tokens"] * (m.router.top_k + 1)
+        # the shared gate runs on the router (a gate column, the sigmoid table): one route
+        # beat per token besides its top-k, compared with the golden's weight
+        assert win["routes"] == win["tokens"] * (m.router.top_k + 1) and win["routes_match"]
+    assert "sigmoid gate" in report["routing"]["source"]
     # the shared group works once per token: it is busy in as many timestamps as tokens
     n_tok = w.n_prompt + w.n_generate
     assert report["per_group"]["busy_timestamps"][-1] == n_tok
@@ -415,6 +419,22 @@ def test_mlp_gate_routes_on_the_layer(tmp_path):
     gate = np.prod(tiles_of(m.d_model, m.router.gate_hidden, shape)) \
         + np.prod(tiles_of(m.router.gate_hidden, m.n_experts, shape))
     assert report["energy_pj"]["events"]["gate_tile_mvms"] == n_tok * gate
+
+
+def test_gate_tables_need_their_gates():
+    """A shared gate without a shared expert, or beside an MLP gate (it reads the token, not
+    the hidden layer), is refused with the parameter named."""
+    from moepim.hw.params import ParameterError
+    from moepim.hw.route_unit import RouteUnit
+    from moepim.sim.layer_run import layer_spec
+    from moepim.sim.moe_run import make_component
+
+    spec, tile = layer_spec(load_experiment(SWIGLU_LAYER))
+    with pytest.raises(ParameterError, match="shared_gate"):
+        make_component(dataclasses.replace(spec, shared_gate=True), tile)
+    with pytest.raises(ParameterError, match="shared_gate"):
+        RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16, router="top_k",
+                  gate_hidden=8, shared_gate=True)
 
 
 def test_mlp_gate_golden_depends_on_the_tanh_table():
