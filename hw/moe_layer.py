@@ -108,7 +108,8 @@ class MoELayerAccelerator(wiring.Component):
                  depth: int | None = None, engine_core: str = "macro",
                  router: str | None = None, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 gate_hidden: int = 0, shared_gate: bool = False, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
+                 gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
+                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
@@ -162,7 +163,7 @@ class MoELayerAccelerator(wiring.Component):
                 d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
                 router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
                 c_max=c_max, go_rows=go_rows, max_sequence=max_sequence,
-                gate_hidden=gate_hidden, shared_gate=shared_gate,
+                gate_hidden=gate_hidden, shared_gate=shared_gate, drop=drop,
                 multiplier_bits=multiplier_bits,
                 core="python" if engine_core == "python" else "macro", **self._tile)
             self._route._MustUse__silence = True
@@ -263,7 +264,8 @@ class MoELayerAccelerator(wiring.Component):
         (``blocks + 1`` cycles), hands it over (1) and stage 1 runs its gate MVM
         (``RouteUnit.gate_cycles``); the hand-over of its logits waits for stage 2
         (``RouteUnit.router_cycles``). After the last token, the window's close
-        (``RouteUnit.close_cycles``). ``routes_per_token``: routes each token emits (top-k)."""
+        (``RouteUnit.close_cycles``). ``routes_per_token``: each token's top-k selections
+        (dropped ones included)."""
         ru = self._route
         load = 0                    # cycle the token's read into the gate bank starts
         stage2_free = 0             # first cycle stage 2 is idle again

@@ -27,7 +27,11 @@ parameter):
   ``cap``) and stores the new row. The gate weight of a selection is its score
   ``>> (16 - gate_bits)`` (``route_int``: softmax over all experts).
 * ``"top_k"``: a :class:`~moepim.hw.routers.TokenChoiceRouter` (top ``top_k`` logits, softmax
-  over them or over all experts, ``renormalize``).
+  over them or over all experts, ``renormalize``). With ``drop`` (Switch's capacity), a
+  counter per expert counts the routes it took since the sequence began (cleared at token 0
+  of a ``MODE_WINDOW`` window; a ``MODE_CACHED`` window continues the sequence): a selection
+  of an expert that already took ``cap`` tokens is dropped (not sent; counter
+  ``route_drops``), as ``moepim.models.routing.apply_capacity`` in token order.
 
 Two stages, a pipeline: stage 1 runs the gate MVM of a token and holds its logits until
 stage 2 (softmax, selection, routes out) takes them; meanwhile the parent loads the next
@@ -55,7 +59,7 @@ stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
 * expert choice, ``MODE_CACHED``: ``S + rows + E + 5``, ``rows`` the earlier rows the GO cache
   scans (SRAM rows one per cycle; DRAM rows at the DRAM's pace, one per cycle with a DRAM
   answering the cycle after a request), ``E`` cycles to walk the selection mask;
-* top-k: ``TokenChoiceRouter.latency(k) + 3 + k`` (``k`` routes sent);
+* top-k: ``TokenChoiceRouter.latency(k) + 3 + k`` (``k`` selections, sent or dropped);
 
 plus 1 with the shared gate (its beat).
 
@@ -65,7 +69,7 @@ The window's close (``close_cycles``): the expert-choice selection over the wind
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -88,7 +92,8 @@ class RouteUnit(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
-                 gate_hidden: int = 0, shared_gate: bool = False, multiplier_bits: int = 15,
+                 gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
+                 multiplier_bits: int = 15,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
                  n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
@@ -104,6 +109,9 @@ class RouteUnit(wiring.Component):
         need(0 < multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "1 .. 31")
         self._hidden, self._act_bits = gate_hidden, input_bits
         self._shared = bool(shared_gate)
+        need(not drop or router == "top_k", "drop", drop,
+             "False unless router is top_k (capacity dropping of token choice)")
+        self._drop = bool(drop)
         need(not (gate_hidden and shared_gate), "shared_gate", shared_gate,
              "False with an MLP gate (the shared gate reads the token, not the hidden layer)")
         n_cols = n_experts + self._shared       # the shared gate's column after the experts'
@@ -140,6 +148,7 @@ class RouteUnit(wiring.Component):
             if sub is not None:
                 sub._MustUse__silence = True
         cap_shape = unsigned(index_bits(max(n_tokens, max_sequence) + 2))
+        self._cap_shape = cap_shape
         c = unsigned(counter_bits)
         go_ports = {}
         go_counts = {}
@@ -176,7 +185,8 @@ class RouteUnit(wiring.Component):
                 "weight": unsigned(gate_bits), "last": 1}))),
             **go_ports,
             "counters": Out(data.StructLayout({
-                "gate_mvms": c, "gate_dac_drives": c, **go_counts})),
+                "gate_mvms": c, "gate_dac_drives": c, **go_counts,
+                **({"route_drops": c} if self._drop else {})})),
         })
 
     router = property(lambda self: self._router)
@@ -185,6 +195,7 @@ class RouteUnit(wiring.Component):
     has_go_cache = property(lambda self: self.go is not None)
     gate_hidden = property(lambda self: self._hidden)
     shared_gate = property(lambda self: self._shared)
+    drop = property(lambda self: self._drop)
     has_tables = property(lambda self: bool(self._hidden or self._shared))
     banks = property(lambda self: [b for b in (self.bank, self.bank2) if b is not None])
 
@@ -201,7 +212,8 @@ class RouteUnit(wiring.Component):
                       n_routes: int = 0, go_rows_read: int = 0, go_dram_rows: int = 0) -> int:
         """Stage 2 of a token: cycles from its hand-over to the next hand-over stage 2 can take
         (module docstring). ``first``/``insert``: token 0 of a window that fills the GO
-        cache; ``n_routes``: routes a top-k token sends; ``go_rows_read``/``go_dram_rows``:
+        cache; ``n_routes``: a top-k token's selections (with ``drop``, the dropped ones
+        too: each takes its cycle); ``go_rows_read``/``go_dram_rows``:
         rows a cached decision scans in SRAM / in DRAM."""
         beat = int(self._shared)                 # the shared gate's route beat
         if self._router == "top_k":
@@ -305,6 +317,8 @@ class RouteUnit(wiring.Component):
             weights = Signal.like(tc.o_routes.payload.weights)
             n_sel = Signal.like(tc.o_routes.payload.n_selected)
             j = Signal.like(n_sel)
+            # capacity dropping: routes each expert took since the sequence began
+            taken = Array(Signal(self._cap_shape, name=f"taken{e}") for e in range(n))
 
         # the shared expert's gate weight, from the registered logit
         shared_w = Signal(self._gate_bits)
@@ -374,6 +388,9 @@ class RouteUnit(wiring.Component):
                 first = "SCORE" if ec_kind else "TC_IN"
                 with m.If(handoff):
                     m.next = "SHARED" if self._shared else first
+                    if self._drop:
+                        with m.If((self.mode == MODE_WINDOW) & (tok_a == 0)):
+                            m.d.sync += [x.eq(0) for x in taken]     # a new sequence
                     if self.go is not None:
                         with m.If(self.go_insert & (self.mode == MODE_WINDOW) & (tok_a == 0)):
                             m.next = "CLEAR"
@@ -485,18 +502,28 @@ class RouteUnit(wiring.Component):
                                      n_sel.eq(r.n_selected), j.eq(0)]
                         m.next = "TC_EMIT"
                 with m.State("TC_EMIT"):
-                    m.d.comb += [out.valid.eq(j < n_sel), out.payload.token.eq(tok)]
+                    # one selection per cycle (or per handshake); a dropped one is not sent
+                    cur = Signal.like(out.payload.expert)
+                    keep = Signal()
                     with m.Switch(j):
                         for s in range(self._k):
                             with m.Case(s):
-                                m.d.comb += [out.payload.expert.eq(experts[s]),
+                                m.d.comb += [cur.eq(experts[s]),
                                              out.payload.weight.eq(weights[s])]
+                    m.d.comb += [keep.eq(taken[cur] < self.cap if self._drop else 1),
+                                 out.valid.eq((j < n_sel) & keep),
+                                 out.payload.token.eq(tok), out.payload.expert.eq(cur)]
                     with m.If(j == n_sel):
                         m.next = "CLOSE"
                         with m.If(~last):
                             m.next = "IDLE"
+                    if self._drop:
+                        with m.Elif(~keep):
+                            m.d.sync += [j.eq(j + 1), cnt.route_drops.eq(cnt.route_drops + 1)]
                     with m.Elif(out.ready):
                         m.d.sync += j.eq(j + 1)
+                        if self._drop:
+                            m.d.sync += taken[cur].eq(taken[cur] + 1)
             with m.State("CLOSE"):
                 m.d.comb += [out.valid.eq(1), out.payload.last.eq(1)]
                 with m.If(out.ready):

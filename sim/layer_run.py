@@ -93,15 +93,10 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
 
 
 def hw_router(model) -> str | None:
-    """The routing front end the layer is built with (``moepim.hw.route_unit``), or ``None``
-    when the host supplies the routes: top-k with capacity dropping (no RTL for the drop).
-    LLaMA-MoE's MLP gate is a top-k router behind the gate's two layers."""
-    r = model.router
-    if r.kind == "expert_choice":
-        return "expert_choice"
-    if not (r.capacity_factor is not None and r.drop_policy == "drop"):
-        return "top_k"
-    return None
+    """The routing front end the layer is built with (``moepim.hw.route_unit``): the
+    expert-choice router, or the top-k router (LLaMA-MoE's MLP gate in front of it; Switch's
+    capacity dropping in it)."""
+    return "expert_choice" if model.router.kind == "expert_choice" else "top_k"
 
 
 def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
@@ -125,7 +120,10 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
         # the MLP gate's weights: softmax over the selected logits (``route_int``)
         mlp = r.kind == "mlp_gate"
         route = {"top_k": r.top_k, "renormalize": bool(r.renormalize) or mlp,
-                 "gate_hidden": r.gate_hidden if mlp else 0}
+                 "gate_hidden": r.gate_hidden if mlp else 0,
+                 "drop": r.capacity_factor is not None and r.drop_policy == "drop"}
+        if route["drop"]:       # the capacity counts the whole sequence's tokens
+            route["max_sequence"] = wl_cfg.n_prompt + wl_cfg.n_generate
     if router is not None and n_sh and m.shared.gate == "sigmoid":
         route["shared_gate"] = True      # the shared expert's gate on the layer's router
     spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
@@ -404,6 +402,13 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     if compare:
         comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
                                         dut, simulate_nc, go, toggles)
+    drops = None
+    if spec.drop and hw_routing:
+        # capacity dropping on the router: its count of dropped selections is the golden's
+        drops = {"rtl": sum(x["route_drops"] for x in c),
+                 "golden": int(wl.routing.dropped.sum())}
+        if drops["rtl"] != drops["golden"]:
+            check["mismatches"].append({"routes": "dropped selections differ", **drops})
     golden_match = not check["mismatches"]
     if go and hw_routing:
         # the decode steps' selections made by the RTL GO cache are the golden's
@@ -421,6 +426,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                       + ", softmax and "
                       + ("expert-choice router / GO cache" if spec.router == "expert_choice"
                          else "top-k router")
+                      + (" with capacity dropping" if spec.drop else "")
                       + (", shared expert's sigmoid gate" if spec.shared_gate else "")
                       + " (moepim.hw.route_unit)",
             "router": m.router.kind, "hw_router": spec.router,
@@ -431,6 +437,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
             "prefill_route_cycles": per[0]["route_cycles"],
             "decode_route_cycles": [w["route_cycles"] for w in main[1:]],
             "gate_mvms": routed}
+        if drops is not None:
+            routing.update(dropped=drops["rtl"], dropped_golden=drops["golden"],
+                           capacity=windows[0].route_cap)
     wall = time.monotonic() - t0
     report = {
         "kind": "moe_layer", "sim": sim, "cycles": cycles, "time_ns": time_ns,
@@ -635,7 +644,9 @@ def _headline(report: dict) -> dict:
 
 
 def write_summary_line(report: dict, out: Path) -> str:
-    status = "bit-exact" if report["golden_match"] else f"{report['n_mismatches']} MISMATCHES"
+    status = "bit-exact" if report["golden_match"] else (
+        f"MISMATCH: {report['n_mismatches']} output values, {len(report['mismatches'])} "
+        "records (routes included)")
     return (f"{report['sim']}: {len(report['windows'])} windows, {report['cycles']} cycles, "
             f"{status}, GO cache exact: {report['go_cache_exact']}; report in "
             f"{out / 'report.json'} ({report['wall_s']:.1f} s)")

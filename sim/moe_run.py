@@ -35,7 +35,7 @@ from moepim.hw.route_unit import (
 from moepim.models.moe import Routing
 from moepim.models.pim import bank_image, window_cycles
 from moepim.models.quant import moe_forward_int, route_int, shared_gate_int
-from moepim.models.routing import expert_choice_capacity, expert_choice_mask
+from moepim.models.routing import capacity_limit, expert_choice_capacity, expert_choice_mask
 from moepim.models.schedule import IDLE, schedule
 from moepim.models.tile import TileShape
 
@@ -70,6 +70,7 @@ class LayerSpec:
     max_sequence: int = 0
     gate_hidden: int = 0            # MLP gate (LLaMA-MoE): its hidden width; 0 = linear gate
     shared_gate: bool = False       # the shared expert's sigmoid gate on the layer's router
+    drop: bool = False              # capacity dropping (Switch) on the layer's top-k router
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Window:
     go_insert: bool = False
     go_rows_read: int = 0           # cached decode: earlier rows the GO cache scans in SRAM
     go_dram_rows: int = 0           # ... and reads back from DRAM
+    dropped: np.ndarray | None = None   # (tokens, experts) selections dropped by capacity
 
     def expected_routes(self, n_routed: int) -> list[list[int]]:
         """``[token, expert, weight]`` of every selection of the routed experts, sorted."""
@@ -106,7 +108,7 @@ def make_component(spec: LayerSpec, tile_kwargs: dict,
         shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
         renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
         max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden,
-        shared_gate=spec.shared_gate, **tile_kwargs)
+        shared_gate=spec.shared_gate, drop=spec.drop, **tile_kwargs)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -167,18 +169,25 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     ``hw_routing``: the layer routes every window itself (``moepim.hw.route_unit``): a window
     of the expert-choice router over its tokens (the prompt, and with ``go_cache`` its rows
     stored in the GO cache of ``go_rows`` SRAM rows), a generated token decided by the GO cache
-    from the earlier rows, a top-k router token by token; otherwise the host supplies them."""
+    from the earlier rows, a top-k router token by token (with capacity dropping, each
+    expert's count carried from window to window: the generated tokens' windows continue the
+    prompt's, ``MODE_CACHED``); otherwise the host supplies them."""
     cfg, ql, P = wl.cfg, wl.quant, wl.n_prompt
-    ec = cfg.router.kind == "expert_choice"
+    rc = cfg.router
+    ec = rc.kind == "expert_choice"
+    drop = not ec and rc.capacity_factor is not None and rc.drop_policy == "drop"
 
     def cap(n):
-        return expert_choice_capacity(n, cfg.n_experts, cfg.router.ec_capacity_factor) \
-            if ec else 0
+        if drop:        # the workload's capacity: over the whole sequence (models.workload);
+            # an expert takes a token at most once, so a capacity above it drops nothing
+            seq = P + wl.n_generate
+            return min(seq, capacity_limit(seq, cfg.n_experts, rc.top_k, rc.capacity_factor))
+        return expert_choice_capacity(n, cfg.n_experts, rc.ec_capacity_factor) if ec else 0
     r = wl.routing
     route = MODE_WINDOW if hw_routing else MODE_HOST
     windows = [Window("prefill", 0, wl.x_q[:P], r.mask[:P], r.weights[:P], wl.y_q[:P],
                       route_mode=route, route_cap=cap(P), go_insert=hw_routing and go_cache
-                      and ec)]
+                      and ec, dropped=r.dropped[:P])]
     for step in range(wl.n_generate):
         t = P + step
         # a token-choice router decides each token alone: nothing to recompute, cache or not
@@ -186,8 +195,8 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
             windows.append(Window(
                 "decode", step + 1, wl.x_q[t:t + 1], r.mask[t:t + 1], r.weights[t:t + 1],
                 wl.y_q[t:t + 1], route_cap=cap(t + 1), go_rows_read=min(t, go_rows or t),
-                go_dram_rows=t - min(t, go_rows or t),
-                route_mode=(MODE_CACHED if ec else MODE_WINDOW) if hw_routing else MODE_HOST))
+                go_dram_rows=t - min(t, go_rows or t), dropped=r.dropped[t:t + 1],
+                route_mode=MODE_CACHED if hw_routing else MODE_HOST))
             continue
         # no cache: every earlier token's hidden state and routing recomputed
         x = wl.x_q[:t + 1]
@@ -322,7 +331,9 @@ def expected_route_cycles(w: Window, dut) -> int | None:
     the host supplies the window's routes."""
     if w.route_mode == MODE_HOST:
         return None
-    per_token = w.mask[:, :dut.route_unit.n_experts].sum(axis=1)
+    n = dut.route_unit.n_experts
+    selected = w.mask[:, :n] if w.dropped is None else w.mask[:, :n] | w.dropped[:, :n]
+    per_token = selected.sum(axis=1)
     return dut.route_cycles(w.route_mode, len(w.x), cap=w.route_cap, insert=w.go_insert,
                             routes_per_token=[int(n) for n in per_token],
                             go_rows_read=w.go_rows_read, go_dram_rows=w.go_dram_rows)

@@ -189,7 +189,7 @@ def test_layer_routes_on_its_hardware_and_the_go_cache_spills_to_dram(tmp_path):
     ("llama-moe-3.5b-4-16-paper", "expert_choice"), ("mixtral-8x7b", "top_k"),
     ("qwen1.5-moe-a2.7b", "top_k"), ("olmoe-1b-7b", "top_k"),
     ("llama-moe-3.5b-4-16", "top_k"),       # MLP gate: two gate layers, then top-4
-    ("switch-base-128", None),              # capacity dropping: no RTL
+    ("switch-base-128", "top_k"),           # with capacity dropping in the router
 ])
 def test_which_routers_run_on_the_layer(name, router):
     from moepim.sim.config import load_model
@@ -207,6 +207,7 @@ def test_wrong_hardware_routes_are_mismatches():
     class Dut:
         class route_unit:
             n_experts = 2
+            shared_gate = False
         blocks = 1
 
         @staticmethod
@@ -421,6 +422,39 @@ def test_mlp_gate_routes_on_the_layer(tmp_path):
     assert report["energy_pj"]["events"]["gate_tile_mvms"] == n_tok * gate
 
 
+SWITCH_LAYER = REPO_ROOT / "configs" / "experiments" / "layer-switch-small.yaml"
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_switch_capacity_dropping_on_the_layer(tmp_path):
+    """Switch's capacity on the top-k router: each expert takes at most ``C`` tokens of the
+    sequence, counted from the prompt's first token through every generated token's window;
+    later selections are dropped (not routed, counted). The kept routes, the drop count and
+    the outputs equal the golden's (``apply_capacity`` in token order); a dropped selection
+    still takes its cycle (formula)."""
+    from moepim.models.routing import capacity_limit
+
+    exp = load_experiment(SWITCH_LAYER)
+    exp = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer,
+                                                             switching_activity=False))
+    m, w = exp.model, exp.workload
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    assert report["golden_match"] and report["cycles_match_formula"]
+    assert all(x["route_cycles"] == x["expected_route_cycles"] and x["routes_match"]
+               for x in report["windows"])
+    r = report["routing"]
+    assert "capacity dropping" in r["source"]
+    n_tok = w.n_prompt + w.n_generate
+    assert r["capacity"] == capacity_limit(n_tok, m.n_experts, m.router.top_k,
+                                           m.router.capacity_factor)
+    # drops in the prompt and in a generated token's window (the count carried over)
+    per = report["windows"]
+    assert per[0]["counters"]["route_drops"] > 0
+    assert sum(x["counters"]["route_drops"] for x in per[1:]) > 0
+    assert r["dropped"] == r["dropped_golden"] > 0
+    assert sum(x["routes"] for x in per) == n_tok * m.router.top_k - r["dropped"]
+
+
 def test_gate_tables_need_their_gates():
     """A shared gate without a shared expert, or beside an MLP gate (it reads the token, not
     the hidden layer), is refused with the parameter named."""
@@ -435,6 +469,9 @@ def test_gate_tables_need_their_gates():
     with pytest.raises(ParameterError, match="shared_gate"):
         RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16, router="top_k",
                   gate_hidden=8, shared_gate=True)
+    with pytest.raises(ParameterError, match="drop"):
+        RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16, router="expert_choice",
+                  drop=True)
 
 
 def test_mlp_gate_golden_depends_on_the_tanh_table():
