@@ -92,7 +92,7 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
             "available_bytes": _mem_available(), "crossbars": geo["expert_crossbars"]}
 
 
-def hw_router(model) -> str | None:
+def hw_router(model) -> str:
     """The routing front end the layer is built with (``moepim.hw.route_unit``): the
     expert-choice router, or the top-k router (LLaMA-MoE's MLP gate in front of it; Switch's
     capacity dropping in it)."""
@@ -124,7 +124,7 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
                  "drop": r.capacity_factor is not None and r.drop_policy == "drop"}
         if route["drop"]:       # the capacity counts the whole sequence's tokens
             route["max_sequence"] = wl_cfg.n_prompt + wl_cfg.n_generate
-    if router is not None and n_sh and m.shared.gate == "sigmoid":
+    if n_sh and m.shared.gate == "sigmoid":
         route["shared_gate"] = True      # the shared expert's gate on the layer's router
     spec = LayerSpec(m.d_model, m.d_ff, m.n_experts + n_sh, len(probe),
                      max(len(g) for g in probe), n_tokens, exp.layer.lanes, m.quant.gate_bits,
@@ -207,8 +207,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     P = wl_cfg.n_prompt
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
-    # the layer routes on its own hardware unless routes come from a trace (or its router
-    # has no RTL: hw_router)
+    # the layer routes on its own hardware unless the routes come from a trace
     trace_routes = trace is not None
     hw_routing = spec.router is not None and not trace_routes
     route_kw = {"hw_routing": hw_routing, "go_rows": spec.go_rows}
@@ -416,9 +415,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"]
                                         and go.get("rtl_selection_equal", True)
                                         and go.get("counters_match_rtl", True))
-    routing = {"source": "host (golden routing: " + (
-        "a trace" if trace_routes else f"no RTL for the {m.router.kind} router") + ")",
-        "router": m.router.kind}
+    routing = {"source": "host (the trace's routes)", "router": m.router.kind}
     if hw_routing:
         routing = {
             "source": "hardware: gate crossbars"

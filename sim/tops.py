@@ -1,13 +1,12 @@
 """The blocks an experiment can export or synthesise (``moepim export|synth --top NAME``).
 
 Each top is built from the experiment's own parameters, so the exported block is the one the
-run simulates (or, for the router, softmax, top-k and GO-cache blocks, the one the layer's
-routing would need at this model's size):
+run simulates (the router, softmax, top-k and GO-cache blocks at this model's size):
 
 * tile experiments: ``tile_group``, ``peripheral_set``, ``crossbar_array``;
 * MoE-layer experiments additionally: ``moe_layer`` (the whole accelerator), ``expert_engine``
   and ``matrix_bank`` (group 0's), ``group_scheduler``, ``route_unit`` (the layer's routing
-  front end, for models whose router has RTL), ``router`` (the model's router kind:
+  front end), ``router`` (the model's router kind:
   ``ExpertChoiceRouter`` over the prompt + generated window, or ``TokenChoiceRouter``),
   ``gate_softmax``, ``topk`` (the router's top-k unit) and ``go_cache``.
 """
@@ -28,12 +27,8 @@ EXPORT_TOPS = TILE_TOPS + LAYER_TOPS + ROUTING_TOPS
 
 
 def export_tops(exp) -> tuple[str, ...]:
-    """The tops of ``exp`` (no ``route_unit`` when the model's routes come from the host)."""
-    if isinstance(exp, TileExperiment):
-        return TILE_TOPS
-    from .layer_run import hw_router
-
-    return tuple(t for t in EXPORT_TOPS if t != "route_unit" or hw_router(exp.model))
+    """The tops of ``exp``: a tile experiment's, or every block of a layer experiment."""
+    return TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
 
 
 def make_top(exp, top: str):
@@ -74,7 +69,21 @@ def _layer_top(exp, top: str):
     block = {"moe_layer": layer, "expert_engine": layer.engine,
              "matrix_bank": layer.engine.up, "group_scheduler": layer.scheduler,
              "route_unit": layer.route_unit}[top]
-    return block, {**dataclasses.asdict(spec), **tile}
+    params = dataclasses.asdict(spec)
+    # a block's parameters are the layer's that shape it: the routing front end's are not
+    # the expert side's, the experts' widths and grouping are not the routing front end's
+    if top == "route_unit":
+        for name in ENGINE_FIELDS:
+            params.pop(name)
+    elif top != "moe_layer":
+        for name in ROUTE_FIELDS:
+            params.pop(name)
+    return block, {**params, **tile}
+
+
+ROUTE_FIELDS = ("router", "top_k", "renormalize", "c_max", "go_rows", "max_sequence",
+                "gate_hidden", "shared_gate", "drop")
+ENGINE_FIELDS = ("d_ff", "n_groups", "group_size", "ffn")
 
 
 def logit_bits(exp) -> int:
