@@ -74,12 +74,14 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
     Memory: the simulator holds every bank's cells (one byte each) and its partial results
     (8 bytes per output per row tile); Python holds the float and integer weights (~13 bytes
     per weight) and the workload. Build time: measured on this class of machine, about 1 s per
-    thousand lane-adders of the engines' digital datapath plus 40 s of C++ compilation.
+    thousand lane-adders of the digital datapath (the engines' and the routing front end's)
+    plus 40 s of C++ compilation.
     """
     m, t = exp.model, exp.tile
     geo = layer_geometry(m, t, n_groups, group_size)
     per_set = [(n_groups, group_size, geo["crossbars_per_expert"], geo["matrix_tiles"]),
-               (1, 1, geo["crossbars_per_shared"], geo["shared_matrix_tiles"])]
+               (1, 1, geo["crossbars_per_shared"], geo["shared_matrix_tiles"]),
+               (1, 1, geo["gate_crossbars"], geo["gate_tiles"])]     # the gate's banks
     cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * t.n_columns
     outs = t.n_columns // (t.weight_bits // t.bits_per_cell)
     results = 8 * sum(n * x for n, _, x, _ in per_set) * outs
