@@ -364,6 +364,22 @@ async def free_run(io, *, cycles):
     return {"cycles": io.cycle}
 
 
+async def wait_pulses(io, *, n, wait, never="never", limit=7):
+    """``[cycle, count]`` of the first ``n`` cycles whose 1-bit ``flag`` reads 1, found by
+    reading every cycle (``wait`` false) or by ``io.wait_high``; then ``[result, cycles
+    passed]`` of a wait for ``never`` (an output that stays 0) cut short after ``limit``."""
+    seen = []
+    while len(seen) < n:
+        if wait:
+            assert await io.wait_high("flag", 1 << 20)
+        if await io.get("flag"):
+            seen.append([io.cycle, await io.get("count")])
+        await io.tick()
+    start = io.cycle
+    got = await io.wait_high(never, limit)
+    return {"seen": seen, "short": [bool(got), io.cycle - start]}
+
+
 
 def report_progress(path, done: int) -> None:
     """Record ``done`` (simulated cycles) for a progress bar polling ``path``
@@ -456,6 +472,7 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     if gate_lut:
         await write_table("i_gate_lut", ("table", "addr", "data"), gate_lut)
     results = []
+    next_report = PROGRESS_EVERY
     for w_index, window in enumerate(windows):
         tokens = window["tokens"]
         d_model = len(tokens[0])
@@ -515,6 +532,18 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                 beats.pop(0)
             if offer_j and await io.get("i_jobs.ready"):
                 jobs.pop(0)
+            if stall_p == 0 and routed and not beats and not jobs and not answers \
+                    and start is not None:
+                # nothing to offer, every output beat taken at once: cycles pass without
+                # per-cycle Python until the outputs (progress reported between stretches)
+                while not await io.wait_high("o_outputs.valid",
+                                             max(1, next_report - io.cycle)):
+                    if progress_file:
+                        report_progress(progress_file, io.cycle)
+                    next_report = io.cycle + PROGRESS_EVERY
+                    if io.cycle - start > timeout:
+                        raise TimeoutError(f"window {w_index}: no last output after "
+                                           f"{timeout} cycles")
             if ready and await io.get("o_outputs.valid"):
                 t = await io.get("o_outputs.payload.token")
                 b = await io.get("o_outputs.payload.block")
@@ -525,8 +554,10 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
             await io.tick()
             if taken:
                 answers.pop(0)
-            if progress_file and io.cycle % PROGRESS_EVERY == 0:
-                report_progress(progress_file, io.cycle)
+            if io.cycle >= next_report:
+                if progress_file:
+                    report_progress(progress_file, io.cycle)
+                next_report = io.cycle + PROGRESS_EVERY
             if start is not None and io.cycle - start > timeout:
                 raise TimeoutError(f"window {w_index}: no last output after {timeout} cycles")
         io.set("i_tokens.valid", 0)
@@ -549,7 +580,8 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     return results
 
 
-BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "token_router": token_router,
+BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": wait_pulses,
+           "token_router": token_router,
            "gate_softmax": gate_softmax,
            "expert_router": expert_router, "topk_windows": topk_windows,
            "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,

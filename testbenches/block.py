@@ -17,11 +17,13 @@ from cocotb.triggers import RisingEdge
 from .benches import BENCHES
 from .harness import CocotbIO
 
+PERIOD_NS = 10          # the simulation clock (cycles are what the benches count)
+
 
 @cocotb.test()
 async def run_bench(dut):
     spec = json.loads(Path(os.environ["MOEPIM_BENCH"]).read_text())
-    Clock(dut.clk, 10, unit="ns").start()
+    Clock(dut.clk, PERIOD_NS, unit="ns").start()
     for port in spec["ports"]:
         if port["direction"] == "input" and port["name"] not in ("clk", "rst"):
             getattr(dut, port["name"]).value = 0
@@ -29,6 +31,6 @@ async def run_bench(dut):
     for _ in range(2):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    io = CocotbIO(dut, spec["ports"])
+    io = CocotbIO(dut, spec["ports"], period_ns=PERIOD_NS)
     result = await BENCHES[spec["bench"]](io, **spec["args"])
     Path(spec["result"]).write_text(json.dumps(result))

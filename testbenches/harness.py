@@ -2,6 +2,9 @@
 
 A bench is ``async def bench(io, **args) -> result`` that, every cycle, first sets inputs
 (``io.set(path, value)``), then reads (``await io.get(path)``), then ``await io.tick()``.
+``await io.wait_high(path, limit)`` (in place of the cycle's reads) lets cycles pass with the
+inputs unchanged until a 1-bit output reads 1, returning in that cycle's read phase: a bench
+with nothing to do but wait skips its per-cycle Python.
 Paths name ports and payload fields with dots: ``"i_items.valid"``,
 ``"i_items.payload.score"``, ``"o_issue.2.ready"``, ``"o_slots.payload.tokens.3"``,
 ``"counters.busy.1"``; a path ending at a whole payload or array reads/writes its raw bits.
@@ -44,10 +47,21 @@ class AmaranthIO:
         await self._ctx.tick()
         self.cycle += 1
 
+    async def wait_high(self, path: str, limit: int) -> bool:
+        """Cycles pass (inputs unchanged) until ``path`` reads 1, at most ``limit`` of them;
+        whether it did."""
+        start = self.cycle
+        while not await self.get(path):
+            if self.cycle - start >= limit:
+                return False
+            await self.tick()
+        return True
+
 
 class CocotbIO:
-    def __init__(self, dut, ports: list[dict]):
+    def __init__(self, dut, ports: list[dict], period_ns: float = 10.0):
         self._dut = dut
+        self._period = period_ns
         self._ports = {p["name"]: p for p in ports}
         self._shadow = {}
         self._readonly = False
@@ -116,3 +130,32 @@ class CocotbIO:
         await RisingEdge(self._dut.clk)
         self._readonly = False
         self.cycle += 1
+
+    async def wait_high(self, path: str, limit: int) -> bool:
+        """Cycles pass (inputs unchanged) until the 1-bit ``path`` reads 1 in a cycle's read
+        phase, at most ``limit`` of them; whether it did. Between reads the simulator runs
+        freely until the port's rising edge (or the limit): ``cycle`` counts the clock edges
+        passed, from the simulation time. A port that rises and falls again within a time
+        step (a glitch) is read again and waited for again."""
+        from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+        from cocotb.utils import get_sim_time
+
+        name, offset, width, _ = self._resolve(path)
+        handle = getattr(self._dut, name)
+        start = self.cycle
+        while True:
+            if not self._readonly:
+                await ReadOnly()
+                self._readonly = True
+            if (int(handle.value) >> offset) & 1:
+                return True
+            left = limit - (self.cycle - start)
+            if left <= 0:
+                return False
+            if width != 1 or offset:            # a bit inside a wider port: cycle by cycle
+                await self.tick()
+                continue
+            t0 = get_sim_time(unit="ns")        # the read phase of the current cycle
+            await First(RisingEdge(handle), Timer(left * self._period, unit="ns"))
+            self._readonly = False
+            self.cycle += round((get_sim_time(unit="ns") - t0) / self._period)
