@@ -21,7 +21,8 @@ import numpy as np
 
 from .tile import TileShape, _plane_weights, _planes, encode_cells
 
-__all__ = ["CrossbarMatmul", "bank_image", "row_tile_outputs", "tiles_of", "window_cycles"]
+__all__ = ["CrossbarMatmul", "bank_image", "bank_file_words", "column_sum_packing",
+           "row_tile_outputs", "tiles_of", "window_cycles"]
 
 
 def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
@@ -116,6 +117,29 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape) 
             raise ValueError(f"matrix {k} has shape {w.shape}; the bank needs ({n_in}, {n_out})")
         parts.append(_cells(w, shape).reshape(-1))
     return np.concatenate(parts).astype(np.uint8)
+
+
+def column_sum_packing(shape: TileShape) -> tuple[int, int, int]:
+    """``(sum_bits, per_word, words)``: a crossbar column's sum over all rows fits
+    ``sum_bits`` bits; ``per_word`` such sums share a 64-bit word without carries between
+    them; ``words`` words hold one crossbar row (``n_columns`` cells)."""
+    sum_bits = (shape.n_rows * ((1 << shape.bits_per_cell) - 1)).bit_length()
+    per_word = 64 // sum_bits
+    return sum_bits, per_word, -(-shape.n_columns // per_word)
+
+
+def bank_file_words(image: np.ndarray, shape: TileShape) -> np.ndarray:
+    """The file ``moepim_matrix_bank`` loads for a :func:`bank_image`: each crossbar row's
+    cells packed ``per_word`` to a 64-bit word (cell ``k`` of a word at bits ``k*sum_bits``,
+    :func:`column_sum_packing`; unused lanes zero), words big-endian (Verilog's ``$fread``
+    order). The macro adds whole words: ``per_word`` column sums per addition."""
+    sum_bits, per_word, words = column_sum_packing(shape)
+    rows = np.asarray(image, dtype=np.uint64).reshape(-1, shape.n_columns)
+    padded = np.zeros((len(rows), words * per_word), dtype=np.uint64)
+    padded[:, :shape.n_columns] = rows
+    lanes = padded.reshape(len(rows), words, per_word)
+    shifts = (np.arange(per_word, dtype=np.uint64) * np.uint64(sum_bits))
+    return (lanes << shifts).sum(axis=2, dtype=np.uint64).reshape(-1).astype(">u8")
 
 
 def window_cycles(loads_per_slot, *, blocks: int, job_latency) -> int:

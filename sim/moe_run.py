@@ -33,7 +33,7 @@ from moepim.hw.route_unit import (
     MODE_WINDOW,
 )
 from moepim.models.moe import Routing
-from moepim.models.pim import bank_image, window_cycles
+from moepim.models.pim import bank_file_words, bank_image, window_cycles
 from moepim.models.quant import moe_forward_int, route_int, shared_gate_int
 from moepim.models.routing import capacity_limit, expert_choice_capacity, expert_choice_mask
 from moepim.models.schedule import IDLE, schedule
@@ -263,7 +263,7 @@ def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShap
     args = []
     for name, image in bank_images(wl, groups, spec, shape):
         path = folder / f"{name}.bin"
-        image.tofile(path)
+        bank_file_words(image, shape).tofile(path)
         args.append(f"+{name}={path}")
     return args
 

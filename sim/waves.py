@@ -122,7 +122,7 @@ def _moe_layer(sc):
     """A reduced MoE layer (the ``experiment`` of the params, default layer-small), seeded;
     its banks' cell images travel as the 5th item (written next to the run)."""
     from moepim.models.grouping import make_groups
-    from moepim.models.pim import CrossbarMatmul
+    from moepim.models.pim import CrossbarMatmul, bank_file_words
     from moepim.models.tile import TileShape
     from moepim.models.workload import make_workload
 
@@ -143,7 +143,9 @@ def _moe_layer(sc):
     spec, tile = layer_spec(exp)
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm,
                               hw_routing=spec.router is not None, go_rows=spec.go_rows)
-    banks = bank_images(wl, groups, spec, shape)
+    # the files the macros load (bank_file_words)
+    banks = [(name, bank_file_words(image, shape))
+             for name, image in bank_images(wl, groups, spec, shape)]
     args = bench_args(windows, spec, wl.quant, gap_p=float(sc.params.get("gap_p", 0.1)),
                       stall_p=float(sc.params.get("stall_p", 0.2)), seed=sc.seed)
     return make_component(spec, tile), "moe_layer", "moe_layer", args, banks

@@ -15,9 +15,13 @@
 //
 // Cells are loaded at the first rising clock edge from a binary file named by the plusarg
 // +MOEPIM_BANK<bank_id>=<path> (bank_id is an input tied to a constant by the parent, so one
-// expert-engine module serves every group): one byte per cell, index
-//   (((slot*ROW_TILES + rt)*COL_TILES + ct)*N_ROWS + r)*N_COLUMNS + c.
-// Without the plusarg the cells stay zero.
+// expert-engine module serves every group): each crossbar row as WORDS 64-bit big-endian
+// words, PACK cells per word (cell c of the row in word c / PACK at bits
+// (c % PACK)*SUM_BITS, unused lanes zero), rows in the order
+//   ((slot*ROW_TILES + rt)*COL_TILES + ct)*N_ROWS + r
+// (moepim.models.pim.bank_file_words). SUM_BITS holds a column's sum over all rows, so the
+// MVM adds PACK column sums at once without carries between them. Without the plusarg the
+// cells stay zero.
 //
 // Per rising edge:
 //   in_we    : input lanes in_addr*LANES .. +LANES-1 take in_data (LANES signed INPUT_BITS
@@ -72,33 +76,36 @@ module moepim_matrix_bank #(
 `ifndef SYNTHESIS
     localparam integer SPW      = WEIGHT_BITS / BITS_PER_CELL;
     localparam integer N_OUTS   = N_COLUMNS / SPW;            // outputs per tile
-    localparam integer TILE     = N_ROWS * N_COLUMNS;
-    localparam integer N_CELLS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
+    localparam integer SUM_BITS = $clog2(N_ROWS * ((1 << BITS_PER_CELL) - 1) + 1);
+    localparam integer PACK     = 64 / SUM_BITS;              // column sums per word
+    localparam integer WORDS    = (N_COLUMNS + PACK - 1) / PACK;   // words per crossbar row
+    localparam integer TILE     = N_ROWS * WORDS;             // words per crossbar
+    localparam integer N_WORDS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
     localparam integer IN_PAD   = ROW_TILES * N_ROWS;
     localparam integer OUT_PAD  = COL_TILES * N_OUTS;
     localparam integer CODE_MAX = (1 << ADC_BITS) - 1;
     localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
 
-    reg [7:0]                    cells   [0:N_CELLS-1];
+    reg [63:0]                   cells   [0:N_WORDS-1];
     reg signed [INPUT_BITS-1:0]  x       [0:IN_PAD-1];
     reg signed [63:0]            results [0:ROW_TILES*OUT_PAD-1];  // [o*ROW_TILES + rt]
-    reg [31:0]                   colsum  [0:INPUT_BITS*N_COLUMNS-1];
+    reg [63:0]                   colsum  [0:INPUT_BITS*WORDS-1];   // packed like cells
     reg [31:0]                   count;
 
     // loop temporaries of the behavioural MVM: blocking on purpose
     /* verilator lint_off BLKSEQ */
-    integer i, l, k, rt, ct, r, c, b, j, o, base, fd, got;
+    integer i, l, k, rt, ct, r, w, b, j, o, base, fd, got, cidx;
     reg [INPUT_BITS-1:0]  xu;
     reg signed [63:0]     acc, col, conv, xsum;
     reg [63:0]            ones;
     reg [8*1024-1:0]      path;
-    reg [31:0]            code;
+    reg [63:0]            code;
     reg [LANES*ROW_TILES*OUT_BITS-1:0] rd_next;
 
     reg                          loaded;
 
     initial begin
-        for (i = 0; i < N_CELLS; i = i + 1) cells[i] = 8'd0;
+        for (i = 0; i < N_WORDS; i = i + 1) cells[i] = 64'd0;
         for (i = 0; i < IN_PAD; i = i + 1) x[i] = {INPUT_BITS{1'b0}};
         for (i = 0; i < ROW_TILES*OUT_PAD; i = i + 1) results[i] = 64'sd0;
         loaded = 1'b0;
@@ -115,9 +122,9 @@ module moepim_matrix_bank #(
                 end
                 got = $fread(cells, fd);
                 $fclose(fd);
-                if (got != N_CELLS) begin
-                    $display("moepim_matrix_bank %0d: %0s holds %0d cells, the bank needs %0d",
-                             bank_id, path, got, N_CELLS);
+                if (got != 8 * N_WORDS) begin
+                    $display("moepim_matrix_bank %0d: %0s holds %0d bytes, the bank needs %0d (%0d packed cell words)",
+                             bank_id, path, got, 8 * N_WORDS, N_WORDS);
                     $finish;
                 end
             end
@@ -139,26 +146,28 @@ module moepim_matrix_bank #(
                 end
                 for (ct = 0; ct < COL_TILES; ct = ct + 1) begin
                     base = ((s*ROW_TILES + rt)*COL_TILES + ct)*TILE;
-                    for (i = 0; i < INPUT_BITS*N_COLUMNS; i = i + 1) colsum[i] = 32'd0;
-                    // analog column sums, per bit plane
+                    for (i = 0; i < INPUT_BITS*WORDS; i = i + 1) colsum[i] = 64'd0;
+                    // analog column sums, per bit plane (PACK columns per addition)
                     for (r = 0; r < N_ROWS; r = r + 1) begin
                         xu = x[rt*N_ROWS + r];
                         if (xu != 0)
                             for (b = 0; b < INPUT_BITS; b = b + 1)
                                 if (xu[b])
-                                    for (c = 0; c < N_COLUMNS; c = c + 1)
-                                        colsum[b*N_COLUMNS + c] = colsum[b*N_COLUMNS + c]
-                                            + {24'd0, cells[base + r*N_COLUMNS + c]};
+                                    for (w = 0; w < WORDS; w = w + 1)
+                                        colsum[b*WORDS + w] = colsum[b*WORDS + w]
+                                            + cells[base + r*WORDS + w];
                     end
                     // ADC, shift-and-add over planes and slices, offset correction
                     for (o = 0; o < N_OUTS; o = o + 1) begin
                         acc = 64'sd0;
                         for (j = 0; j < SPW; j = j + 1) begin
                             col = 64'sd0;
+                            cidx = o*SPW + j;
                             for (b = 0; b < INPUT_BITS; b = b + 1) begin
-                                code = colsum[b*N_COLUMNS + o*SPW + j] >> ADC_SHIFT;
+                                code = ((colsum[b*WORDS + cidx / PACK] >> ((cidx % PACK) * SUM_BITS))
+                                        & ((64'd1 << SUM_BITS) - 64'd1)) >> ADC_SHIFT;
                                 if (code > CODE_MAX) code = CODE_MAX;
-                                conv = $signed({32'd0, code}) <<< (ADC_SHIFT + b);
+                                conv = $signed(code) <<< (ADC_SHIFT + b);
                                 if (b == INPUT_BITS - 1) col = col - conv;
                                 else col = col + conv;
                             end
