@@ -59,7 +59,7 @@ class MatrixBank(wiring.Component):
         need(core in BANK_CORES, "core", core, f"one of {', '.join(BANK_CORES)}")
         self._core = core
         need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
-             "at most 8 (the macro stores one byte per cell)")
+             "at most 8 (a cell image holds one byte per cell)")
         check_counter_bits(counter_bits)
         g = TileGeometry(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                          weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,

@@ -20,7 +20,7 @@ import numpy as np
 from moepim.models.dram import DramChannel
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
-from moepim.models.pim import CrossbarMatmul
+from moepim.models.pim import CrossbarMatmul, column_sum_packing
 from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
 from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
@@ -71,7 +71,8 @@ def _mem_available() -> int:
 def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> dict:
     """Peak memory and build time, estimated from the config before anything is built.
 
-    Memory: the simulator holds every bank's cells (one byte each) and its partial results
+    Memory: the simulator holds every bank's cells (packed ``per_word`` to a 64-bit word,
+    ``moepim.models.pim.column_sum_packing``) and its partial results
     (8 bytes per output per row tile); Python holds the float and integer weights (~13 bytes
     per weight) and the workload. Build time: measured on this class of machine, about 1 s per
     thousand lane-adders of the digital datapath (the engines' and the routing front end's)
@@ -82,7 +83,8 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
     per_set = [(n_groups, group_size, geo["crossbars_per_expert"], geo["matrix_tiles"]),
                (1, 1, geo["crossbars_per_shared"], geo["shared_matrix_tiles"]),
                (1, 1, geo["gate_crossbars"], geo["gate_tiles"])]     # the gate's banks
-    cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * t.n_columns
+    _, per_word, words = column_sum_packing(TileShape(**t.shape_kwargs()))
+    cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * words * 8
     outs = t.n_columns // (t.weight_bits // t.bits_per_cell)
     results = 8 * sum(n * x for n, _, x, _ in per_set) * outs
     weights = (m.n_experts * m.d_ff + m.shared.d_ff * (1 if m.shared.n_shared else 0)) \

@@ -84,6 +84,30 @@ def test_bank_image_layout_is_slot_row_tile_column_tile_row_column():
         bank_image([w[0].T], 1, 6, 5, shape)
 
 
+@pytest.mark.parametrize("n_rows, n_columns, bits_per_cell", [(256, 256, 8), (64, 64, 2),
+                                                                (16, 20, 4)])
+def test_bank_file_packs_column_sums_without_carries(n_rows, n_columns, bits_per_cell):
+    """The macro's file: each crossbar row's cells ``per_word`` to a big-endian 64-bit word;
+    unpacking gives the cells back, and a column's sum over all rows of the largest cells
+    still fits its lane (so whole-word additions never carry into the next column)."""
+    from moepim.models.pim import bank_file_words, column_sum_packing
+
+    shape = TileShape(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+                      weight_bits=8, input_bits=8, n_adcs=4, adc_bits=8)
+    sum_bits, per_word, words = column_sum_packing(shape)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 1 << bits_per_cell, 2 * n_rows * n_columns).astype(np.uint8)
+    packed = bank_file_words(image, shape)
+    assert packed.dtype.str == ">u8" and len(packed) == 2 * n_rows * words
+    raw = np.frombuffer(packed.tobytes(), dtype=">u8").astype(np.uint64)
+    lanes = (raw[:, None] >> (np.arange(per_word, dtype=np.uint64) * np.uint64(sum_bits))) \
+        & np.uint64((1 << sum_bits) - 1)
+    cells = lanes.reshape(2 * n_rows, words * per_word)
+    assert np.array_equal(cells[:, :n_columns].reshape(-1), image)
+    assert not cells[:, n_columns:].any()
+    assert n_rows * ((1 << bits_per_cell) - 1) < 1 << sum_bits and per_word * sum_bits <= 64
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end on the RTL
 

@@ -83,7 +83,7 @@ module moepim_matrix_bank #(
     localparam integer N_WORDS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
     localparam integer IN_PAD   = ROW_TILES * N_ROWS;
     localparam integer OUT_PAD  = COL_TILES * N_OUTS;
-    localparam integer CODE_MAX = (1 << ADC_BITS) - 1;
+    localparam [63:0]  CODE_MAX = (64'd1 << ADC_BITS) - 64'd1;
     localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
 
     reg [63:0]                   cells   [0:N_WORDS-1];
