@@ -388,11 +388,12 @@ class RouteUnit(wiring.Component):
                 first = "SCORE" if ec_kind else "TC_IN"
                 with m.If(handoff):
                     m.next = "SHARED" if self._shared else first
+                    new_sequence = (self.mode == MODE_WINDOW) & (tok_a == 0)
                     if self._drop:
-                        with m.If((self.mode == MODE_WINDOW) & (tok_a == 0)):
-                            m.d.sync += [x.eq(0) for x in taken]     # a new sequence
+                        with m.If(new_sequence):
+                            m.d.sync += [x.eq(0) for x in taken]
                     if self.go is not None:
-                        with m.If(self.go_insert & (self.mode == MODE_WINDOW) & (tok_a == 0)):
+                        with m.If(self.go_insert & new_sequence):
                             m.next = "CLEAR"
             if self._shared:
                 with m.State("SHARED"):

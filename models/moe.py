@@ -137,7 +137,7 @@ def route_float(x: torch.Tensor, w: dict, cfg: ModelConfig, mask=None) -> Routin
             mask = expert_choice_mask(scores, cap)
         else:
             mask = topk_mask(scores, r.top_k)
-            if r.capacity_factor is not None and r.drop_policy == "drop":
+            if r.drops:
                 cap = capacity_limit(n_tokens, cfg.n_experts, r.top_k, r.capacity_factor)
                 mask, dropped = apply_capacity(mask, cap)
     mask = np.asarray(mask, dtype=bool)

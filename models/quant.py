@@ -259,7 +259,7 @@ def route_int(x_q: np.ndarray, ql: QuantLayer, mask=None, logits=None,
                 len(logits), cfg.n_experts, r.ec_capacity_factor))
         else:
             mask = topk_mask(scores, r.top_k)
-            if r.capacity_factor is not None and r.drop_policy == "drop":
+            if r.drops:
                 mask, dropped = apply_capacity(mask, capacity_limit(
                     len(logits), cfg.n_experts, r.top_k, r.capacity_factor))
     mask = np.asarray(mask, dtype=bool)

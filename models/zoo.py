@@ -41,6 +41,12 @@ class RouterConfig:
     score_scale: float = 1.0
     ec_capacity_factor: float = 2.0
 
+    @property
+    def drops(self) -> bool:
+        """Token choice with a capacity that drops the selections over it (Switch)."""
+        return (self.kind != "expert_choice" and self.capacity_factor is not None
+                and self.drop_policy == "drop")
+
 
 @dataclass(frozen=True)
 class SharedConfig:

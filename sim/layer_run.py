@@ -125,7 +125,7 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
         mlp = r.kind == "mlp_gate"
         route = {"top_k": r.top_k, "renormalize": bool(r.renormalize) or mlp,
                  "gate_hidden": r.gate_hidden if mlp else 0,
-                 "drop": r.capacity_factor is not None and r.drop_policy == "drop"}
+                 "drop": r.drops}
         if route["drop"]:       # the capacity counts the whole sequence's tokens
             route["max_sequence"] = wl_cfg.n_prompt + wl_cfg.n_generate
     if n_sh and m.shared.gate == "sigmoid":

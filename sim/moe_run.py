@@ -175,10 +175,9 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     cfg, ql, P = wl.cfg, wl.quant, wl.n_prompt
     rc = cfg.router
     ec = rc.kind == "expert_choice"
-    drop = not ec and rc.capacity_factor is not None and rc.drop_policy == "drop"
 
     def cap(n):
-        if drop:        # the workload's capacity: over the whole sequence (models.workload);
+        if rc.drops:        # the workload's capacity: over the whole sequence (models.workload);
             # an expert takes a token at most once, so a capacity above it drops nothing
             seq = P + wl.n_generate
             return min(seq, capacity_limit(seq, cfg.n_experts, rc.top_k, rc.capacity_factor))
