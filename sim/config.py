@@ -8,6 +8,9 @@ keys, the hardware constructor arguments and the golden-model arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -188,6 +191,19 @@ class LayerExperiment:
 
 # ---------------------------------------------------------------------------------------------
 # generic checked conversion
+#
+# Numbers are checked by type, whatever the field: an ``int`` field takes an integer from 0 to
+# MAX_INT (no config count, width, index or seed is negative; rules of a field's own range
+# follow in the loaders and the hardware checks), a ``float`` field a finite number, and a
+# :class:`Constant` (a physical figure with its source) a value > 0, or >= 0 for the keys below,
+# where zero is a meaningful figure.
+
+MAX_INT = 1 << 40
+ZERO_MEANS_SOMETHING = {
+    "latency_ns": "no added latency",
+    "idle_power_w": "no background power",
+    "adc_leakage_mw": "no leakage charged",
+}
 
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
@@ -228,10 +244,14 @@ def _convert(value, tp, file, key):
         raise ConfigError(file, key, value, "true or false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= MAX_INT:
+                raise ConfigError(file, key, value, f"an integer from 0 to {MAX_INT}")
             return value
         raise ConfigError(file, key, value, "an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(file, key, value, "a finite number")
             return float(value)
         raise ConfigError(file, key, value, "a number")
     if tp is str:
@@ -270,28 +290,182 @@ def _build(cls, raw, file, key):
             kwargs[name] = _convert(raw[name], hints[name], file, sub)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(file, sub, "(missing)", f"a value: {_describe(hints[name])}")
+    if cls is Constant:
+        _check_constant(kwargs["value"], file, key)
     return cls(**kwargs)
 
 
-def _read_yaml(path: Path) -> dict:
+def _check_constant(value: float, file, key: str) -> None:
+    """A physical constant is finite and > 0; or >= 0 where zero means something."""
+    # the field's name (a table's entries, e.g. ``adc_energy_pj.8``, share their table's)
+    name = next((k for k in reversed(key.split(".")[-2:]) if k in ZERO_MEANS_SOMETHING), None)
+    if name is not None:
+        if not value >= 0:
+            raise ConfigError(file, f"{key}.value", value,
+                              f"a finite number >= 0 (0: {ZERO_MEANS_SOMETHING[name]})")
+    elif not value > 0:
+        raise ConfigError(file, f"{key}.value", value, "a finite number > 0")
+
+
+MAX_CONFIG_BYTES = 1 << 20      # a config file above 1 MiB is a mistake (or /dev/zero)
+MAX_DEPTH = 32                  # nesting depth of a config's mappings and lists
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the YAML 1.2 core schema's scalars (``030`` is 30, not
+    octal 24; ``yes``/``no``/``on``/``off`` are strings; ``1e9`` is a number; no
+    timestamps), duplicate keys refused and a nesting-depth limit."""
+
+    yaml_implicit_resolvers = {}
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels at line "
+                                     f"{mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value",
+                    key_node.start_mark) from None
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first, line):
+        self.key, self.first, self.line = key, first, line
+        super().__init__(f"duplicate key {key!r}")
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+def _construct_int(loader, node):
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)                     # YAML 1.2: leading zeros are decimal
+
+
+def _construct_float(loader, node):
+    text = loader.construct_scalar(node).lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    if text == ".nan":
+        return float("nan")
+    return float(text)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def parse_yaml(text: str, path) -> Any:
+    """Parse config text with the strict loader; problems become one :class:`ConfigError`."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(path, "(file)", str(path), "an existing YAML file") from None
-    except OSError as e:
-        raise ConfigError(path, "(file)", str(path), f"a readable file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(path, f"line {e.line}", e.key,
+                          f"each key once per mapping (first given at line {e.first})") \
+            from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
-        raise ConfigError(path, where, getattr(e, "problem", str(e)), "valid YAML") from None
+        raise ConfigError(path, where, getattr(e, "problem", None) or str(e),
+                          "valid YAML") from None
+    except RecursionError:
+        raise ConfigError(path, "(parse)", "too deeply nested",
+                          f"at most {MAX_DEPTH} levels of nesting") from None
+
+
+def read_config_text(path: Path, key: str = "(file)") -> str:
+    """The text of a config file: a regular file below :data:`MAX_CONFIG_BYTES`, UTF-8."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(path, key, str(path), "an existing YAML file") from None
+    except OSError as e:
+        raise ConfigError(path, key, str(path), f"a readable file ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(path, key, f"{path} is {what}", "a regular YAML file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(path, key, f"{st.st_size} bytes",
+                          f"a config file of at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(path, key, str(path), f"a readable file ({e.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, key, f"more than {MAX_CONFIG_BYTES} bytes",
+                          f"a config file of at most {MAX_CONFIG_BYTES} bytes")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(path, f"line {line}", f"byte 0x{data[e.start]:02x}",
+                          "a UTF-8 text file") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ConfigError(path, f"line {line}", "a NUL byte", "a text file") from None
+    return text
+
+
+def _read_yaml(path: Path, key: str = "(file)") -> dict:
+    raw = parse_yaml(read_config_text(path, key), path)
     if not isinstance(raw, dict):
         raise ConfigError(path, "(top level)", raw, "a mapping")
     version = raw.get("version")
-    if version != CONFIG_VERSION:
+    if version != CONFIG_VERSION or isinstance(version, bool):
         raise ConfigError(path, "version", version, f"{CONFIG_VERSION}")
     return raw
+
+
+def _referenced(ref, path: Path, key: str, what: str) -> Path:
+    """The file that key ``key`` of ``path`` points at; missing or not a file: an error naming
+    the key."""
+    if not isinstance(ref, str) or not ref:
+        raise ConfigError(path, key, ref, f"a path to {what}")
+    target = _resolve_path(ref, path)
+    if not target.exists():
+        raise ConfigError(path, key, ref, f"a path to {what} (no such file: {target})")
+    if not target.is_file():
+        raise ConfigError(path, key, ref, f"a path to {what} ({target} is not a regular file)")
+    return target
 
 
 def _resolve_path(ref: str, relative_to: Path) -> Path:
@@ -336,6 +510,10 @@ def load_experiment(path) -> TileExperiment | LayerExperiment:
     kind = raw.get("kind")
     if kind != "tile":
         raise ConfigError(path, "kind", kind, "'tile' or 'moe_layer'")
+    if "tile" not in raw:
+        raise ConfigError(path, "tile", "(missing)", "a tile section: a mapping of "
+                          f"{', '.join(f.name for f in dataclasses.fields(TileConfig))}, or a "
+                          "path to a configs/hw/*.yaml file")
     tile, tile_file = _load_tile(raw, path)
     tech, tech_path = _load_checked_tech(raw, path, tile, tile_file)
     wl = _build(TileWorkload, raw.get("workload", {}), path, "workload")
@@ -356,7 +534,7 @@ def _load_tile(raw, path):
     # tile: inline mapping or a path to configs/hw/*.yaml
     tile_ref = raw.get("tile", {})
     if isinstance(tile_ref, str):
-        tile_file = _resolve_path(tile_ref, path)
+        tile_file = _referenced(tile_ref, path, "tile", "a configs/hw/*.yaml file")
         tile_raw = {k: v for k, v in _read_yaml(tile_file).items() if k != "version"}
         tile = _build(TileConfig, tile_raw, tile_file, "")
         _check_tile(tile, tile_file, "")
@@ -368,10 +546,7 @@ def _load_tile(raw, path):
 
 
 def _load_checked_tech(raw, path, tile, tile_file):
-    tech_ref = raw.get("tech")
-    if not isinstance(tech_ref, str):
-        raise ConfigError(path, "tech", tech_ref, "a path to a configs/tech/*.yaml file")
-    tech_path = _resolve_path(tech_ref, path)
+    tech_path = _referenced(raw.get("tech"), path, "tech", "a configs/tech/*.yaml file")
     tech = load_tech(tech_path)
     for table in ("adc_energy_pj", "adc_area_um2"):
         known = sorted(getattr(tech, table))
@@ -400,16 +575,15 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
-    model_ref = raw.get("model")
-    if not isinstance(model_ref, str):
-        raise ConfigError(path, "model", model_ref, "a path to a configs/models/*.yaml file")
-    model = load_model(_resolve_path(model_ref, path))
+    model_path = _referenced(raw.get("model"), path, "model", "a configs/models/*.yaml file")
+    model = load_model(model_path)
+    if "tile" not in raw:
+        raise ConfigError(path, "tile", "(missing)", "a tile section: a mapping of "
+                          f"{', '.join(f.name for f in dataclasses.fields(TileConfig))}, or a "
+                          "path to a configs/hw/*.yaml file")
     tile, tile_file = _load_tile(raw, path)
     tech, _ = _load_checked_tech(raw, path, tile, tile_file)
-    dram_ref = raw.get("dram")
-    if not isinstance(dram_ref, str):
-        raise ConfigError(path, "dram", dram_ref, "a path to a configs/dram/*.yaml file")
-    dram = load_dram(_resolve_path(dram_ref, path))
+    dram = load_dram(_referenced(raw.get("dram"), path, "dram", "a configs/dram/*.yaml file"))
     layer = _build(LayerHw, raw.get("layer", {}), path, "layer")
     wl = _build(LayerWorkload, raw.get("workload", {}), path, "workload")
     hints = typing.get_type_hints(LayerExperiment)
@@ -430,6 +604,15 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
         if not 0.0 <= getattr(wl, key) < 1.0:
             raise ConfigError(path, f"workload.{key}", getattr(wl, key),
                               "a probability in [0, 1)")
+    for key in ("trace", "profile_trace", "weights"):
+        ref = getattr(wl, key)
+        if ref is not None:
+            target = _resolve_path(ref, path)
+            if not target.is_file():
+                raise ConfigError(path, f"workload.{key}", ref,
+                                  f"a path to an existing file (no such file: {target})")
+            wl = dataclasses.replace(wl, **{key: str(target)})
+    _check_grouping(wl.grouping, model, path, model_path)
     if tile.input_bits != model.quant.act_bits or tile.weight_bits != model.quant.weight_bits:
         raise ConfigError(tile_file, "input_bits/weight_bits",
                           f"{tile.input_bits}/{tile.weight_bits}",
@@ -438,6 +621,32 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
     return LayerExperiment(version=CONFIG_VERSION, kind="moe_layer", model=model, tile=tile,
                            tech=tech, dram=dram, layer=layer, workload=wl, simulator=simulator,
                            allow_large=allow_large, source=str(path))
+
+
+# ``moepim.hw.softmax.GateSoftmax`` (the expert-choice router's softmax) takes at most this
+# many experts (its own check; tests/test_config_loader.py asserts the two agree)
+MAX_SOFTMAX_EXPERTS = 256
+
+
+def _check_grouping(grouping, model, path, model_path) -> None:
+    """The workload's grouping against the model's experts, and the router's expert limit,
+    named by file and key (checked again by the hardware; here before anything is built)."""
+    from moepim.models.grouping import GroupingError, make_groups
+
+    n = model.n_experts
+    if model.router.kind == "expert_choice" and n > MAX_SOFTMAX_EXPERTS:
+        raise ConfigError(model_path, "n_experts", n,
+                          f"at most {MAX_SOFTMAX_EXPERTS} experts for an expert-choice router "
+                          "(the layer's gate softmax)")
+    if n > 1 << 16:
+        raise ConfigError(model_path, "n_experts", n, "at most 65536 experts")
+    import numpy as np
+
+    try:
+        make_groups(grouping, n, np.ones(n))
+    except (GroupingError, ValueError) as e:
+        raise ConfigError(path, "workload.grouping", grouping,
+                          f"a grouping of the model's {n} experts ({e})") from None
 
 
 def resolved_dict(obj) -> Any:

@@ -28,6 +28,7 @@ from moepim.models.workload import make_workload
 
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
+from .guard import MAX_SIM_CYCLES, ResourceError, mem_available
 from .layer_report import (
     layer_area_mm2,
     layer_energy_pj,
@@ -51,21 +52,12 @@ from .moe_run import (
 from .progress import file_bar
 from .report import write_report
 
-__all__ = ["run_layer_experiment", "estimate_resources", "ResourceError"]
-
-
-class ResourceError(RuntimeError):
-    """The configuration will not fit this machine (message says why and how to override)."""
+__all__ = ["run_layer_experiment", "estimate_resources", "ResourceError", "check_layer_resources",
+           "check_layer_inputs"]
 
 
 def _mem_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    return mem_available()
 
 
 def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> dict:
@@ -138,30 +130,98 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
     return spec, hw_tile
 
 
+def _workload_estimate(exp: LayerExperiment) -> dict:
+    """Simulated cycles and workload memory, from the config: every token's selected experts
+    run every matrix's row tiles bit-serially (an upper bound; groups overlap in practice),
+    and the golden models hold each token's activations for every matrix."""
+    m, t, wl = exp.model, exp.tile, exp.workload
+    seq = wl.n_prompt + wl.n_generate
+    tokens = seq
+    if wl.no_cache == "simulate" or not wl.go_cache:
+        tokens += wl.n_generate * seq            # decode steps that recompute every token
+    per_token = m.router.top_k if m.router.kind != "expert_choice" else max(
+        1, int(m.router.ec_capacity_factor * m.router.top_k))
+    columns_per_adc = -(-t.n_columns // max(1, t.n_adcs))
+    mvm = t.input_bits * columns_per_adc + 4
+    row_tiles = -(-m.d_model // t.n_rows) + -(-m.d_ff // t.n_rows)
+    cycles = tokens * max(1, per_token) * m.n_matrices * row_tiles * mvm
+    memory = tokens * (m.d_model * (m.n_matrices + 4) + m.d_ff * m.n_matrices) * 8 * 3
+    return {"cycles": int(cycles), "workload_bytes": int(memory), "tokens": int(tokens)}
+
+
+def check_layer_resources(exp: LayerExperiment, *, allow_large: bool = False) -> dict:
+    """The layer's estimate (:func:`estimate_resources` and the workload's), refused before
+    anything is allocated if it exceeds this machine (``--allow-large`` overrides)."""
+    spec_groups = _group_shape(exp)
+    est = estimate_resources(exp, *spec_groups)
+    est.update(_workload_estimate(exp))
+    est["memory_bytes"] += est.pop("workload_bytes")
+    _check_resources(exp, est, allow_large)
+    return est
+
+
+def _group_shape(exp: LayerExperiment) -> tuple[int, int]:
+    """(routed groups, group size) of the experiment's grouping, without loads."""
+    m = exp.model
+    try:
+        groups = make_groups(exp.workload.grouping, m.n_experts, np.ones(m.n_experts))
+    except ValueError as e:
+        raise ConfigError(exp.source, "workload.grouping", exp.workload.grouping,
+                          str(e)) from None
+    return len(groups), max(len(g) for g in groups)
+
+
 def _check_resources(exp, est, allow_large: bool):
+    if allow_large or exp.allow_large:
+        return
     limit = 0.8 * est["available_bytes"]
-    if est["memory_bytes"] > limit and not (allow_large or exp.allow_large):
+    if est["memory_bytes"] > limit:
         raise ResourceError(
             f"{exp.source}: this layer needs about {est['memory_bytes'] / 2**30:.1f} GiB "
-            f"({est['crossbars']} crossbars) but {est['available_bytes'] / 2**30:.1f} GiB are "
-            "available; use a smaller model or tile, or override with --allow-large "
-            "(or allow_large: true in the experiment)")
-    if est["build_s"] > 1800 and not (allow_large or exp.allow_large):
+            f"({est['crossbars']} crossbars, {est.get('tokens', 0)} tokens) but the limit is {limit / 2**30:.1f} GiB (80 % of "
+            f"{est['available_bytes'] / 2**30:.1f} GiB available); use a smaller model or tile, "
+            "or override with --allow-large (or allow_large: true in the experiment)")
+    if est["build_s"] > 1800:
         raise ResourceError(
             f"{exp.source}: building this layer would take about {est['build_s'] / 60:.0f} "
-            "minutes; reduce layer.lanes or the model, or override with --allow-large")
+            "minutes (the limit is 30); reduce layer.lanes or the model, or override with "
+            "--allow-large")
+    if est.get("cycles", 0) > MAX_SIM_CYCLES:
+        raise ResourceError(
+            f"{exp.source}: workload (n_prompt={exp.workload.n_prompt}, n_generate="
+            f"{exp.workload.n_generate}) simulates up to about {est['cycles']:.3g} cycles; the "
+            f"limit is {MAX_SIM_CYCLES:.3g} (about an hour); use fewer tokens, or override "
+            "with --allow-large")
+
+
+def check_layer_inputs(exp: LayerExperiment) -> None:
+    """Read (and check) every file the run will read: traces, weights."""
+    _load_inputs(exp)
 
 
 def _load_inputs(exp: LayerExperiment):
-    from moepim.models.moe import load_weights
-    from moepim.models.traces import read_trace
+    from moepim.models.moe import WeightsError, load_weights
+    from moepim.models.traces import TraceError, read_trace
+
+    from .guard import trace_limit_bytes
 
     wl_cfg, m = exp.workload, exp.model
     n_tokens = wl_cfg.n_prompt + wl_cfg.n_generate
-    weights = load_weights(wl_cfg.weights, m) if wl_cfg.weights else None
+    limit = None if exp.allow_large else trace_limit_bytes()
+
+    def read(key, path):
+        try:
+            return read_trace(path, n_experts=m.n_experts, max_bytes=limit)
+        except TraceError as e:      # name the key that points at the file
+            raise TraceError(f"{exp.source}: workload.{key}: {e}") from None
+
+    try:
+        weights = load_weights(wl_cfg.weights, m) if wl_cfg.weights else None
+    except WeightsError as e:
+        raise WeightsError(f"{exp.source}: workload.weights: {e}") from None
     trace = None
     if wl_cfg.trace:
-        t = read_trace(wl_cfg.trace, n_experts=m.n_experts)
+        t = read("trace", wl_cfg.trace)
         if not 0 <= wl_cfg.trace_layer < t.shape[0]:
             raise ConfigError(exp.source, "workload.trace_layer", wl_cfg.trace_layer,
                               f"a layer index of {wl_cfg.trace} (0..{t.shape[0] - 1})")
@@ -172,7 +232,11 @@ def _load_inputs(exp: LayerExperiment):
         trace = t[wl_cfg.trace_layer, :n_tokens]
     profile = None
     if wl_cfg.profile_trace:
-        profile = read_trace(wl_cfg.profile_trace, n_experts=m.n_experts)[wl_cfg.trace_layer]
+        p = read("profile_trace", wl_cfg.profile_trace)
+        if not 0 <= wl_cfg.trace_layer < p.shape[0]:
+            raise ConfigError(exp.source, "workload.trace_layer", wl_cfg.trace_layer,
+                              f"a layer index of {wl_cfg.profile_trace} (0..{p.shape[0] - 1})")
+        profile = p[wl_cfg.trace_layer]
     return weights, trace, profile
 
 

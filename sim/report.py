@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -16,7 +17,9 @@ import yaml
 
 from .config import ConfigError, TechConfig, TileConfig, resolved_dict
 
-__all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report", "tile_headline"]
+__all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report", "tile_headline",
+           "check_out_dir", "check_out_file", "OutputError", "MARKER", "atomic_write_text",
+           "clean_stale_staging"]
 
 
 def _adc_entry(table: dict, bits: int, tech: TechConfig, key: str):
@@ -76,29 +79,157 @@ def tile_area_mm2(tile: TileConfig, tech: TechConfig, digital: dict | None = Non
             "not_included": not_included}
 
 
-@contextmanager
-def atomic_run_dir(out: Path):
-    """Build a run directory in a sibling temporary folder; publish it only on success.
+MARKER = ".moepim-output"          # written into every output folder moepim publishes
+_STAGING = ".moepim-staging"      # .NAME.moepim-staging.PID.XXXX beside --out while running
+_FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+NAME_MAX = 255
 
-    An interrupted or failed run leaves no partial output directory (an existing directory is
-    replaced only when the new one is complete).
+
+class OutputError(ValueError):
+    """An output path moepim will not write; ``str()`` is the one line to print."""
+
+    def __init__(self, path, problem: str, hint: str = ""):
+        self.path = path
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
+
+
+def _check_place(path: Path, key: str) -> Path:
+    """Reasons any output path is unusable: ``.``, too long a name, a system folder, below a
+    regular file, an unwritable parent."""
+    path = Path(path)
+    if str(path) in ("", ".", "..") or path.name in ("", ".", ".."):
+        raise OutputError(path, f"{key} must name a new file or folder, not {str(path)!r}")
+    if len(path.name.encode()) > NAME_MAX:
+        raise OutputError(f"{str(path)[:60]}...", f"{key}: the name has "
+                          f"{len(path.name.encode())} bytes; at most {NAME_MAX} are allowed")
+    full = Path(os.path.abspath(path))
+    for root in _FORBIDDEN_ROOTS:
+        if full == root or root in full.parents:
+            raise OutputError(path, f"{key} is under {root}, a system folder; "
+                                    "choose a folder of your own")
+    for parent in reversed(full.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(path, f"{key}: {parent} is a file, not a folder")
+    return path
+
+
+def check_out_file(path, key: str, *, make_parent: bool = False) -> Path:
+    """A file output (``--json``, ``--plot``, a converted trace): its folder must exist (or is
+    made with ``make_parent``) and the path must not be a folder. Returns the path."""
+    path = _check_place(Path(path), key)
+    if path.is_dir():
+        raise OutputError(path, f"{key} is a folder; expected a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        if not make_parent:
+            raise OutputError(path, f"{key}: the folder {parent} does not exist")
+        parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise OutputError(path, f"{key}: the folder {parent} is not writable")
+    return path
+
+
+def is_moepim_output(folder: Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def check_out_dir(out, *, force: bool = False) -> Path:
+    """An ``--out`` folder moepim may (re)place: absent, empty, or a previous moepim output
+    (it holds the :data:`MARKER` file). Anything else, or a regular file, needs ``force``."""
+    out = _check_place(Path(out), "--out")
+    if out.is_symlink() and not force:
+        raise OutputError(out, "--out is a symbolic link; moepim will not replace it",
+                          "remove it or pass --force")
+    if out.is_file() and not force:
+        raise OutputError(out, "--out is an existing file, not a moepim output folder",
+                          "choose another --out, or pass --force to replace it")
+    if out.is_dir() and not force and not is_moepim_output(out) and any(out.iterdir()):
+        raise OutputError(out, "--out holds files moepim did not write (no "
+                          f"{MARKER} marker)", "choose another --out, or pass --force to "
+                          "replace the folder and everything in it")
+    parent = Path(os.path.abspath(out)).parent
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(out, f"--out: the folder {parent} is not writable")
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(parent: Path) -> list[Path]:
+    """Remove staging folders left by runs that died (SIGKILL, power loss) in ``parent``:
+    those whose owner process no longer exists."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in Path(parent).iterdir():
+            parts = p.name.split(".")
+            # .NAME.moepim-staging.PID.XXXX  or  .NAME.moepim-old.PID
+            for tag in (_STAGING[1:], "moepim-old"):
+                if tag in parts:
+                    i = parts.index(tag)
+                    pid = parts[i + 1] if i + 1 < len(parts) else ""
+                    if pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() \
+                            and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p)
+    return removed
+
+
+@contextmanager
+def atomic_run_dir(out: Path, *, force: bool = False):
+    """Build an output folder in a sibling staging folder; publish it only on success.
+
+    An interrupted or failed run leaves no partial output (its staging folder is removed; a
+    killed run's is removed by the next run in the same place). An existing ``out`` is
+    replaced only if it is a previous moepim output, empty, or ``force`` is given
+    (:func:`check_out_dir`), and only once the new folder is complete.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out = check_out_dir(Path(out), force=force)
+    parent = Path(os.path.abspath(out)).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:200]}{_STAGING}.{os.getpid()}.",
+                                dir=parent))
     try:
         yield tmp
+        (tmp / MARKER).write_text(json.dumps({"written_by": "moepim", "pid": os.getpid()})
+                                  + "\n")
+        check_out_dir(out, force=force)     # nothing of the user's appeared meanwhile
+        if out.is_symlink() or out.is_file():
+            out.unlink()
+        if out.exists():
+            old = parent / f".{out.name[:200]}.moepim-old.{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary sibling: readers see the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp",
+                               dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def tile_headline(report: dict) -> dict:

@@ -6,18 +6,30 @@
 * Icarus Verilog comes from the system (``apt-get install iverilog``).
 
 A missing tool raises :class:`ToolchainError` whose message says exactly how to install it.
+
+Child processes (Verilator's make and the C++ compiler, the simulator binaries, Yosys) started
+inside :func:`supervised_children` run in their own process group: an interrupted moepim kills
+those groups (:func:`kill_children`), and a small watchdog process kills them if moepim itself
+dies without a chance to clean up (SIGKILL, out of memory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from functools import cache
 from pathlib import Path
 
 __all__ = ["ToolchainError", "verilator_root", "setup_verilator", "setup_icarus",
-           "setup_simulator", "SIMULATORS"]
+           "setup_simulator", "SIMULATORS", "supervised_children", "kill_children",
+           "live_child_groups"]
 
 SIMULATORS = ("verilator", "icarus", "amaranth")
 
@@ -79,3 +91,133 @@ def setup_simulator(sim: str) -> None:
         setup_icarus()
     elif sim != "amaranth":
         raise ToolchainError(f"unknown simulator {sim!r}; allowed: {', '.join(SIMULATORS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes: their own process group, killed with moepim
+
+_GROUPS: set[int] = set()
+_LOCK = threading.Lock()
+_WATCHDOG: subprocess.Popen | None = None
+_DEPTH = 0
+
+# reads "+PGID"/"-PGID" lines; at end of input (moepim exited or was killed: the pipe closes)
+# it kills every group still listed. SIGINT/SIGTERM are moepim's to handle, not the watchdog's.
+_WATCHDOG_CODE = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin:
+    line = line.strip()
+    if line[:1] == "+":
+        groups.add(int(line[1:]))
+    elif line[:1] == "-":
+        groups.discard(int(line[1:]))
+for g in groups:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(g, sig)
+        except OSError:
+            pass
+"""
+
+
+def _tell_watchdog(line: str) -> None:
+    global _WATCHDOG
+    if _WATCHDOG is None or _WATCHDOG.poll() is not None:
+        _WATCHDOG = _ORIGINAL_POPEN([sys.executable, "-S", "-c", _WATCHDOG_CODE],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, text=True,
+                                    start_new_session=True)
+    try:
+        _WATCHDOG.stdin.write(line + "\n")
+        _WATCHDOG.stdin.flush()
+    except OSError:
+        pass
+
+
+_ORIGINAL_POPEN = subprocess.Popen
+
+
+class _GroupedPopen(subprocess.Popen):
+    """``subprocess.Popen`` whose child leads a new process group, recorded for cleanup."""
+
+    def __init__(self, *args, **kwargs):
+        if not kwargs.get("start_new_session") and kwargs.get("process_group") is None:
+            kwargs["start_new_session"] = True
+        super().__init__(*args, **kwargs)
+        with _LOCK:
+            _GROUPS.add(self.pid)
+            _tell_watchdog(f"+{self.pid}")
+
+    def wait(self, timeout=None):
+        code = super().wait(timeout)
+        try:
+            os.killpg(self.pid, 0)
+        except OSError:                 # the whole group is gone: forget it
+            with _LOCK:
+                if self.pid in _GROUPS:
+                    _GROUPS.discard(self.pid)
+                    _tell_watchdog(f"-{self.pid}")
+        return code
+
+
+def live_child_groups() -> set[int]:
+    """Process groups started under supervision that still have members."""
+    alive = set()
+    for g in list(_GROUPS):
+        try:
+            os.killpg(g, 0)
+            alive.add(g)
+        except OSError:
+            pass
+    return alive
+
+
+def kill_children(grace_s: float = 2.0) -> None:
+    """SIGTERM every supervised process group, then SIGKILL what is left after ``grace_s``."""
+    with _LOCK:
+        groups = set(_GROUPS)
+    if not groups:
+        return
+    for g in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(g, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while live_child_groups() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for g in live_child_groups():
+        with contextlib.suppress(OSError):
+            os.killpg(g, signal.SIGKILL)
+    with _LOCK:
+        for g in groups:
+            _GROUPS.discard(g)
+            _tell_watchdog(f"-{g}")
+
+
+@contextlib.contextmanager
+def supervised_children():
+    """Inside: every ``subprocess`` child (cocotb's build and simulator, Yosys) starts in its
+    own process group; leaving (normally or by an exception) kills what is left of them."""
+    global _DEPTH
+    with _LOCK:
+        _DEPTH += 1
+        subprocess.Popen = _GroupedPopen
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _DEPTH -= 1
+            last = _DEPTH == 0
+            if last:
+                subprocess.Popen = _ORIGINAL_POPEN
+        if last:
+            kill_children(grace_s=0.5)
+            global _WATCHDOG
+            if _WATCHDOG is not None:
+                with contextlib.suppress(OSError):
+                    _WATCHDOG.stdin.close()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    _WATCHDOG.wait(timeout=5)
+                _WATCHDOG = None
