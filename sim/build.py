@@ -5,6 +5,12 @@ macro models, the simulator and its flags), so one build serves every workload: 
 inputs are loaded at run time. Builds live under ``<build_root>/cache/<sim>-<key>/``; a lock
 file serialises concurrent builders of the same key (pytest-xdist workers, parallel runs) and
 a build only becomes visible once complete.
+
+Every entry carries ``manifest.json`` (size, mtime and SHA-256 of each of its files), written
+last. A cache hit checks it (sizes and mtimes; a file whose mtime moved is hashed): a missing,
+truncated or altered file makes the entry be rebuilt, with one line saying so. A simulator
+binary that dies on a signal invalidates its entry; it is rebuilt once and the simulation run
+again.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -144,6 +153,136 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+MANIFEST = "manifest.json"
+
+
+class SimulatorCrash(RuntimeError):
+    """A cached simulator binary died on a signal (its cache entry has been removed)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entry_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path) -> Path:
+    """``manifest.json``: size, mtime and SHA-256 of every file of a cache entry, written last
+    (atomically), so an entry without one is incomplete."""
+    files = {}
+    for p in _entry_files(folder):
+        st = p.stat()
+        files[str(p.relative_to(folder))] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                             "sha256": _sha256(p)}
+    path = folder / MANIFEST
+    _atomic_write(path, json.dumps({"version": 1, "files": files}, indent=0))
+    return path
+
+
+def verify_manifest(folder: Path) -> str | None:
+    """``None`` if every file the manifest lists is intact (size and mtime equal, or, where the
+    mtime moved, the SHA-256 equal), else what is wrong, in a few words."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+        if not isinstance(files, dict) or not files:
+            return "its manifest lists no files"
+    except FileNotFoundError:
+        return "it has no manifest (an interrupted build)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest is unreadable"
+    for rel, entry in files.items():
+        p = folder / rel
+        try:
+            st = p.stat()
+        except OSError:
+            return f"{rel} is missing"
+        try:
+            if st.st_size != entry["size"]:
+                return f"{rel} has {st.st_size} bytes, {entry['size']} were built"
+            if st.st_mtime_ns != entry["mtime_ns"] and _sha256(p) != entry["sha256"]:
+                return f"{rel} was modified (SHA-256 differs)"
+        except (KeyError, TypeError):
+            return "its manifest is unreadable"
+        except OSError:
+            return f"{rel} is unreadable"
+    return None
+
+
+def _notice(msg: str) -> None:
+    """One line on stderr, whatever the progress setting: the cache healed itself."""
+    print(f"moepim: {msg}", file=sys.stderr, flush=True)
+
+
+def _crash_signal(exc: BaseException) -> int | None:
+    """The signal a simulator died on, from cocotb's 'Command failed with return code: -N'."""
+    m = re.search(r"return code: (-\d+)", str(exc))
+    return -int(m.group(1)) if m else None
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class _CheckedRunner:
+    """cocotb's runner; a simulator binary that dies on a signal (or cannot be executed)
+    invalidates its cache entry, which is rebuilt once and the simulation run again."""
+
+    def __init__(self, build: Build):
+        self._build = build
+        self._runner = _make_runner(build.sim)
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def test(self, **kwargs):
+        try:
+            return self._runner.test(**kwargs)
+        except (RuntimeError, OSError) as e:
+            sig = _crash_signal(e) if isinstance(e, RuntimeError) else None
+            if sig is None and not isinstance(e, OSError):
+                raise
+            what = (f"died on {_signal_name(sig)}" if sig is not None else
+                    f"could not be executed ({e.strerror or e})")
+        directory = self._build.directory
+        invalidate(directory)
+        if self._build.rebuild is None:
+            raise SimulatorCrash(f"the {self._build.sim} simulator of {directory} {what}; its "
+                                 "cache entry was removed: run again to rebuild it")
+        _notice(f"build cache: the {self._build.sim} simulator in {directory.name} {what}; "
+                "entry removed, rebuilding")
+        fresh = self._build.rebuild()
+        kwargs["build_dir"] = fresh.directory
+        try:
+            return _make_runner(fresh.sim).test(**kwargs)
+        except RuntimeError as e:
+            sig = _crash_signal(e)
+            if sig is None:
+                raise
+            invalidate(fresh.directory)
+            raise SimulatorCrash(
+                f"the freshly built {fresh.sim} simulator of {fresh.directory} died on "
+                f"{_signal_name(sig)} as well; its cache entry was removed") from None
+
+
+def invalidate(directory: Path) -> None:
+    """Remove a cache entry (its manifest first: a half-removed entry is never trusted)."""
+    with contextlib.suppress(OSError):
+        (Path(directory) / MANIFEST).unlink()
+    with contextlib.suppress(OSError):
+        (Path(directory) / "build.ok").unlink()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @dataclass
 class Build:
     sim: str
@@ -151,10 +290,11 @@ class Build:
     directory: Path
     cached: bool
     build_s: float
+    rebuild: Callable[[], Build] | None = field(default=None, repr=False, compare=False)
 
     def runner(self):
         setup_simulator(self.sim)
-        return _make_runner(self.sim)
+        return _CheckedRunner(self)
 
 
 def _make_runner(sim: str):
@@ -242,9 +382,21 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
     directory = build_root / "cache" / f"{sim}-{key}"
     done = directory / "build.ok"
     ports = {"top": top, "ports": port_map(component)}
+    def rebuild() -> Build:
+        return build_simulator(component, sim=sim, top=top, build_root=build_root, trace=trace,
+                               progress=progress, key_params=key_params,
+                               build_estimate_s=build_estimate_s)
+
     with _locked(build_root / "cache" / f"{sim}-{key}.lock"):
         if done.exists():
-            return Build(sim, top, directory, True, 0.0)
+            if not (directory / MANIFEST).exists() and (directory / "build.ok").exists() \
+                    and _legacy_intact(directory, top, sim):
+                write_manifest(directory)     # an entry of an earlier moepim: adopted
+            problem = verify_manifest(directory)
+            if problem is None:
+                return Build(sim, top, directory, True, 0.0, rebuild)
+            _notice(f"build cache: {directory.name} is damaged ({problem}); rebuilding it")
+            invalidate(directory)
         if directory.exists():
             shutil.rmtree(directory)
         staging = directory.with_name(directory.name + ".partial")
@@ -279,5 +431,18 @@ def build_simulator(component, *, sim: str, top: str, build_root: Path | None = 
             )
         build_s = time.monotonic() - t0
         (staging / "build.ok").write_text(json.dumps({"build_s": build_s}))
+        write_manifest(staging)               # last: an entry without it is incomplete
         os.replace(staging, directory)
-    return Build(sim, top, directory, False, build_s)
+    return Build(sim, top, directory, False, build_s, rebuild)
+
+
+def _legacy_intact(directory: Path, top: str, sim: str) -> bool:
+    """An entry built before manifests: trusted only if its design and binary are present and
+    plausible (the Verilog ends its last module, the binary is non-empty)."""
+    v = directory / f"{top}.v"
+    binary = directory / (top if sim == "verilator" else "sim.vvp")
+    try:
+        return (v.stat().st_size > 0 and v.read_text().rstrip().endswith("endmodule")
+                and binary.stat().st_size > 0)
+    except (OSError, UnicodeDecodeError):
+        return False

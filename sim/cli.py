@@ -204,7 +204,7 @@ def cmd_synth(args) -> int:
         t, sram = exp.tech.transistor_area_um2, exp.tech.sram_area_um2_per_bit
         result = synthesize(v, args.top, transistor_area_um2=t.value, source=t.source,
                             sram_area_um2_per_bit=sram.value, sram_source=sram.source,
-                            flow=args.flow, progress=say)
+                            flow=args.flow)
         (folder / "synth.json").write_text(json.dumps(result, indent=1))
         lines = [f"{args.top}: {result['cells']} cells, {result['flip_flops']} flip-flops, "
                  f"{result['transistors']} transistors, {result['memory_bits']} memory bits, "

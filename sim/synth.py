@@ -71,23 +71,57 @@ def _yosys() -> str:
     return exe
 
 
+_STATS_KEYS = ("top", "cells", "cells_by_type", "flip_flops", "transistors", "modules",
+               "memories", "memory_bits")
+
+
+def _digest(stats: dict) -> str:
+    return hashlib.sha256(json.dumps(stats, sort_keys=True).encode()).hexdigest()
+
+
+def read_cached(cache: Path) -> tuple[dict | None, str | None]:
+    """A cached Yosys result: ``(stats, None)``, or ``(None, what is wrong)``. Entries carry
+    the SHA-256 of their statistics; one without it (an earlier moepim's) must still parse
+    and hold every statistic."""
+    try:
+        data = json.loads(cache.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"unreadable ({type(e).__name__})"
+    if isinstance(data, dict) and "sha256" in data:
+        stats = data.get("stats")
+        if not isinstance(stats, dict) or _digest(stats) != data["sha256"]:
+            return None, "its SHA-256 does not match"
+    else:
+        stats = data
+    if not isinstance(stats, dict) or any(k not in stats for k in _STATS_KEYS):
+        return None, "statistics are missing"
+    return stats, None
+
+
 def synthesize(verilog: Path, top: str, *, transistor_area_um2: float, source: str,
                sram_area_um2_per_bit: float, sram_source: str, flow: str = "gates",
                blackbox: tuple[str, ...] = (), build_root: Path | None = None) -> dict:
     """Cells by type and by submodule, flip-flops, transistors, memories and the area
-    estimate (logic + memories)."""
+    estimate (logic + memories). Results are cached with their SHA-256; a damaged cache
+    entry is recomputed, with one line on stderr saying so."""
     script = synth_script(top, flow=flow, blackbox=tuple(blackbox))
     text = Path(verilog).read_text()
+    if not text.rstrip().endswith("endmodule"):
+        raise RuntimeError(f"{verilog}: the Verilog ends without 'endmodule' (truncated)")
     macros = "".join(m.read_text() for m in macro_sources())
     key = hashlib.sha256((script + "\0" + text + "\0" + macros).encode()).hexdigest()[:20]
     cache = Path(build_root or default_build_root()) / "cache" / "synth" / f"{key}.json"
-    if cache.exists():
-        stats = json.loads(cache.read_text())
-    else:
+    stats, problem = read_cached(cache)
+    if problem:
+        print(f"moepim: synthesis cache: {cache.name} is damaged ({problem}); re-running "
+              "yosys", file=sys.stderr, flush=True)
+    if stats is None:
         stats = _run(verilog, top, script)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats))
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"sha256": _digest(stats), "stats": stats}))
         os.replace(tmp, cache)
     logic_um2 = stats["transistors"] * transistor_area_um2
     memory_um2 = stats["memory_bits"] * sram_area_um2_per_bit
