@@ -303,6 +303,10 @@ def cmd_trace_inspect(args) -> int:
     plot_out = check_out_file(args.plot, "--plot") if args.plot else None
     n_experts = _model_experts(args.model)
     trace = _read_trace(args.file, args, n_experts=n_experts)
+    if plot_out and (trace.shape[0] > MAX_PLOT_ROWS or trace.shape[2] > MAX_PLOT_COLUMNS):
+        raise ConfigError("command line", "--plot", str(args.plot),
+                          f"a trace of at most {MAX_PLOT_ROWS} layers and {MAX_PLOT_COLUMNS} "
+                          f"experts to draw (this one: {trace.shape[0]} x {trace.shape[2]})")
     from moepim.models.traces import load_stats
 
     stats = load_stats(trace)
@@ -372,12 +376,20 @@ def cmd_schedule(args) -> int:
         data = {"trace": str(args.trace), "layer": args.layer, "grouping": args.groups,
                 "loads_from": str(args.profile or args.trace), **sched.to_dict()}
         (folder / "schedule.json").write_text(json.dumps(data))
-        _plot_timeline(sched, folder / "timeline.png", f"{Path(args.trace).name} layer "
-                       f"{args.layer}: {args.groups}, {args.policy}")
+        drawable = len(groups) <= MAX_PLOT_ROWS and sched.timestamps <= MAX_PLOT_COLUMNS
+        if drawable:
+            _plot_timeline(sched, folder / "timeline.png", f"{Path(args.trace).name} layer "
+                           f"{args.layer}: {args.groups}, {args.policy}")
+    if not drawable:
+        print(f"timeline.png not drawn: {len(groups)} groups x {sched.timestamps} timestamps "
+              f"(drawn up to {MAX_PLOT_ROWS} x {MAX_PLOT_COLUMNS}: one labelled cell each)")
     print(f"{args.policy} on {args.groups}: {sched.timestamps} timestamps, "
           f"{sched.tokens_loaded} tokens loaded, buffer peak {sched.buffer_peak()}; "
           f"wrote {Path(args.out) / 'schedule.json'}")
     return EXIT_OK
+
+
+MAX_PLOT_ROWS, MAX_PLOT_COLUMNS = 512, 8192     # larger timelines take minutes to lay out
 
 
 def _plot_timeline(sched, path: Path, title: str) -> None:
