@@ -89,8 +89,9 @@ def _read_npy(path: Path, max_bytes: int | None) -> np.ndarray:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises many kinds
+        raise TraceError(f"{path}: not a readable .npy array ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:120]})") from None
     if dtype.hasobject or dtype.kind not in "biuf":
         raise TraceError(f"{path}: trace has dtype {dtype}; expected 0/1 integers")
     if len(shape) != 3:
@@ -103,8 +104,9 @@ def _read_npy(path: Path, max_bytes: int | None) -> np.ndarray:
                          f"{size - offset}")
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise TraceError(f"{path}: not a readable .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad user file
+        raise TraceError(f"{path}: not a readable .npy array ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:120]})") from None
 
 
 def read_trace(path, *, n_experts: int | None = None,

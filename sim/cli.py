@@ -301,6 +301,9 @@ def cmd_trace_inspect(args) -> int:
 
     json_out = check_out_file(args.json, "--json") if args.json else None
     plot_out = check_out_file(args.plot, "--plot") if args.plot else None
+    if plot_out and plot_out.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError("command line", "--plot", str(args.plot),
+                          f"a file name ending in {', '.join(PLOT_SUFFIXES)}")
     n_experts = _model_experts(args.model)
     trace = _read_trace(args.file, args, n_experts=n_experts)
     if plot_out and (trace.shape[0] > MAX_PLOT_ROWS or trace.shape[2] > MAX_PLOT_COLUMNS):
@@ -390,6 +393,7 @@ def cmd_schedule(args) -> int:
 
 
 MAX_PLOT_ROWS, MAX_PLOT_COLUMNS = 512, 8192     # larger timelines take minutes to lay out
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _plot_timeline(sched, path: Path, title: str) -> None:
