@@ -162,6 +162,10 @@ def cmd_check(args) -> int:
 
         est = check_layer_resources(exp, allow_large=args.allow_large)
         check_layer_inputs(exp)
+    # the hardware's own parameter checks (constructors only: nothing is elaborated or built)
+    from .tops import make_top
+
+    make_top(exp, "tile_group" if isinstance(exp, TileExperiment) else "moe_layer")
     print(yaml.safe_dump({"config": resolved_dict(exp)}, sort_keys=False), end="")
     print(yaml.safe_dump({"estimate": est}, sort_keys=False), end="")
     print(f"{args.config}: ok")
@@ -597,6 +601,11 @@ def main(argv=None) -> int:
         kill_children()
         if is_user_error(e):
             print(f"moepim: error: {_user_message(e)}", file=sys.stderr)
+            return EXIT_USAGE
+        if "moepim.hw.params.ParameterError" in _qualnames(e) and getattr(args, "config", None):
+            # a hardware constructor refused a parameter derived from the config
+            print(f"moepim: error: {args.config}: the hardware built from this config refuses "
+                  f"{_user_message(e)}", file=sys.stderr)
             return EXIT_USAGE
         log = _write_crash_log(argv)
         print(f"moepim: internal error (a bug in moepim, not in your input): "

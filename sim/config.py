@@ -667,6 +667,9 @@ def load_model(path):
     cfg = _build(ModelConfig, raw, path, "")
     for key, value, allowed in cfg.validate():
         raise ConfigError(path, key, value, allowed)
+    if cfg.router.top_k > cfg.n_experts:
+        raise ConfigError(path, "router.top_k", cfg.router.top_k,
+                          f"an integer from 1 to n_experts={cfg.n_experts}")
     return cfg
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import platform
 import tempfile
@@ -139,8 +140,11 @@ def _workload_estimate(exp: LayerExperiment) -> dict:
     tokens = seq
     if wl.no_cache == "simulate" or not wl.go_cache:
         tokens += wl.n_generate * seq            # decode steps that recompute every token
-    per_token = m.router.top_k if m.router.kind != "expert_choice" else max(
-        1, int(m.router.ec_capacity_factor * m.router.top_k))
+    # experts per token: top-k routers k; expert choice takes ceil(window x factor / E) tokens
+    # per expert, i.e. about ``ec_capacity_factor`` experts per token
+    per_token = m.router.top_k if m.router.kind != "expert_choice" else math.ceil(
+        m.router.ec_capacity_factor)
+    per_token = min(m.n_experts, max(1, per_token))
     columns_per_adc = -(-t.n_columns // max(1, t.n_adcs))
     mvm = t.input_bits * columns_per_adc + 4
     row_tiles = -(-m.d_model // t.n_rows) + -(-m.d_ff // t.n_rows)

@@ -8,7 +8,15 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .fuzzing import args_case, config_case, config_run_case, describe, run_case, trace_case
+from .fuzzing import (
+    args_case,
+    config_case,
+    config_run_case,
+    describe,
+    layer_config_case,
+    run_case,
+    trace_case,
+)
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -40,3 +48,15 @@ def test_damaged_traces(tmp_path_factory, seed):
 @given(seed=st.integers(0, 2**32 - 1))
 def test_odd_command_lines(tmp_path_factory, seed):
     _assert_clean(run_case(args_case(random.Random(seed)), tmp_path_factory.mktemp("args")))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_mutated_layer_configs(tmp_path_factory, seed):
+    folder = tmp_path_factory.mktemp("layer")
+    case = layer_config_case(random.Random(seed))
+    result = run_case(case, folder)
+    _assert_clean(result)
+    if result.code == 2:
+        _assert_clean(run_case(config_run_case(case), folder))

@@ -1,6 +1,6 @@
 """A seeded fuzzing campaign of the moepim command line; prints the counts per verdict.
 
-    python tools/fuzz_cli.py [--configs 400] [--traces 300] [--args 300] [--seed 0] [--show 20]
+    python tools/fuzz_cli.py [--configs 400] [--layer-configs 150] [--traces 300] [--args 300] [--seed 0] [--show 20]
 
 Cases and verdicts are those of ``tests/fuzzing.py`` (the same harness the hypothesis suite
 ``tests/test_fuzz_cli.py`` runs at a few dozen examples): every command runs in-process in a
@@ -27,6 +27,7 @@ from tests.fuzzing import (  # noqa: E402
     config_case,
     config_run_case,
     describe,
+    layer_config_case,
     run_case,
     summarize,
     trace_case,
@@ -36,6 +37,7 @@ from tests.fuzzing import (  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=int, default=400)
+    ap.add_argument("--layer-configs", type=int, default=150)
     ap.add_argument("--traces", type=int, default=300)
     ap.add_argument("--args", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -48,6 +50,7 @@ def main() -> int:
         root = Path(tmp)
         n = 0
         for kind, count, make in (("configs", opts.configs, config_case),
+                                  ("layer configs", opts.layer_configs, layer_config_case),
                                   ("traces", opts.traces, trace_case),
                                   ("args", opts.args, args_case)):
             for _ in range(count):
@@ -55,7 +58,7 @@ def main() -> int:
                 r = run_case(case, root / f"c{n}")
                 n += 1
                 results.append(r)
-                if kind == "configs" and r.code == 2:
+                if kind.endswith("configs") and r.code == 2:
                     results.append(run_case(config_run_case(case), root / f"c{n}"))
                     n += 1
             print(f"{kind}: {summarize(results)} ({time.monotonic() - t0:.0f} s)",
