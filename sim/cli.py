@@ -425,7 +425,9 @@ def _force(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="moepim", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
+    p = _Parser(prog="moepim", description="moepim: a cycle-level RTL simulator of "
+                "processing-in-memory accelerators for Mixture-of-Experts layers",
+                epilog=EXIT_CODES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
