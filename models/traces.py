@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["TraceError", "read_trace", "write_trace", "read_csv_scores", "write_csv",
+           "check_csv_size",
            "generate_trace", "load_stats", "check_trace", "SYNTHETIC_KINDS"]
 
 SYNTHETIC_KINDS = ("uniform", "zipf", "neupims")
@@ -124,11 +125,31 @@ def read_trace(path, *, n_experts: int | None = None,
     return check_trace(arr, str(path), n_experts=n_experts)
 
 
+# reading a CSV holds every field as a Python string (~50 bytes for a 2-byte "0,"): a CSV may
+# be at most this fraction of the memory limit
+CSV_BLOWUP = 32
+
+
+def check_csv_size(shape, max_bytes: int | None, source) -> None:
+    """Refuse to write a CSV trace that :func:`read_trace` would refuse under ``max_bytes``
+    (its text, about 2 bytes per score plus the ids, and its float scores)."""
+    if max_bytes is None:
+        return
+    n_layers, n_tokens, n_experts = shape
+    text = n_layers * n_tokens * (2 * n_experts + 16)
+    if text > max_bytes // CSV_BLOWUP or math.prod(shape) * 8 > max_bytes:
+        raise TraceError(f"{source}: a CSV of shape {tuple(shape)} (about {text / 2**20:.0f} "
+                         f"MiB) could not be read back under the limit of "
+                         f"{max_bytes // CSV_BLOWUP / 2**20:.0f} MiB of CSV; write .npy, or "
+                         "override with --allow-large")
+
+
 def _csv_text(path: Path, max_bytes: int | None) -> str:
     size = path.stat().st_size
-    if max_bytes is not None and size > max_bytes:
-        raise TraceError(f"{path}: {size / 2**30:.1f} GiB of CSV; the limit is "
-                         f"{max_bytes / 2**30:.1f} GiB (override with --allow-large)")
+    if max_bytes is not None and size > max_bytes // CSV_BLOWUP:
+        raise TraceError(f"{path}: {size / 2**20:.0f} MiB of CSV; the limit is "
+                         f"{max_bytes // CSV_BLOWUP / 2**20:.0f} MiB (override with "
+                         "--allow-large)")
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -202,15 +223,19 @@ def write_trace(path, trace: np.ndarray) -> Path:
     """Write a trace as ``.npy`` or ``.csv`` (by suffix), atomically."""
     path = Path(path)
     arr = check_trace(trace, str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    elif path.suffix == ".csv":
-        write_csv(tmp, arr.astype(np.float64))
-    else:
+    if path.suffix not in (".npy", ".csv"):
         raise TraceError(f"{path}: unknown trace format {path.suffix!r}; expected .npy or .csv")
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if path.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        else:
+            write_csv(tmp, arr.astype(np.float64))
+        tmp.replace(path)
+    except BaseException:            # an interrupted write leaves neither file half-written
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -286,7 +286,12 @@ def cmd_trace_generate(args) -> int:
             raise ConfigError("command line", key, value, "a finite number")
     check_generate(args.layers, args.tokens, n_experts, allow_large=args.allow_large)
     out = check_out_file(args.out, "--out", make_parent=True)
-    from moepim.models.traces import generate_trace, write_trace
+    from moepim.models.traces import check_csv_size, generate_trace, write_trace
+
+    from .guard import trace_limit_bytes
+
+    if out.suffix == ".csv" and not args.allow_large:
+        check_csv_size((args.layers, args.tokens, n_experts), trace_limit_bytes(), out)
     try:
         trace = generate_trace(args.kind, n_layers=args.layers, n_tokens=args.tokens,
                                n_experts=n_experts, top_k=top_k, seed=args.seed,
@@ -342,12 +347,15 @@ def cmd_trace_inspect(args) -> int:
 
 
 def cmd_trace_convert(args) -> int:
-    from moepim.models.traces import write_trace
+    from moepim.models.traces import check_csv_size, write_trace
 
+    from .guard import trace_limit_bytes
     from .report import check_out_file
 
     out = check_out_file(args.output, "output")
     trace = _read_trace(args.input, args)
+    if out.suffix == ".csv" and not args.allow_large:
+        check_csv_size(trace.shape, trace_limit_bytes(), out)
     write_trace(out, trace)
     print(f"wrote {args.output}")
     return EXIT_OK
