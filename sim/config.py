@@ -623,8 +623,8 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
                            allow_large=allow_large, source=str(path))
 
 
-# ``moepim.hw.softmax.GateSoftmax`` (the expert-choice router's softmax) takes at most this
-# many experts (its own check; tests/test_config_loader.py asserts the two agree)
+# ``moepim.hw.softmax.GateSoftmax`` (the softmax of both routers of the layer) takes at most
+# this many experts (its own check; tests/test_config_loader.py asserts the two agree)
 MAX_SOFTMAX_EXPERTS = 256
 
 
@@ -634,12 +634,10 @@ def _check_grouping(grouping, model, path, model_path) -> None:
     from moepim.models.grouping import GroupingError, make_groups
 
     n = model.n_experts
-    if model.router.kind == "expert_choice" and n > MAX_SOFTMAX_EXPERTS:
+    if n > MAX_SOFTMAX_EXPERTS:
         raise ConfigError(model_path, "n_experts", n,
-                          f"at most {MAX_SOFTMAX_EXPERTS} experts for an expert-choice router "
-                          "(the layer's gate softmax)")
-    if n > 1 << 16:
-        raise ConfigError(model_path, "n_experts", n, "at most 65536 experts")
+                          f"at most {MAX_SOFTMAX_EXPERTS} experts on the layer's hardware (its "
+                          "router's gate softmax)")
     import numpy as np
 
     try:
