@@ -162,10 +162,12 @@ def cmd_check(args) -> int:
 
         est = check_layer_resources(exp, allow_large=args.allow_large)
         check_layer_inputs(exp)
-    # the hardware's own parameter checks (constructors only: nothing is elaborated or built)
-    from .tops import make_top
+    if not isinstance(exp, TileExperiment):
+        # the layer hardware's own parameter checks (constructors only: nothing elaborated or
+        # built); a tile's are made by the loader (moepim.hw.params.check_tile_group)
+        from .tops import make_top
 
-    make_top(exp, "tile_group" if isinstance(exp, TileExperiment) else "moe_layer")
+        make_top(exp, "moe_layer")
     print(yaml.safe_dump({"config": resolved_dict(exp)}, sort_keys=False), end="")
     print(yaml.safe_dump({"estimate": est}, sort_keys=False), end="")
     print(f"{args.config}: ok")
