@@ -76,7 +76,8 @@ def cmd_run(args) -> int:
                            saif=Path(tmp) / "run.saif" if switching else None)
         check = check_outputs(exp, scenario, run)
         toggles = switching_energy(run.saif, exp.tech) if switching else None
-        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles)
+        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles,
+                                cycles=run.cycles, power_gating=exp.power_gating)
         if say:
             say("digital logic area: yosys on the tile group's RTL (cached after the first run)")
         # the crossbars' area is the technology table's (arrays), whatever their core

@@ -89,7 +89,9 @@ class TechConfig:
     sram_area_um2_per_bit: Constant
     int_add_energy_pj: Constant
     int_mult_energy_pj: Constant
-    adc_leakage_mw: Constant
+    adc_leakage_share: Constant
+    adc_sample_rate_gsps: Constant
+    peripheral_wakeup_energy_pj: Constant
     net_toggle_energy_fj: Constant
 
 
@@ -113,6 +115,8 @@ class TileExperiment:
     tech: TechConfig
     workload: TileWorkload = field(default_factory=TileWorkload)
     simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
+    # ``idle``: the peripheral set leaks only over its busy cycles; ``none``: the whole run
+    power_gating: Literal["none", "idle"] = "idle"
     source: str = ""
 
 
@@ -136,11 +140,14 @@ class LayerHw:
     per cycle of the token broadcast, the partial-sum adders and the combine unit);
     ``go_cache_rows`` = GO-cache SRAM capacity in tokens (``null``: the whole run fits);
     ``switching_activity``: Verilator runs record every RTL net's toggles (SAIF) for the
-    digital switching energy (a traced build: longer build and simulation)."""
+    digital switching energy (a traced build: longer build and simulation);
+    ``power_gating``: ``idle`` (a peripheral set is powered, and its ADCs leak, only over its
+    MVMs) or ``none`` (every peripheral set powered for the whole run)."""
 
     lanes: int = 64
     go_cache_rows: int | None = None
     switching_activity: bool = True
+    power_gating: Literal["none", "idle"] = "idle"
 
 
 @dataclass(frozen=True)
@@ -348,8 +355,11 @@ def load_experiment(path) -> TileExperiment | LayerExperiment:
                           "a probability in [0, 1)")
     simulator = _convert(raw.get("simulator", "verilator"),
                          typing.get_type_hints(TileExperiment)["simulator"], path, "simulator")
+    gating = _convert(raw.get("power_gating", "idle"),
+                      typing.get_type_hints(TileExperiment)["power_gating"], path, "power_gating")
     return TileExperiment(version=CONFIG_VERSION, kind="tile", tile=tile, tech=tech,
-                          workload=wl, simulator=simulator, source=str(path))
+                          workload=wl, simulator=simulator, power_gating=gating,
+                          source=str(path))
 
 
 def _load_tile(raw, path):
