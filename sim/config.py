@@ -422,6 +422,9 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
     dram = load_dram(_resolve_path(dram_ref, path))
     layer = _build(LayerHw, raw.get("layer", {}), path, "layer")
     wl = _build(LayerWorkload, raw.get("workload", {}), path, "workload")
+    # trace files: relative to the experiment file (as model, tile, tech and dram)
+    wl = dataclasses.replace(wl, **{k: str(_resolve_path(getattr(wl, k), path))
+                                    for k in ("trace", "profile_trace") if getattr(wl, k)})
     hints = typing.get_type_hints(LayerExperiment)
     simulator = _convert(raw.get("simulator", "verilator"), hints["simulator"], path,
                          "simulator")
