@@ -499,12 +499,13 @@ def time_split(cycles: int, clock_ns: float, stall_ns: float, time_ns: float) ->
 def _powered_check(counters: list, jobs: int, dut, n_groups: int) -> dict:
     """The jobs the energy's powered time is counted from, against the RTL's counters: one
     job per busy timestamp of a group (``busy``), and the engines' busy cycles
-    (``engine_busy_cycles``) = each group's jobs x its engine's job latency."""
+    (``engine_busy_cycles``) = each group's jobs x (its engine's job latency - 1): an engine
+    takes its job in the start cycle while still ready, then is busy until its result."""
     busy = [sum(x["busy"][g] for x in counters) for g in range(n_groups)]
     engine = sum(x["engine_busy_cycles"] for x in counters)
-    expected = sum(b * dut.group_latency(g) for g, b in enumerate(busy))
+    expected = sum(b * (dut.group_latency(g) - 1) for g, b in enumerate(busy))
     return {"jobs": jobs, "rtl_busy_timestamps": sum(busy),
-            "rtl_engine_busy_cycles": engine, "jobs_x_job_latency": expected,
+            "rtl_engine_busy_cycles": engine, "jobs_x_busy_cycles_per_job": expected,
             "consistent": sum(busy) == jobs and engine == expected}
 
 
