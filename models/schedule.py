@@ -5,7 +5,7 @@ token order (a token's experts of the group in ascending index). A token vector 
 per slot in which any group processes it (broadcast), so "tokens loaded" counts the distinct
 tokens of every slot.
 
-Policies (the primary paper's schedule figure and code, paper_moe_pim.md a.5, b.2):
+Policies (the primary paper's schedule figure, and its authors' code moe_schedule.py):
 
 * ``single_token``: tokens one at a time; token ``t`` takes ``max_g load_g[t]`` slots.
 * ``compact``: every group drains its own queue back to back; length ``T = max_g len(queue_g)``.

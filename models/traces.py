@@ -26,7 +26,9 @@ import numpy as np
 
 __all__ = ["TraceError", "read_trace", "write_trace", "read_csv_scores", "write_csv",
            "check_csv_size",
-           "generate_trace", "load_stats", "check_trace", "SYNTHETIC_KINDS"]
+           "generate_trace", "load_stats", "check_trace", "SYNTHETIC_KINDS",
+           "PAPER_LOAD_FACTORS", "largest_group_loads", "match_group_loads",
+           "generate_matched_trace"]
 
 SYNTHETIC_KINDS = ("uniform", "zipf", "neupims")
 
@@ -305,3 +307,106 @@ def load_stats(trace: np.ndarray) -> list[dict]:
             "idle_experts": int((per_expert == 0).sum()),
         })
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrated token-choice traces: per-grouping largest loads as the primary paper's
+
+# Largest group load / tokens of the authors' compact schedules (their ``mvm_factor``, from
+# their moe_schedule.py printout, used in their scripts.sh; Gao & Yang, ISCAS 2026, code
+# github.com/superstarghy/MoEwithPIM): 16 experts, 4 per token (mean expert load 0.25 N).
+PAPER_LOAD_FACTORS = {"U1": 0.4989, "U2": 0.7518, "S2": 0.5753, "U4": 1.2288, "S4": 1.0627}
+
+
+def largest_group_loads(loads, groupings) -> dict:
+    """For each grouping (``U<n>``/``S<n>``, ``moepim.models.grouping``), the largest total
+    load of one group: the length of a compact schedule."""
+    from .grouping import make_groups
+
+    loads = np.asarray(loads, dtype=np.int64)
+    return {g: int(max(loads[list(grp)].sum() for grp in make_groups(g, len(loads), loads)))
+            for g in groupings}
+
+
+def match_group_loads(targets: dict, *, n_tokens: int, n_experts: int, top_k: int, seed: int,
+                      steps: int = 20000) -> np.ndarray:
+    """Integer expert loads (each 0..``n_tokens``, summing to ``top_k * n_tokens``) whose
+    largest group load per grouping is as close as integers allow to ``targets[g] *
+    n_tokens`` (a seeded local search: move one selection from one expert to another when the
+    summed distance does not grow)."""
+    if not 1 <= top_k <= n_experts or n_tokens < 1:
+        raise ValueError(f"top_k={top_k}, n_tokens={n_tokens}: need 1 <= top_k <= "
+                         f"{n_experts} and n_tokens >= 1")
+    want = {g: f * n_tokens for g, f in targets.items()}
+    largest_group_loads(np.ones(n_experts), want)        # the groupings are valid
+    arange = np.arange(n_experts)
+
+    def largest(x, g):         # largest_group_loads' rule, vectorised for the search
+        n = int(g[1:])
+        if g[0].upper() == "U" or n == 1:
+            return x.reshape(-1, n).sum(axis=1).max()
+        order = np.lexsort((arange, x))
+        half = n // 2
+        return (x[order[:n_experts // 2]].reshape(-1, half).sum(axis=1)
+                + x[order[::-1][:n_experts // 2]].reshape(-1, half).sum(axis=1)).max()
+
+    def cost(x):
+        return sum(abs(largest(x, g) - w) for g, w in want.items())
+
+    rng = np.random.default_rng(seed)
+    loads = np.full(n_experts, top_k * n_tokens // n_experts, dtype=np.int64)
+    loads[: top_k * n_tokens - int(loads.sum())] += 1
+    best = cost(loads)
+    max_step = max(1, n_tokens // 32)
+    for _ in range(steps):
+        a, b = rng.choice(n_experts, size=2, replace=False)
+        d = int(min(rng.integers(1, max_step + 1), loads[a], n_tokens - loads[b]))
+        if d == 0:
+            continue
+        loads[a] -= d
+        loads[b] += d
+        c = cost(loads)
+        if c <= best:
+            best = c
+        else:
+            loads[a] += d
+            loads[b] -= d
+    return loads
+
+
+def _rows_with_loads(loads: np.ndarray, top_k: int, rng) -> np.ndarray:
+    """A random 0/1 block, ``top_k`` ones per row, column sums ``loads``: each token draws its
+    experts with probability proportional to their remaining load, experts that need every
+    remaining token first."""
+    left = np.array(loads, dtype=np.int64)
+    n_tokens = int(left.sum()) // top_k
+    out = np.zeros((n_tokens, len(left)), dtype=np.uint8)
+    for t in range(n_tokens):
+        forced = np.flatnonzero(left == n_tokens - t)
+        free = np.flatnonzero((left > 0) & (left < n_tokens - t))
+        k = top_k - len(forced)
+        pick = rng.choice(free, size=k, replace=False, p=left[free] / left[free].sum()) \
+            if k else np.array([], dtype=np.int64)
+        chosen = np.concatenate([forced, pick]).astype(np.int64)
+        out[t, chosen] = 1
+        left[chosen] -= 1
+    return out
+
+
+def generate_matched_trace(targets: dict, *, n_layers: int, n_tokens: int, n_experts: int,
+                           top_k: int, seed: int, block: int | None = None) -> np.ndarray:
+    """A seeded token-choice trace whose largest group loads match ``targets`` (grouping ->
+    largest group load / tokens, e.g. :data:`PAPER_LOAD_FACTORS`): every ``block`` tokens
+    (default: all) carry the loads of :func:`match_group_loads`, drawn at random token by
+    token, so every block-aligned window (a 32-token prompt, the whole trace) has them."""
+    block = block or n_tokens
+    if n_layers < 1 or n_tokens < 1 or block < 1 or n_tokens % block:
+        raise ValueError(f"n_tokens={n_tokens} must be a positive multiple of block={block} "
+                         "and n_layers positive")
+    loads = match_group_loads(targets, n_tokens=block, n_experts=n_experts, top_k=top_k,
+                              seed=seed)
+    rng = np.random.default_rng(seed)
+    return np.stack([np.concatenate([_rows_with_loads(loads, top_k, rng)
+                                     for _ in range(n_tokens // block)])
+                     for _ in range(n_layers)])
+

@@ -96,7 +96,8 @@ def cmd_run(args) -> int:
                            saif=Path(tmp) / "run.saif" if switching else None)
         check = check_outputs(exp, scenario, run)
         toggles = switching_energy(run.saif, exp.tech) if switching else None
-        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles)
+        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles,
+                                cycles=run.cycles, power_gating=exp.power_gating)
         if say:
             say("digital logic area: yosys on the tile group's RTL (cached after the first run)")
         # the crossbars' area is the technology table's (arrays), whatever their core
@@ -294,17 +295,47 @@ def cmd_trace_generate(args) -> int:
 
     if out.suffix == ".csv" and not args.allow_large:
         check_csv_size((args.layers, args.tokens, n_experts), trace_limit_bytes(), out)
+    kind = args.kind
+    from moepim.models.grouping import GroupingError
+
     try:
-        trace = generate_trace(args.kind, n_layers=args.layers, n_tokens=args.tokens,
-                               n_experts=n_experts, top_k=top_k, seed=args.seed,
-                               skew=args.skew, locality=args.locality)
-    except ValueError as e:
+        if args.match_loads:
+            from moepim.models.traces import generate_matched_trace
+
+            targets = _load_targets(args.match_loads)
+            kind = f"largest group loads matched to {args.match_loads}"
+            trace = generate_matched_trace(targets, n_layers=args.layers,
+                                           n_tokens=args.tokens, n_experts=n_experts,
+                                           top_k=top_k, seed=args.seed, block=args.block)
+        else:
+            trace = generate_trace(args.kind, n_layers=args.layers, n_tokens=args.tokens,
+                                   n_experts=n_experts, top_k=top_k, seed=args.seed,
+                                   skew=args.skew, locality=args.locality)
+    except (ValueError, GroupingError) as e:
         raise ConfigError("command line", "arguments", str(e), "valid trace parameters") \
             from None
     write_trace(out, trace)
     print(f"wrote {args.out}: {trace.shape[0]} layers x {trace.shape[1]} tokens x "
-          f"{trace.shape[2]} experts ({args.kind})")
+          f"{trace.shape[2]} experts ({kind})")
     return EXIT_OK
+
+
+def _load_targets(text: str) -> dict:
+    """``--match-loads``: ``paper`` (the primary paper's factors) or ``U1=0.5,S2=0.6,...``
+    (grouping = largest group load / tokens)."""
+    from moepim.models.traces import PAPER_LOAD_FACTORS
+
+    if text == "paper":
+        return dict(PAPER_LOAD_FACTORS)
+    targets = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            targets[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError("command line", "--match-loads", text,
+                              "'paper' or GROUPING=FACTOR pairs, e.g. U1=0.5,S2=0.6") from None
+    return targets
 
 
 def cmd_trace_inspect(args) -> int:
@@ -518,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--locality", type=float, default=0.0,
                    help="probability that a token repeats the previous token's experts")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--match-loads", metavar="paper|G=F,...",
+                   help="instead of --kind: every --block tokens carry expert loads whose "
+                        "largest group load per grouping is F x tokens ('paper': the primary "
+                        "paper's U1/U2/S2/U4/S4 factors)")
+    g.add_argument("--block", type=int, help="tokens per calibrated block (default: all)")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--allow-large", action="store_true",
                    help="generate even if the trace exceeds this machine's limits")

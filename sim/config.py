@@ -92,7 +92,9 @@ class TechConfig:
     sram_area_um2_per_bit: Constant
     int_add_energy_pj: Constant
     int_mult_energy_pj: Constant
-    adc_leakage_mw: Constant
+    adc_leakage_share: Constant
+    adc_sample_rate_gsps: Constant
+    peripheral_wakeup_energy_pj: Constant
     net_toggle_energy_fj: Constant
 
 
@@ -116,6 +118,8 @@ class TileExperiment:
     tech: TechConfig
     workload: TileWorkload = field(default_factory=TileWorkload)
     simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
+    # ``idle``: the peripheral set leaks only over its busy cycles; ``none``: the whole run
+    power_gating: Literal["none", "idle"] = "idle"
     source: str = ""
 
 
@@ -139,11 +143,14 @@ class LayerHw:
     per cycle of the token broadcast, the partial-sum adders and the combine unit);
     ``go_cache_rows`` = GO-cache SRAM capacity in tokens (``null``: the whole run fits);
     ``switching_activity``: Verilator runs record every RTL net's toggles (SAIF) for the
-    digital switching energy (a traced build: longer build and simulation)."""
+    digital switching energy (a traced build: longer build and simulation);
+    ``power_gating``: ``idle`` (a peripheral set is powered, and its ADCs leak, only over its
+    MVMs) or ``none`` (every peripheral set powered for the whole run)."""
 
     lanes: int = 64
     go_cache_rows: int | None = None
     switching_activity: bool = True
+    power_gating: Literal["none", "idle"] = "idle"
 
 
 @dataclass(frozen=True)
@@ -526,8 +533,11 @@ def load_experiment(path) -> TileExperiment | LayerExperiment:
                           "a probability in [0, 1)")
     simulator = _convert(raw.get("simulator", "verilator"),
                          typing.get_type_hints(TileExperiment)["simulator"], path, "simulator")
+    gating = _convert(raw.get("power_gating", "idle"),
+                      typing.get_type_hints(TileExperiment)["power_gating"], path, "power_gating")
     return TileExperiment(version=CONFIG_VERSION, kind="tile", tile=tile, tech=tech,
-                          workload=wl, simulator=simulator, source=str(path))
+                          workload=wl, simulator=simulator, power_gating=gating,
+                          source=str(path))
 
 
 def _load_tile(raw, path):
@@ -586,6 +596,9 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
     dram = load_dram(_referenced(raw.get("dram"), path, "dram", "a configs/dram/*.yaml file"))
     layer = _build(LayerHw, raw.get("layer", {}), path, "layer")
     wl = _build(LayerWorkload, raw.get("workload", {}), path, "workload")
+    # trace files: relative to the experiment file (as model, tile, tech and dram)
+    wl = dataclasses.replace(wl, **{k: str(_resolve_path(getattr(wl, k), path))
+                                    for k in ("trace", "profile_trace") if getattr(wl, k)})
     hints = typing.get_type_hints(LayerExperiment)
     simulator = _convert(raw.get("simulator", "verilator"), hints["simulator"], path,
                          "simulator")

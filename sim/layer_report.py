@@ -15,7 +15,16 @@ files (with their sources):
   otherwise ``moepim.models.gocache``);
 * DRAM: active power x transfer time (prompt in, results out, GO-cache spill and read-back,
   on the channel timeline of ``moepim.sim.layer_run.dram_timeline``) + idle power;
-* leakage: ADC leakage for the whole run.
+* leakage: the ADCs' leakage power x the time their peripheral set is powered
+  (``layer.power_gating``): ``idle`` (default, as PUMA's energy model charges it: a unit leaks
+  only over its active cycles) powers a peripheral set over its MVMs only, ``mvm_latency``
+  cycles per tile-position MVM (the macro's ``busy`` cycles), plus a wake-up energy per MVM;
+  ``none`` powers every peripheral set for the whole run, DRAM stalls included. The ADC's
+  per-conversion energy is its dynamic part only (the tech file splits the source's total
+  power into dynamic and leakage), so a converting ADC pays both once.
+
+The energy is also grouped (``groups``): ``dynamic`` (every per-event term), ``leakage`` and
+``dram``.
 
 Area: arrays, ADCs, DACs, shift-adds of every peripheral set from the tech file; the digital
 logic and the layer's memories (token/output buffers, scheduler queues, the router's score rows
@@ -29,7 +38,8 @@ import numpy as np
 from moepim.models.pim import tiles_of
 from moepim.models.tile import TileShape
 
-__all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "write_layer_plots"]
+__all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "write_layer_plots",
+           "adc_split", "powered_set_cycles"]
 
 
 def _matrix_tiles(model, d_ff: int, shape) -> dict:
@@ -86,13 +96,50 @@ def _mvm_events(tile, n_tile_mvms: int) -> dict:
             "shift_adds": n_tile_mvms * tile.input_bits * tile.n_columns}
 
 
+def adc_split(tech, adc_bits: int) -> tuple[float, float]:
+    """The ADC's dynamic energy per conversion (pJ) and its leakage power while powered (mW),
+    from the tech file's total energy per conversion at the ADC's sample rate
+    (``adc_energy_pj``, ``adc_sample_rate_gsps``) and the leakage share of that power
+    (``adc_leakage_share``): total power = energy x rate; leakage = share x total power;
+    dynamic per conversion = (1 - share) x energy."""
+    total = tech.adc_energy_pj[adc_bits].value
+    share = tech.adc_leakage_share.value
+    return (1.0 - share) * total, share * total * tech.adc_sample_rate_gsps.value
+
+
+def powered_set_cycles(geo: dict, events: dict, power_gating: str, time_ns: float,
+                       clock_ns: float) -> dict:
+    """Peripheral-set cycles powered: ``idle``: every tile-position MVM (expert banks, the
+    shared expert's, the gate's) powers its set for ``mvm_latency`` cycles (one wake-up each);
+    ``none``: every set for the whole run."""
+    mvms = (events["jobs"] * geo["crossbars_per_expert"]
+            + events.get("shared_jobs", 0) * geo["crossbars_per_shared"]
+            + events["routed_tokens"] * geo["gate_crossbars"])
+    if power_gating == "idle":
+        return {"set_cycles": mvms * events["mvm_latency"], "wakeups": mvms,
+                "rule": "each peripheral set powered over its MVMs (mvm_latency cycles per "
+                        "tile-position MVM), idle sets power-gated"}
+    if power_gating == "none":
+        return {"set_cycles": geo["peripheral_sets"] * time_ns / clock_ns, "wakeups": 0,
+                "rule": "every peripheral set powered for the whole run"}
+    raise ValueError(f"power_gating={power_gating!r}: 'none' or 'idle'")
+
+
+DYNAMIC_KEYS = ("crossbar", "dac", "adc", "shift_add", "router", "digital_arithmetic",
+                "buffers", "go_cache", "digital_switching", "wakeup")
+
+
 def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
     """``events``: jobs (routed), shared_jobs, dac_drives, routed tokens (gate MVMs),
     ``hw_routing`` (the layer's RTL routes: its selection and softmax logic are in the
-    switching count), SRAM bits, GO-cache bits, DRAM busy ns, and ``net_toggles`` (the RTL's switching activity; ``None`` when not
-    measured)."""
+    switching count), SRAM bits, GO-cache bits, DRAM busy ns, ``mvm_latency`` (cycles a
+    peripheral set is busy per MVM), and ``net_toggles`` (the RTL's switching activity;
+    ``None`` when not measured)."""
     tech, tile, model = exp.tech, exp.tile, exp.model
-    adc = tech.adc_energy_pj[tile.adc_bits].value
+    adc, leak_mw = adc_split(tech, tile.adc_bits)
+    gating = exp.layer.power_gating
+    clock = tech.clock_ns.value
+    powered = powered_set_cycles(geo, events, gating, time_ns, clock)
     jobs, shared_jobs = events["jobs"], events.get("shared_jobs", 0)
     tile_mvms = jobs * geo["crossbars_per_expert"] + shared_jobs * geo["crossbars_per_shared"]
     ex = _mvm_events(tile, tile_mvms)
@@ -121,8 +168,9 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
         "go_cache": events["go_cache_bits"] * sram,
         "dram": (exp.dram.active_power_w.value * dram_busy
                  + exp.dram.idle_power_w.value * max(0.0, time_ns - dram_busy)) * 1e3,
-        "leakage": (geo["peripheral_sets"] * tile.n_adcs * tech.adc_leakage_mw.value
-                    * 1e-3 * time_ns * 1e3),
+        # mW x ns = pJ
+        "leakage": powered["set_cycles"] * clock * tile.n_adcs * leak_mw,
+        "wakeup": powered["wakeups"] * tech.peripheral_wakeup_energy_pj.value,
     }
     not_included = ["attention, KV cache and the rest of the transformer"]
     if not events.get("hw_routing"):
@@ -134,12 +182,17 @@ def layer_energy_pj(exp, geo: dict, events: dict, time_ns: float) -> dict:
                             "layer.switching_activity and without --waves: SAIF)")
     else:
         breakdown["digital_switching"] = toggles * tech.net_toggle_energy_fj.value * 1e-3
-    return {"total": sum(breakdown.values()), "breakdown": breakdown,
+    groups = {"dynamic": sum(v for k, v in breakdown.items() if k in DYNAMIC_KEYS),
+              "leakage": breakdown["leakage"], "dram": breakdown["dram"]}
+    return {"total": sum(breakdown.values()), "breakdown": breakdown, "groups": groups,
+            "power_gating": {"mode": gating, **powered,
+                             "adc_dynamic_pj_per_conversion": adc,
+                             "adc_leakage_mw": leak_mw},
             "events": {"expert_tile_mvms": tile_mvms,
                        "gate_tile_mvms": events["routed_tokens"] * geo["gate_crossbars"],
                        "adds": adds, "mults": mults, **events},
             "method": "events x per-event energy + RTL net toggles x net_toggle_energy_fj + "
-                      "ADC leakage x time; constants and sources in the resolved tech and DRAM "
+                      "ADC leakage x powered time (power_gating); constants and sources in the resolved tech and DRAM "
                       "configs. digital_arithmetic prices the datapath's adds and multiplies "
                       "per operation; digital_switching the toggles of every RTL net (an "
                       "arithmetic unit's internal gate nodes are not RTL nets)",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moepim.hw.params import TileGeometry
 from moepim.models.dram import DramChannel
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
@@ -406,6 +407,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     time_ns = dram["end_ns"]
 
     geo = layer_geometry(m, tile, n_routed, gs)
+    # cycles a peripheral set is busy per MVM (the macro's ``busy``; checked for every run by
+    # the windows' compute cycles)
+    mvm_latency = TileGeometry(**tile.shape_kwargs()).mvm_latency
     shared_jobs = sum(w["shared_jobs"] for w in main)
     jobs = sum(w["jobs"] for w in main) - shared_jobs
     c = [w["counters"] for w in main]
@@ -426,11 +430,12 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
               "go_cache_bits": (go.get("rtl_counters", go["counters"])["sram_bits"]
                                 if go else 0),
               "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
-              "dram_busy_ns": dram["busy_ns"],
+              "dram_busy_ns": dram["busy_ns"], "mvm_latency": mvm_latency,
               "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
                                   if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
     energy["switching"] = toggles or None
+    energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, dut, len(groups))
     # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
     go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
@@ -516,6 +521,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "phases": {"prefill_cycles": per[0]["cycles"],
                    "decode_cycles": [d["cycles"] for d in decode],
                    "dram_ns": dram_ns},
+        "time_split": time_split(cycles, exp.tech.clock_ns.value, dram_ns, time_ns),
         "dram": dram,
         "routing": routing,
         "windows": per,
@@ -547,6 +553,28 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     report["plots"] = write_layer_plots(out_folder, report, windows)
     write_report(out_folder, report, exp, _headline(report))
     return report
+
+
+def time_split(cycles: int, clock_ns: float, stall_ns: float, time_ns: float) -> dict:
+    """The run's time in microseconds: the layer computing (its windows' RTL cycles) and
+    waiting for DRAM (token vectors in, results out, GO-cache traffic not hidden)."""
+    compute = cycles * clock_ns
+    return {"unit": "us", "total": time_ns * 1e-3, "compute": compute * 1e-3,
+            "dram_stall": stall_ns * 1e-3,
+            "dram_stall_share": stall_ns / time_ns if time_ns else 0.0}
+
+
+def _powered_check(counters: list, jobs: int, dut, n_groups: int) -> dict:
+    """The jobs the energy's powered time is counted from, against the RTL's counters: one
+    job per busy timestamp of a group (``busy``), and the engines' busy cycles
+    (``engine_busy_cycles``) = each group's jobs x (its engine's job latency - 1): an engine
+    takes its job in the start cycle while still ready, then is busy until its result."""
+    busy = [sum(x["busy"][g] for x in counters) for g in range(n_groups)]
+    engine = sum(x["engine_busy_cycles"] for x in counters)
+    expected = sum(b * (dut.group_latency(g) - 1) for g, b in enumerate(busy))
+    return {"jobs": jobs, "rtl_busy_timestamps": sum(busy),
+            "rtl_engine_busy_cycles": engine, "jobs_x_busy_cycles_per_job": expected,
+            "consistent": sum(busy) == jobs and engine == expected}
 
 
 def _expected_bench_cycles(windows, dut, n_lut_writes: int, gap_p: float,
@@ -646,6 +674,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
               "routed_tokens": n_tokens,
               "go_cache_bits": go_bits, "output_values": n_tokens * spec.d_model,
               "dram_bytes": 0, "dram_busy_ns": 0.0,
+              "mvm_latency": TileGeometry(**exp.tile.shape_kwargs()).mvm_latency,
               "net_toggles": toggles[part]["toggles"] if both else None}
         if all("counters" in e for e in entries):
             c = [e["counters"] for e in entries]
@@ -666,7 +695,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
         cycles = sum(e["cycles"] for e in entries)
         e = layer_energy_pj(exp, geo, events(entries, n_tokens, go_bits, part), cycles * clock)
         return {"cycles": cycles, "energy_pj": e["total"], "breakdown": e["breakdown"],
-                "source": source}
+                "groups": e["groups"], "source": source}
 
     n_gen = len(cached)
     if simulated:

@@ -30,27 +30,49 @@ def _adc_entry(table: dict, bits: int, tech: TechConfig, key: str):
 
 
 def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict,
-                   switching: dict | None = None) -> dict:
-    """Energy = events x per-event energy + RTL net toggles x per-toggle energy (each constant
-    from the tech file, with its source). ``switching``: ``moepim.sim.digital.switching_energy``
-    of the run (``None``: not measured, e.g. outside Verilator)."""
+                   switching: dict | None = None, *, cycles: int | None = None,
+                   power_gating: str = "idle") -> dict:
+    """Energy = events x per-event energy + RTL net toggles x per-toggle energy + ADC leakage
+    x powered time (each constant from the tech file, with its source). ``switching``:
+    ``moepim.sim.digital.switching_energy`` of the run (``None``: not measured, e.g. outside
+    Verilator). Leakage: ``power_gating`` ``idle`` powers the peripheral set over its busy
+    cycles (the RTL's ``busy_cycles`` counter), one wake-up per MVM; ``none`` over the run's
+    ``cycles``. The ADC's per-conversion energy is its dynamic part
+    (``moepim.sim.layer_report.adc_split``)."""
+    from .layer_report import adc_split
+
     per = counters["peripherals"]
     activations = sum(x["activations"] for x in counters["crossbars"])
     cells = tile.n_rows * tile.n_columns
-    adc = _adc_entry(tech.adc_energy_pj, tile.adc_bits, tech, "adc_energy_pj")
+    _adc_entry(tech.adc_energy_pj, tile.adc_bits, tech, "adc_energy_pj")
+    adc, leak_mw = adc_split(tech, tile.adc_bits)
+    if power_gating == "idle":
+        powered, wakeups = per["busy_cycles"], per["mvms"]
+    elif power_gating == "none":
+        powered, wakeups = (per["busy_cycles"] if cycles is None else cycles), 0
+    else:
+        raise ValueError(f"power_gating={power_gating!r}: 'none' or 'idle'")
+    clock = tech.clock_ns.value
     breakdown = {
         "crossbar": activations * cells * tech.cell_read_energy_fj.value * 1e-3,
         "dac": per["dac_drives"] * tech.dac_drive_energy_pj.value,
-        "adc": per["adc_conversions"] * adc.value,
+        "adc": per["adc_conversions"] * adc,
         "shift_add": per["shift_adds"] * tech.shift_add_energy_pj.value,
+        "leakage": powered * clock * tile.n_adcs * leak_mw,      # mW x ns = pJ
+        "wakeup": wakeups * tech.peripheral_wakeup_energy_pj.value,
     }
-    not_included = ["leakage"]
+    not_included = []
     if switching is None:
         not_included.append("digital switching (toggle counts need a Verilator run: SAIF)")
     else:
         breakdown["digital_switching"] = switching["energy_pj"]
-    return {"total": sum(breakdown.values()), "breakdown": breakdown, "switching": switching,
-            "not_included": not_included}
+    groups = {"dynamic": sum(v for k, v in breakdown.items() if k != "leakage"),
+              "leakage": breakdown["leakage"]}
+    return {"total": sum(breakdown.values()), "breakdown": breakdown, "groups": groups,
+            "power_gating": {"mode": power_gating, "powered_cycles": powered,
+                             "wakeups": wakeups, "adc_dynamic_pj_per_conversion": adc,
+                             "adc_leakage_mw": leak_mw},
+            "switching": switching, "not_included": not_included}
 
 
 def tile_area_mm2(tile: TileConfig, tech: TechConfig, digital: dict | None = None) -> dict:

@@ -28,7 +28,7 @@ from moepim.sim.config import ConfigError, load_model, model_config_paths
 
 ZOO = {p.stem: p for p in model_config_paths()}
 
-# published shapes (related_seeds.md s.8): d_model, expert d_ff, experts, top-k, 256x256
+# published shapes (the checkpoints' config.json, cited in configs/models): d_model, expert d_ff, experts, top-k, 256x256
 # crossbars per expert
 PUBLISHED = {
     "llama-moe-3.5b-4-16": (4096, 688, 16, 4, 144),
