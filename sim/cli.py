@@ -6,6 +6,7 @@
     moepim waves record|check SCENARIO [--update-golden]
     moepim trace generate|inspect|convert ...
     moepim schedule --trace FILE [--layer N] --groups S2 --policy reschedule --out DIR
+    moepim sweep SWEEP.yaml --out DIR [--workers N] [--scheduler ADDRESS] [--sim SIM]
 
 User mistakes (bad configs, missing tools) end with one clear line on stderr and exit code 2;
 a run whose hardware disagrees with the golden model exits 1 (its report is still written).
@@ -296,6 +297,15 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep, summary_line
+
+    summary = run_sweep(args.sweep, args.out, workers=args.workers, scheduler=args.scheduler,
+                        sim=args.sim, force=args.force, progress=not args.quiet)
+    print(summary_line(summary, Path(args.out)))
+    return EXIT_MISMATCH if summary["counts"]["mismatch"] else 0
+
+
 def _plot_timeline(sched, path: Path, title: str) -> None:
     from .plots import heatmap
 
@@ -356,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", type=Path, help="check the expert count against this model")
     sc.add_argument("--out", type=Path, required=True)
     sc.set_defaults(func=cmd_schedule)
+
+    sw = sub.add_parser("sweep", help="run a grid of experiments on Dask (cached per point)")
+    sw.add_argument("sweep", type=Path, help="a configs/sweeps/*.yaml file")
+    sw.add_argument("--out", type=Path, required=True)
+    sw.add_argument("--workers", type=int, default=None,
+                    help="local worker processes (default: the machine's cores)")
+    sw.add_argument("--scheduler", default=None,
+                    help="address of a running Dask scheduler (tcp://host:port) instead")
+    sw.add_argument("--sim", choices=SIMULATORS, default="verilator")
+    sw.add_argument("--force", action="store_true",
+                    help="replace an --out that holds something other than a sweep")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     t = sub.add_parser("trace", help="routing traces: generate, inspect, convert")
     tsub = t.add_subparsers(dest="trace_command", required=True)
