@@ -59,7 +59,7 @@ STATUSES = ("ok", "mismatch", "invalid", "skipped", "error")
 REFERENCE_KEYS = ("model", "tile", "tech", "dram")
 # keys whose value is a path to a data file, resolved against the experiment's folder
 PATH_KEYS = ("workload.trace", "workload.profile_trace", "workload.weights")
-SIMULATORS = ("verilator", "icarus", "amaranth")
+SIMULATORS = ("verilator", "icarus", "amaranth", "model")
 MARKER = "sweep.json"
 # the headline metrics of every row, in the order the tables show them
 RESULT_COLUMNS = ("cycles", "time_us", "energy_uj", "area_mm2", "tops", "tops_per_mm2",
