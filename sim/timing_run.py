@@ -66,33 +66,37 @@ def _prefix(expert: int, cfg) -> str:
 
 
 class _Drives:
-    """DAC drives of the banks, from the golden model's bank inputs (cached per token and
-    expert: a token's hidden activation is the same in every window)."""
+    """DAC drives of the banks, from the golden model's bank inputs. Every (token, expert)
+    pair's hidden activation is computed once, an expert's tokens in one batch (a token's
+    hidden activation is the same in every window)."""
 
-    def __init__(self, wl, spec, shape, matmul):
+    def __init__(self, wl, spec, shape, matmul, windows, token_keys):
         self.wl, self.spec, self.shape, self.mm = wl, spec, shape, matmul
         self.bits = wl.cfg.quant.act_bits
-        self.hidden = {}
         cfg = wl.cfg
         d = cfg.d_model
-
-        def ct(n_out):
-            return tiles_of(d, n_out, shape)[1]
-        self.ct_up = {False: ct(cfg.d_ff), True: ct(cfg.shared.d_ff or 1)}
-        self.ct_down = tiles_of(cfg.d_ff, d, shape)[1]
-        self.ct_down_shared = tiles_of(cfg.shared.d_ff or 1, d, shape)[1]
+        self.ct_up = {False: tiles_of(d, cfg.d_ff, shape)[1],
+                      True: tiles_of(d, cfg.shared.d_ff or 1, shape)[1]}
+        self.ct_down = {False: tiles_of(cfg.d_ff, d, shape)[1],
+                        True: tiles_of(cfg.shared.d_ff or 1, d, shape)[1]}
         self.first_banks = 2 if cfg.ffn == "swiglu" else 1      # up (and gate_proj)
+        rows: dict[int, dict[int, np.ndarray]] = {}
+        for w, first in zip(windows, token_keys):
+            for _g, tok, exp, _idle, _f in w.jobs:
+                rows.setdefault(exp, {}).setdefault(first + tok, w.x[tok])
+        self.hidden_ones = {}
+        for exp, by_token in rows.items():
+            keys = list(by_token)
+            h = ffn_hidden_int(np.stack([by_token[k] for k in keys]), wl.quant,
+                               _prefix(exp, cfg), matmul)
+            for k, ones in zip(keys, bit_ones(h, self.bits)):
+                self.hidden_ones[(k, exp)] = int(ones)
 
     def job(self, x_row, token_key, expert) -> int:
-        cfg = self.wl.cfg
-        shared = expert == cfg.n_experts
-        key = (token_key, expert)
-        if key not in self.hidden:
-            h = ffn_hidden_int(x_row[None], self.wl.quant, _prefix(expert, cfg), self.mm)
-            self.hidden[key] = int(bit_ones(h, self.bits)[0])
+        shared = expert == self.wl.cfg.n_experts
         ones_x = int(bit_ones(x_row, self.bits))
-        ct_down = self.ct_down_shared if shared else self.ct_down
-        return self.first_banks * self.ct_up[shared] * ones_x + ct_down * self.hidden[key]
+        return (self.first_banks * self.ct_up[shared] * ones_x
+                + self.ct_down[shared] * self.hidden_ones[(token_key, expert)])
 
     def gate(self, x) -> int:
         cfg, q = self.wl.cfg, self.wl.quant
@@ -133,24 +137,25 @@ def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]
     """What the ``moe_layer`` bench returns for ``windows`` (one simulation per run of
     windows between ``restarts``), computed by the formulas of the module docstring."""
     B = dut.blocks
-    drives = _Drives(wl, spec, shape, matmul)
+    # token keys: a window's row i is sequence token i (prompt, no-cache recomputation), a
+    # generated token's window row 0 is token P + step - 1
+    P = wl.n_prompt
+    firsts = [P + w.step - 1 if (w.kind == "decode" and len(w.x) == 1) else 0
+              for w in windows]
+    drives = _Drives(wl, spec, shape, matmul, windows, firsts)
     go = _go_counters(windows, wl, spec)
     n_groups = spec.n_groups
     ru = dut.route_unit
     route_names = ([] if ru is None else
                    ["route_cycles"] + [name for name, _ in ru.counters.shape()])
     results, total = [], None
-    # token keys: a window's row i is sequence token i (prompt, no-cache recomputation), a
-    # generated token's window row 0 is token P + step - 1
-    P = wl.n_prompt
     for i, w in enumerate(windows):
         if total is None or i in restarts:
             total = dict.fromkeys(("cycles", "timestamps", "token_loads", "token_reads",
                                    "token_writes", "out_reads", "out_writes",
                                    "engine_busy_cycles", "dac_drives", *route_names), 0)
             total["busy"] = [0] * n_groups
-        n, sched = len(w.x), w.sched
-        first_token = P + w.step - 1 if (w.kind == "decode" and n == 1) else 0
+        n, sched, first_token = len(w.x), w.sched, firsts[i]
         compute = expected_compute_cycles(w, dut)
         loads = sched.tokens_loaded
         d = {"cycles": compute, "timestamps": sched.timestamps, "token_loads": loads,
