@@ -303,10 +303,15 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import run_sweep, summary_line
+    from .sweep import SweepVerificationError, run_sweep, summary_line
 
-    summary = run_sweep(args.sweep, args.out, workers=args.workers, scheduler=args.scheduler,
-                        sim=args.sim, force=args.force, progress=not args.quiet)
+    try:
+        summary = run_sweep(args.sweep, args.out, workers=args.workers,
+                            scheduler=args.scheduler, sim=args.sim, force=args.force,
+                            progress=not args.quiet, verify_rtl=args.verify_rtl)
+    except SweepVerificationError as e:
+        print(f"moepim: sweep: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
     print(summary_line(summary, Path(args.out)))
     return EXIT_MISMATCH if summary["counts"]["mismatch"] else 0
 
@@ -382,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--sim", choices=(*SIMULATORS, "model"), default="verilator",
                     help="model: the timing level (layer experiments), equal to the RTL's "
                          "cycles and counters, no build")
+    sw.add_argument("--verify-rtl", type=int, default=0, metavar="K",
+                    help="with --sim model: re-run K points (the extremes first) under "
+                         "Verilator and fail if any differs")
     sw.add_argument("--force", action="store_true",
                     help="replace an --out that holds something other than a sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")

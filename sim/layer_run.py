@@ -505,6 +505,14 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "accuracy": accuracy,
         "golden_match": golden_match, "mismatches": check["mismatches"],
         "values_simulated": sim != "model",
+        "timing_level": None if sim != "model" else {
+            "values": "not simulated: outputs and routes are the golden model's",
+            "stimulus": "no input gaps or back-pressure (bench stimuli)"
+                        + (f"; the config's input_gaps={wl_cfg.input_gaps} and "
+                           f"backpressure={wl_cfg.backpressure} are not modelled"
+                           if wl_cfg.input_gaps or wl_cfg.backpressure else ""),
+            "equal_to": "the RTL's cycles and counters under Verilator for the same config "
+                        "without gaps (tests/test_timing_level.py)"},
         "n_mismatches": sum(w["mismatching_values"] for w in per),
         "counters": {"layer": _sum_counters(w["counters"] for w in main)},
         "resources": est, "build": info, "wall_s": wall,

@@ -52,7 +52,8 @@ from pathlib import Path
 from .config import ConfigError, _read_yaml, _resolve_path, load_experiment, resolved_dict
 
 __all__ = ["SweepSpec", "Point", "load_sweep", "expand", "run_sweep", "code_version",
-           "STATUSES", "RESULT_COLUMNS"]
+           "STATUSES", "RESULT_COLUMNS", "verify_on_rtl", "first_difference",
+           "SweepVerificationError"]
 
 STATUSES = ("ok", "mismatch", "invalid", "skipped", "error")
 # keys of an experiment whose value is a path to another YAML file (overridable inside)
@@ -346,15 +347,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def run_sweep(sweep_path, out, *, workers: int | None = None, scheduler: str | None = None,
               sim: str = "verilator", force: bool = False, progress: bool = True,
-              build_root=None, cache_dir=None) -> dict:
+              build_root=None, cache_dir=None, verify_rtl: int = 0) -> dict:
     """Expand, check, run (cached) and tabulate a sweep; returns the summary (counts per
     status, the table's path, per-point overhead of the cluster). ``build_root``: where the
     simulator builds are cached (default ``$MOEPIM_BUILD_ROOT`` or ``./build``);
-    ``cache_dir``: the finished points (default ``<build_root>/sweep-cache``)."""
+    ``cache_dir``: the finished points (default ``<build_root>/sweep-cache``).
+    ``verify_rtl``: with ``sim="model"``, re-run that many finished points under Verilator
+    (the extremes of cycles and energy first, then a seeded choice) and compare every
+    window's cycles and counters (:func:`verify_on_rtl`)."""
     if sim not in SIMULATORS:
         raise ConfigError("command line", "--sim", sim, f"one of {', '.join(SIMULATORS)}")
     if workers is not None and workers < 1:
         raise ConfigError("command line", "--workers", workers, "a positive integer")
+    if verify_rtl and sim != "model":
+        raise ConfigError("command line", "--verify-rtl", verify_rtl,
+                          "0 unless --sim model (it re-checks timing-level points on the RTL)")
+    if verify_rtl < 0:
+        raise ConfigError("command line", "--verify-rtl", verify_rtl, "an integer >= 0")
     spec = load_sweep(sweep_path)
     out = Path(out)
     _prepare_out(out, force)
@@ -403,10 +412,90 @@ def run_sweep(sweep_path, out, *, workers: int | None = None, scheduler: str | N
     plots = _write_plots(rows, spec, out)
     counts = {s: sum(1 for p in points if p.status == s) for s in STATUSES}
     counts["cached"] = sum(1 for p in points if p.extra.get("cached"))
+    verified = verify_on_rtl(rows, points, cache, root, verify_rtl, progress) \
+        if verify_rtl else None
     summary = {"points": len(points), "counts": counts, "results": table, "plots": plots,
-               "wall_s": time.monotonic() - t0, "dask_overhead_s_per_point": overhead}
+               "wall_s": time.monotonic() - t0, "dask_overhead_s_per_point": overhead,
+               "verify_rtl": verified}
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def first_difference(model: dict, rtl: dict) -> str | None:
+    """The first field in which a timing-level report differs from an RTL report of the same
+    point (the run's cycles, then each window's cycles and counters), or ``None``."""
+    if model.get("cycles") != rtl.get("cycles"):
+        return f"cycles: {model.get('cycles')} vs RTL {rtl.get('cycles')}"
+    mw, rw = model.get("windows", []), rtl.get("windows", [])
+    if len(mw) != len(rw):
+        return f"windows: {len(mw)} vs RTL {len(rw)}"
+    for i, (a, b) in enumerate(zip(mw, rw)):
+        if a.get("cycles") != b.get("cycles"):
+            return f"windows[{i}].cycles: {a.get('cycles')} vs RTL {b.get('cycles')}"
+        for k, v in b.get("counters", {}).items():
+            if a.get("counters", {}).get(k) != v:
+                return (f"windows[{i}].counters.{k}: {a.get('counters', {}).get(k)} vs RTL "
+                        f"{v}")
+    return None
+
+
+def verify_on_rtl(rows, points, cache: Path, root: Path, k: int, progress: bool) -> list:
+    """Re-run ``k`` finished timing-level points under Verilator: the points of least and
+    most cycles and energy first, then a seeded choice of the rest; the RTL runs without
+    input gaps and back-pressure (bench stimuli the timing level leaves out). Raises
+    :class:`SweepVerificationError` naming the point and the first differing field when any
+    differs."""
+    import random
+
+    done = [r for r in rows if r["status"] == "ok" and r.get("cycles") is not None]
+    chosen = []
+    for key in ("cycles", "energy_uj"):
+        vals = [r for r in done if r.get(key) is not None]
+        for r in (min(vals, key=lambda r: r[key], default=None),
+                  max(vals, key=lambda r: r[key], default=None)):
+            if r is not None and r not in chosen:
+                chosen.append(r)
+    rest = [r for r in done if r not in chosen]
+    random.Random(0).shuffle(rest)
+    chosen = (chosen + rest)[:k]
+    by_label = {p.label: p for p in points}
+    out = []
+    for r in chosen:
+        p = by_label[r["label"]]
+        staging = cache / f".verify-{p.hash}"
+        shutil.rmtree(staging, ignore_errors=True)
+        if progress:
+            print(f"verifying point {p.index} ({p.label}) under verilator", file=sys.stderr)
+        config = _without_stimulus_gaps(p.config_path)
+        res = run_point(str(config), "verilator", str(staging), str(root))
+        diff = f"the RTL run ended {res['status']}: {res['reason']}"
+        if res["status"] == "ok":
+            model = json.loads((cache / p.hash / "report.json").read_text())
+            rtl = json.loads((staging / "report.json").read_text())
+            diff = first_difference(model, rtl)
+        shutil.rmtree(staging, ignore_errors=True)
+        out.append({"point": p.index, "label": p.label, "equal": diff is None,
+                    "first_difference": diff})
+        if diff is not None:
+            raise SweepVerificationError(
+                f"point {p.index} ({p.label}): the timing level differs from Verilator at "
+                f"{diff}")
+    return out
+
+
+def _without_stimulus_gaps(config: Path) -> Path:
+    """A copy of a point's experiment with ``input_gaps`` and ``backpressure`` at 0."""
+    import yaml
+
+    raw = _read_yaml(config)
+    raw.setdefault("workload", {}).update(input_gaps=0.0, backpressure=0.0)
+    out = config.with_name("experiment-rtl-check.yaml")
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+class SweepVerificationError(RuntimeError):
+    """``--verify-rtl`` found a point where the timing level and the RTL disagree."""
 
 
 def _cached_status(entry: Path) -> str:
@@ -414,7 +503,7 @@ def _cached_status(entry: Path) -> str:
         report = json.loads((entry / "report.json").read_text())
     except (OSError, ValueError):
         return "error"
-    ok = report.get("golden_match") and report.get("cycles_match_formula", True) \
+    ok = report.get("golden_match") is not False and report.get("cycles_match_formula", True) \
         and report.get("go_cache_exact") is not False
     return "ok" if ok else "mismatch"
 

@@ -85,53 +85,73 @@ def test_pareto_mask_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("sweep")
-def test_sweep_on_two_workers_resumes_and_tabulates(tmp_path):
-    """Six points of the reduced layer (one hardware build): four run, one invalid (U3 does
-    not divide 8 experts), one skipped, on a two-worker LocalCluster; then a resume after an interruption
-    (two points' cache entries lost) re-runs only those two."""
+@pytest.mark.xdist_group("layer-verilator")
+def test_sweep_on_two_workers_resumes_tabulates_and_verifies(tmp_path):
+    """Ten points of the reduced layer on the timing level and a two-worker LocalCluster:
+    eight run, one is invalid (U3 does not divide 8 experts), one skipped; two points re-run
+    under Verilator (--verify-rtl 2) agree; a resume after an interruption (two points'
+    cache entries lost) re-runs only those two."""
     sweep = write_sweep(tmp_path, {
-        # the hardware of layer-small.yaml itself (U2 and S2 differ only in the cell
-        # images), so the build and its Yosys run are shared with the layer tests
         "axes": {"workload.grouping": ["U2", "S2", "U3"],
-                 "workload.policy": ["compact", "reschedule"]},
+                 "workload.policy": ["compact", "reschedule"],
+                 "workload.seed": [3, 4]},
         "skip": [{"workload.grouping": "U3", "workload.policy": "reschedule"}]})
     # the simulator builds in the suite's build root (shared with the layer tests), the
     # finished points in a cache of this test's own
     cache = tmp_path / "cache"
     out = tmp_path / "out"
-    s1 = run_sweep(sweep, out, workers=2, progress=False, cache_dir=cache)
-    assert s1["points"] == 6
-    assert s1["counts"]["ok"] == 4 and s1["counts"]["invalid"] == 1 \
-        and s1["counts"]["skipped"] == 1 and s1["counts"]["error"] == 0
+    s1 = run_sweep(sweep, out, workers=2, sim="model", progress=False, cache_dir=cache,
+                   verify_rtl=2)
+    assert s1["points"] == 12
+    assert s1["counts"]["ok"] == 8 and s1["counts"]["invalid"] == 2 \
+        and s1["counts"]["skipped"] == 2 and s1["counts"]["error"] == 0, s1["counts"]
+    assert len(s1["verify_rtl"]) == 2 and all(v["equal"] for v in s1["verify_rtl"])
     table = pq.read_table(out / "results.parquet").to_pylist()
-    assert len(table) == 6
+    assert len(table) == 12
     bad = next(r for r in table if r["status"] == "invalid")
     assert bad["workload.grouping"] == "U3" and "workload.grouping" in bad["reason"]
     ok = [r for r in table if r["status"] == "ok"]
     for r in ok:
         report = json.loads((out / "points" / r["label"] / "report.json").read_text())
-        assert report["golden_match"] and r["cycles"] == report["cycles"]
+        assert report["sim"] == "model" and report["golden_match"] is None
+        assert r["cycles"] == report["cycles"]
         assert r["energy_uj"] == pytest.approx(report["energy_pj"]["total"] / 1e6)
         assert r["area_mm2"] == pytest.approx(report["area_mm2"]["total"])
-    # U2 and S2 differ in which experts share, not in the hardware: same area
-    by = {(r["workload.grouping"], r["workload.policy"]): r for r in ok}
-    assert by[("U2", "compact")]["area_mm2"] == pytest.approx(by[("S2", "compact")]["area_mm2"])
+    # U2 and S2 differ in which experts share, not in the hardware: same analog area
+    by = {(r["workload.grouping"], r["workload.policy"], r["workload.seed"]): r for r in ok}
+    assert by[("U2", "compact", 3)]["area_mm2.adcs"] == \
+        pytest.approx(by[("S2", "compact", 3)]["area_mm2.adcs"])
     assert (out / "pareto.png").stat().st_size > 0 and (out / "axes.png").stat().st_size > 0
-    assert (out / "results.csv").read_text().count("\n") == 7
+    assert (out / "results.csv").read_text().count("\n") == 13
 
     # an interruption lost two finished points: the next run re-runs those two only
     import shutil
     for r in ok[:2]:
         shutil.rmtree(cache / r["hash"])
-    s2 = run_sweep(sweep, out, workers=2, progress=False, cache_dir=cache)
-    assert s2["counts"]["cached"] == 2 and s2["counts"]["ok"] == 4
+    s2 = run_sweep(sweep, out, workers=2, sim="model", progress=False, cache_dir=cache)
+    assert s2["counts"]["cached"] == 6 and s2["counts"]["ok"] == 8
     again = {r["label"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     for r in ok:
         assert again[r["label"]]["cycles"] == r["cycles"]
     # a third run is all cached
-    s3 = run_sweep(sweep, out, workers=1, progress=False, cache_dir=cache)
-    assert s3["counts"]["cached"] == 4
+    s3 = run_sweep(sweep, out, workers=1, sim="model", progress=False, cache_dir=cache)
+    assert s3["counts"]["cached"] == 8
+
+
+def test_verify_rtl_needs_the_timing_level(tmp_path):
+    sweep = write_sweep(tmp_path, {"axes": {"workload.seed": [1]}})
+    with pytest.raises(ConfigError, match="--verify-rtl"):
+        run_sweep(sweep, tmp_path / "o", sim="verilator", verify_rtl=1, progress=False,
+                  cache_dir=tmp_path / "c")
+
+
+def test_first_difference_names_the_field():
+    from moepim.sim.sweep import first_difference
+    a = {"cycles": 10, "windows": [{"cycles": 10, "counters": {"dac_drives": 5}}]}
+    assert first_difference(a, a) is None
+    b = {"cycles": 10, "windows": [{"cycles": 10, "counters": {"dac_drives": 6}}]}
+    assert first_difference(a, b) == "windows[0].counters.dac_drives: 5 vs RTL 6"
+    assert first_difference({**a, "cycles": 11}, a).startswith("cycles: 11")
 
 
 def test_out_holding_user_files_is_refused(tmp_path):
