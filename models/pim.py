@@ -17,6 +17,8 @@ that timestamp).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .tile import TileShape, _plane_weights, _planes, encode_cells
@@ -85,10 +87,23 @@ class CrossbarMatmul:
 
     def __init__(self, shape: TileShape):
         self.shape = shape
+        # the cell image of each weight matrix, encoded once (keyed by the matrix's
+        # contents: a digest is ~1000x cheaper than the encoding)
+        self._cells = {}
+
+    def cells(self, b) -> np.ndarray:
+        """The tiles' cells of weight matrix ``b`` (encoded once per distinct matrix)."""
+        b = np.ascontiguousarray(b)
+        key = (b.shape, b.dtype.str, hashlib.sha1(b.view(np.uint8)).hexdigest())
+        cells = self._cells.get(key)
+        if cells is None:
+            cells = self._cells[key] = _cells(b.astype(np.int64), self.shape)
+        return cells
 
     def __call__(self, a, b) -> np.ndarray:
         s = self.shape
         a = np.asarray(a, dtype=np.int64)
+        cells = self.cells(b)
         b = np.asarray(b, dtype=np.int64)
         if a.shape[-1] != b.shape[0]:
             raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
@@ -100,7 +115,7 @@ class CrossbarMatmul:
         half_x = 1 << (s.input_bits - 1)
         if x.size and (x.min() < -half_x or x.max() > half_x - 1):
             raise ValueError(f"inputs must be signed {s.input_bits}-bit integers")
-        out = row_tile_outputs(x, _cells(b, s), s).sum(axis=1)[:, :b.shape[1]]
+        out = row_tile_outputs(x, cells, s).sum(axis=1)[:, :b.shape[1]]
         return out[0] if squeeze else out
 
 

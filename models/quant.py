@@ -40,7 +40,7 @@ from .zoo import ModelConfig
 
 __all__ = ["Requant", "int_matmul", "QuantLayer", "quantize_layer", "quantize_input",
            "int_softmax", "route_int", "moe_forward_int", "shared_gate_int",
-           "dequantize_output", "SCORE_BITS", "EXP_LUT"]
+           "dequantize_output", "SCORE_BITS", "EXP_LUT", "ffn_hidden_int", "gate_hidden_int"]
 
 SCORE_BITS = 16                 # gate-score precision (Q0.16), also what the GO cache stores
 EXP_STEPS_PER_UNIT = 16         # EXP_LUT resolution: 1/16 of a natural-log unit
@@ -229,13 +229,18 @@ def _lut_apply(table, q, bits):
     return table[np.asarray(q, dtype=np.int64) + (1 << (bits - 1))]
 
 
+def gate_hidden_int(x_q: np.ndarray, ql: QuantLayer, matmul=int_matmul) -> np.ndarray:
+    """An MLP gate's hidden layer (LLaMA-MoE): ``tanh`` table of the requantised ``W_1 x``,
+    the input of its second gate matrix."""
+    ab = ql.cfg.quant.act_bits
+    h = _clamp(ql.requant["gate.fc1"].apply(matmul(x_q, ql.tensors["gate.fc1.weight"])), ab)
+    return _lut_apply(ql.luts["tanh"], h, ab)
+
+
 def gate_logits_int(x_q: np.ndarray, ql: QuantLayer, matmul=int_matmul) -> np.ndarray:
     t = ql.tensors
-    ab = ql.cfg.quant.act_bits
     if ql.cfg.router.kind == "mlp_gate":
-        h = _clamp(ql.requant["gate.fc1"].apply(matmul(x_q, t["gate.fc1.weight"])), ab)
-        th = _lut_apply(ql.luts["tanh"], h, ab)
-        return matmul(th, t["gate.fc2.weight"])
+        return matmul(gate_hidden_int(x_q, ql, matmul), t["gate.fc2.weight"])
     return matmul(x_q, t["gate.weight"])
 
 
@@ -271,15 +276,21 @@ def route_int(x_q: np.ndarray, ql: QuantLayer, mask=None, logits=None,
     return Routing(mask, weights, dropped, scores)
 
 
-def _ffn_int(x_q, ql, p, matmul=int_matmul):
+def ffn_hidden_int(x_q, ql, p, matmul=int_matmul):
+    """Expert ``p``'s hidden activation (ReLU of ``up``, or SwiGLU's requantised product):
+    the input of its ``down`` matrix."""
     t, ab = ql.tensors, ql.cfg.quant.act_bits
     u = _clamp(ql.requant[f"{p}.up"].apply(matmul(x_q, t[f"{p}.up.weight"])), ab)
     if ql.cfg.ffn == "swiglu":
         g = _clamp(ql.requant[f"{p}.gate"].apply(matmul(x_q, t[f"{p}.gate.weight"])), ab)
         a = _lut_apply(ql.luts[f"{p}.silu"], g, ab)
-        h = _clamp(ql.requant[f"{p}.mul"].apply(a * u), ab)
-    else:
-        h = np.maximum(u, 0)
+        return _clamp(ql.requant[f"{p}.mul"].apply(a * u), ab)
+    return np.maximum(u, 0)
+
+
+def _ffn_int(x_q, ql, p, matmul=int_matmul):
+    t, ab = ql.tensors, ql.cfg.quant.act_bits
+    h = ffn_hidden_int(x_q, ql, p, matmul)
     return _clamp(ql.requant[f"{p}.down"].apply(matmul(h, t[f"{p}.down.weight"])), ab)
 
 

@@ -83,8 +83,24 @@ class ModelConfig:
     sparse_step: int = 1
     vocab_size: int = 32000
     n_heads: int = 32
+    # attention (moepim.models.decoder): K/V heads (null = n_heads; fewer = grouped-query
+    # attention), head width (null = d_model / n_heads), RoPE base (null = no rotary
+    # positions), the norm before attention and before the MoE layer
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | None = 10000.0
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-6
     initializer_range: float = 0.02
     source: str = ""
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
     @property
     def n_matrices(self) -> int:
@@ -125,6 +141,21 @@ class ModelConfig:
         s = self.shared
         if s.n_shared < 0 or (s.n_shared > 0 and s.d_ff < 1):
             bad.append(("shared.d_ff", s.d_ff, "a positive integer when shared.n_shared > 0"))
+        if self.n_heads < 1:
+            bad.append(("n_heads", self.n_heads, "a positive integer"))
+        elif self.head_dim is None and self.d_model % self.n_heads:
+            bad.append(("n_heads", self.n_heads,
+                        f"a divisor of d_model={self.d_model} (or set head_dim)"))
+        elif not 1 <= self.kv_heads <= self.n_heads or self.n_heads % self.kv_heads:
+            bad.append(("n_kv_heads", self.n_kv_heads,
+                        f"null or a divisor of n_heads={self.n_heads}"))
+        elif self.head_size < 2 or (self.rope_theta is not None and self.head_size % 2):
+            bad.append(("head_dim", self.head_dim,
+                        "null or an integer >= 2, even with rotary positions"))
+        if self.rope_theta is not None and not self.rope_theta > 1:
+            bad.append(("rope_theta", self.rope_theta, "null (no RoPE) or a number > 1"))
+        if not 0 < self.norm_eps < 1:
+            bad.append(("norm_eps", self.norm_eps, "a number in (0, 1)"))
         q = self.quant
         for key in ("weight_bits", "act_bits", "gate_bits"):
             if not 2 <= getattr(q, key) <= 16:

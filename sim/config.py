@@ -191,7 +191,7 @@ class LayerExperiment:
     dram: DramConfig
     layer: LayerHw = field(default_factory=LayerHw)
     workload: LayerWorkload = field(default_factory=LayerWorkload)
-    simulator: Literal["verilator", "icarus", "amaranth"] = "verilator"
+    simulator: Literal["verilator", "icarus", "amaranth", "model"] = "verilator"
     allow_large: bool = False
     source: str = ""
 

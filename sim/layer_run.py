@@ -55,7 +55,10 @@ from .progress import file_bar
 from .report import write_report
 
 __all__ = ["run_layer_experiment", "estimate_resources", "ResourceError", "check_layer_resources",
-           "check_layer_inputs"]
+           "check_layer_inputs", "LAYER_SIMULATORS"]
+
+# the RTL simulators, and the timing level (cycles and counters from formulas, equal to the RTL)
+LAYER_SIMULATORS = ("verilator", "icarus", "amaranth", "model")
 
 
 def _mem_available() -> int:
@@ -259,16 +262,18 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     say = progress or (lambda msg: None)
     t0 = time.monotonic()
     m, tile, wl_cfg = exp.model, exp.tile, exp.workload
-    if sim not in ("verilator", "icarus", "amaranth"):
-        raise ConfigError(exp.source, "simulator", sim, "'verilator', 'icarus' or 'amaranth'")
-    if waves and sim == "amaranth":
+    if sim not in LAYER_SIMULATORS:
+        raise ConfigError(exp.source, "simulator", sim,
+                          "one of " + ", ".join(repr(x) for x in LAYER_SIMULATORS))
+    if waves and sim in ("amaranth", "model"):
         raise ConfigError(exp.source, "--waves", True,
                           "a run under verilator or icarus (they write the VCD)")
     spec, hw_tile = layer_spec(exp)
     gs = spec.group_size
     n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
     est = estimate_resources(exp, n_routed, gs)
-    _check_resources(exp, est, allow_large)
+    if sim != "model":                  # the timing level builds and simulates nothing
+        _check_resources(exp, est, allow_large)
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
     shape = TileShape(**tile.shape_kwargs())
@@ -338,16 +343,28 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
              [("all", run_windows)])
     results, toggles = [], {}
     sim_dut, setup = dut, None
-    if sim == "amaranth":
+    if sim == "model":
+        # the timing level: the RTL's cycles and counters from the plan (no simulation)
+        from .timing_run import model_results
+
+        say(f"timing level: {len(run_windows)} windows from the cycle and counter formulas")
+        t_model = time.monotonic()
+        results = model_results(run_windows, [len(windows)] if simulate_nc else [], spec, dut,
+                                wl, shape, mm)
+        info = {"sim_s": time.monotonic() - t_model, "cached": None, "directory": None}
+        parts = [("all", run_windows[:len(windows)]),
+                 ("no_cache", run_windows[len(windows):])]
+    elif sim == "amaranth":
         # Amaranth's simulator runs the engines in place, their banks as Python models
         sim_dut = make_component(spec, hw_tile, engine_core="python")
         setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape)))
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
-        say("writing crossbar cell images")
-        plus = write_bank_images(Path(tmp), wl, groups, spec, shape) \
-            if sim != "amaranth" else []
+        plus = []
+        if sim not in ("amaranth", "model"):
+            say("writing crossbar cell images")
+            plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
         luts = lut_writes(wl, groups, spec)
-        for name, part in parts:
+        for name, part in (parts if sim != "model" else []):
             if not part:
                 continue
             say(f"simulating {len(part)} windows ({name}) under {sim}")
@@ -439,10 +456,24 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
     go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
-    say("digital logic area: yosys on the layer's RTL (cached after the first run)")
     t_synth = time.monotonic()
-    area = layer_area_mm2(exp, geo, go_cache_bits, component_area(
-        dut, "moe_layer", exp.tech, sim=sim, build_dir=info.get("directory"), build_root=root))
+    from .timing_run import NO_SYNTHESIS, known_synthesis, remember_synthesis
+
+    if sim == "model":
+        # the timing level builds nothing: the layer's synthesis if some run made it
+        synth = known_synthesis(key, exp.tech, root)
+        area = layer_area_mm2(exp, geo, go_cache_bits, synth or NO_SYNTHESIS)
+        if synth is None:
+            area["not_included"].append(
+                "digital logic and the layer's memories: this design has not been synthesised "
+                "yet (run it once under verilator, icarus or amaranth; the timing level then "
+                "takes that synthesis)")
+    else:
+        say("digital logic area: yosys on the layer's RTL (cached after the first run)")
+        synth = component_area(dut, "moe_layer", exp.tech, sim=sim,
+                               build_dir=info.get("directory"), build_root=root)
+        remember_synthesis(key, synth, root)
+        area = layer_area_mm2(exp, geo, go_cache_bits, synth)
     info["synth_s"] = time.monotonic() - t_synth          # ~0 when cached
     # MACs x 2, every matrix of every job
     ops = 2 * m.n_matrices * m.d_model * (jobs * m.d_ff + shared_jobs * m.shared.d_ff)
@@ -486,6 +517,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         if drops["rtl"] != drops["golden"]:
             check["mismatches"].append({"routes": "dropped selections differ", **drops})
     golden_match = not check["mismatches"]
+    if sim == "model":
+        # nothing was simulated: the outputs and routes are the golden model's own
+        golden_match = None
     if go and hw_routing:
         # the decode steps' selections made by the RTL GO cache are the golden's
         go["rtl_selection_equal"] = all(w["routes_match"] for w in main[1:])
@@ -544,6 +578,15 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "go_cache": go, "go_cache_exact": go_exact, "go_cache_comparison": comparison,
         "accuracy": accuracy,
         "golden_match": golden_match, "mismatches": check["mismatches"],
+        "values_simulated": sim != "model",
+        "timing_level": None if sim != "model" else {
+            "values": "not simulated: outputs and routes are the golden model's",
+            "stimulus": "no input gaps or back-pressure (bench stimuli)"
+                        + (f"; the config's input_gaps={wl_cfg.input_gaps} and "
+                           f"backpressure={wl_cfg.backpressure} are not modelled"
+                           if wl_cfg.input_gaps or wl_cfg.backpressure else ""),
+            "equal_to": "the RTL's cycles and counters under Verilator for the same config "
+                        "without gaps (tests/test_timing_level.py)"},
         "n_mismatches": sum(w["mismatching_values"] for w in per),
         "counters": {"layer": _sum_counters(w["counters"] for w in main)},
         "resources": est, "build": info, "wall_s": wall,
@@ -742,7 +785,8 @@ def _headline(report: dict) -> dict:
 
 
 def write_summary_line(report: dict, out: Path) -> str:
-    status = "bit-exact" if report["golden_match"] else (
+    status = "bit-exact" if report["golden_match"] else "values not simulated (timing level)" \
+        if report["golden_match"] is None else (
         f"MISMATCH: {report['n_mismatches']} output values, {len(report['mismatches'])} "
         "records (routes included)")
     return (f"{report['sim']}: {len(report['windows'])} windows, {report['cycles']} cycles, "

@@ -38,7 +38,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from .build import default_build_root, macro_sources
+from .build import _locked, default_build_root, macro_sources
 from .toolchain import ToolchainError
 
 __all__ = ["synthesize", "synth_script", "FLOWS"]
@@ -113,16 +113,18 @@ def synthesize(verilog: Path, top: str, *, transistor_area_um2: float, source: s
     macros = "".join(m.read_text() for m in macro_sources())
     key = hashlib.sha256((script + "\0" + text + "\0" + macros).encode()).hexdigest()[:20]
     cache = Path(build_root or default_build_root()) / "cache" / "synth" / f"{key}.json"
-    stats, problem = read_cached(cache)
-    if problem:
-        print(f"moepim: synthesis cache: {cache.name} is damaged ({problem}); re-running "
-              "yosys", file=sys.stderr, flush=True)
-    if stats is None:
-        stats = _run(verilog, top, script)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"sha256": _digest(stats), "stats": stats}))
-        os.replace(tmp, cache)
+    # one Yosys run per design: concurrent runs (sweep workers, test workers) wait for it
+    with _locked(cache.with_suffix(".lock")):
+        stats, problem = read_cached(cache)
+        if problem:
+            print(f"moepim: synthesis cache: {cache.name} is damaged ({problem}); re-running "
+                  "yosys", file=sys.stderr, flush=True)
+        if stats is None:
+            stats = _run(verilog, top, script)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"sha256": _digest(stats), "stats": stats}))
+            os.replace(tmp, cache)
     logic_um2 = stats["transistors"] * transistor_area_um2
     memory_um2 = stats["memory_bits"] * sram_area_um2_per_bit
     method = ("Yosys technology-mapped gates (synth -noabc)" if flow == "gates" else
