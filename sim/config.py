@@ -210,7 +210,10 @@ ZERO_MEANS_SOMETHING = {
     "latency_ns": "no added latency",
     "idle_power_w": "no background power",
     "adc_leakage_mw": "no leakage charged",
+    "adc_leakage_share": "the conversion energy has no leakage part",
+    "peripheral_wakeup_energy_pj": "waking a power-gated peripheral set costs nothing",
 }
+
 
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
@@ -492,7 +495,11 @@ def load_tech(path) -> TechConfig:
     path = Path(path)
     raw = _read_yaml(path)
     raw = {k: v for k, v in raw.items() if k != "version"}
-    return _build(TechConfig, raw, path, "")
+    tech = _build(TechConfig, raw, path, "")
+    if not tech.adc_leakage_share.value < 1:
+        raise ConfigError(path, "adc_leakage_share.value", tech.adc_leakage_share.value,
+                          "a share from 0 to below 1 of the ADC's energy per conversion")
+    return tech
 
 
 def _check_tile(tile: TileConfig, file, prefix: str) -> None:
