@@ -37,8 +37,13 @@ def add_macro_model(sim, xbar) -> None:
                 ctx.set(xbar.core_sums, 0)
                 continue
             if convert:
-                columns = np.arange(g.n_adcs) * cpa + col
-                ctx.set(xbar.core_sums, pack_array(plane @ cells[:, columns], g.sum_bits))
+                lines = (np.arange(g.n_adcs) * cpa + col) * g.columns_per_line
+                sums = plane @ cells[:, lines]
+                if g.weight_encoding == "differential":
+                    sums = sums - plane @ cells[:, lines + 1]
+                elif g.weight_encoding == "reference_column":
+                    sums = sums - g.reference_cell * int(plane.sum())
+                ctx.set(xbar.core_sums, pack_array(sums & ((1 << g.sum_bits) - 1), g.sum_bits))
             if drive:
                 plane = unpack_array(wl, 1, g.n_rows, False)
 
