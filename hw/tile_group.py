@@ -42,7 +42,7 @@ class TileGroup(wiring.Component):
         g = self.peripherals.geometry
         extra = ({"adc_shifts": In(self.peripherals.signature.members["adc_shifts"].shape)}
                  if g.calibrated else {})
-        super().__init__({**extra, 
+        super().__init__({**extra,
             "i_weights": In(stream.Signature(weight_row_layout(g, n_crossbars=group_size))),
             "i_requests": In(stream.Signature(request_layout(g))).array(group_size),
             "o_results": Out(stream.Signature(result_layout(g, group_size))),

@@ -14,7 +14,6 @@ import numpy as np
 
 from moepim.hw import TileGeometry, TileGroup
 from moepim.models.tile import TileShape, tile_mvm, tile_mvm_events
-
 from moepim.testbenches.bits import pack_array
 
 from .config import TileExperiment
