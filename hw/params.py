@@ -152,6 +152,11 @@ class TileGeometry:
         return self.n_columns + (1 if self.weight_encoding == "reference_column" else 0)
 
     @property
+    def cells_per_crossbar(self) -> int:
+        """Cells of one crossbar (read on every bit plane), the reference column included."""
+        return self.n_rows * self.n_physical_columns
+
+    @property
     def signed_sums(self) -> bool:
         return self.weight_encoding != "offset"
 
