@@ -123,7 +123,8 @@ def _padded_inputs(a: np.ndarray, rt: int, shape: TileShape) -> np.ndarray:
 
 
 def calibrate_shift(a, b, shape: TileShape,
-                    clip_fraction: float = CALIBRATION_CLIP_FRACTION) -> tuple[int, ...]:
+                    clip_fraction: float = CALIBRATION_CLIP_FRACTION,
+                    cells: np.ndarray | None = None) -> tuple[int, ...]:
     """The calibrated ADC window of matrix ``b`` for calibration inputs ``a``: per weight
     slice ``j``, the smallest shift at which at most ``clip_fraction`` of the slice's
     conversions (every plane, every line of slice ``j`` of the real outputs) saturate."""
@@ -134,18 +135,18 @@ def calibrate_shift(a, b, shape: TileShape,
     real = np.zeros(ct * shape.n_outputs, dtype=bool)
     real[:b.shape[1]] = True
     real = real.reshape(ct, shape.n_outputs)
-    lo_code, hi_code = shape.code_range
     n_shifts = shape.sum_bits + 1
-    # per slice, how many conversions need each shift (the smallest k with
-    # code_min <= v >> k <= code_max)
+    # per slice, how many conversions need each shift: the smallest k with
+    # code_min <= v >> k <= code_max is max(0, bit_length(m) - (adc_bits - 1)) with m = v for
+    # v >= 0 and m = -v - 1 for v < 0 (two's-complement magnitude; signed codes)
     need = np.zeros((spw, n_shifts + 1), dtype=np.int64)
-    for _, sums in _row_tile_line_sums(x, _cells(b, shape), shape):
+    cells = _cells(b, shape) if cells is None else cells
+    for _, sums in _row_tile_line_sums(x, cells, shape):
         sums = sums.reshape(*sums.shape[:3], shape.n_outputs, spw)
         for j in range(spw):
             v = sums[..., j][..., real].reshape(-1)
-            k = np.zeros(v.shape, dtype=np.int64)
-            for t in range(1, n_shifts):
-                k += ((v >> (t - 1)) > hi_code) | ((v >> (t - 1)) < lo_code)
+            m = np.where(v >= 0, v, -v - 1).astype(np.float64)    # < 2**53: exact
+            k = np.maximum(np.frexp(m)[1] - (shape.adc_bits - 1), 0)
             need[j] += np.bincount(k, minlength=n_shifts + 1)[:n_shifts + 1]
     shifts = []
     for j in range(spw):
@@ -167,6 +168,7 @@ class CrossbarMatmul:
     def __init__(self, shape: TileShape):
         self.shape = shape
         self._shifts: dict[int, tuple[np.ndarray, int]] = {}
+        self._cells: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # id(b) -> (b, cells)
 
     @property
     def needs_calibration(self) -> bool:
@@ -180,7 +182,7 @@ class CrossbarMatmul:
             inputs.setdefault(id(b), (b, []))[1].append(np.asarray(a).reshape(-1, b.shape[0]))
         for key, (b, parts) in inputs.items():
             self._shifts[key] = (b, calibrate_shift(np.concatenate(parts), b, self.shape,
-                                                    clip_fraction))
+                                                    clip_fraction, self._cells_of(b)))
         return {k: v[1] for k, v in self._shifts.items()}
 
     def shift_for(self, b) -> tuple[int, ...] | None:
@@ -198,14 +200,23 @@ class CrossbarMatmul:
         s = self.shape
         a = np.asarray(a, dtype=np.int64)
         shift = self.shift_for(b)
-        b = np.asarray(b, dtype=np.int64)
+        if not (isinstance(b, np.ndarray) and b.dtype == np.int64):
+            b = np.asarray(b, dtype=np.int64)
         if a.shape[-1] != b.shape[0]:
             raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
         squeeze = a.ndim == 1
         rt, _ = tiles_of(*b.shape, s)
         x = _padded_inputs(a, rt, s)
-        out = row_tile_outputs(x, _cells(b, s), s, shift).sum(axis=1)[:, :b.shape[1]]
+        out = row_tile_outputs(x, self._cells_of(b), s, shift).sum(axis=1)[:, :b.shape[1]]
         return out[0] if squeeze else out
+
+    def _cells_of(self, b: np.ndarray) -> np.ndarray:
+        """The cells of ``b``, encoded once per matrix object (the layer's golden calls the
+        same expert matrices window after window)."""
+        hit = self._cells.get(id(b))
+        if hit is None or hit[0] is not b:
+            hit = self._cells[id(b)] = (b, _cells(b, self.shape))
+        return hit[1]
 
 
 def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
