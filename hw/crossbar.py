@@ -16,9 +16,14 @@ The array is a macro in a real chip; here it has three interchangeable cores beh
 
 Core behaviour, per rising edge (all three implement exactly this):
 
-* ``we``: row ``wrow`` of cells takes ``wdata`` (offset-encoded weight slices).
-* ``convert``: ``sums[a] <= sum_r plane[r] * cell[r][a*columns_per_adc + col]`` for each ADC
-  ``a``, using the plane held *before* this edge (sample-and-hold and column mux).
+* ``we``: row ``wrow`` of cells takes ``wdata`` (weight slices, encoded per
+  ``weight_encoding``, see ``moepim.models.tile``).
+* ``convert``: ``sums[a] <= line(a*columns_per_adc + col)`` for each ADC ``a``, using the
+  plane held *before* this edge (sample-and-hold and column mux), where ``line(l)`` is
+  ``sum_r plane[r] * cell[r][l]`` (``offset``), that minus the reference column's
+  ``reference_cell * popcount(plane)`` (``reference_column``), or
+  ``sum_r plane[r] * (cell[r][2l] - cell[r][2l+1])`` (``differential``): the subtraction is
+  analog, before the ADC; the signed encodings give signed ``sums``.
 * ``drive``: the held plane takes ``wl`` (the DACs drive one input bit plane).
 
 So a conversion result is visible one cycle after ``convert``, and a new plane may be driven
@@ -33,6 +38,7 @@ from amaranth import (
     Elaboratable,
     Instance,
     Module,
+    Mux,
     ResetSignal,
     Signal,
     signed,
@@ -64,7 +70,8 @@ class CrossbarPort(wiring.Signature):
             "wl": Out(geometry.n_rows),
             "convert": Out(1),
             "col": Out(index_bits(geometry.columns_per_adc)),
-            "sums": In(data.ArrayLayout(unsigned(geometry.sum_bits), geometry.n_adcs)),
+            "sums": In(data.ArrayLayout((signed if geometry.signed_sums else unsigned)(
+                geometry.sum_bits), geometry.n_adcs)),
         })
 
 
@@ -93,8 +100,10 @@ class CrossbarArray(wiring.Component):
     -----
     i_weights : stream of ``weight_row_layout``
         One row of ``n_outputs`` signed ``weight_bits`` weights per transfer, 1 transfer per
-        cycle. Each weight is stored offset-encoded (sign bit flipped) and sliced over
-        ``weight_bits // bits_per_cell`` adjacent columns, least significant slice first.
+        cycle. Each weight is stored per ``weight_encoding`` (``offset``/``reference_column``:
+        sign bit flipped; ``differential``: positive and negative parts in a column pair) and
+        sliced over ``weight_bits // bits_per_cell`` adjacent lines, least significant slice
+        first.
         ``ready`` is low while the crossbar holds the shared peripherals.
     analog : flipped :class:`CrossbarPort`
         Driven by a :class:`~moepim.hw.peripherals.PeripheralSet`.
@@ -102,14 +111,15 @@ class CrossbarArray(wiring.Component):
     """
 
     def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, core="logic",
-                 counter_bits=48):
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None,
+                 weight_encoding="offset", adc_range="fixed", core="logic", counter_bits=48):
         check_core(core)
         check_counter_bits(counter_bits)
         self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                                      adc_shift=adc_shift)
+                                      adc_shift=adc_shift, weight_encoding=weight_encoding,
+                                      adc_range=adc_range)
         self._core = core
         self._counter_bits = counter_bits
         g = self._geometry
@@ -136,18 +146,26 @@ class CrossbarArray(wiring.Component):
         m = Module()
         g = self._geometry
 
-        # weight port: offset-encode (flip the sign bit) and slice into cells
+        # weight port: encode (offset: flip the sign bit; differential: positive and negative
+        # parts) and slice into cells
         m.d.comb += self.i_weights.ready.eq(~self.analog.select)
         m.d.comb += [
             self.core_we.eq(self.i_weights.valid & self.i_weights.ready),
             self.core_wrow.eq(self.i_weights.payload.row),
         ]
         cells = []
+        bpc = g.bits_per_cell
         for o in range(g.n_outputs):
-            w = self.i_weights.payload.w.as_value()[o * g.weight_bits:(o + 1) * g.weight_bits]
-            u = Cat(w[:-1], ~w[-1])
-            cells.extend(u[j * g.bits_per_cell:(j + 1) * g.bits_per_cell]
-                         for j in range(g.slices_per_weight))
+            w = self.i_weights.payload.w[o]
+            if g.weight_encoding == "differential":
+                pos, neg = Signal(g.weight_bits, name=f"pos{o}"), Signal(g.weight_bits,
+                                                                       name=f"neg{o}")
+                m.d.comb += [pos.eq(Mux(w[-1], 0, w)), neg.eq(Mux(w[-1], -w, 0))]
+                for j in range(g.slices_per_weight):
+                    cells += [pos[j * bpc:(j + 1) * bpc], neg[j * bpc:(j + 1) * bpc]]
+            else:
+                u = Cat(w[:-1], ~w[-1])
+                cells.extend(u[j * bpc:(j + 1) * bpc] for j in range(g.slices_per_weight))
         m.d.comb += self.core_wdata.eq(Cat(*cells))
 
         # analog core
@@ -159,6 +177,8 @@ class CrossbarArray(wiring.Component):
                 MACRO_NAME,
                 p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
                 p_N_ADCS=g.n_adcs, p_SUM_BITS=g.sum_bits,
+                **({} if g.weight_encoding == "offset" else
+                   {"p_WEIGHT_ENCODING": g.weight_encoding}),
                 p_ROW_BITS=index_bits(g.n_rows), p_COL_BITS=index_bits(g.columns_per_adc),
                 i_clk=ClockSignal(), i_rst=ResetSignal(),
                 i_we=self.core_we, i_wrow=self.core_wrow, i_wdata=self.core_wdata,
@@ -195,13 +215,34 @@ class _LogicCore(Elaboratable):
                         m.d.sync += rows[r].as_value().eq(xb.core_wdata)
 
         cpa = g.columns_per_adc
+        cpl = g.columns_per_line
         sums = []
-        for a in range(g.n_adcs):
-            col = a * cpa + xb.analog.col if cpa > 1 else a
+        ref = None
+        if g.weight_encoding == "reference_column":
+            # the reference column: mid-scale cells on every row
+            ref = Signal(range(g.n_rows * g.reference_cell + 1), name="refsum")
+            m.d.comb += ref.eq(tree_sum(plane[r] for r in range(g.n_rows)) * g.reference_cell)
+
+        def column_sum(col, name):
             terms = [rows[r][col] & plane[r].replicate(g.bits_per_cell)
                      for r in range(g.n_rows)]
-            total = Signal(g.sum_bits, name=f"colsum{a}")
+            total = Signal(g.column_sum_bits, name=name)
             m.d.comb += total.eq(tree_sum(terms))
+            return total
+
+        for a in range(g.n_adcs):
+            line = a * cpa + xb.analog.col if cpa > 1 else a
+            if g.weight_encoding == "differential":
+                pos = column_sum(line * cpl if cpa > 1 else a * cpl, f"possum{a}")
+                neg = column_sum(line * cpl + 1 if cpa > 1 else a * cpl + 1, f"negsum{a}")
+                total = Signal(signed(g.sum_bits), name=f"linesum{a}")
+                m.d.comb += total.eq(pos - neg)
+            elif ref is not None:
+                col = column_sum(line, f"colsum{a}")
+                total = Signal(signed(g.sum_bits), name=f"linesum{a}")
+                m.d.comb += total.eq(col - ref)
+            else:
+                total = column_sum(line, f"colsum{a}")
             sums.append(total)
         sums_q = Signal(g.n_adcs * g.sum_bits)
         with m.If(xb.analog.convert):

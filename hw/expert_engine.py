@@ -83,7 +83,8 @@ class ExpertEngine(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, group_size: int, lanes: int,
                  gate_bits: int = 8, multiplier_bits: int = 15, ffn: str = "relu",
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
+                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
                             ("gate_bits", gate_bits), ("multiplier_bits", multiplier_bits)):
             need_positive(name, value)
@@ -92,7 +93,8 @@ class ExpertEngine(wiring.Component):
         check_counter_bits(counter_bits)
         tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                     weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                    adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
+                    adc_bits=adc_bits, adc_shift=adc_shift, weight_encoding=weight_encoding,
+                    adc_range=adc_range, counter_bits=counter_bits)
         shapes = {"up": (d_model, d_ff), "down": (d_ff, d_model), "gate_proj": (d_model, d_ff)}
         self._banks = {name: MatrixBank(n_in=shapes[name][0], n_out=shapes[name][1],
                                         n_slots=group_size, lanes=lanes, core=core, **tile)

@@ -12,7 +12,9 @@ The crossbars and their peripheral sets are one analog/mixed-signal macro, a bla
 replicating hundreds of peripheral sets as RTL would make a full-size layer unbuildable, and
 the digital reduction that follows (partial-sum adders) is RTL in the expert engine. Cells are
 loaded at the first clock edge from a binary image (``+MOEPIM_BANK<bank_id>=<file>``), never
-elaborated into logic, so one build serves every workload; ``bank_id`` is an input the parent
+elaborated into logic, so one build serves every workload (with ``adc_range="calibrated"``
+the image also carries each slot's ADC window, a shift per weight slice:
+``moepim.models.pim.bank_file_words``); ``bank_id`` is an input the parent
 ties to a constant, so identical banks (and engines) are one Verilog module.
 
 ``core="python"`` leaves the macro out: its outputs are then driven by a simulator process
@@ -52,7 +54,8 @@ def ceil_div(a: int, b: int) -> int:
 class MatrixBank(wiring.Component):
     def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
+                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", counter_bits=48, core="macro"):
         for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
                             ("lanes", lanes)):
             need_positive(name, value)
@@ -63,7 +66,8 @@ class MatrixBank(wiring.Component):
         check_counter_bits(counter_bits)
         g = TileGeometry(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                          weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                         adc_bits=adc_bits, adc_shift=adc_shift)
+                         adc_bits=adc_bits, adc_shift=adc_shift,
+                         weight_encoding=weight_encoding, adc_range=adc_range)
         self._geometry = g
         self._n_in, self._n_out, self._n_slots, self._lanes = n_in, n_out, n_slots, lanes
         self._counter_bits = counter_bits
@@ -116,6 +120,9 @@ class MatrixBank(wiring.Component):
         m.submodules.macro = Instance(
             MATRIX_MACRO_NAME,
             p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
+            **({} if g.weight_encoding == "offset" else
+               {"p_WEIGHT_ENCODING": g.weight_encoding}),
+            **({"p_ADC_RANGE": g.adc_range} if g.calibrated else {}),
             p_WEIGHT_BITS=g.weight_bits, p_INPUT_BITS=g.input_bits, p_ADC_BITS=g.adc_bits,
             p_ADC_SHIFT=g.resolved_adc_shift, p_ROW_TILES=self._row_tiles,
             p_COL_TILES=self._col_tiles, p_N_SLOTS=self._n_slots, p_N_IN=self._n_in,

@@ -110,7 +110,8 @@ class MoELayerAccelerator(wiring.Component):
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48):
+                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
@@ -127,7 +128,9 @@ class MoELayerAccelerator(wiring.Component):
         check_counter_bits(counter_bits)
         self._tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                           weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                          adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
+                          adc_bits=adc_bits, adc_shift=adc_shift,
+                          weight_encoding=weight_encoding, adc_range=adc_range,
+                          counter_bits=counter_bits)
         self._d_model, self._d_ff, self._n_experts = d_model, d_ff, n_experts
         self._n_groups, self._group_size, self._n_tokens = n_groups, group_size, n_tokens
         self._lanes, self._gate_bits, self._multiplier_bits = lanes, gate_bits, multiplier_bits

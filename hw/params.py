@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BITS_PER_CELL_ALLOWED = (1, 2, 4, 8)
+WEIGHT_ENCODINGS = ("offset", "differential", "reference_column")
+ADC_RANGES = ("fixed", "calibrated")
 
 
 class ParameterError(ValueError):
@@ -71,9 +73,11 @@ def index_bits(n: int) -> int:
 class TileGeometry:
     """Validated tile parameters and every width derived from them.
 
-    The arithmetic (offset-encoded weights sliced over ``weight_bits // bits_per_cell``
-    adjacent columns, bit-serial signed inputs, ADC truncation then saturation) is documented
-    in ``moepim.models.tile``; this class only sizes the hardware for it.
+    The arithmetic (signed weights encoded per ``weight_encoding`` and sliced over
+    ``weight_bits // bits_per_cell`` lines, bit-serial signed inputs, ADC truncation then
+    saturation) is documented in ``moepim.models.tile``; this class only sizes the hardware
+    for it. With ``adc_range="calibrated"`` the ADC shift is a run-time input: every width
+    covers any shift ``0 .. sum_bits``.
     """
 
     n_rows: int
@@ -84,6 +88,8 @@ class TileGeometry:
     n_adcs: int
     adc_bits: int
     adc_shift: int | None
+    weight_encoding: str = "offset"
+    adc_range: str = "fixed"
 
     def __post_init__(self):
         for name in ("n_rows", "n_columns", "n_adcs"):
@@ -92,14 +98,24 @@ class TileGeometry:
              f"one of {BITS_PER_CELL_ALLOWED}")
         need(isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 16, "weight_bits",
              self.weight_bits, "an integer from 2 to 16")
+        need(self.weight_encoding in WEIGHT_ENCODINGS, "weight_encoding", self.weight_encoding,
+             f"one of {WEIGHT_ENCODINGS}")
+        need(self.adc_range in ADC_RANGES, "adc_range", self.adc_range, f"one of {ADC_RANGES}")
+        need(not (self.adc_range == "calibrated" and self.weight_encoding == "offset"),
+             "adc_range", self.adc_range, "'fixed' with weight_encoding 'offset' (its column "
+             "sums carry the offset's common-mode term, no window narrower than the full "
+             "scale fits them): choose 'differential' or 'reference_column' to calibrate")
         need(self.weight_bits % self.bits_per_cell == 0, "weight_bits", self.weight_bits,
              f"a multiple of bits_per_cell={self.bits_per_cell}")
-        need(self.n_columns % self.slices_per_weight == 0, "n_columns", self.n_columns,
-             f"a multiple of weight_bits/bits_per_cell={self.slices_per_weight}")
+        per = self.slices_per_weight * self.columns_per_line
+        need(self.n_columns % per == 0, "n_columns", self.n_columns,
+             f"a multiple of {per} (weight_bits/bits_per_cell slices"
+             + (" x 2 columns, differential)" if self.columns_per_line == 2 else ")"))
         need(isinstance(self.input_bits, int) and 2 <= self.input_bits <= 16, "input_bits",
              self.input_bits, "an integer from 2 to 16")
-        need(self.n_columns % self.n_adcs == 0, "n_adcs", self.n_adcs,
-             f"a divisor of n_columns={self.n_columns}")
+        need(self.n_lines % self.n_adcs == 0, "n_adcs", self.n_adcs,
+             f"a divisor of the {self.n_lines} ADC inputs per crossbar (n_columns"
+             + (" / 2: differential column pairs)" if self.columns_per_line == 2 else ")"))
         need(isinstance(self.adc_bits, int) and 1 <= self.adc_bits <= 32, "adc_bits",
              self.adc_bits, "an integer from 1 to 32")
         if self.adc_shift is not None:
@@ -112,21 +128,82 @@ class TileGeometry:
         return self.weight_bits // self.bits_per_cell
 
     @property
+    def columns_per_line(self) -> int:
+        """Columns per ADC input: 2 for a differential pair, else 1."""
+        return 2 if self.weight_encoding == "differential" else 1
+
+    @property
+    def n_lines(self) -> int:
+        """ADC inputs per crossbar (columns, or column pairs for ``differential``)."""
+        return self.n_columns // self.columns_per_line
+
+    @property
     def n_outputs(self) -> int:
-        return self.n_columns // self.slices_per_weight
+        return self.n_lines // self.slices_per_weight
 
     @property
     def columns_per_adc(self) -> int:
-        return self.n_columns // self.n_adcs
+        """ADC inputs muxed onto one ADC (conversions per ADC per bit plane)."""
+        return self.n_lines // self.n_adcs
+
+    @property
+    def n_physical_columns(self) -> int:
+        """Columns of cells per crossbar, the reference column included."""
+        return self.n_columns + (1 if self.weight_encoding == "reference_column" else 0)
+
+    @property
+    def cells_per_crossbar(self) -> int:
+        """Cells of one crossbar (read on every bit plane), the reference column included."""
+        return self.n_rows * self.n_physical_columns
+
+    @property
+    def signed_sums(self) -> bool:
+        return self.weight_encoding != "offset"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.adc_range == "calibrated"
+
+    @property
+    def reference_cell(self) -> int:
+        return 1 << (self.bits_per_cell - 1)
 
     # widths
     @property
     def max_column_sum(self) -> int:
+        """Largest sum of one physical column (unsigned cells)."""
         return self.n_rows * ((1 << self.bits_per_cell) - 1)
 
     @property
-    def sum_bits(self) -> int:
+    def column_sum_bits(self) -> int:
         return self.max_column_sum.bit_length()
+
+    @property
+    def sum_range(self) -> tuple[int, int]:
+        """Range of a line sum, the ADC's input."""
+        top = self.max_column_sum
+        if self.weight_encoding == "differential":
+            return -top, top
+        if self.weight_encoding == "reference_column":
+            return -self.n_rows * self.reference_cell, top - self.n_rows * self.reference_cell
+        return 0, top
+
+    @property
+    def sum_bits(self) -> int:
+        """Width of a line sum (two's complement for the signed encodings)."""
+        lo, hi = self.sum_range
+        return signed_bits(lo, hi) if self.signed_sums else hi.bit_length()
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        if self.signed_sums:
+            return -(1 << (self.adc_bits - 1)), (1 << (self.adc_bits - 1)) - 1
+        return 0, (1 << self.adc_bits) - 1
+
+    @property
+    def shift_bits(self) -> int:
+        """Width of the run-time ADC shift (``adc_range="calibrated"``): 0 .. sum_bits."""
+        return (self.sum_bits).bit_length()
 
     @property
     def resolved_adc_shift(self) -> int:
@@ -135,19 +212,54 @@ class TileGeometry:
         return max(0, self.sum_bits - self.adc_bits)
 
     @property
+    def shifts(self) -> range:
+        """ADC shifts the hardware must support."""
+        if self.calibrated:
+            return range(self.sum_bits + 1)
+        return range(self.resolved_adc_shift, self.resolved_adc_shift + 1)
+
+    def converted_range(self, shift: int) -> tuple[int, int]:
+        (lo, hi), (clo, chi) = self.sum_range, self.code_range
+        return max(lo >> shift, clo) << shift, min(hi >> shift, chi) << shift
+
+    @property
+    def converted_bounds(self) -> tuple[int, int]:
+        """Smallest and largest value the ADC can hand to the shift-and-add."""
+        ranges = [self.converted_range(k) for k in self.shifts]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    @property
     def max_converted(self) -> int:
-        """Largest value the ADC can hand to the shift-and-add."""
-        shift = self.resolved_adc_shift
-        return min(self.max_column_sum >> shift, (1 << self.adc_bits) - 1) << shift
+        """Largest magnitude the ADC can hand to the shift-and-add."""
+        lo, hi = self.converted_bounds
+        return max(-lo, hi)
 
     @property
     def code_bits(self) -> int:
+        if self.signed_sums:
+            return self.adc_bits
         return max(1, min(self.adc_bits, (self.max_column_sum >> self.resolved_adc_shift)
                           .bit_length()))
 
+    @property
+    def offset_correction(self) -> int:
+        """Multiple of ``sum(x)`` the combine step subtracts (``moepim.models.tile``)."""
+        if self.weight_encoding == "differential":
+            return 0
+        half = 1 << (self.weight_bits - 1)
+        if self.weight_encoding == "reference_column":
+            return half - self.reference_cell * sum(
+                1 << (j * self.bits_per_cell) for j in range(self.slices_per_weight))
+        return half
+
     def _acc_range(self) -> tuple[int, int]:
         half = 1 << (self.input_bits - 1)
-        return -half * self.max_converted, (half - 1) * self.max_converted
+        lo, hi = self.converted_bounds
+        if not self.signed_sums:        # unchanged widths for the offset encoding
+            return -half * hi, (half - 1) * hi
+        plane_sum = (1 << self.input_bits) - 1
+        m = max(-lo, hi)
+        return -plane_sum * m, plane_sum * m
 
     @property
     def acc_bits(self) -> int:
@@ -158,10 +270,12 @@ class TileGeometry:
     def output_range(self) -> tuple[int, int]:
         lo, hi = self._acc_range()
         slice_sum = sum(1 << (j * self.bits_per_cell) for j in range(self.slices_per_weight))
-        offset = 1 << (self.weight_bits - 1)
+        offset = self.offset_correction
         half = 1 << (self.input_bits - 1)
         x_lo, x_hi = -half * self.n_rows, (half - 1) * self.n_rows
-        return lo * slice_sum - offset * x_hi, hi * slice_sum - offset * x_lo
+        if offset >= 0:
+            return lo * slice_sum - offset * x_hi, hi * slice_sum - offset * x_lo
+        return lo * slice_sum - offset * x_lo, hi * slice_sum - offset * x_hi
 
     @property
     def output_bits(self) -> int:

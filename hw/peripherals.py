@@ -14,25 +14,45 @@ Sequence of one MVM (cycle 0 = the request's handshake)::
     3+B*M              combine slices, subtract the offset term, write the output buffer
     4+B*M              o_results.valid
 
-with B = ``input_bits`` and M = ``n_columns // n_adcs``. So ``mvm_latency = B*M + 4``; the set
+with B = ``input_bits`` and M = ``columns_per_adc`` (the ADC's lines: ``n_columns // n_adcs``,
+or ``n_columns // 2 // n_adcs`` column pairs for ``differential``). So ``mvm_latency = B*M + 4``; the set
 accepts its next request in the cycle ``o_results.valid`` rises, so back-to-back MVMs start
 every ``B*M + 4`` cycles. If the output buffer is still full (back-pressure), the combine
 step waits, and so does the next request.
 
-ADC (exact): ``code = min(sum >> adc_shift, 2**adc_bits - 1)``, value ``code << adc_shift``.
-Signed weights: offset encoding; the combine step subtracts ``2**(weight_bits-1) * sum(x)``.
+ADC (exact): ``code = clip(sum >> adc_shift, code_min, code_max)`` (unsigned
+``0 .. 2**adc_bits - 1`` for the ``offset`` encoding, signed ``-2**(adc_bits-1) ..
+2**(adc_bits-1) - 1`` for ``differential`` and ``reference_column``, whose line sums the
+crossbar subtracts before the ADC), value ``code << adc_shift``. ``adc_range="calibrated"``:
+the shift is a run-time input, ``adc_shifts[crossbar][slice]`` (the granted crossbar's window,
+one shift per weight slice; held constant while the set works). The combine step subtracts
+``offset_correction * sum(x)`` (``2**(weight_bits-1)`` for ``offset``, 0 for ``differential``;
+see ``moepim.models.tile``).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .crossbar import CrossbarPort
-from .params import TileGeometry, check_counter_bits, check_group_size, index_bits, tree_sum
+from .params import (
+    TileGeometry,
+    check_counter_bits,
+    check_group_size,
+    index_bits,
+    signed_bits,
+    tree_sum,
+)
 
-__all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout"]
+__all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout",
+           "adc_window_layout"]
+
+
+def adc_window_layout(g: TileGeometry):
+    """A crossbar's calibrated ADC window: one shift per weight slice."""
+    return data.ArrayLayout(unsigned(g.shift_bits), g.slices_per_weight)
 
 
 def request_layout(g: TileGeometry):
@@ -71,30 +91,36 @@ class PeripheralSet(wiring.Component):
         Honors back-pressure.
     xbars : ``group_size`` :class:`~moepim.hw.crossbar.CrossbarPort`
         To the crossbars; only the granted one is driven, selected and read.
+    adc_shifts : ``group_size`` x ``adc_window_layout`` (only with ``adc_range="calibrated"``)
+        Each crossbar's run-time ADC window, a shift per weight slice.
     counters : see ``peripheral_counters_layout``.
 
-    Latency ``mvm_latency = input_bits * (n_columns // n_adcs) + 4`` cycles (see the module
+    Latency ``mvm_latency = input_bits * columns_per_adc + 4`` cycles (see the module
     docstring); throughput one MVM per ``mvm_latency`` cycles per set.
     """
 
     def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, group_size=1,
-                 counter_bits=48):
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", group_size=1, counter_bits=48):
         check_group_size(group_size)
         check_counter_bits(counter_bits)
         self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                                      adc_shift=adc_shift)
+                                      adc_shift=adc_shift, weight_encoding=weight_encoding,
+                                      adc_range=adc_range)
         self._group_size = group_size
         self._counter_bits = counter_bits
         g = self._geometry
-        super().__init__({
+        ports = {
             "i_requests": In(stream.Signature(request_layout(g))).array(group_size),
             "o_results": Out(stream.Signature(result_layout(g, group_size))),
             "xbars": Out(CrossbarPort(g)).array(group_size),
             "counters": Out(peripheral_counters_layout(counter_bits, group_size)),
-        })
+        }
+        if g.calibrated:
+            ports["adc_shifts"] = In(data.ArrayLayout(adc_window_layout(g), group_size))
+        super().__init__(ports)
 
     geometry = property(lambda self: self._geometry)
     group_size = property(lambda self: self._group_size)
@@ -117,7 +143,7 @@ class PeripheralSet(wiring.Component):
         col = Signal(range(cpa) if cpa > 1 else 1)  # column being converted
         pending = Signal()                          # sums hold a sample to quantise this cycle
         pend_plane = Signal.like(plane_idx)
-        accs = [Signal(signed(g.acc_bits), name=f"acc{c}") for c in range(g.n_columns)]
+        accs = [Signal(signed(g.acc_bits), name=f"acc{c}") for c in range(g.n_lines)]
         pend_col = Signal.like(col)
         drive = Signal()
         drive_plane = Signal.like(plane_idx)
@@ -159,19 +185,46 @@ class PeripheralSet(wiring.Component):
             with m.If(sel):
                 m.d.comb += sums.eq(xbars[i].sums)
 
-        # ADC: truncate then saturate; shift-and-add into the column accumulators
-        shift = g.resolved_adc_shift
-        code_max = (1 << g.adc_bits) - 1
+        # ADC: truncate then saturate (a fixed or, calibrated, the granted crossbar's run-time
+        # shift of the sampled line's weight slice); shift-and-add into the line accumulators
+        lo_code, hi_code = g.code_range
+        lo_sum, hi_sum = g.sum_range
+        conv_lo, conv_hi = g.converted_bounds
+        term_shape = (signed(signed_bits(conv_lo << (n_bits - 1), conv_hi << (n_bits - 1)))
+                      if g.signed_sums else
+                      unsigned((g.max_converted << (n_bits - 1)).bit_length()))
+        spw = g.slices_per_weight
+        window = Signal(adc_window_layout(g)) if g.calibrated else None
+        if window is not None:
+            with m.Switch(grant):
+                for i in range(n_groups):
+                    with m.Case(i):
+                        m.d.comb += window.eq(self.adc_shifts[i])
         terms = []
         for a in range(g.n_adcs):
             s = sums[a]
-            code = Signal(g.code_bits, name=f"adc{a}_code")
+            code = Signal((signed if g.signed_sums else unsigned)(g.code_bits),
+                          name=f"adc{a}_code")
+            if window is None:
+                shift = g.resolved_adc_shift
+                saturates = ((hi_sum >> shift) > hi_code or (lo_sum >> shift) < lo_code)
+            else:
+                shift = Signal(g.shift_bits, name=f"adc{a}_shift")
+                with m.Switch(pend_col):
+                    for c in range(cpa):
+                        with m.Case(c):
+                            m.d.comb += shift.eq(window[(a * cpa + c) % spw])
+                saturates = True
             truncated = s >> shift
-            if (g.max_column_sum >> shift) > code_max:     # the ADC can saturate
-                m.d.comb += code.eq(Mux(truncated > code_max, code_max, truncated))
+            if saturates:
+                clipped = Mux(truncated > hi_code, hi_code, truncated)
+                if g.signed_sums:
+                    clipped = Mux(truncated < lo_code, Const(lo_code, signed(g.adc_bits)),
+                                  clipped)
+                m.d.comb += code.eq(clipped)
             else:
                 m.d.comb += code.eq(truncated)
-            term = Signal((g.max_converted << (n_bits - 1)).bit_length(), name=f"adc{a}_term")
+            term = Signal(term_shape, name=f"adc{a}_term")
             m.d.comb += term.eq((code << shift) << pend_plane)
             terms.append(term)
         sign_plane = pend_plane == n_bits - 1
@@ -184,12 +237,12 @@ class PeripheralSet(wiring.Component):
         combined = []
         x_sum = Signal(signed(g.input_bits + index_bits(g.n_rows) + 1))
         m.d.comb += x_sum.eq(tree_sum(x_q[r] for r in range(g.n_rows)))
-        offset = 1 << (g.weight_bits - 1)
+        offset = g.offset_correction
         for o in range(g.n_outputs):
             total = sum(accs[o * g.slices_per_weight + j] << (j * g.bits_per_cell)
                         for j in range(g.slices_per_weight))
             y = Signal(signed(g.output_bits), name=f"y{o}")
-            m.d.comb += y.eq(total - x_sum * offset)
+            m.d.comb += y.eq(total - x_sum * offset if offset else total)
             combined.append(y)
         out_free = ~self.o_results.valid | self.o_results.ready
         with m.If(self.o_results.valid & self.o_results.ready):

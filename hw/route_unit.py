@@ -95,7 +95,8 @@ class RouteUnit(wiring.Component):
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
                  multiplier_bits: int = 15,
                  n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, counter_bits=48, core="macro"):
+                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
             need_positive(name, value)
@@ -118,7 +119,8 @@ class RouteUnit(wiring.Component):
         tile = dict(n_slots=1, lanes=lanes, n_rows=n_rows, n_columns=n_columns,
                     bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                     input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                    adc_shift=adc_shift, counter_bits=counter_bits, core=core)
+                    adc_shift=adc_shift, weight_encoding=weight_encoding,
+                    adc_range=adc_range, counter_bits=counter_bits, core=core)
         # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
         self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_cols, **tile)
         self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_cols, **tile)

@@ -22,6 +22,7 @@ class TileGroup(wiring.Component):
         refused (``ready`` low) while it holds the peripherals.
     i_requests : ``group_size`` request streams (one per crossbar), see ``PeripheralSet``.
     o_results : result stream, see ``PeripheralSet``.
+    adc_shifts : each crossbar's run-time ADC window (``adc_range="calibrated"`` only).
     counters : ``{"peripherals": ..., "crossbars": [...]}``.
 
     Timing is the peripheral set's: ``mvm_latency = input_bits * n_columns/n_adcs + 4``;
@@ -29,16 +30,19 @@ class TileGroup(wiring.Component):
     """
 
     def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, group_size=1,
-                 core="macro", counter_bits=48):
+                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
+                 adc_range="fixed", group_size=1, core="macro", counter_bits=48):
         tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                     weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                    adc_bits=adc_bits, adc_shift=adc_shift, counter_bits=counter_bits)
+                    adc_bits=adc_bits, adc_shift=adc_shift, weight_encoding=weight_encoding,
+                    adc_range=adc_range, counter_bits=counter_bits)
         self.peripherals = PeripheralSet(group_size=group_size, **tile)
         self.crossbars = [CrossbarArray(core=core, **tile) for _ in range(group_size)]
         self._core = core
         g = self.peripherals.geometry
-        super().__init__({
+        extra = ({"adc_shifts": In(self.peripherals.signature.members["adc_shifts"].shape)}
+                 if g.calibrated else {})
+        super().__init__({**extra,
             "i_weights": In(stream.Signature(weight_row_layout(g, n_crossbars=group_size))),
             "i_requests": In(stream.Signature(request_layout(g))).array(group_size),
             "o_results": Out(stream.Signature(result_layout(g, group_size))),
@@ -75,5 +79,7 @@ class TileGroup(wiring.Component):
                 m.d.comb += w.ready.eq(xb.i_weights.ready)
 
         wiring.connect(m, per.o_results, wiring.flipped(self.o_results))
+        if self.geometry.calibrated:
+            m.d.comb += per.adc_shifts.eq(self.adc_shifts)
         m.d.comb += self.counters.peripherals.eq(per.counters)
         return m

@@ -17,14 +17,25 @@ that timestamp).
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from .tile import TileShape, _plane_weights, _planes, encode_cells
 
 __all__ = ["CrossbarMatmul", "bank_image", "bank_file_words", "column_sum_packing",
-           "row_tile_outputs", "tiles_of", "window_cycles"]
+           "row_tile_outputs", "tiles_of", "window_cycles", "calibrate_shift",
+           "CALIBRATION_CLIP_FRACTION", "CALIBRATION_TOKENS", "CALIBRATION_SEED_OFFSET"]
+
+# The calibrated ADC range (``adc_range: calibrated``): per matrix and weight slice, the
+# smallest ``adc_shift`` at which at most this fraction of the slice's ADC conversions of the
+# calibration batch clip (saturate), over every bit plane and every line of the slice in the
+# matrix's real outputs. (Slices differ by 2**bits_per_cell in significance and their line
+# sums by orders of magnitude in range: one window per slice.)
+CALIBRATION_CLIP_FRACTION = 1e-4
+# The calibration batch: this many tokens drawn like the workload's hidden states, with the
+# workload's seed + CALIBRATION_SEED_OFFSET, every expert evaluated on every token (inputs of
+# the later matrices from the exact integer layer).
+CALIBRATION_TOKENS = 32
+CALIBRATION_SEED_OFFSET = 1000
 
 
 def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
@@ -43,8 +54,7 @@ def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
     """Cells ``(row_tiles, col_tiles, n_rows, n_columns)`` of the padded matrix."""
     p = _padded(b, shape)
     rt, ct = p.shape[0] // shape.n_rows, p.shape[1] // shape.n_outputs
-    out = np.empty((rt, ct, shape.n_rows, shape.n_columns), dtype=np.uint8 if
-                   shape.bits_per_cell <= 8 else np.uint16)
+    out = np.empty((rt, ct, shape.n_rows, shape.n_columns), dtype=np.uint8)
     for i in range(rt):
         for j in range(ct):
             out[i, j] = encode_cells(p[i * shape.n_rows:(i + 1) * shape.n_rows,
@@ -52,21 +62,12 @@ def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
     return out
 
 
-def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape) -> np.ndarray:
-    """What the tiles of one matrix compute, per row tile: ``x`` ``(B, row_tiles * n_rows)``
-    signed inputs, ``cells`` ``(row_tiles, col_tiles, n_rows, n_columns)`` (as
-    :func:`bank_image` lays them out); returns ``(B, row_tiles, col_tiles * n_outputs)``, each
-    row tile's outputs with its own offset correction (so their sum over row tiles is the
-    matrix product through the crossbars)."""
+def _row_tile_line_sums(x: np.ndarray, cells: np.ndarray, shape: TileShape):
+    """Per row tile ``i``: ``(rows, line sums (IB, B, ct, n_lines))`` of the tiles of one
+    matrix."""
     s = shape
     rt, ct = cells.shape[:2]
     planes = _planes(x, s).astype(np.float32)                  # (IB, B, rt*R)
-    shift, top = s.resolved_adc_shift, (1 << s.adc_bits) - 1
-    pw = _plane_weights(s)
-    slice_w = np.array([1 << (j * s.bits_per_cell) for j in range(s.slices_per_weight)],
-                       dtype=np.int64)
-    half_w = 1 << (s.weight_bits - 1)
-    out = np.zeros((x.shape[0], rt, ct * s.n_outputs), dtype=np.int64)
     for i in range(rt):
         rows = slice(i * s.n_rows, (i + 1) * s.n_rows)
         p = planes[:, :, rows]                                  # (IB, B, R)
@@ -74,54 +75,160 @@ def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape) -> np.n
         # column sums < 2**24: exact in float32 whatever the summation order
         sums = np.rint(p.reshape(-1, s.n_rows) @ c).astype(np.int64)
         sums = sums.reshape(p.shape[0], p.shape[1], ct, s.n_columns)
-        conv = np.minimum(sums >> shift, top) << shift
-        acc = np.tensordot(pw, conv, axes=(0, 0))              # (B, ct, C)
+        if s.weight_encoding == "differential":
+            sums = sums[..., 0::2] - sums[..., 1::2]
+        elif s.weight_encoding == "reference_column":
+            sums = sums - s.reference_cell * p.sum(axis=-1).astype(np.int64)[:, :, None, None]
+        yield rows, sums
+
+
+def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape,
+                     adc_shift: int | None = None) -> np.ndarray:
+    """What the tiles of one matrix compute, per row tile: ``x`` ``(B, row_tiles * n_rows)``
+    signed inputs, ``cells`` ``(row_tiles, col_tiles, n_rows, n_columns)`` (as
+    :func:`bank_image` lays them out); returns ``(B, row_tiles, col_tiles * n_outputs)``, each
+    row tile's outputs with its own offset correction (so their sum over row tiles is the
+    matrix product through the crossbars). ``adc_shift``: the matrix's calibrated window, one
+    shift per weight slice (default: the shape's fixed shift)."""
+    s = shape
+    rt, ct = cells.shape[:2]
+    pw = _plane_weights(s)
+    slice_w = np.array([1 << (j * s.bits_per_cell) for j in range(s.slices_per_weight)],
+                       dtype=np.int64)
+    out = np.zeros((x.shape[0], rt, ct * s.n_outputs), dtype=np.int64)
+    per_slice = adc_shift is not None and not isinstance(adc_shift, (int, np.integer))
+    for i, (rows, sums) in enumerate(_row_tile_line_sums(x, cells, s)):
+        if per_slice:
+            sums = sums.reshape(*sums.shape[:3], s.n_outputs, s.slices_per_weight)
+            conv = np.stack([s.convert(sums[..., j], int(adc_shift[j]))
+                             for j in range(s.slices_per_weight)], axis=-1).reshape(
+                                 *sums.shape[:3], s.n_lines)
+        else:
+            conv = s.convert(sums, adc_shift)
+        acc = np.tensordot(pw, conv, axes=(0, 0))              # (B, ct, L)
         acc = acc.reshape(*acc.shape[:2], s.n_outputs, s.slices_per_weight) @ slice_w
-        out[:, i] = acc.reshape(x.shape[0], -1) - half_w * x[:, rows].sum(axis=1,
-                                                                          keepdims=True)
+        out[:, i] = acc.reshape(x.shape[0], -1) - s.offset_correction * x[:, rows].sum(
+            axis=1, keepdims=True)
     return out
 
 
+def _padded_inputs(a: np.ndarray, rt: int, shape: TileShape) -> np.ndarray:
+    a = a.reshape(-1, a.shape[-1])
+    x = np.zeros((a.shape[0], rt * shape.n_rows), dtype=np.int64)
+    x[:, :a.shape[1]] = a
+    half_x = 1 << (shape.input_bits - 1)
+    if x.size and (x.min() < -half_x or x.max() > half_x - 1):
+        raise ValueError(f"inputs must be signed {shape.input_bits}-bit integers")
+    return x
+
+
+def calibrate_shift(a, b, shape: TileShape,
+                    clip_fraction: float = CALIBRATION_CLIP_FRACTION,
+                    cells: np.ndarray | None = None) -> tuple[int, ...]:
+    """The calibrated ADC window of matrix ``b`` for calibration inputs ``a``: per weight
+    slice ``j``, the smallest shift at which at most ``clip_fraction`` of the slice's
+    conversions (every plane, every line of slice ``j`` of the real outputs) saturate."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    rt, ct = tiles_of(*b.shape, shape)
+    x = _padded_inputs(a, rt, shape)
+    spw = shape.slices_per_weight
+    real = np.zeros(ct * shape.n_outputs, dtype=bool)
+    real[:b.shape[1]] = True
+    real = real.reshape(ct, shape.n_outputs)
+    n_shifts = shape.sum_bits + 1
+    # per slice, how many conversions need each shift: the smallest k with
+    # code_min <= v >> k <= code_max is max(0, bit_length(m) - (adc_bits - 1)) with m = v for
+    # v >= 0 and m = -v - 1 for v < 0 (two's-complement magnitude; signed codes)
+    need = np.zeros((spw, n_shifts + 1), dtype=np.int64)
+    cells = _cells(b, shape) if cells is None else cells
+    for _, sums in _row_tile_line_sums(x, cells, shape):
+        sums = sums.reshape(*sums.shape[:3], shape.n_outputs, spw)
+        for j in range(spw):
+            v = sums[..., j][..., real].reshape(-1)
+            m = np.where(v >= 0, v, -v - 1).astype(np.float64)    # < 2**53: exact
+            k = np.maximum(np.frexp(m)[1] - (shape.adc_bits - 1), 0)
+            need[j] += np.bincount(k, minlength=n_shifts + 1)[:n_shifts + 1]
+    shifts = []
+    for j in range(spw):
+        total = need[j].sum()
+        # conversions that clip at shift k: those needing more than k
+        clipping = total - np.cumsum(need[j])
+        shifts.append(next(k for k in range(n_shifts) if clipping[k] <= clip_fraction * total
+                           or k == n_shifts - 1))
+    return tuple(shifts)
+
+
 class CrossbarMatmul:
-    """``a @ b`` through crossbar tiles of ``shape`` (see the module docstring)."""
+    """``a @ b`` through crossbar tiles of ``shape`` (see the module docstring).
+
+    With ``adc_range: calibrated`` every matrix has its own ADC shift: :meth:`calibrate` sets
+    them from recorded calibration products, :meth:`shift_for` gives a matrix's (the value
+    the bank file carries for its slot)."""
 
     def __init__(self, shape: TileShape):
         self.shape = shape
-        # the cell image of each weight matrix, encoded once (keyed by the matrix's
-        # contents: a digest is ~1000x cheaper than the encoding)
-        self._cells = {}
+        self._shifts: dict[int, tuple[np.ndarray, int]] = {}
+        self._cells: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # id(b) -> (b, cells)
 
-    def cells(self, b) -> np.ndarray:
-        """The tiles' cells of weight matrix ``b`` (encoded once per distinct matrix)."""
-        b = np.ascontiguousarray(b)
-        key = (b.shape, b.dtype.str, hashlib.sha1(b.view(np.uint8)).hexdigest())
-        cells = self._cells.get(key)
-        if cells is None:
-            cells = self._cells[key] = _cells(b.astype(np.int64), self.shape)
-        return cells
+    @property
+    def needs_calibration(self) -> bool:
+        return self.shape.adc_range == "calibrated" and not self._shifts
+
+    def calibrate(self, products, clip_fraction: float = CALIBRATION_CLIP_FRACTION) -> dict:
+        """``products``: ``(a, b)`` pairs (calibration inputs of each matrix ``b``; a matrix
+        may appear several times). Returns ``{id(b): shifts per slice}``."""
+        inputs: dict[int, tuple[np.ndarray, list]] = {}
+        for a, b in products:
+            inputs.setdefault(id(b), (b, []))[1].append(np.asarray(a).reshape(-1, b.shape[0]))
+        for key, (b, parts) in inputs.items():
+            self._shifts[key] = (b, calibrate_shift(np.concatenate(parts), b, self.shape,
+                                                    clip_fraction, self._cells_of(b)))
+        return {k: v[1] for k, v in self._shifts.items()}
+
+    def shift_for(self, b) -> tuple[int, ...] | None:
+        """The ADC shifts of matrix ``b``, one per weight slice (``None`` with a fixed
+        range)."""
+        if self.shape.adc_range != "calibrated":
+            return None
+        hit = self._shifts.get(id(b))
+        if hit is None or hit[0] is not b:
+            raise ValueError("adc_range 'calibrated': this matrix has no calibrated ADC "
+                             "window (calibrate the CrossbarMatmul on the layer's matrices)")
+        return hit[1]
 
     def __call__(self, a, b) -> np.ndarray:
         s = self.shape
         a = np.asarray(a, dtype=np.int64)
-        cells = self.cells(b)
-        b = np.asarray(b, dtype=np.int64)
+        shift = self.shift_for(b)
+        if not (isinstance(b, np.ndarray) and b.dtype == np.int64):
+            b = np.asarray(b, dtype=np.int64)
         if a.shape[-1] != b.shape[0]:
             raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
         squeeze = a.ndim == 1
-        a = a.reshape(-1, a.shape[-1])
         rt, _ = tiles_of(*b.shape, s)
-        x = np.zeros((a.shape[0], rt * s.n_rows), dtype=np.int64)
-        x[:, :a.shape[1]] = a
-        half_x = 1 << (s.input_bits - 1)
-        if x.size and (x.min() < -half_x or x.max() > half_x - 1):
-            raise ValueError(f"inputs must be signed {s.input_bits}-bit integers")
-        out = row_tile_outputs(x, cells, s).sum(axis=1)[:, :b.shape[1]]
+        x = _padded_inputs(a, rt, s)
+        out = row_tile_outputs(x, self._cells_of(b), s, shift).sum(axis=1)[:, :b.shape[1]]
         return out[0] if squeeze else out
 
+    def _cells_of(self, b: np.ndarray) -> np.ndarray:
+        """The cells of ``b``, encoded once per matrix object (the layer's golden calls the
+        same expert matrices window after window)."""
+        hit = self._cells.get(id(b))
+        if hit is None or hit[0] is not b:
+            hit = self._cells[id(b)] = (b, _cells(b, self.shape))
+        return hit[1]
 
-def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape) -> np.ndarray:
+
+def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
+               shifts=None) -> np.ndarray:
     """Cell bytes of one matrix bank: slot-major, then row tile, column tile, row, column
-    (the order ``moepim_matrix_bank`` reads). Slots without a matrix hold zero weights."""
+    (the order ``moepim_matrix_bank`` reads). Slots without a matrix hold zero weights.
+    ``adc_range: calibrated``: ``shifts`` (one tuple per matrix, a shift per weight slice)
+    follow as ``n_slots x 8`` bytes (the run-time ADC window of each slot, byte ``j`` the
+    shift of slice ``j``; empty slots 0)."""
+    calibrated = shape.adc_range == "calibrated"
+    if calibrated and (shifts is None or len(shifts) != len(matrices)):
+        raise ValueError("adc_range 'calibrated': bank_image needs one ADC shift per matrix")
     if len(matrices) > n_slots:
         raise ValueError(f"{len(matrices)} matrices for a bank of {n_slots} slots")
     zero = np.zeros((n_in, n_out), dtype=np.int64)
@@ -131,7 +238,22 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape) 
         if w.shape != (n_in, n_out):
             raise ValueError(f"matrix {k} has shape {w.shape}; the bank needs ({n_in}, {n_out})")
         parts.append(_cells(w, shape).reshape(-1))
+    if calibrated:
+        window = np.zeros((n_slots, 8), dtype=np.int64)
+        for k, sh in enumerate(shifts):
+            window[k, :len(sh)] = sh
+        parts.append(window.reshape(-1))
     return np.concatenate(parts).astype(np.uint8)
+
+
+def split_bank_image(image: np.ndarray, n_slots: int, shape: TileShape):
+    """``(cells, shifts (n_slots, slices))`` of a :func:`bank_image` (``shifts`` ``None``
+    with a fixed range)."""
+    image = np.asarray(image, dtype=np.uint8)
+    if shape.adc_range != "calibrated":
+        return image, None
+    window = image[-8 * n_slots:].reshape(n_slots, 8).astype(np.int64)
+    return image[:-8 * n_slots], window[:, :shape.slices_per_weight]
 
 
 def column_sum_packing(shape: TileShape) -> tuple[int, int, int]:
@@ -143,18 +265,32 @@ def column_sum_packing(shape: TileShape) -> tuple[int, int, int]:
     return sum_bits, per_word, -(-shape.n_columns // per_word)
 
 
-def bank_file_words(image: np.ndarray, shape: TileShape) -> np.ndarray:
+def bank_file_words(image: np.ndarray, shape: TileShape, n_slots: int | None = None) -> np.ndarray:
     """The file ``moepim_matrix_bank`` loads for a :func:`bank_image`: each crossbar row's
     cells packed ``per_word`` to a 64-bit word (cell ``k`` of a word at bits ``k*sum_bits``,
     :func:`column_sum_packing`; unused lanes zero), words big-endian (Verilog's ``$fread``
-    order). The macro adds whole words: ``per_word`` column sums per addition."""
+    order). The macro adds whole words: ``per_word`` column sums per addition. With a
+    calibrated ADC range (``n_slots`` then required) one 64-bit word per slot follows: its
+    ADC window, byte ``j`` (bits ``8j..8j+7``) the shift of weight slice ``j``."""
     sum_bits, per_word, words = column_sum_packing(shape)
+    shifts = None
+    if shape.adc_range == "calibrated":
+        if n_slots is None:
+            raise ValueError("adc_range 'calibrated': bank_file_words needs n_slots")
+        image, shifts = split_bank_image(image, n_slots, shape)
     rows = np.asarray(image, dtype=np.uint64).reshape(-1, shape.n_columns)
     padded = np.zeros((len(rows), words * per_word), dtype=np.uint64)
     padded[:, :shape.n_columns] = rows
     lanes = padded.reshape(len(rows), words, per_word)
+    shift_words = shifts
     shifts = (np.arange(per_word, dtype=np.uint64) * np.uint64(sum_bits))
-    return (lanes << shifts).sum(axis=2, dtype=np.uint64).reshape(-1).astype(">u8")
+    words_out = (lanes << shifts).sum(axis=2, dtype=np.uint64).reshape(-1)
+    if shift_words is not None:
+        sw = np.zeros(len(shift_words), dtype=np.uint64)
+        for j in range(shift_words.shape[1]):
+            sw |= shift_words[:, j].astype(np.uint64) << np.uint64(8 * j)
+        words_out = np.concatenate([words_out, sw])
+    return words_out.astype(">u8")
 
 
 def window_cycles(loads_per_slot, *, blocks: int, job_latency) -> int:

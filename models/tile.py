@@ -3,22 +3,43 @@
 The model follows the hardware's arithmetic step by step, so that every quantisation and
 saturation is explicit:
 
-1. **Weights, offset-encoded.** A signed weight ``w`` of ``weight_bits`` is stored as the
-   unsigned value ``u = w + 2**(weight_bits-1)`` (flip of the sign bit) and sliced into
-   ``weight_bits // bits_per_cell`` cells of ``bits_per_cell`` bits, least significant slice in
-   the lowest column. Output ``o`` of the tile uses columns ``o*spw .. o*spw+spw-1``.
+1. **Weights** (``weight_encoding``). A signed weight ``w`` of ``weight_bits`` is stored in
+   ``weight_bits // bits_per_cell`` slices of ``bits_per_cell`` bits, least significant first;
+   one *line* (an ADC input) per slice:
+
+   * ``offset`` (the paper's): the unsigned ``u = w + 2**(weight_bits-1)`` (sign bit flipped)
+     is sliced into one column per slice; a line is a column. Every column sum carries the
+     common-mode term of the offset, removed digitally after conversion.
+   * ``reference_column``: the same cells, plus one extra column per crossbar of mid-scale
+     cells ``h = 2**(bits_per_cell-1)``. Its sum ``h * popcount(plane)`` is subtracted from
+     every column in the analog domain, before the ADC: a line is ``column - reference``
+     (signed). Per slice: every slice column subtracts the same reference, so slice ``j``
+     holds ``u_j - h``; the combine leaves ``u - h * sum_j 2**(j*bits_per_cell)``, and the
+     small remainder ``2**(weight_bits-1) - h * sum_j 2**(j*bits_per_cell)`` times ``sum(x)``
+     (zero when a weight is one cell) is corrected digitally.
+   * ``differential``: the positive part ``max(w, 0)`` and the negative part ``max(-w, 0)``
+     (each fits ``weight_bits`` unsigned bits) in two adjacent columns per slice; the pair's
+     currents are subtracted in the analog domain before the ADC: a line is
+     ``column(pos) - column(neg)`` (signed), so no offset remains. Twice the columns per
+     weight: ``n_outputs = n_columns / (2 * slices)``.
+
+   Output ``o`` uses lines ``o*spw .. o*spw+spw-1``; line ``l`` is column ``l`` (offset,
+   reference column) or columns ``2l`` (positive) and ``2l+1`` (negative).
 2. **Bit-serial inputs.** The signed input ``x`` (``input_bits``, two's complement) is applied
    one bit plane per DAC drive, least significant first; plane ``b`` has weight ``2**b``
    except the sign plane, weighted ``-2**(input_bits-1)``.
-3. **Analog column sums.** For each plane and column, ``s = sum_r plane[r] * cell[r, c]``, an
-   exact integer in ``0 .. n_rows*(2**bits_per_cell - 1)``.
-4. **ADC.** ``code = min(s >> adc_shift, 2**adc_bits - 1)`` and the converted value is
-   ``code << adc_shift``: truncation of the ``adc_shift`` low bits, then saturation at full
-   scale. ``adc_shift=None`` picks the smallest shift that can never saturate,
-   ``max(0, sum_bits - adc_bits)`` with ``sum_bits`` the width of the largest column sum; an
-   ideal ADC (``adc_bits >= sum_bits``) makes the tile exact.
-5. **Shift-and-add** per column over the planes, then per output over its slices
-   (``<< j*bits_per_cell``), and the offset correction ``- 2**(weight_bits-1) * sum(x)``.
+3. **Analog line sums.** For each plane and line, ``s = sum_r plane[r] * cell[r, c]`` (minus
+   the negative column or the reference), an exact integer in ``sum_range``.
+4. **ADC.** ``code = clip(s >> adc_shift, code_min, code_max)`` (arithmetic shift: floor) and
+   the converted value is ``code << adc_shift``: truncation of the ``adc_shift`` low bits,
+   then saturation. Codes are unsigned ``0 .. 2**adc_bits - 1`` for ``offset`` and signed
+   ``-2**(adc_bits-1) .. 2**(adc_bits-1) - 1`` for the signed encodings. ``adc_shift=None``
+   picks the smallest shift that can never saturate, ``max(0, sum_bits - adc_bits)``; an
+   ideal ADC (``adc_bits >= sum_bits``) makes the tile exact. ``adc_range="calibrated"``:
+   the shift is a run-time value per matrix (``moepim.models.pim.calibrate_shift``), passed
+   as ``adc_shift`` to each call.
+5. **Shift-and-add** per line over the planes, then per output over its slices
+   (``<< j*bits_per_cell``), and the offset correction ``- offset_correction * sum(x)``.
 
 With an ideal ADC the result equals ``x @ W`` on integers.
 """
@@ -29,9 +50,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TileShape", "tile_mvm", "tile_mvm_events", "tile_error_bound", "encode_cells"]
+__all__ = ["TileShape", "tile_mvm", "tile_mvm_events", "tile_error_bound", "encode_cells",
+           "line_sums", "WEIGHT_ENCODINGS", "ADC_RANGES"]
 
 _BITS_PER_CELL_ALLOWED = (1, 2, 4, 8)
+WEIGHT_ENCODINGS = ("offset", "differential", "reference_column")
+ADC_RANGES = ("fixed", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,8 @@ class TileShape:
     n_adcs: int = 32
     adc_bits: int = 16
     adc_shift: int | None = None
+    weight_encoding: str = "offset"
+    adc_range: str = "fixed"
 
     def __post_init__(self):
         def need(cond, name, value, allowed):
@@ -63,14 +89,24 @@ class TileShape:
              f"one of {_BITS_PER_CELL_ALLOWED}")
         need(isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 16, "weight_bits",
              self.weight_bits, "an integer from 2 to 16")
+        need(self.weight_encoding in WEIGHT_ENCODINGS, "weight_encoding", self.weight_encoding,
+             f"one of {WEIGHT_ENCODINGS}")
+        need(self.adc_range in ADC_RANGES, "adc_range", self.adc_range, f"one of {ADC_RANGES}")
+        need(not (self.adc_range == "calibrated" and self.weight_encoding == "offset"),
+             "adc_range", self.adc_range, "'fixed' with weight_encoding 'offset' (its column "
+             "sums carry the offset's common-mode term, no window narrower than the full "
+             "scale fits them): choose 'differential' or 'reference_column' to calibrate")
         need(self.weight_bits % self.bits_per_cell == 0, "weight_bits", self.weight_bits,
              f"a multiple of bits_per_cell={self.bits_per_cell}")
-        need(self.n_columns % self.slices_per_weight == 0, "n_columns", self.n_columns,
-             f"a multiple of weight_bits/bits_per_cell={self.slices_per_weight}")
+        per = self.slices_per_weight * self.columns_per_line
+        need(self.n_columns % per == 0, "n_columns", self.n_columns,
+             f"a multiple of {per} (weight_bits/bits_per_cell slices"
+             + (" x 2 columns, differential)" if self.columns_per_line == 2 else ")"))
         need(isinstance(self.input_bits, int) and 2 <= self.input_bits <= 16, "input_bits",
              self.input_bits, "an integer from 2 to 16")
-        need(self.n_columns % self.n_adcs == 0, "n_adcs", self.n_adcs,
-             f"a divisor of n_columns={self.n_columns}")
+        need(self.n_lines % self.n_adcs == 0, "n_adcs", self.n_adcs,
+             f"a divisor of the {self.n_lines} ADC inputs per crossbar (n_columns"
+             + (" / 2: differential column pairs)" if self.columns_per_line == 2 else ")"))
         need(isinstance(self.adc_bits, int) and 1 <= self.adc_bits <= 32, "adc_bits",
              self.adc_bits, "an integer from 1 to 32")
         if self.adc_shift is not None:
@@ -82,20 +118,88 @@ class TileShape:
         return self.weight_bits // self.bits_per_cell
 
     @property
+    def columns_per_line(self) -> int:
+        """Columns per ADC input: 2 for a differential pair, else 1."""
+        return 2 if self.weight_encoding == "differential" else 1
+
+    @property
+    def n_lines(self) -> int:
+        """ADC inputs per crossbar (columns, or column pairs for ``differential``)."""
+        return self.n_columns // self.columns_per_line
+
+    @property
     def n_outputs(self) -> int:
-        return self.n_columns // self.slices_per_weight
+        return self.n_lines // self.slices_per_weight
 
     @property
     def columns_per_adc(self) -> int:
-        return self.n_columns // self.n_adcs
+        """ADC inputs muxed onto one ADC (conversions per ADC per bit plane)."""
+        return self.n_lines // self.n_adcs
+
+    @property
+    def n_physical_columns(self) -> int:
+        """Columns of cells per crossbar, the reference column included."""
+        return self.n_columns + (1 if self.weight_encoding == "reference_column" else 0)
+
+    @property
+    def cells_per_crossbar(self) -> int:
+        """Cells of one crossbar (read on every bit plane), the reference column included."""
+        return self.n_rows * self.n_physical_columns
+
+    @property
+    def conversions_per_plane(self) -> int:
+        return self.n_lines
+
+    @property
+    def signed_sums(self) -> bool:
+        return self.weight_encoding != "offset"
 
     @property
     def max_column_sum(self) -> int:
+        """Largest sum of one physical column (unsigned cells)."""
         return self.n_rows * ((1 << self.bits_per_cell) - 1)
 
     @property
+    def reference_cell(self) -> int:
+        return 1 << (self.bits_per_cell - 1)
+
+    @property
+    def sum_range(self) -> tuple[int, int]:
+        """Range of a line sum, the ADC's input."""
+        top = self.max_column_sum
+        if self.weight_encoding == "differential":
+            return -top, top
+        if self.weight_encoding == "reference_column":
+            return -self.n_rows * self.reference_cell, top - self.n_rows * self.reference_cell
+        return 0, top
+
+    @property
     def sum_bits(self) -> int:
-        return self.max_column_sum.bit_length()
+        lo, hi = self.sum_range
+        return _signed_bits(lo, hi) if self.signed_sums else hi.bit_length()
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        if self.signed_sums:
+            return -(1 << (self.adc_bits - 1)), (1 << (self.adc_bits - 1)) - 1
+        return 0, (1 << self.adc_bits) - 1
+
+    @property
+    def offset_correction(self) -> int:
+        """Multiple of ``sum(x)`` the combine step subtracts (see the module docstring)."""
+        if self.weight_encoding == "differential":
+            return 0
+        half = 1 << (self.weight_bits - 1)
+        if self.weight_encoding == "reference_column":
+            return half - self.reference_cell * sum(
+                1 << (j * self.bits_per_cell) for j in range(self.slices_per_weight))
+        return half
+
+    def convert(self, sums, shift: int | None = None):
+        """The ADC: converted values of line sums (any int array) at ``shift``."""
+        shift = self.resolved_adc_shift if shift is None else shift
+        lo, hi = self.code_range
+        return np.clip(np.asarray(sums) >> shift, lo, hi) << shift
 
     @property
     def resolved_adc_shift(self) -> int:
@@ -106,8 +210,12 @@ class TileShape:
     @property
     def ideal_adc(self) -> bool:
         """True when the ADC loses nothing: no truncation and no saturation is possible."""
-        shift = self.resolved_adc_shift
-        return shift == 0 and self.max_column_sum <= (1 << self.adc_bits) - 1
+        (lo, hi), (clo, chi) = self.sum_range, self.code_range
+        return self.resolved_adc_shift == 0 and clo <= lo and hi <= chi
+
+
+def _signed_bits(lo: int, hi: int) -> int:
+    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length()) + 1
 
 
 def _shape(kwargs) -> TileShape:
@@ -124,11 +232,31 @@ def encode_cells(weights, shape: TileShape) -> np.ndarray:
     if w.min(initial=0) < -half or w.max(initial=0) > half - 1:
         raise ValueError(f"weights must be signed {shape.weight_bits}-bit integers "
                          f"in [{-half}, {half - 1}]")
-    u = w + half
     mask = (1 << shape.bits_per_cell) - 1
-    slices = [(u >> (j * shape.bits_per_cell)) & mask for j in range(shape.slices_per_weight)]
-    # column o*spw + j holds slice j of output o
-    return np.stack(slices, axis=-1).reshape(shape.n_rows, shape.n_columns)
+
+    def sliced(u):
+        # line o*spw + j holds slice j of output o
+        return np.stack([(u >> (j * shape.bits_per_cell)) & mask
+                         for j in range(shape.slices_per_weight)], axis=-1).reshape(
+                             shape.n_rows, shape.n_lines)
+
+    if shape.weight_encoding == "differential":
+        # column 2l: positive part, 2l+1: negative part of line l
+        return np.stack([sliced(np.maximum(w, 0)), sliced(np.maximum(-w, 0))],
+                        axis=-1).reshape(shape.n_rows, shape.n_columns)
+    return sliced(w + half)
+
+
+def line_sums(column_sums, planes, shape: TileShape):
+    """ADC inputs from the column sums ``(..., n_columns)`` of the bit ``planes``
+    ``(..., n_rows)``: the differential pairs' differences, or the columns minus the
+    reference column's sum (``reference_cell * popcount(plane)``)."""
+    if shape.weight_encoding == "differential":
+        return column_sums[..., 0::2] - column_sums[..., 1::2]
+    if shape.weight_encoding == "reference_column":
+        ref = shape.reference_cell * np.asarray(planes).sum(axis=-1, keepdims=True)
+        return column_sums - ref.astype(np.int64)
+    return column_sums
 
 
 def _check_inputs(x, shape: TileShape) -> np.ndarray:
@@ -154,27 +282,37 @@ def _plane_weights(shape: TileShape) -> np.ndarray:
     return w
 
 
-def tile_mvm(x, weights, **shape_kwargs) -> np.ndarray:
+def tile_mvm(x, weights, window=None, **shape_kwargs) -> np.ndarray:
     """Exact tile output for inputs ``x`` ``(n_rows,)`` or ``(batch, n_rows)``.
 
     ``weights`` is the signed ``(n_rows, n_outputs)`` matrix; keyword arguments are the tile
-    parameters (see :class:`TileShape`). Returns int64 outputs ``(..., n_outputs)``.
+    parameters (see :class:`TileShape`). ``window``: with ``adc_range="calibrated"``, the
+    crossbar's run-time ADC shifts, one per weight slice (required then). Returns int64
+    outputs ``(..., n_outputs)``.
     """
     shape = _shape(shape_kwargs)
+    if shape.adc_range == "calibrated":
+        if window is None or len(window) != shape.slices_per_weight:
+            raise ValueError("adc_range 'calibrated': tile_mvm needs window, one ADC shift "
+                             f"per weight slice ({shape.slices_per_weight})")
+    elif window is not None:
+        raise ValueError("window is for adc_range 'calibrated' only")
     x = _check_inputs(x, shape)
     cells = encode_cells(weights, shape)
     planes = _planes(x, shape)                                  # (B, ..., R)
-    sums = planes @ cells                                       # (B, ..., C) exact column sums
-    shift = shape.resolved_adc_shift
-    codes = np.minimum(sums >> shift, (1 << shape.adc_bits) - 1)
-    converted = codes << shift
-    acc = np.tensordot(_plane_weights(shape), converted, axes=(0, 0))   # (..., C)
+    sums = line_sums(planes @ cells, planes, shape)             # (B, ..., L) exact line sums
+    if window is None:
+        converted = shape.convert(sums)
+    else:
+        spw = shape.slices_per_weight
+        converted = np.concatenate([shape.convert(sums[..., j::spw], int(window[j]))[..., None]
+                                    for j in range(spw)], axis=-1).reshape(sums.shape)
+    acc = np.tensordot(_plane_weights(shape), converted, axes=(0, 0))   # (..., L)
     acc = acc.reshape(*acc.shape[:-1], shape.n_outputs, shape.slices_per_weight)
     slice_weights = np.array([1 << (j * shape.bits_per_cell)
                               for j in range(shape.slices_per_weight)], dtype=np.int64)
     combined = acc @ slice_weights
-    offset = 1 << (shape.weight_bits - 1)
-    return combined - offset * x.sum(axis=-1, keepdims=True)
+    return combined - shape.offset_correction * x.sum(axis=-1, keepdims=True)
 
 
 def tile_mvm_events(x, **shape_kwargs) -> dict[str, int]:
@@ -182,7 +320,7 @@ def tile_mvm_events(x, **shape_kwargs) -> dict[str, int]:
 
     ``activations``: crossbar evaluations (one per input bit plane); ``dac_drives``: word-line
     pulses (one per '1' bit of each plane); ``adc_conversions`` and ``shift_adds``: one per
-    column per plane.
+    line (column, or differential column pair) per plane.
     """
     shape = _shape(shape_kwargs)
     x = _check_inputs(x, shape).reshape(-1, shape.n_rows)
@@ -191,8 +329,8 @@ def tile_mvm_events(x, **shape_kwargs) -> dict[str, int]:
         "mvms": n,
         "activations": n * shape.input_bits,
         "dac_drives": int(_planes(x, shape).sum()),
-        "adc_conversions": n * shape.input_bits * shape.n_columns,
-        "shift_adds": n * shape.input_bits * shape.n_columns,
+        "adc_conversions": n * shape.input_bits * shape.n_lines,
+        "shift_adds": n * shape.input_bits * shape.n_lines,
     }
 
 

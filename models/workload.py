@@ -38,7 +38,8 @@ from .routing import expert_choice_capacity, expert_choice_decode, expert_choice
 from .traces import TraceError
 from .zoo import ModelConfig
 
-__all__ = ["Workload", "make_workload", "hidden_states"]
+__all__ = ["Workload", "make_workload", "hidden_states", "calibrate_matmul", "datapath_accuracy",
+           "with_matmul"]
 
 
 @dataclass
@@ -90,6 +91,71 @@ def _select(scores: np.ndarray, cfg: ModelConfig, n_prompt: int) -> np.ndarray |
     return mask
 
 
+def calibrate_matmul(matmul, cfg: ModelConfig, ql, seed: int) -> dict:
+    """Set the calibrated ADC windows of ``matmul`` (``moepim.models.pim.CrossbarMatmul``
+    with ``adc_range: calibrated``) from the calibration batch: ``CALIBRATION_TOKENS`` hidden
+    states drawn like the workload's with seed ``seed + 1 + CALIBRATION_SEED_OFFSET``,
+    quantised with the layer's scales, every expert evaluated on every token through exact
+    integer products (so each matrix sees the inputs the exact integer layer gives it).
+    Returns ``{id(matrix): shift}``."""
+    from .pim import CALIBRATION_SEED_OFFSET, CALIBRATION_TOKENS
+
+    x_cal = quantize_input(hidden_states(cfg, CALIBRATION_TOKENS,
+                                         seed + 1 + CALIBRATION_SEED_OFFSET), ql)
+    products = []
+
+    def record(a, b):
+        products.append((a, b))
+        return int_matmul(a, b)
+
+    every = np.ones((len(x_cal), cfg.n_experts), dtype=bool)
+    moe_forward_int(x_cal, ql, mask=every, matmul=record)
+    return matmul.calibrate(products)
+
+
+def with_matmul(wl: Workload, matmul) -> Workload:
+    """``wl`` (same weights, quantisation and inputs) with its golden routing and outputs
+    recomputed through ``matmul`` (calibrated first if it needs it); trace-free workloads."""
+    import dataclasses
+
+    if getattr(matmul, "needs_calibration", False):
+        calibrate_matmul(matmul, wl.cfg, wl.quant, wl.seed)
+    logits = gate_logits_int(wl.x_q, wl.quant, matmul)
+    mask = _select(gate_scores_int(logits, wl.quant), wl.cfg, wl.n_prompt)
+    routing = route_int(wl.x_q, wl.quant, mask=mask, logits=logits)
+    y_q, _ = moe_forward_int(wl.x_q, wl.quant, routing=routing, matmul=matmul)
+    return dataclasses.replace(wl, routing=routing, y_q=y_q)
+
+
+def datapath_accuracy(wl: Workload, from_trace: bool = False) -> dict:
+    """How far the accelerator's integer layer (``wl``, computed through the crossbar
+    ``matmul``) is from the exact integer layer:
+
+    * ``relative_l2_error_vs_exact_integer``: ``|y - y_exact| / |y_exact|`` over every output
+      code, ``y_exact`` the exact integer layer with the SAME routing (the datapath's error
+      alone);
+    * ``snr_db``: ``10 log10(sum y_exact**2 / sum (y - y_exact)**2)`` (``inf`` when exact);
+    * ``routing_agreement``: the share of the exact-integer routing's selections (token,
+      expert) that the layer's routing (its gate on the crossbars) also makes; ``None`` when
+      the routes come from a trace.
+    """
+    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing)
+    y, e = wl.y_q.astype(np.float64), y_exact.astype(np.float64)
+    noise, signal = float(((y - e) ** 2).sum()), float((e ** 2).sum())
+    out = {"relative_l2_error_vs_exact_integer": float(np.sqrt(noise / max(signal, 1e-30))),
+           "snr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf"),
+           "routing_agreement": None}
+    if not from_trace:
+        logits = gate_logits_int(wl.x_q, wl.quant, int_matmul)
+        exact = _select(gate_scores_int(logits, wl.quant), wl.cfg, wl.n_prompt)
+        if exact is None:
+            exact = route_int(wl.x_q, wl.quant, logits=logits).mask
+        got = np.asarray(wl.routing.mask, dtype=bool)[:, :exact.shape[1]]
+        exact = np.asarray(exact, dtype=bool)
+        out["routing_agreement"] = float((got & exact).sum() / max(exact.sum(), 1))
+    return out
+
+
 def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed: int = 0,
                   weights: dict | None = None, trace: np.ndarray | None = None,
                   trace_source: str = "trace", matmul=None) -> Workload:
@@ -109,6 +175,8 @@ def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed:
     x = hidden_states(cfg, n_tokens, seed + 1)
     ql = quantize_layer(w, cfg, x[:n_prompt])
     x_q = quantize_input(x, ql)
+    if matmul is not None and getattr(matmul, "needs_calibration", False):
+        calibrate_matmul(matmul, cfg, ql, seed)
 
     # integer (golden) routing
     mm = matmul if matmul is not None else int_matmul

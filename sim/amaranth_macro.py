@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moepim.models.pim import row_tile_outputs
+from moepim.models.pim import row_tile_outputs, split_bank_image
 from moepim.models.tile import TileShape
 from moepim.testbenches.bits import pack_array, unpack_array
 
@@ -37,8 +37,13 @@ def add_macro_model(sim, xbar) -> None:
                 ctx.set(xbar.core_sums, 0)
                 continue
             if convert:
-                columns = np.arange(g.n_adcs) * cpa + col
-                ctx.set(xbar.core_sums, pack_array(plane @ cells[:, columns], g.sum_bits))
+                lines = (np.arange(g.n_adcs) * cpa + col) * g.columns_per_line
+                sums = plane @ cells[:, lines]
+                if g.weight_encoding == "differential":
+                    sums = sums - plane @ cells[:, lines + 1]
+                elif g.weight_encoding == "reference_column":
+                    sums = sums - g.reference_cell * int(plane.sum())
+                ctx.set(xbar.core_sums, pack_array(sums & ((1 << g.sum_bits) - 1), g.sum_bits))
             if drive:
                 plane = unpack_array(wl, 1, g.n_rows, False)
 
@@ -52,13 +57,15 @@ def add_bank_model(sim, bank, image: np.ndarray) -> None:
     g = bank.geometry
     shape = TileShape(n_rows=g.n_rows, n_columns=g.n_columns, bits_per_cell=g.bits_per_cell,
                       weight_bits=g.weight_bits, input_bits=g.input_bits, n_adcs=g.n_adcs,
-                      adc_bits=g.adc_bits, adc_shift=g.resolved_adc_shift)
+                      adc_bits=g.adc_bits, adc_shift=g.resolved_adc_shift,
+                      weight_encoding=g.weight_encoding, adc_range=g.adc_range)
     rt_n, ct_n = bank.row_tiles, bank.col_tiles
+    image, windows = split_bank_image(image, bank.n_slots, shape)
     cells = np.asarray(image, dtype=np.uint8).reshape(bank.n_slots, rt_n, ct_n, g.n_rows,
                                                       g.n_columns)
     bit_mask = (1 << g.input_bits) - 1
     lanes, latency, out_bits = bank.lanes, bank.mvm_latency, g.output_bits
-    n_outs_pad = ct_n * (g.n_columns // g.slices_per_weight)
+    n_outs_pad = ct_n * g.n_outputs
     mask = (1 << out_bits) - 1
 
     async def process(ctx):
@@ -75,7 +82,9 @@ def add_bank_model(sim, bank, image: np.ndarray) -> None:
                 if start and not busy:
                     # per output and row tile, the partial sum; one word-line pulse per
                     # '1' input bit per tile position
-                    results = row_tile_outputs(x[None], cells[slot], shape)[0].T
+                    results = row_tile_outputs(
+                        x[None], cells[slot], shape,
+                        None if windows is None else tuple(windows[slot]))[0].T
                     ones = sum(bin(int(v)).count("1") for v in x & bit_mask)
                     dac = (dac + ones * ct_n) & ((1 << len(bank.dac_drives)) - 1)
                     busy, count = 1, 1

@@ -49,6 +49,13 @@ class TileConfig:
     n_adcs: int = 32
     adc_bits: int = 8
     adc_shift: int | None = None
+    # signed weights: offset (w + 2**(weight_bits-1), the paper's), differential (positive and
+    # negative columns subtracted before the ADC) or reference_column (a mid-scale column
+    # subtracted before the ADC); see moepim.models.tile
+    weight_encoding: Literal["offset", "differential", "reference_column"] = "offset"
+    # fixed: adc_shift for every matrix; calibrated: a run-time shift per matrix from a
+    # seeded calibration batch (moepim.models.pim.calibrate_shift)
+    adc_range: Literal["fixed", "calibrated"] = "fixed"
     group_size: int = 1
     core: Literal["macro", "logic"] = "macro"
     counter_bits: int = 48

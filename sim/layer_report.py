@@ -91,9 +91,11 @@ def _job_ops(model, mats: dict, d_ff: int) -> tuple[int, int, int]:
 
 
 def _mvm_events(tile, n_tile_mvms: int) -> dict:
-    return {"cells": n_tile_mvms * tile.input_bits * tile.n_rows * tile.n_columns,
-            "adc_conversions": n_tile_mvms * tile.input_bits * tile.n_columns,
-            "shift_adds": n_tile_mvms * tile.input_bits * tile.n_columns}
+    # cells read and lines converted per bit plane follow from the weight encoding
+    shape = TileShape(**tile.shape_kwargs())
+    return {"cells": n_tile_mvms * tile.input_bits * shape.cells_per_crossbar,
+            "adc_conversions": n_tile_mvms * tile.input_bits * shape.n_lines,
+            "shift_adds": n_tile_mvms * tile.input_bits * shape.n_lines}
 
 
 def adc_split(tech, adc_bits: int) -> tuple[float, float]:
@@ -208,7 +210,8 @@ def layer_area_mm2(exp, geo: dict, go_cache_bits: int, synth: dict) -> dict:
     crossbars = geo["expert_crossbars"] + geo["gate_crossbars"]
     sram_bits = {"go_cache": go_cache_bits, "layer_memories": synth["memory_bits"]}
     um2 = {
-        "arrays": crossbars * tile.n_rows * tile.n_columns * tech.cell_area_um2.value,
+        "arrays": crossbars * TileShape(**tile.shape_kwargs()).cells_per_crossbar
+        * tech.cell_area_um2.value,
         "adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
         "dacs": sets * tile.n_rows * tech.dac_area_um2.value,
         "shift_adds": sets * tile.n_adcs * tech.shift_add_area_um2.value,

@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from moepim.models.pim import CrossbarMatmul, column_sum_packing
 from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
 from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
-from moepim.models.workload import make_workload
+from moepim.models.workload import datapath_accuracy, make_workload
 
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
@@ -61,6 +62,12 @@ __all__ = ["run_layer_experiment", "estimate_resources", "ResourceError", "check
 LAYER_SIMULATORS = ("verilator", "icarus", "amaranth", "model")
 
 
+# A run whose datapath SNR (exact integer output as signal, the crossbars' difference to it
+# as noise) is below this prints a one-line warning: 20 dB is a 10 % relative L2 error, where
+# routing and downstream layers visibly change (the accurate default reaches ~40 dB, 1 %).
+LOW_SNR_DB = 20.0
+
+
 def _mem_available() -> int:
     return mem_available()
 
@@ -82,7 +89,7 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
                (1, 1, geo["gate_crossbars"], geo["gate_tiles"])]     # the gate's banks
     _, per_word, words = column_sum_packing(TileShape(**t.shape_kwargs()))
     cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * words * 8
-    outs = t.n_columns // (t.weight_bits // t.bits_per_cell)
+    outs = TileShape(**t.shape_kwargs()).n_outputs
     results = 8 * sum(n * x for n, _, x, _ in per_set) * outs
     weights = (m.n_experts * m.d_ff + m.shared.d_ff * (1 if m.shared.n_shared else 0)) \
         * m.n_matrices * m.d_model + m.d_model * m.n_experts
@@ -357,12 +364,12 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     elif sim == "amaranth":
         # Amaranth's simulator runs the engines in place, their banks as Python models
         sim_dut = make_component(spec, hw_tile, engine_core="python")
-        setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape)))
+        setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape, mm)))
     with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
         plus = []
         if sim not in ("amaranth", "model"):
             say("writing crossbar cell images")
-            plus = write_bank_images(Path(tmp), wl, groups, spec, shape)
+            plus = write_bank_images(Path(tmp), wl, groups, spec, shape, mm)
         luts = lut_writes(wl, groups, spec)
         for name, part in (parts if sim != "model" else []):
             if not part:
@@ -504,7 +511,18 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "mean_abs_diff_vs_exact_integer_codes": float(np.abs(wl.y_q - y_exact).mean()),
         "relative_l2_error_vs_float": float(np.linalg.norm(y_deq - wl.y_float)
                                             / max(np.linalg.norm(wl.y_float), 1e-30)),
-        "note": "float reference routed by the float gate; integer outputs at act_bits"}
+        # the datapath against exact integer products (same routing), and the crossbar gate's
+        # routing against the exact gate's (moepim.models.workload.datapath_accuracy)
+        **datapath_accuracy(wl, from_trace=trace_routes),
+        "low_snr_threshold_db": LOW_SNR_DB,
+        "note": "float reference routed by the float gate; integer outputs at act_bits; "
+                "routing_agreement: share of the exact-integer routing's (token, expert) "
+                "selections the crossbar gate also makes"}
+    if accuracy["snr_db"] < LOW_SNR_DB:
+        print(f"warning: the datapath's SNR is {accuracy['snr_db']:.1f} dB (< {LOW_SNR_DB:g} dB): "
+            f"outputs differ from exact integer products by "
+            f"{100 * accuracy['relative_l2_error_vs_exact_integer']:.0f} % (relative L2); "
+            "see the report's accuracy block", file=sys.stderr)
     comparison = None
     if compare:
         comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,

@@ -221,29 +221,46 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     return windows
 
 
-def bank_images(wl, groups, spec: LayerSpec, shape: TileShape) -> list[tuple[str, np.ndarray]]:
-    """Per bank, its plusarg name and cell image: every group's matrices, bank ids as the
-    layer numbers them (``n_banks*g + k``, ``k`` over the engine's bank names)."""
+def _bank_images(wl, groups, spec: LayerSpec, shape: TileShape, matmul=None):
+    """``(plusarg name, cell image, slots)`` of every bank (see :func:`bank_images`)."""
     t, cfg = wl.quant.tensors, wl.cfg
     names = FFN_BANKS[spec.ffn]
-    images = []
+    calibrated = shape.adc_range == "calibrated"
+    if calibrated and matmul is None:
+        raise ValueError("adc_range 'calibrated': the bank images need the calibrated "
+                         "CrossbarMatmul (its ADC windows)")
+
+    def windows(ws):
+        return [matmul.shift_for(w) for w in ws] if calibrated else None
+
     for g, members in enumerate(groups):
         shared = members == [cfg.n_experts]
         for k, name in enumerate(names):
             ws = [t[f"{_prefix(e, cfg)}.{_MODEL_NAME[name]}.weight"] for e in members]
             n_in, n_out = ws[0].shape
-            images.append((f"MOEPIM_BANK{len(names) * g + k}", bank_image(
-                ws, 1 if shared else spec.group_size, n_in, n_out, shape)))
+            slots = 1 if shared else spec.group_size
+            yield (f"MOEPIM_BANK{len(names) * g + k}",
+                   bank_image(ws, slots, n_in, n_out, shape, windows(ws)), slots)
     if spec.router is not None:
         # the gate's crossbars (routed experts' columns, then the shared gate's), after every
         # group's banks; an MLP gate's two layers one after the other
         gates = [["gate.fc1.weight"], ["gate.fc2.weight"]] if spec.gate_hidden \
             else [["gate.weight"] + (["shared_gate.weight"] if spec.shared_gate else [])]
         for k, columns in enumerate(gates):
-            w = np.hstack([t[name] for name in columns])
-            images.append((f"MOEPIM_BANK{len(names) * len(groups) + k}",
-                           bank_image([w], 1, w.shape[0], w.shape[1], shape)))
-    return images
+            if calibrated and len(columns) > 1:
+                raise ValueError("adc_range 'calibrated' with a sigmoid shared gate: the gate "
+                                 "bank would need one window for two matrices (not supported)")
+            w = np.hstack([t[name] for name in columns]) if len(columns) > 1 else t[columns[0]]
+            yield (f"MOEPIM_BANK{len(names) * len(groups) + k}",
+                   bank_image([w], 1, w.shape[0], w.shape[1], shape, windows([w])), 1)
+
+
+def bank_images(wl, groups, spec: LayerSpec, shape: TileShape,
+                matmul=None) -> list[tuple[str, np.ndarray]]:
+    """Per bank, its plusarg name and cell image: every group's matrices, bank ids as the
+    layer numbers them (``n_banks*g + k``, ``k`` over the engine's bank names). With a
+    calibrated ADC range the images carry each slot's window from ``matmul``."""
+    return [(name, image) for name, image, _ in _bank_images(wl, groups, spec, shape, matmul)]
 
 
 def lut_writes(wl, groups, spec: LayerSpec) -> list[list[int]]:
@@ -257,12 +274,13 @@ def lut_writes(wl, groups, spec: LayerSpec) -> list[list[int]]:
             for i, v in enumerate(luts[f"{_prefix(e, cfg)}.silu"])]
 
 
-def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape) -> list[str]:
+def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape,
+                      matmul=None) -> list[str]:
     """Write the cell images into ``folder``; return the plusargs naming them."""
     args = []
-    for name, image in bank_images(wl, groups, spec, shape):
+    for name, image, slots in _bank_images(wl, groups, spec, shape, matmul):
         path = folder / f"{name}.bin"
-        bank_file_words(image, shape).tofile(path)
+        bank_file_words(image, shape, slots).tofile(path)
         args.append(f"+{name}={path}")
     return args
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from moepim.hw import TileGeometry, TileGroup
 from moepim.models.tile import TileShape, tile_mvm, tile_mvm_events
+from moepim.testbenches.bits import pack_array
 
 from .config import TileExperiment
 from .ports import flat_fields
@@ -31,13 +32,18 @@ class Scenario:
     xbar: np.ndarray           # (n_mvms,) crossbar of each MVM
     gaps: np.ndarray           # (n_mvms,) idle cycles before each request
     ready_pattern: np.ndarray  # (P,) o_results.ready at cycle c is ready_pattern[c % P]
+    # (group_size, slices) calibrated ADC window per crossbar (adc_range: calibrated)
+    adc_shifts: np.ndarray | None = None
 
     def bench_args(self, exp: TileExperiment, group: TileGroup) -> dict:
         """Arguments of ``testbenches.benches.tile_scenario`` for this scenario."""
         return {"weights": self.weights.tolist(), "xs": self.xs.tolist(),
                 "xbar": self.xbar.tolist(), "gaps": self.gaps.tolist(),
                 "ready_pattern": self.ready_pattern.tolist(), "fields": _field_maps(group),
-                "timeout": _timeout(exp, self)}
+                "timeout": _timeout(exp, self),
+                "adc_shifts": (None if self.adc_shifts is None else
+                               pack_array(self.adc_shifts.reshape(-1),
+                                          group.geometry.shift_bits))}
 
 
 def make_scenario(exp: TileExperiment) -> Scenario:
@@ -57,7 +63,16 @@ def make_scenario(exp: TileExperiment) -> Scenario:
         ready[0] = 1
     else:
         ready = np.ones(1, dtype=np.uint8)
-    return Scenario(weights, xs, xbar, gaps.astype(np.int64), ready)
+    shifts = None
+    if t.adc_range == "calibrated":
+        # the calibration batch: inputs drawn like the scenario's, another seed
+        from moepim.models.pim import CALIBRATION_SEED_OFFSET, calibrate_shift
+
+        cal = np.random.default_rng(wl.seed + CALIBRATION_SEED_OFFSET).integers(
+            -xh, xh, size=(max(wl.n_mvms, 16), t.n_rows))
+        shifts = np.array([calibrate_shift(cal, weights[i], shape)
+                           for i in range(t.group_size)], dtype=np.int64)
+    return Scenario(weights, xs, xbar, gaps.astype(np.int64), ready, shifts)
 
 
 @dataclass
@@ -163,7 +178,8 @@ def check_outputs(exp: TileExperiment, sc: Scenario, run: TileRun) -> dict:
     """Compare a run with the golden model; return the report's verification section."""
     mismatches = []
     for k in range(len(sc.xs)):
-        want = tile_mvm(sc.xs[k], sc.weights[sc.xbar[k]], **exp.tile.shape_kwargs())
+        window = None if sc.adc_shifts is None else sc.adc_shifts[sc.xbar[k]]
+        want = tile_mvm(sc.xs[k], sc.weights[sc.xbar[k]], window, **exp.tile.shape_kwargs())
         got = run.y[k]
         if run.done[k] < 0:
             mismatches.append({"mvm": int(k), "what": "no result"})

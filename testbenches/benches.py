@@ -290,17 +290,22 @@ async def expert_router(io, *, windows, gap_p, stall_p, seed):
     return out
 
 
-async def tile_scenario(io, *, weights, xs, xbar, gaps, ready_pattern, fields, timeout):
+async def tile_scenario(io, *, weights, xs, xbar, gaps, ready_pattern, fields, timeout,
+                        adc_shifts=None):
     """A tile experiment (``moepim.sim.tile_run.Scenario``) on a ``TileGroup``.
 
     Weights are programmed one row per cycle; then requester ``i`` issues its MVMs in order,
     each after ``gaps[k]`` idle cycles, holding ``valid`` until accepted; ``o_results.ready``
     follows ``ready_pattern[cycle % len]``. Cycle 0 is the first cycle after programming.
+    ``adc_shifts`` (calibrated ADC range): the packed run-time windows, set before anything.
     Returns per MVM its output, acceptance and completion cycles, plus the raw counters.
     """
     import time
 
     from .bits import pack_fields, unpack_fields
+
+    if adc_shifts is not None:
+        io.set("adc_shifts", adc_shifts)
 
     io.set("i_weights.valid", 1)
     load0 = io.cycle

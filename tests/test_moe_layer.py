@@ -585,7 +585,15 @@ def test_default_experiment_is_the_papers_full_size_workload():
         ("S2", "reschedule", 32, 8, True)
     est = estimate_resources(exp, 8, 2)
     assert est["memory_bytes"] < 4 << 30
-    assert est["crossbars"] == 16 * 96
+    # the accurate tile: differential 2-bit cells, 8 columns per weight, 32 outputs per
+    # crossbar: up 16 x ceil(688/32) = 352, down 3 x ceil(4096/32) = 384 crossbars per expert
+    assert (t.weight_encoding, t.bits_per_cell, t.adc_range) == ("differential", 2,
+                                                                 "calibrated")
+    assert est["crossbars"] == 16 * (16 * 22 + 3 * 128)
+    # the paper's tile: 8-bit offset cells, 256 outputs per crossbar: 16 x 3 + 3 x 16 = 96
+    paper = load_experiment(REPO_ROOT / "configs" / "experiments" / "paper" / "default.yaml")
+    assert (paper.tile.weight_encoding, paper.tile.bits_per_cell) == ("offset", 8)
+    assert estimate_resources(paper, 8, 2)["crossbars"] == 16 * 96
 
 
 def test_variant_experiments_cover_the_grid():

@@ -77,3 +77,48 @@ def test_properties_mirror_constructor_arguments():
     assert t.mvm_latency == 4 * 4 + 4
     assert np.all([xb.bits_per_cell == 2 for xb in t.crossbars])
     Fragment.get(t, None)   # and it elaborates
+
+
+# signed-weight encodings and the calibrated ADC range: a truncating, saturating ADC (5 bits
+# for 7-8-bit signed line sums) so that every window and clip path is exercised
+ENCODED = [
+    dict(weight_encoding="differential", adc_range="fixed", adc_bits=5),
+    dict(weight_encoding="differential", adc_range="calibrated", adc_bits=4),
+    dict(weight_encoding="reference_column", adc_range="fixed", adc_bits=5),
+    dict(weight_encoding="reference_column", adc_range="calibrated", adc_bits=4),
+]
+
+
+@pytest.mark.parametrize("core", ["logic", "macro"])
+@pytest.mark.parametrize("tile", ENCODED, ids=lambda t: f"{t['weight_encoding']}-{t['adc_range']}")
+def test_amaranth_encodings_bit_exact(core, tile):
+    exp = small(core=core, n_mvms=12, **tile)
+    sc = make_scenario(exp)
+    run = run_scenario(exp, sc, "amaranth")
+    check = check_outputs(exp, sc, run)
+    assert check["golden_match"], check["mismatches"]
+    g = TileGeometry(**exp.tile.shape_kwargs())
+    # the encoding's line count sets the conversions and the latency
+    assert run.counters["peripherals"]["adc_conversions"] == 12 * g.input_bits * g.n_lines
+    assert check["mvm_latency"] == g.input_bits * g.n_lines // g.n_adcs + 4
+    if tile["adc_range"] == "calibrated":
+        assert sc.adc_shifts.shape == (exp.tile.group_size, g.slices_per_weight)
+
+
+def test_encoding_geometry_and_errors():
+    d = TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+                     n_adcs=4, adc_bits=6, adc_shift=None, weight_encoding="differential")
+    # 2 slices x 2 columns per weight: 4 outputs, 8 column pairs over 4 ADCs
+    assert (d.n_outputs, d.n_lines, d.columns_per_adc, d.offset_correction) == (4, 8, 2, 0)
+    assert d.sum_range == (-48, 48) and d.sum_bits == 7
+    r = TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+                     n_adcs=4, adc_bits=6, adc_shift=None, weight_encoding="reference_column")
+    # cells u = w + 8 in 2 slices, minus the reference 2 per slice: 8 - 2 * (1 + 4) = -2
+    assert (r.n_outputs, r.n_physical_columns, r.offset_correction) == (8, 17, -2)
+    assert r.sum_range == (-32, 16)
+    with pytest.raises(ParameterError, match="adc_range='calibrated'.*differential"):
+        TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+                     n_adcs=4, adc_bits=6, adc_shift=None, adc_range="calibrated")
+    with pytest.raises(ParameterError, match="n_columns=14.*differential"):
+        TileGeometry(n_rows=16, n_columns=14, bits_per_cell=2, weight_bits=4, input_bits=4,
+                     n_adcs=1, adc_bits=6, adc_shift=None, weight_encoding="differential")

@@ -113,3 +113,94 @@ def test_out_of_range_data_is_rejected():
         tile_mvm([8, 0], [[1, 0], [0, 0]], **vars(shape))
     with pytest.raises(ValueError, match="shape"):
         tile_mvm([1, 2, 3], [[1, 0], [0, 0]], **vars(shape))
+
+
+# ---- signed-weight encodings and the calibrated ADC window --------------------------------
+
+@st.composite
+def encoded_tiles(draw):
+    enc = draw(st.sampled_from(["offset", "differential", "reference_column"]))
+    bpc = draw(st.sampled_from([1, 2, 4, 8]))
+    slices = draw(st.integers(2 if bpc == 1 else 1, min(3, 16 // bpc)))
+    wb = bpc * slices
+    n_outputs = draw(st.integers(1, 5))
+    lines = n_outputs * slices
+    n_columns = lines * (2 if enc == "differential" else 1)
+    n_adcs = draw(st.sampled_from([d for d in range(1, lines + 1) if lines % d == 0]))
+    n_rows = draw(st.integers(1, 40))
+    ib = draw(st.integers(2, 9))
+    probe = TileShape(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bpc, weight_bits=wb,
+                      input_bits=ib, n_adcs=n_adcs, adc_bits=32, weight_encoding=enc)
+    shape = TileShape(**{**vars(probe), "adc_bits": probe.sum_bits})
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), size=(n_rows, shape.n_outputs))
+    x = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), size=(3, n_rows))
+    x[0] = -(1 << (ib - 1))
+    w[:, 0] = -(1 << (wb - 1))
+    return shape, x, w
+
+
+@settings(max_examples=150, deadline=None)
+@given(encoded_tiles())
+def test_every_encoding_is_exact_with_an_ideal_adc(case):
+    shape, x, w = case
+    assert shape.ideal_adc
+    np.testing.assert_array_equal(tile_mvm(x, w, **vars(shape)), x @ w)
+
+
+def test_encoded_cells_by_hand():
+    """w = -3, 5 in 2-bit cells of 4-bit weights (2 slices)."""
+    kw = dict(n_rows=1, bits_per_cell=2, weight_bits=4, input_bits=4, n_adcs=1, adc_bits=8)
+    w = [[-3, 5]]
+    # offset: u = w + 8 = 5, 13 -> slices (1, 1), (1, 3)
+    np.testing.assert_array_equal(encode_cells(w, TileShape(n_columns=4, **kw)), [[1, 1, 1, 3]])
+    # differential: (pos, neg) per slice: -3 -> (0,3),(0,0); 5 -> (1,0),(1,0)
+    d = TileShape(n_columns=8, weight_encoding="differential", **kw)
+    np.testing.assert_array_equal(encode_cells(w, d), [[0, 3, 0, 0, 1, 0, 1, 0]])
+    # reference column: the offset cells; line = cell - 2 per active row; remainder
+    # 8 - 2 * (1 + 4) = -2 times sum(x)
+    r = TileShape(n_columns=4, weight_encoding="reference_column", **kw)
+    assert r.offset_correction == -2 and r.n_physical_columns == 5
+    np.testing.assert_array_equal(tile_mvm([[3]], w, **vars(r)), [[-9, 15]])
+
+
+def test_signed_adc_truncates_toward_minus_infinity_and_saturates():
+    s = TileShape(n_rows=4, n_columns=2, bits_per_cell=2, weight_bits=2, input_bits=2,
+                  n_adcs=1, adc_bits=3, weight_encoding="differential", adc_shift=1)
+    assert s.code_range == (-4, 3)
+    np.testing.assert_array_equal(s.convert(np.array([-12, -3, -1, 0, 1, 5, 7, 12])),
+                                  [-8, -4, -2, 0, 0, 4, 6, 6])
+
+
+def test_calibration_clips_no_more_than_its_rule_and_is_the_smallest_such_shift():
+    from moepim.models.pim import _cells, _padded_inputs, _row_tile_line_sums, calibrate_shift
+
+    shape = TileShape(n_rows=32, n_columns=32, bits_per_cell=2, weight_bits=8, input_bits=8,
+                      n_adcs=4, adc_bits=5, weight_encoding="differential",
+                      adc_range="calibrated")
+    rng = np.random.default_rng(4)
+    b = np.clip(np.rint(rng.normal(0, 30, size=(70, 4))), -128, 127).astype(np.int64)
+    a = np.clip(np.rint(rng.normal(0, 40, size=(24, 70))), -128, 127).astype(np.int64)
+    lo, hi = shape.code_range
+    for fraction in (0.0, 1e-2, 0.2):
+        window = calibrate_shift(a, b, shape, fraction)
+        x = _padded_inputs(a, 3, shape)
+        for j, k in enumerate(window):
+            # (one column tile: 4 outputs per crossbar, differential 2-bit slices of 8 bits)
+            v = np.concatenate([s.reshape(*s.shape[:3], shape.n_outputs, 4)[:, :, 0, :, j]
+                                .reshape(-1)
+                                for _, s in _row_tile_line_sums(x, _cells(b, shape), shape)])
+            def clip(t, v=v):
+                return ((v >> t < lo) | (v >> t > hi)).mean()
+
+            assert clip(k) <= fraction
+            if k > 0:
+                assert clip(k - 1) > fraction
+    # and the calibrated product is what row_tile_outputs gives with those windows
+    from moepim.models.pim import CrossbarMatmul
+
+    mm = CrossbarMatmul(shape)
+    mm.calibrate([(a, b)])
+    assert mm.shift_for(b) == calibrate_shift(a, b, shape)
+    with pytest.raises(ValueError, match="no calibrated ADC window"):
+        mm(a, b.copy())

@@ -7,8 +7,13 @@
 // column-muxed ADCs, shift-and-add, output buffer), so one expert slot is evaluated at a time
 // and all ROW_TILES x COL_TILES positions work in parallel. Each tile computes exactly what
 // moepim.models.tile.tile_mvm computes (and what the PeripheralSet RTL computes): bit-serial
-// signed inputs, offset-encoded cells, ADC code = min(sum >> ADC_SHIFT, 2**ADC_BITS - 1),
-// shift-and-add, slice combine, offset correction.
+// signed inputs, cells per WEIGHT_ENCODING ("offset": w + 2**(WEIGHT_BITS-1) sliced;
+// "reference_column": the same minus a column of mid-scale cells 2**(BITS_PER_CELL-1), before
+// the ADC; "differential": positive and negative parts in column pairs 2l, 2l+1, subtracted
+// before the ADC), ADC code = clip(line >> shift, CODE_MIN, CODE_MAX) (unsigned ADC_BITS for
+// offset, signed for the others), shift-and-add, slice combine, offset correction. The shift
+// is ADC_SHIFT, or with ADC_RANGE "calibrated" the slot's run-time window: one 64-bit word
+// per slot after the cells in the bank file, byte j the shift of weight slice j.
 //
 // In an exported netlist this module is a black box; this file is its simulation model (for
 // the Verilator and Icarus runs).
@@ -40,6 +45,8 @@ module moepim_matrix_bank #(
     parameter integer N_ROWS        = 256,
     parameter integer N_COLUMNS     = 256,
     parameter integer BITS_PER_CELL = 8,
+    parameter         WEIGHT_ENCODING = "offset",
+    parameter         ADC_RANGE     = "fixed",
     parameter integer WEIGHT_BITS   = 8,
     parameter integer INPUT_BITS    = 8,
     parameter integer ADC_BITS      = 8,
@@ -75,7 +82,12 @@ module moepim_matrix_bank #(
     // reads the port list of this black box and nothing else.
 `ifndef SYNTHESIS
     localparam integer SPW      = WEIGHT_BITS / BITS_PER_CELL;
-    localparam integer N_OUTS   = N_COLUMNS / SPW;            // outputs per tile
+    localparam integer CPL      = (WEIGHT_ENCODING == "differential") ? 2 : 1;  // columns per line
+    localparam integer SIGNED   = (WEIGHT_ENCODING == "offset") ? 0 : 1;
+    localparam integer N_OUTS   = N_COLUMNS / CPL / SPW;      // outputs per tile
+    localparam integer REFC     = (WEIGHT_ENCODING == "reference_column") ? (1 << (BITS_PER_CELL - 1)) : 0;
+    localparam integer SLICE_SUM = ((1 << WEIGHT_BITS) - 1) / ((1 << BITS_PER_CELL) - 1);
+    localparam integer N_WIN    = (ADC_RANGE == "calibrated") ? N_SLOTS : 0;  // window words
     localparam integer SUM_BITS = $clog2(N_ROWS * ((1 << BITS_PER_CELL) - 1) + 1);
     localparam integer PACK     = 64 / SUM_BITS;              // column sums per word
     localparam integer WORDS    = (N_COLUMNS + PACK - 1) / PACK;   // words per crossbar row
@@ -83,10 +95,15 @@ module moepim_matrix_bank #(
     localparam integer N_WORDS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
     localparam integer IN_PAD   = ROW_TILES * N_ROWS;
     localparam integer OUT_PAD  = COL_TILES * N_OUTS;
-    localparam [63:0]  CODE_MAX = (64'd1 << ADC_BITS) - 64'd1;
+    localparam signed [63:0] CODE_MAX = SIGNED ? ((64'sd1 <<< (ADC_BITS - 1)) - 64'sd1)
+                                               : ((64'sd1 <<< ADC_BITS) - 64'sd1);
+    localparam signed [63:0] CODE_MIN = SIGNED ? -(64'sd1 <<< (ADC_BITS - 1)) : 64'sd0;
     localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
+    // the combine step's offset correction, times sum(x)
+    localparam integer OFFSET_CORR = (WEIGHT_ENCODING == "differential") ? 0
+                                     : HALF_W - REFC * SLICE_SUM;
 
-    reg [63:0]                   cells   [0:N_WORDS-1];
+    reg [63:0]                   cells   [0:N_WORDS+N_WIN];   // + 1 spare: never empty
     reg signed [INPUT_BITS-1:0]  x       [0:IN_PAD-1];
     reg signed [63:0]            results [0:ROW_TILES*OUT_PAD-1];  // [o*ROW_TILES + rt]
     reg [63:0]                   colsum  [0:INPUT_BITS*WORDS-1];   // packed like cells
@@ -98,6 +115,9 @@ module moepim_matrix_bank #(
     reg [INPUT_BITS-1:0]  xu;
     reg signed [63:0]     acc, col, conv, xsum;
     reg [63:0]            ones;
+    reg [63:0]            pones [0:INPUT_BITS-1];   // '1' bits per plane (reference column)
+    reg signed [63:0]     line;
+    integer               sh;
     reg [8*1024-1:0]      path;
     reg [63:0]            code;
     reg [LANES*ROW_TILES*OUT_BITS-1:0] rd_next;
@@ -105,7 +125,7 @@ module moepim_matrix_bank #(
     reg                          loaded;
 
     initial begin
-        for (i = 0; i < N_WORDS; i = i + 1) cells[i] = 64'd0;
+        for (i = 0; i <= N_WORDS + N_WIN; i = i + 1) cells[i] = 64'd0;
         for (i = 0; i < IN_PAD; i = i + 1) x[i] = {INPUT_BITS{1'b0}};
         for (i = 0; i < ROW_TILES*OUT_PAD; i = i + 1) results[i] = 64'sd0;
         loaded = 1'b0;
@@ -122,9 +142,9 @@ module moepim_matrix_bank #(
                 end
                 got = $fread(cells, fd);
                 $fclose(fd);
-                if (got != 8 * N_WORDS) begin
-                    $display("moepim_matrix_bank %0d: %0s holds %0d bytes, the bank needs %0d (%0d packed cell words)",
-                             bank_id, path, got, 8 * N_WORDS, N_WORDS);
+                if (got != 8 * (N_WORDS + N_WIN)) begin
+                    $display("moepim_matrix_bank %0d: %0s holds %0d bytes, the bank needs %0d (%0d packed cell words, %0d ADC window words)",
+                             bank_id, path, got, 8 * (N_WORDS + N_WIN), N_WORDS, N_WIN);
                     $finish;
                 end
             end
@@ -138,11 +158,15 @@ module moepim_matrix_bank #(
             ones = 64'd0;
             for (rt = 0; rt < ROW_TILES; rt = rt + 1) begin
                 xsum = 64'sd0;
+                for (b = 0; b < INPUT_BITS; b = b + 1) pones[b] = 64'd0;
                 for (r = 0; r < N_ROWS; r = r + 1) begin
                     xsum = xsum + {{(64-INPUT_BITS){x[rt*N_ROWS + r][INPUT_BITS-1]}}, x[rt*N_ROWS + r]};
                     xu = x[rt*N_ROWS + r];
                     for (b = 0; b < INPUT_BITS; b = b + 1)
-                        if (xu[b]) ones = ones + 1;
+                        if (xu[b]) begin
+                            ones = ones + 1;
+                            pones[b] = pones[b] + 1;
+                        end
                 end
                 for (ct = 0; ct < COL_TILES; ct = ct + 1) begin
                     base = ((s*ROW_TILES + rt)*COL_TILES + ct)*TILE;
@@ -162,18 +186,29 @@ module moepim_matrix_bank #(
                         acc = 64'sd0;
                         for (j = 0; j < SPW; j = j + 1) begin
                             col = 64'sd0;
-                            cidx = o*SPW + j;
+                            cidx = (o*SPW + j) * CPL;
+                            sh = (N_WIN > 0) ? ((cells[N_WORDS + s] >> (8*j)) & 64'hff)
+                                             : ADC_SHIFT;
                             for (b = 0; b < INPUT_BITS; b = b + 1) begin
-                                code = ((colsum[b*WORDS + cidx / PACK] >> ((cidx % PACK) * SUM_BITS))
-                                        & ((64'd1 << SUM_BITS) - 64'd1)) >> ADC_SHIFT;
-                                if (code > CODE_MAX) code = CODE_MAX;
-                                conv = $signed(code) <<< (ADC_SHIFT + b);
+                                // the line sum: the column (minus the reference column), or
+                                // the differential pair's difference
+                                line = $signed((colsum[b*WORDS + cidx / PACK] >> ((cidx % PACK) * SUM_BITS))
+                                               & ((64'd1 << SUM_BITS) - 64'd1));
+                                if (CPL == 2)
+                                    line = line - $signed((colsum[b*WORDS + (cidx + 1) / PACK]
+                                                           >> (((cidx + 1) % PACK) * SUM_BITS))
+                                                          & ((64'd1 << SUM_BITS) - 64'd1));
+                                line = line - REFC * $signed(pones[b]);
+                                code = line >>> sh;
+                                if ($signed(code) > CODE_MAX) code = CODE_MAX;
+                                if ($signed(code) < CODE_MIN) code = CODE_MIN;
+                                conv = $signed(code) <<< (sh + b);
                                 if (b == INPUT_BITS - 1) col = col - conv;
                                 else col = col + conv;
                             end
                             acc = acc + (col <<< (j*BITS_PER_CELL));
                         end
-                        results[(ct*N_OUTS + o)*ROW_TILES + rt] = acc - HALF_W * xsum;
+                        results[(ct*N_OUTS + o)*ROW_TILES + rt] = acc - OFFSET_CORR * xsum;
                     end
                 end
             end

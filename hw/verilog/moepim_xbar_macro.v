@@ -7,8 +7,13 @@
 // Per rising edge:
 //   we      : cell row `wrow` takes `wdata` (N_COLUMNS cells of BITS_PER_CELL bits, column 0 in
 //             the low bits).
-//   convert : for each ADC a, sums[a] <= sum over rows r of plane[r] * cells[r][a*CPA + col],
-//             using the plane held before this edge (sample-and-hold + column mux).
+//   convert : for each ADC a, sums[a] <= line(a*CPA + col), using the plane held before this
+//             edge (sample-and-hold + column mux). line(l) is, per WEIGHT_ENCODING:
+//             "offset": sum over rows r of plane[r] * cells[r][l] (unsigned);
+//             "reference_column": that minus the reference column of mid-scale cells,
+//             2**(BITS_PER_CELL-1) * popcount(plane) (signed);
+//             "differential": the column pair 2l (positive) minus 2l+1 (negative) (signed).
+//             The subtraction is analog, before the ADC.
 //   drive   : the held plane takes `wl` (one input bit plane on the word lines).
 // Cells are not reset (like an SRAM/RRAM array); the plane and the sums are.
 `default_nettype none
@@ -20,6 +25,7 @@ module moepim_xbar_macro #(
     parameter integer BITS_PER_CELL = 8,
     parameter integer N_ADCS        = 32,
     parameter integer SUM_BITS      = 16,
+    parameter         WEIGHT_ENCODING = "offset",
     parameter integer ROW_BITS      = 8,
     parameter integer COL_BITS      = 3
 ) (
@@ -37,13 +43,15 @@ module moepim_xbar_macro #(
     // The behavioural model is for simulation only: synthesis (Yosys defines SYNTHESIS)
     // reads the port list of this black box and nothing else.
 `ifndef SYNTHESIS
-    localparam integer CPA = N_COLUMNS / N_ADCS;
+    localparam integer CPL = (WEIGHT_ENCODING == "differential") ? 2 : 1;  // columns per line
+    localparam integer CPA = N_COLUMNS / CPL / N_ADCS;
+    localparam integer REF = (WEIGHT_ENCODING == "reference_column") ? (1 << (BITS_PER_CELL - 1)) : 0;
 
     reg [BITS_PER_CELL-1:0] cells [0:N_ROWS*N_COLUMNS-1];
     reg [N_ROWS-1:0]        plane;
     reg [SUM_BITS-1:0]      acc;
     reg [SUM_BITS-1:0]      term;
-    integer r, a, c;
+    integer r, a, c, l;
 
     // acc and term are loop temporaries of the behavioural column sum: blocking on purpose.
     /* verilator lint_off BLKSEQ */
@@ -59,11 +67,18 @@ module moepim_xbar_macro #(
             if (convert) begin
                 for (a = 0; a < N_ADCS; a = a + 1) begin
                     acc = {SUM_BITS{1'b0}};
+                    l = (a*CPA + {{(32-COL_BITS){1'b0}}, col}) * CPL;
                     for (r = 0; r < N_ROWS; r = r + 1)
                         if (plane[r]) begin
                             term = {SUM_BITS{1'b0}};
-                            term[BITS_PER_CELL-1:0] = cells[r*N_COLUMNS + a*CPA + {{(32-COL_BITS){1'b0}}, col}];
+                            term[BITS_PER_CELL-1:0] = cells[r*N_COLUMNS + l];
                             acc = acc + term;
+                            if (CPL == 2) begin     // differential: minus the negative column
+                                term = {SUM_BITS{1'b0}};
+                                term[BITS_PER_CELL-1:0] = cells[r*N_COLUMNS + l + 1];
+                                acc = acc - term;
+                            end
+                            acc = acc - REF[SUM_BITS-1:0];   // reference column (mod 2**SUM_BITS)
                         end
                     sums[a*SUM_BITS +: SUM_BITS] <= acc;
                 end

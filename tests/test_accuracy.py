@@ -1,0 +1,83 @@
+"""The analog datapath's accuracy: the accurate default tile against the paper's, on a reduced
+MoE layer (golden model only), the report's accuracy block, and a reduced layer on the
+accurate datapath end to end under Verilator (bit-exact, calibrated windows from the bank
+file)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from moepim.models.pim import CrossbarMatmul
+from moepim.models.tile import TileShape
+from moepim.models.workload import datapath_accuracy, make_workload
+from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment, load_model
+from moepim.sim.layer_run import LOW_SNR_DB, run_layer_experiment
+
+EXP = REPO_ROOT / "configs" / "experiments"
+TINY = REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml"
+
+
+def _accuracy(experiment, n_prompt=16):
+    tile = load_experiment(EXP / experiment).tile
+    wl = make_workload(load_model(TINY), n_prompt=n_prompt, seed=5,
+                       matmul=CrossbarMatmul(TileShape(**tile.shape_kwargs())))
+    return tile, datapath_accuracy(wl)
+
+
+def test_default_tile_is_accurate_and_the_paper_tile_is_not():
+    tile, acc = _accuracy("default.yaml")
+    assert (tile.weight_encoding, tile.adc_range, tile.n_rows, tile.n_columns,
+            tile.n_adcs) == ("differential", "calibrated", 256, 256, 32)
+    assert acc["relative_l2_error_vs_exact_integer"] < 0.01
+    assert acc["snr_db"] > 40
+    assert acc["routing_agreement"] >= 0.99
+    paper, bad = _accuracy("paper/default.yaml")
+    assert (paper.weight_encoding, paper.bits_per_cell, paper.adc_range) == ("offset", 8,
+                                                                            "fixed")
+    assert bad["relative_l2_error_vs_exact_integer"] > 0.5
+    assert bad["snr_db"] < LOW_SNR_DB
+
+
+def test_datapath_accuracy_by_hand():
+    """An exact datapath: zero error, infinite SNR, full agreement."""
+    wl = make_workload(load_model(TINY), n_prompt=8, seed=2)
+    acc = datapath_accuracy(wl)
+    assert acc == {"relative_l2_error_vs_exact_integer": 0.0, "snr_db": float("inf"),
+                   "routing_agreement": 1.0}
+    # halve every output: error 1/2, SNR 20 log10(2) = 6.02 dB
+    half = dataclasses.replace(wl, y_q=wl.y_q // 2 * 1)
+    exact = wl.y_q.astype(float)
+    want = np.linalg.norm(half.y_q - exact) / np.linalg.norm(exact)
+    assert datapath_accuracy(half)["relative_l2_error_vs_exact_integer"] == pytest.approx(want)
+
+
+def test_offset_with_a_calibrated_range_is_refused_with_the_key(tmp_path):
+    src = (REPO_ROOT / "configs" / "hw" / "tile-64.yaml").read_text()
+    (tmp_path / "tile.yaml").write_text(src + "adc_range: calibrated\n")
+    exp = (EXP / "layer-small.yaml").read_text().replace(
+        "../hw/tile-64.yaml", str(tmp_path / "tile.yaml")).replace("../", str(EXP.parent) + "/")
+    (tmp_path / "exp.yaml").write_text(exp)
+    with pytest.raises(ConfigError, match="adc_range.*calibrated.*offset"):
+        load_experiment(tmp_path / "exp.yaml")
+
+
+@pytest.mark.xdist_group("layer-verilator")
+def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_path):
+    exp = load_experiment(EXP / "layer-small-differential.yaml")
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    assert report["golden_match"], report["mismatches"][:5]
+    assert report["cycles_match_formula"]
+    assert all(w["routes_match"] for w in report["windows"])
+    acc = report["accuracy"]
+    assert acc["snr_db"] > LOW_SNR_DB and acc["routing_agreement"] >= 0.9
+    assert acc["low_snr_threshold_db"] == LOW_SNR_DB
+    # differential 2-bit cells of 8-bit weights: 8 columns per weight, 8 outputs per 64-column
+    # crossbar; the report's crossbar count follows
+    g = TileShape(**exp.tile.shape_kwargs())
+    assert g.n_outputs == 8
+    m = exp.model
+    per_expert = (-(-m.d_model // 64)) * (-(-m.d_ff // 8)) + (-(-m.d_ff // 64)) * (
+        -(-m.d_model // 8))
+    assert report["area_mm2"]["crossbars"] == per_expert * m.n_experts + (
+        -(-m.d_model // 64)) * (-(-m.n_experts // 8))
