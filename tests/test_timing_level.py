@@ -58,11 +58,13 @@ def _both(exp, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("layer-verilator")
-@pytest.mark.parametrize("name", ["layer-small", "layer-swiglu-small", "layer-shared-small",
+@pytest.mark.parametrize("name", ["layer-small", "layer-small-differential",
+                                  "layer-swiglu-small", "layer-shared-small",
                                   "layer-mlpgate-small", "layer-switch-small"])
 def test_timing_level_equals_verilator_on_the_reduced_layers(tmp_path, name):
-    """Expert choice with the GO cache and simulated no-cache steps, SwiGLU, a shared expert
-    with its sigmoid gate, LLaMA-MoE's MLP gate, Switch's capacity dropping."""
+    """Expert choice with the GO cache and simulated no-cache steps (offset-encoded, and
+    differential 2-bit cells with calibrated ADCs), SwiGLU, a shared expert with its sigmoid
+    gate, LLaMA-MoE's MLP gate, Switch's capacity dropping."""
     for d in ("rtl", "model"):
         (tmp_path / d).mkdir()
     exp = _no_gaps(load_experiment(EXPERIMENTS / f"{name}.yaml"))
