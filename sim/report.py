@@ -169,9 +169,13 @@ def check_out_dir(out, *, force: bool = False) -> Path:
         raise OutputError(out, "--out is an existing file, not a moepim output folder",
                           "choose another --out, or pass --force to replace it")
     if out.is_dir() and not force and not is_moepim_output(out) and any(out.iterdir()):
+        earlier = any((out / n).is_file() for n in ("report.json", "schedule.json",
+                                                     "synth.json"))
         raise OutputError(out, "--out holds files moepim did not write (no "
-                          f"{MARKER} marker)", "choose another --out, or pass --force to "
-                          "replace the folder and everything in it")
+                          f"{MARKER} marker" + ("; an output of an earlier moepim version?"
+                                                if earlier else "") + ")",
+                          "choose another --out, or pass --force to replace the folder and "
+                          "everything in it")
     parent = Path(os.path.abspath(out)).parent
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(out, f"--out: the folder {parent} is not writable")

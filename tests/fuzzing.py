@@ -204,8 +204,8 @@ def _must_refuse(key: str, old, new) -> bool:
             return True
         if new < 0:
             return True
-        if isinstance(old, int) and isinstance(new, float):
-            return True
+        if isinstance(old, int) and isinstance(new, float) and not key.endswith(".value"):
+            return True                 # an integer key (a Constant's value is a number)
         if key.endswith(".value") and new == 0 and not any(
                 z in key for z in ("latency_ns", "idle_power_w", "adc_leakage_mw")):
             return True

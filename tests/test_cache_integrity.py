@@ -24,8 +24,11 @@ def _report(folder: Path) -> dict:
             "area_mm2": r["area_mm2"]["total"]}
 
 
+pytestmark = pytest.mark.xdist_group("cache-integrity")     # one worker: one private cache
+
+
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
+def private_root(tmp_path_factory):
     """A private build root with the small tile's Icarus build and Yosys result."""
     need_icarus()
     root = tmp_path_factory.mktemp("buildroot")
@@ -34,13 +37,19 @@ def cache(tmp_path_factory):
     try:
         out = root / "baseline"
         assert main(["run", str(SMALL), "--out", str(out), "--sim", "icarus", "--quiet"]) == 0
-        (entry,) = [p for p in (root / "cache").glob("icarus-*") if p.is_dir()]
-        yield root, entry, _report(out)
     finally:
         if old is None:
             os.environ.pop("MOEPIM_BUILD_ROOT", None)
         else:
             os.environ["MOEPIM_BUILD_ROOT"] = old
+    (entry,) = [p for p in (root / "cache").glob("icarus-*") if p.is_dir()]
+    return root, entry, _report(out)
+
+
+@pytest.fixture
+def cache(private_root, monkeypatch):
+    monkeypatch.setenv("MOEPIM_BUILD_ROOT", str(private_root[0]))
+    return private_root
 
 
 def _damage(path: Path, how: str) -> None:
