@@ -26,7 +26,7 @@ from moepim.sim.config import REPO_ROOT, load_experiment
 
 GROUPINGS = ("U1", "U2", "S2", "U4", "S4")
 POLICIES = ("single_token", "compact", "reschedule")
-LANES = (32, 256)
+LANES = (32, 128, 256)
 TRACE = REPO_ROOT / "configs" / "traces" / "paper-regime.npy"
 DEFAULT = REPO_ROOT / "configs" / "experiments" / "default.yaml"
 
