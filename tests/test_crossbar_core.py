@@ -11,7 +11,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from moepim.hw import CrossbarArray
-from moepim.models.tile import TileShape, encode_cells
+from moepim.models.tile import TileShape, encode_cells, line_sums
 from moepim.sim.amaranth_macro import add_macro_model
 from moepim.testbenches.bits import pack_array, unpack_array
 
@@ -19,10 +19,12 @@ SHAPE = dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=4, input_bits=3
              adc_bits=5)
 
 
+@pytest.mark.parametrize("encoding", ["offset", "differential", "reference_column"])
 @pytest.mark.parametrize("core", ["logic", "python"])
-def test_analog_port_semantics(core):
-    xb = CrossbarArray(core=core, **SHAPE)
-    shape = TileShape(**SHAPE)
+def test_analog_port_semantics(core, encoding):
+    kw = dict(SHAPE, weight_encoding=encoding)
+    xb = CrossbarArray(core=core, **kw)
+    shape = TileShape(**kw)
     rng = np.random.default_rng(5)
     weights = rng.integers(-8, 8, size=(shape.n_rows, shape.n_outputs))
     cells = encode_cells(weights, shape)
@@ -53,9 +55,11 @@ def test_analog_port_semantics(core):
             ctx.set(xb.analog.col, col)
             await ctx.tick()
             got = unpack_array(ctx.get(xb.analog.sums.as_value()), shape.sum_bits,
-                               shape.n_adcs, False)
+                               shape.n_adcs, shape.signed_sums)
             if convert:   # sampled with the plane held before this edge
-                expect = held @ cells[:, np.arange(shape.n_adcs) * cpa + col]
+                # the lines (columns, pairs' differences, columns minus the reference)
+                lines = line_sums(held @ cells, held, shape)
+                expect = lines[np.arange(shape.n_adcs) * cpa + col]
             if expect is not None:
                 np.testing.assert_array_equal(got, expect)
                 seen.append(1)
