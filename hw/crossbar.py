@@ -47,7 +47,15 @@ from amaranth import (
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import CORES, TileGeometry, check_core, check_counter_bits, index_bits, tree_sum
+from .params import (
+    CORES,
+    WEIGHT_ENCODINGS,
+    TileGeometry,
+    check_core,
+    check_counter_bits,
+    index_bits,
+    tree_sum,
+)
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
@@ -177,8 +185,9 @@ class CrossbarArray(wiring.Component):
                 MACRO_NAME,
                 p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
                 p_N_ADCS=g.n_adcs, p_SUM_BITS=g.sum_bits,
+                # the encoding as its index in WEIGHT_ENCODINGS (Verilog compares integers)
                 **({} if g.weight_encoding == "offset" else
-                   {"p_WEIGHT_ENCODING": g.weight_encoding}),
+                   {"p_WEIGHT_ENCODING": WEIGHT_ENCODINGS.index(g.weight_encoding)}),
                 p_ROW_BITS=index_bits(g.n_rows), p_COL_BITS=index_bits(g.columns_per_adc),
                 i_clk=ClockSignal(), i_rst=ResetSignal(),
                 i_we=self.core_we, i_wrow=self.core_wrow, i_wdata=self.core_wdata,

@@ -38,7 +38,15 @@ from amaranth import ClockSignal, Instance, Module, ResetSignal, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import TileGeometry, check_counter_bits, index_bits, need, need_positive
+from .params import (
+    ADC_RANGES,
+    WEIGHT_ENCODINGS,
+    TileGeometry,
+    check_counter_bits,
+    index_bits,
+    need,
+    need_positive,
+)
 
 __all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "BANK_CORES", "ceil_div"]
 
@@ -120,9 +128,10 @@ class MatrixBank(wiring.Component):
         m.submodules.macro = Instance(
             MATRIX_MACRO_NAME,
             p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
+            # encoding and range as their indices in WEIGHT_ENCODINGS / ADC_RANGES
             **({} if g.weight_encoding == "offset" else
-               {"p_WEIGHT_ENCODING": g.weight_encoding}),
-            **({"p_ADC_RANGE": g.adc_range} if g.calibrated else {}),
+               {"p_WEIGHT_ENCODING": WEIGHT_ENCODINGS.index(g.weight_encoding)}),
+            **({"p_ADC_RANGE": ADC_RANGES.index(g.adc_range)} if g.calibrated else {}),
             p_WEIGHT_BITS=g.weight_bits, p_INPUT_BITS=g.input_bits, p_ADC_BITS=g.adc_bits,
             p_ADC_SHIFT=g.resolved_adc_shift, p_ROW_TILES=self._row_tiles,
             p_COL_TILES=self._col_tiles, p_N_SLOTS=self._n_slots, p_N_IN=self._n_in,

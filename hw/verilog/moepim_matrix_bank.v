@@ -45,8 +45,8 @@ module moepim_matrix_bank #(
     parameter integer N_ROWS        = 256,
     parameter integer N_COLUMNS     = 256,
     parameter integer BITS_PER_CELL = 8,
-    parameter         WEIGHT_ENCODING = "offset",
-    parameter         ADC_RANGE     = "fixed",
+    parameter integer WEIGHT_ENCODING = 0,        // 0 "offset", 1 "differential", 2 "reference_column"
+    parameter integer ADC_RANGE     = 0,          // 0 "fixed", 1 "calibrated"
     parameter integer WEIGHT_BITS   = 8,
     parameter integer INPUT_BITS    = 8,
     parameter integer ADC_BITS      = 8,
@@ -82,12 +82,12 @@ module moepim_matrix_bank #(
     // reads the port list of this black box and nothing else.
 `ifndef SYNTHESIS
     localparam integer SPW      = WEIGHT_BITS / BITS_PER_CELL;
-    localparam integer CPL      = (WEIGHT_ENCODING == "differential") ? 2 : 1;  // columns per line
-    localparam integer SIGNED   = (WEIGHT_ENCODING == "offset") ? 0 : 1;
+    localparam integer CPL      = (WEIGHT_ENCODING == 1) ? 2 : 1;  // columns per line
+    localparam integer SIGNED   = (WEIGHT_ENCODING == 0) ? 0 : 1;
     localparam integer N_OUTS   = N_COLUMNS / CPL / SPW;      // outputs per tile
-    localparam integer REFC     = (WEIGHT_ENCODING == "reference_column") ? (1 << (BITS_PER_CELL - 1)) : 0;
+    localparam integer REFC     = (WEIGHT_ENCODING == 2) ? (1 << (BITS_PER_CELL - 1)) : 0;
     localparam integer SLICE_SUM = ((1 << WEIGHT_BITS) - 1) / ((1 << BITS_PER_CELL) - 1);
-    localparam integer N_WIN    = (ADC_RANGE == "calibrated") ? N_SLOTS : 0;  // window words
+    localparam integer N_WIN    = (ADC_RANGE == 1) ? N_SLOTS : 0;  // window words
     localparam integer SUM_BITS = $clog2(N_ROWS * ((1 << BITS_PER_CELL) - 1) + 1);
     localparam integer PACK     = 64 / SUM_BITS;              // column sums per word
     localparam integer WORDS    = (N_COLUMNS + PACK - 1) / PACK;   // words per crossbar row
@@ -95,12 +95,12 @@ module moepim_matrix_bank #(
     localparam integer N_WORDS  = N_SLOTS * ROW_TILES * COL_TILES * TILE;
     localparam integer IN_PAD   = ROW_TILES * N_ROWS;
     localparam integer OUT_PAD  = COL_TILES * N_OUTS;
-    localparam signed [63:0] CODE_MAX = SIGNED ? ((64'sd1 <<< (ADC_BITS - 1)) - 64'sd1)
-                                               : ((64'sd1 <<< ADC_BITS) - 64'sd1);
-    localparam signed [63:0] CODE_MIN = SIGNED ? -(64'sd1 <<< (ADC_BITS - 1)) : 64'sd0;
+    localparam signed [63:0] CODE_MAX = (SIGNED != 0) ? ((64'sd1 <<< (ADC_BITS - 1)) - 64'sd1)
+                                                      : ((64'sd1 <<< ADC_BITS) - 64'sd1);
+    localparam signed [63:0] CODE_MIN = (SIGNED != 0) ? -(64'sd1 <<< (ADC_BITS - 1)) : 64'sd0;
     localparam integer HALF_W   = 1 << (WEIGHT_BITS - 1);
     // the combine step's offset correction, times sum(x)
-    localparam integer OFFSET_CORR = (WEIGHT_ENCODING == "differential") ? 0
+    localparam integer OFFSET_CORR = (WEIGHT_ENCODING == 1) ? 0
                                      : HALF_W - REFC * SLICE_SUM;
 
     reg [63:0]                   cells   [0:N_WORDS+N_WIN];   // + 1 spare: never empty
@@ -118,6 +118,9 @@ module moepim_matrix_bank #(
     reg [63:0]            pones [0:INPUT_BITS-1];   // '1' bits per plane (reference column)
     reg signed [63:0]     line;
     integer               sh;
+    /* verilator lint_off UNUSEDSIGNAL */
+    reg [63:0]            win;        // a slot's window word shifted: its slice's byte is [7:0]
+    /* verilator lint_on UNUSEDSIGNAL */
     reg [8*1024-1:0]      path;
     reg [63:0]            code;
     reg [LANES*ROW_TILES*OUT_BITS-1:0] rd_next;
@@ -187,8 +190,11 @@ module moepim_matrix_bank #(
                         for (j = 0; j < SPW; j = j + 1) begin
                             col = 64'sd0;
                             cidx = (o*SPW + j) * CPL;
-                            sh = (N_WIN > 0) ? ((cells[N_WORDS + s] >> (8*j)) & 64'hff)
-                                             : ADC_SHIFT;
+                            if (N_WIN > 0) begin
+                                win = (cells[N_WORDS + s] >> (8*j)) & 64'hff;
+                                sh = win[31:0];
+                            end else
+                                sh = ADC_SHIFT;
                             for (b = 0; b < INPUT_BITS; b = b + 1) begin
                                 // the line sum: the column (minus the reference column), or
                                 // the differential pair's difference

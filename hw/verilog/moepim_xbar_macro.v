@@ -25,7 +25,7 @@ module moepim_xbar_macro #(
     parameter integer BITS_PER_CELL = 8,
     parameter integer N_ADCS        = 32,
     parameter integer SUM_BITS      = 16,
-    parameter         WEIGHT_ENCODING = "offset",
+    parameter integer WEIGHT_ENCODING = 0,        // 0 "offset", 1 "differential", 2 "reference_column"
     parameter integer ROW_BITS      = 8,
     parameter integer COL_BITS      = 3
 ) (
@@ -43,9 +43,9 @@ module moepim_xbar_macro #(
     // The behavioural model is for simulation only: synthesis (Yosys defines SYNTHESIS)
     // reads the port list of this black box and nothing else.
 `ifndef SYNTHESIS
-    localparam integer CPL = (WEIGHT_ENCODING == "differential") ? 2 : 1;  // columns per line
+    localparam integer CPL = (WEIGHT_ENCODING == 1) ? 2 : 1;  // columns per line
     localparam integer CPA = N_COLUMNS / CPL / N_ADCS;
-    localparam integer REF = (WEIGHT_ENCODING == "reference_column") ? (1 << (BITS_PER_CELL - 1)) : 0;
+    localparam integer REF = (WEIGHT_ENCODING == 2) ? (1 << (BITS_PER_CELL - 1)) : 0;
 
     reg [BITS_PER_CELL-1:0] cells [0:N_ROWS*N_COLUMNS-1];
     reg [N_ROWS-1:0]        plane;
