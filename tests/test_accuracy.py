@@ -28,7 +28,7 @@ def _accuracy(experiment, n_prompt=16):
 def test_default_tile_is_accurate_and_the_paper_tile_is_not():
     tile, acc = _accuracy("default.yaml")
     assert (tile.weight_encoding, tile.adc_range, tile.n_rows, tile.n_columns,
-            tile.n_adcs) == ("differential", "calibrated", 256, 256, 32)
+            tile.n_adcs) == ("reference_column", "calibrated", 256, 256, 32)
     assert acc["relative_l2_error_vs_exact_integer"] < 0.01
     assert acc["snr_db"] > 40
     assert acc["routing_agreement"] >= 0.99
