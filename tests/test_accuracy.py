@@ -63,6 +63,19 @@ def test_offset_with_a_calibrated_range_is_refused_with_the_key(tmp_path):
 
 
 @pytest.mark.xdist_group("layer-verilator")
+def test_small_layer_with_the_defaults_reference_column_is_bit_exact_under_verilator(tmp_path):
+    exp = load_experiment(EXP / "layer-small-reference.yaml")
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    assert report["golden_match"], report["mismatches"][:5]
+    assert report["cycles_match_formula"]
+    acc = report["accuracy"]
+    assert acc["relative_l2_error_vs_exact_integer"] < 0.01 and acc["routing_agreement"] >= 0.99
+    # 2-bit slices of 8-bit weights, one column each: 16 outputs per 64-column crossbar, and
+    # one reference column more per crossbar in the array area
+    assert TileShape(**exp.tile.shape_kwargs()).n_outputs == 16
+
+
+@pytest.mark.xdist_group("layer-verilator")
 def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_path):
     exp = load_experiment(EXP / "layer-small-differential.yaml")
     report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
