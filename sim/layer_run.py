@@ -517,8 +517,10 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "low_snr_threshold_db": LOW_SNR_DB,
         "note": "float reference routed by the float gate; integer outputs at act_bits; "
                 "routing_agreement: share of the exact-integer routing's (token, expert) "
-                "selections the crossbar gate also makes"}
-    if accuracy["snr_db"] < LOW_SNR_DB:
+                "selections the crossbar gate also makes; snr_db null: exact"}
+    if accuracy["snr_db"] == float("inf"):
+        accuracy["snr_db"] = None        # exact: no noise (and JSON has no infinity)
+    if accuracy["snr_db"] is not None and accuracy["snr_db"] < LOW_SNR_DB:
         print(f"warning: the datapath's SNR is {accuracy['snr_db']:.1f} dB (< {LOW_SNR_DB:g} dB): "
             f"outputs differ from exact integer products by "
             f"{100 * accuracy['relative_l2_error_vs_exact_integer']:.0f} % (relative L2); "

@@ -28,7 +28,7 @@ def _accuracy(experiment, n_prompt=16):
 def test_default_tile_is_accurate_and_the_paper_tile_is_not():
     tile, acc = _accuracy("default.yaml")
     assert (tile.weight_encoding, tile.adc_range, tile.n_rows, tile.n_columns,
-            tile.n_adcs) == ("differential", "calibrated", 256, 256, 32)
+            tile.n_adcs) == ("reference_column", "calibrated", 256, 256, 32)
     assert acc["relative_l2_error_vs_exact_integer"] < 0.01
     assert acc["snr_db"] > 40
     assert acc["routing_agreement"] >= 0.99
@@ -63,6 +63,19 @@ def test_offset_with_a_calibrated_range_is_refused_with_the_key(tmp_path):
 
 
 @pytest.mark.xdist_group("layer-verilator")
+def test_small_layer_with_the_defaults_reference_column_is_bit_exact_under_verilator(tmp_path):
+    exp = load_experiment(EXP / "layer-small-reference.yaml")
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    assert report["golden_match"], report["mismatches"][:5]
+    assert report["cycles_match_formula"]
+    acc = report["accuracy"]
+    assert acc["relative_l2_error_vs_exact_integer"] < 0.01 and acc["routing_agreement"] >= 0.99
+    # 2-bit slices of 8-bit weights, one column each: 16 outputs per 64-column crossbar, and
+    # one reference column more per crossbar in the array area
+    assert TileShape(**exp.tile.shape_kwargs()).n_outputs == 16
+
+
+@pytest.mark.xdist_group("layer-verilator")
 def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_path):
     exp = load_experiment(EXP / "layer-small-differential.yaml")
     report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
@@ -70,7 +83,9 @@ def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_p
     assert report["cycles_match_formula"]
     assert all(w["routes_match"] for w in report["windows"])
     acc = report["accuracy"]
-    assert acc["snr_db"] > LOW_SNR_DB and acc["routing_agreement"] >= 0.9
+    # exact on this layer: no noise, snr_db null
+    assert acc["relative_l2_error_vs_exact_integer"] == 0 and acc["snr_db"] is None
+    assert acc["routing_agreement"] == 1.0
     assert acc["low_snr_threshold_db"] == LOW_SNR_DB
     # differential 2-bit cells of 8-bit weights: 8 columns per weight, 8 outputs per 64-column
     # crossbar; the report's crossbar count follows

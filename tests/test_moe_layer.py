@@ -585,11 +585,11 @@ def test_default_experiment_is_the_papers_full_size_workload():
         ("S2", "reschedule", 32, 8, True)
     est = estimate_resources(exp, 8, 2)
     assert est["memory_bytes"] < 4 << 30
-    # the accurate tile: differential 2-bit cells, 8 columns per weight, 32 outputs per
-    # crossbar: up 16 x ceil(688/32) = 352, down 3 x ceil(4096/32) = 384 crossbars per expert
-    assert (t.weight_encoding, t.bits_per_cell, t.adc_range) == ("differential", 2,
+    # the accurate tile: a reference column, 2-bit cells, 4 columns per weight, 64 outputs per
+    # crossbar: up 16 x ceil(688/64) = 176, down 3 x ceil(4096/64) = 192 crossbars per expert
+    assert (t.weight_encoding, t.bits_per_cell, t.adc_range) == ("reference_column", 2,
                                                                  "calibrated")
-    assert est["crossbars"] == 16 * (16 * 22 + 3 * 128)
+    assert est["crossbars"] == 16 * (16 * 11 + 3 * 64)
     # the paper's tile: 8-bit offset cells, 256 outputs per crossbar: 16 x 3 + 3 x 16 = 96
     paper = load_experiment(REPO_ROOT / "configs" / "experiments" / "paper" / "default.yaml")
     assert (paper.tile.weight_encoding, paper.tile.bits_per_cell) == ("offset", 8)
