@@ -54,6 +54,7 @@ from .moe_run import (
 )
 from .progress import file_bar
 from .report import write_report
+from .timing_run import NO_SYNTHESIS, known_synthesis, model_results, remember_synthesis
 
 __all__ = ["run_layer_experiment", "estimate_resources", "ResourceError", "check_layer_resources",
            "check_layer_inputs", "LAYER_SIMULATORS"]
@@ -352,8 +353,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     sim_dut, setup = dut, None
     if sim == "model":
         # the timing level: the RTL's cycles and counters from the plan (no simulation)
-        from .timing_run import model_results
-
         say(f"timing level: {len(run_windows)} windows from the cycle and counter formulas")
         t_model = time.monotonic()
         results = model_results(run_windows, [len(windows)] if simulate_nc else [], spec, dut,
@@ -464,8 +463,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
     t_synth = time.monotonic()
-    from .timing_run import NO_SYNTHESIS, known_synthesis, remember_synthesis
-
     if sim == "model":
         # the timing level builds nothing: the layer's synthesis if some run made it
         synth = known_synthesis(key, exp.tech, root)

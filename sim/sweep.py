@@ -166,9 +166,9 @@ def expand(spec: SweepSpec) -> list[Point]:
     return points
 
 
-def _set_path(raw: dict, key: str, value, base: Path, folder: Path, written: dict) -> None:
-    """Set ``key`` (dotted) in the experiment ``raw``; a key inside a referenced file copies
-    that file (with the change) into ``folder``."""
+def _set_path(raw: dict, key: str, value, base: Path, written: dict) -> None:
+    """Set ``key`` (dotted) in the experiment ``raw``; a key inside a referenced file changes
+    a copy of that file (``written``, by reference key), which the caller writes out."""
     parts = key.split(".")
     head = parts[0]
     if head in REFERENCE_KEYS and len(parts) > 1 and isinstance(raw.get(head), str):
@@ -210,7 +210,7 @@ def materialize(spec: SweepSpec, point: Point, folder: Path) -> Path:
             raw[sect][name] = str(_resolve_path(ref, base))
     written: dict = {}
     for key, value in point.values.items():
-        _set_path(raw, key, value, base, folder, written)
+        _set_path(raw, key, value, base, written)
     folder.mkdir(parents=True, exist_ok=True)
     for head, sub in written.items():
         target = folder / f"{head}.yaml"
