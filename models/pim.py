@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tile import TileShape, _plane_weights, _planes, encode_cells
+from .tile import TileShape, _plane_weights, _planes, encode_lines
 
 __all__ = ["CrossbarMatmul", "bank_image", "bank_file_words", "column_sum_packing",
            "row_tile_outputs", "tiles_of", "window_cycles", "calibrate_shift",
@@ -43,23 +43,16 @@ def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
     return -(-n_in // shape.n_rows), -(-n_out // shape.n_outputs)
 
 
-def _padded(b: np.ndarray, shape: TileShape) -> np.ndarray:
-    rt, ct = tiles_of(*b.shape, shape)
-    out = np.zeros((rt * shape.n_rows, ct * shape.n_outputs), dtype=np.int64)
-    out[:b.shape[0], :b.shape[1]] = b
-    return out
-
-
 def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
-    """Cells ``(row_tiles, col_tiles, n_rows, n_columns)`` of the padded matrix."""
-    p = _padded(b, shape)
-    rt, ct = p.shape[0] // shape.n_rows, p.shape[1] // shape.n_outputs
-    out = np.empty((rt, ct, shape.n_rows, shape.n_columns), dtype=np.uint8)
-    for i in range(rt):
-        for j in range(ct):
-            out[i, j] = encode_cells(p[i * shape.n_rows:(i + 1) * shape.n_rows,
-                                       j * shape.n_outputs:(j + 1) * shape.n_outputs], shape)
-    return out
+    """Cells ``(row_tiles, col_tiles, n_rows, n_columns)`` of ``b`` padded with zero weights
+    to whole tiles."""
+    b = np.asarray(b)
+    rt, ct = tiles_of(*b.shape, shape)
+    p = np.zeros((rt * shape.n_rows, ct * shape.n_outputs), dtype=b.dtype)
+    p[:b.shape[0], :b.shape[1]] = b
+    cells = encode_lines(p, shape)                   # (rt * n_rows, ct * n_columns)
+    return np.ascontiguousarray(cells.reshape(rt, shape.n_rows, ct, shape.n_columns)
+                                .transpose(0, 2, 1, 3))
 
 
 def _row_tile_line_sums(x: np.ndarray, cells: np.ndarray, shape: TileShape):
@@ -185,6 +178,16 @@ class CrossbarMatmul:
                                                     clip_fraction, self._cells_of(b)))
         return {k: v[1] for k, v in self._shifts.items()}
 
+    def set_shifts(self, b, shifts) -> None:
+        """Give matrix ``b`` the ADC window ``shifts`` (one per weight slice), e.g. read back
+        from a calibration cache."""
+        shifts = tuple(int(k) for k in shifts)
+        if len(shifts) != self.shape.slices_per_weight or not all(
+                0 <= k <= self.shape.sum_bits for k in shifts):
+            raise ValueError(f"ADC window {shifts}: need {self.shape.slices_per_weight} shifts "
+                             f"in 0..{self.shape.sum_bits}")
+        self._shifts[id(b)] = (b, shifts)
+
     def shift_for(self, b) -> tuple[int, ...] | None:
         """The ADC shifts of matrix ``b``, one per weight slice (``None`` with a fixed
         range)."""
@@ -200,14 +203,14 @@ class CrossbarMatmul:
         s = self.shape
         a = np.asarray(a, dtype=np.int64)
         shift = self.shift_for(b)
-        if not (isinstance(b, np.ndarray) and b.dtype == np.int64):
-            b = np.asarray(b, dtype=np.int64)
-        if a.shape[-1] != b.shape[0]:
-            raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
+        if a.shape[-1] != np.shape(b)[0]:
+            raise ValueError(f"inner dimensions differ: {a.shape} @ {np.shape(b)}")
+        cells = self._cells_of(b)    # cached per matrix object (before any conversion)
+        b_rows, b_cols = np.shape(b)
         squeeze = a.ndim == 1
-        rt, _ = tiles_of(*b.shape, s)
+        rt, _ = tiles_of(b_rows, b_cols, s)
         x = _padded_inputs(a, rt, s)
-        out = row_tile_outputs(x, self._cells_of(b), s, shift).sum(axis=1)[:, :b.shape[1]]
+        out = row_tile_outputs(x, cells, s, shift).sum(axis=1)[:, :b_cols]
         return out[0] if squeeze else out
 
     def _cells_of(self, b: np.ndarray) -> np.ndarray:

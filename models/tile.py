@@ -224,27 +224,42 @@ def _shape(kwargs) -> TileShape:
 
 def encode_cells(weights, shape: TileShape) -> np.ndarray:
     """Cell values ``(n_rows, n_columns)`` stored for signed ``weights`` ``(n_rows, n_outputs)``."""
-    w = np.asarray(weights, dtype=np.int64)
+    w = np.asarray(weights)
     if w.shape != (shape.n_rows, shape.n_outputs):
         raise ValueError(f"weights have shape {w.shape}; the tile needs "
                          f"(n_rows, n_outputs) = ({shape.n_rows}, {shape.n_outputs})")
+    return encode_lines(w, shape).astype(np.int64)
+
+
+def encode_lines(weights, shape: TileShape) -> np.ndarray:
+    """Cell values of signed ``weights`` ``(rows, k * n_outputs)``: ``(rows, k * n_columns)``,
+    the cells of output ``o`` in columns ``o * n_columns / n_outputs`` onwards (a column's
+    cells depend on its own output's weights only, so ``k`` column tiles side by side encode
+    at once)."""
+    w = np.asarray(weights)
     half = 1 << (shape.weight_bits - 1)
-    if w.min(initial=0) < -half or w.max(initial=0) > half - 1:
+    if w.size and (w.min() < -half or w.max() > half - 1):
         raise ValueError(f"weights must be signed {shape.weight_bits}-bit integers "
                          f"in [{-half}, {half - 1}]")
+    # cell arithmetic on the narrowest type that holds the offset (or magnitude) weights
+    w = w.astype(np.int16 if shape.weight_bits <= 8 else np.int32)
     mask = (1 << shape.bits_per_cell) - 1
+    rows, spw = w.shape[0], shape.slices_per_weight
 
-    def sliced(u):
+    def sliced(u, out):
         # line o*spw + j holds slice j of output o
-        return np.stack([(u >> (j * shape.bits_per_cell)) & mask
-                         for j in range(shape.slices_per_weight)], axis=-1).reshape(
-                             shape.n_rows, shape.n_lines)
+        for j in range(spw):
+            out[..., j] = (u >> (j * shape.bits_per_cell)) & mask
 
     if shape.weight_encoding == "differential":
         # column 2l: positive part, 2l+1: negative part of line l
-        return np.stack([sliced(np.maximum(w, 0)), sliced(np.maximum(-w, 0))],
-                        axis=-1).reshape(shape.n_rows, shape.n_columns)
-    return sliced(w + half)
+        out = np.empty((rows, w.shape[1], spw, 2), dtype=np.uint8)
+        sliced(np.maximum(w, 0), out[..., 0])
+        sliced(np.maximum(-w, 0), out[..., 1])
+    else:
+        out = np.empty((rows, w.shape[1], spw), dtype=np.uint8)
+        sliced(w + (1 << (shape.weight_bits - 1)), out)
+    return out.reshape(rows, -1)
 
 
 def line_sums(column_sums, planes, shape: TileShape):

@@ -17,7 +17,11 @@ Routing over time:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,17 +95,34 @@ def _select(scores: np.ndarray, cfg: ModelConfig, n_prompt: int) -> np.ndarray |
     return mask
 
 
-def calibrate_matmul(matmul, cfg: ModelConfig, ql, seed: int) -> dict:
+def calibrate_matmul(matmul, cfg: ModelConfig, ql, seed: int,
+                     cache_dir: Path | None = None) -> dict:
     """Set the calibrated ADC windows of ``matmul`` (``moepim.models.pim.CrossbarMatmul``
     with ``adc_range: calibrated``) from the calibration batch: ``CALIBRATION_TOKENS`` hidden
     states drawn like the workload's with seed ``seed + 1 + CALIBRATION_SEED_OFFSET``,
     quantised with the layer's scales, every expert evaluated on every token through exact
     integer products (so each matrix sees the inputs the exact integer layer gives it).
-    Returns ``{id(matrix): shift}``."""
+    Returns ``{id(matrix): shift}``.
+
+    ``cache_dir``: where fitted windows are kept, one JSON file per SHA-256 of everything they
+    depend on (the tile shape, the clip fraction, the calibration batch, every integer tensor,
+    multiplier and table of the layer, and the source of the modules that compute them); a
+    second run of the same layer on the same tile reads them instead of refitting."""
     from .pim import CALIBRATION_SEED_OFFSET, CALIBRATION_TOKENS
 
     x_cal = quantize_input(hidden_states(cfg, CALIBRATION_TOKENS,
                                          seed + 1 + CALIBRATION_SEED_OFFSET), ql)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{_calibration_digest(matmul, ql, x_cal)}.json"
+        cached = _read_windows(path, ql)
+        try:
+            for name, shifts in (cached or {}).items():
+                matmul.set_shifts(ql.tensors[name], shifts)
+        except ValueError:
+            cached = None                # a damaged entry: fitted again and rewritten
+        if cached is not None:
+            return {id(ql.tensors[name]): shifts for name, shifts in cached.items()}
     products = []
 
     def record(a, b):
@@ -110,7 +131,51 @@ def calibrate_matmul(matmul, cfg: ModelConfig, ql, seed: int) -> dict:
 
     every = np.ones((len(x_cal), cfg.n_experts), dtype=bool)
     moe_forward_int(x_cal, ql, mask=every, matmul=record)
-    return matmul.calibrate(products)
+    windows = matmul.calibrate(products)
+    if path is not None:
+        names = {id(t): name for name, t in ql.tensors.items()}
+        _write_windows(path, {names[k]: list(v) for k, v in windows.items()})
+    return windows
+
+
+def _calibration_digest(matmul, ql, x_cal) -> str:
+    from . import pim
+
+    h = hashlib.sha256()
+    h.update(repr((matmul.shape, pim.CALIBRATION_CLIP_FRACTION, ql.gate_index)).encode())
+    for part in (x_cal, *(ql.tensors[k] for k in sorted(ql.tensors)),
+                 *(ql.luts[k] for k in sorted(ql.luts))):
+        a = np.ascontiguousarray(part)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(repr(sorted(ql.tensors)).encode() + repr(sorted(ql.requant.items())).encode())
+    here = Path(__file__).parent
+    for module in ("pim.py", "tile.py", "quant.py", "workload.py"):
+        h.update((here / module).read_bytes())
+    return h.hexdigest()
+
+
+def _read_windows(path: Path, ql) -> dict | None:
+    """The cached windows, or ``None`` when absent or unreadable (then refitted)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and data and set(data) <= set(ql.tensors) and all(
+                isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v)
+                for v in data.values())):
+            return None
+        return {k: tuple(v) for k, v in data.items()}
+    except (OSError, ValueError):
+        return None
+
+
+def _write_windows(path: Path, windows: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(windows, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)            # atomic: a reader sees the old file or the new one
+    except OSError:
+        pass                             # a cache that cannot be written only costs time
 
 
 def with_matmul(wl: Workload, matmul) -> Workload:
@@ -158,9 +223,11 @@ def datapath_accuracy(wl: Workload, from_trace: bool = False) -> dict:
 
 def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed: int = 0,
                   weights: dict | None = None, trace: np.ndarray | None = None,
-                  trace_source: str = "trace", matmul=None) -> Workload:
+                  trace_source: str = "trace", matmul=None,
+                  calibration_cache: Path | None = None) -> Workload:
     """``matmul`` replaces the exact integer products of the golden layer (e.g.
-    ``moepim.models.pim.CrossbarMatmul`` for the accelerator's crossbar arithmetic)."""
+    ``moepim.models.pim.CrossbarMatmul`` for the accelerator's crossbar arithmetic);
+    ``calibration_cache``: the folder of fitted ADC windows (:func:`calibrate_matmul`)."""
     if n_prompt < 1 or n_generate < 0:
         raise ValueError(f"n_prompt={n_prompt}, n_generate={n_generate}: need n_prompt >= 1 "
                          "and n_generate >= 0")
@@ -176,7 +243,7 @@ def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed:
     ql = quantize_layer(w, cfg, x[:n_prompt])
     x_q = quantize_input(x, ql)
     if matmul is not None and getattr(matmul, "needs_calibration", False):
-        calibrate_matmul(matmul, cfg, ql, seed)
+        calibrate_matmul(matmul, cfg, ql, seed, calibration_cache)
 
     # integer (golden) routing
     mm = matmul if matmul is not None else int_matmul

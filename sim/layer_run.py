@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
 from moepim.models.workload import datapath_accuracy, make_workload
 
+from .build import default_build_root
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
 from .guard import MAX_SIM_CYCLES, ResourceError, mem_available
@@ -287,9 +287,11 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     shape = TileShape(**tile.shape_kwargs())
     mm = CrossbarMatmul(shape)
     weights, trace, profile = _load_inputs(exp)
+    root = Path(build_root) if build_root else default_build_root()
     wl = make_workload(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
                        seed=wl_cfg.seed, weights=weights, trace=trace,
-                       trace_source=str(wl_cfg.trace), matmul=mm)
+                       trace_source=str(wl_cfg.trace), matmul=mm,
+                       calibration_cache=root / "cache" / "calibration")
     P = wl_cfg.n_prompt
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
@@ -336,8 +338,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     assert spec.n_tokens >= max(len(w.x) for w in run_windows)
     dut = make_component(spec, hw_tile)
     key = {"spec": dataclasses.asdict(spec), "tile": hw_tile}
-    root = Path(build_root) if build_root else Path(os.environ.get(
-        "MOEPIM_BUILD_ROOT", Path.cwd() / "build"))
     (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     info = {}
     # switching activity (Verilator's SAIF) unless the run records waveforms instead: then the

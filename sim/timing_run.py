@@ -21,8 +21,10 @@ the window (cumulative, as the RTL's). The formulas, per window of ``n`` tokens,
   experts' (an MLP gate: its tanh hidden layer into its second bank), the GO cache's counters
   from its model (``moepim.models.gocache``), ``route_drops`` the window's dropped selections;
 * the window: ``n B + route_cycles + max(1, J) + cycles + n B + 1``, plus 1 when the last job
-  beat is the first job of its group (its queue's head becomes visible a cycle later than the
-  scheduler would start: ``GroupScheduler``'s settle), without input gaps or back-pressure.
+  beat is the first job of its group and the group queues hold more than one job (a buffered
+  FIFO shows a job written into it empty two cycles later, one later than the scheduler would
+  start: ``GroupScheduler``'s settle; a one-entry queue is a register, visible the next cycle),
+  without input gaps or back-pressure.
 
 The property test ``tests/test_timing_level.py`` asserts that these equal the RTL's numbers
 under Verilator on random small layers. Output values are not simulated: the report says so
@@ -184,7 +186,8 @@ def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]
         total["busy"] = [a + b for a, b in zip(total["busy"], busy)]
         jobs = len(w.jobs)
         settle = 0
-        if jobs:
+        if jobs and dut.scheduler.depth > 1:
+            # a one-entry queue is a register, its head visible the next cycle: no settle
             last_group = w.jobs[-1][0]
             settle = int(sum(1 for j in w.jobs if j[0] == last_group) == 1)
         cycles = n * B + route + max(1, jobs) + compute + n * B + WINDOW_OVERHEAD + settle

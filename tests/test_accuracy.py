@@ -4,6 +4,7 @@ accurate datapath end to end under Verilator (bit-exact, calibrated windows from
 file)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -37,6 +38,39 @@ def test_default_tile_is_accurate_and_the_paper_tile_is_not():
                                                                             "fixed")
     assert bad["relative_l2_error_vs_exact_integer"] > 0.5
     assert bad["snr_db"] < LOW_SNR_DB
+
+
+def test_calibration_cache_gives_the_fitted_windows_and_refits_a_damaged_entry(tmp_path):
+    """A second calibration of the same layer on the same tile reads the windows back (same
+    shifts, same golden outputs); a damaged entry is fitted again and rewritten."""
+    shape = TileShape(**load_experiment(EXP / "default.yaml").tile.shape_kwargs())
+    cfg = load_model(TINY)
+
+    def run(**kw):
+        mm = CrossbarMatmul(shape)
+        wl = make_workload(cfg, n_prompt=8, seed=3, matmul=mm, calibration_cache=tmp_path, **kw)
+        return wl, {name: mm.shift_for(t) for name, t in wl.quant.tensors.items()
+                    if name.endswith(".weight")}
+
+    fitted, shifts = run()
+    (entry,) = tmp_path.glob("*.json")
+    fit_text = entry.read_text()
+    cached, shifts2 = run()
+    assert shifts2 == shifts and np.array_equal(cached.y_q, fitted.y_q)
+    # the cached file is what the next run used: change it, the windows change with it
+    name = sorted(shifts)[0]
+    data = json.loads(fit_text)
+    data[name] = [k + 1 for k in data[name]]
+    entry.write_text(json.dumps(data))
+    assert run()[1][name] == tuple(data[name])
+    for damage in ("{not json", json.dumps({name: [-1] * len(shifts[name])}), "[]"):
+        entry.write_text(damage)
+        assert run()[1] == shifts
+        assert json.loads(entry.read_text()) == json.loads(fit_text)
+    # a different seed draws different weights: a different entry
+    mm = CrossbarMatmul(shape)
+    make_workload(cfg, n_prompt=8, seed=4, matmul=mm, calibration_cache=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_datapath_accuracy_by_hand():
