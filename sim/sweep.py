@@ -261,10 +261,11 @@ def point_hash(resolved: dict, sim: str, version: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def run_point(config_path: str, sim: str, cache_dir: str, build_root: str) -> dict:
+def run_point(config_path: str, sim: str, cache_dir: str, build_root: str,
+              synthesize: bool = True) -> dict:
     """Run one point (on a Dask worker): ``moepim run`` in this process into the cache entry
     ``cache_dir`` (written atomically by the run). Returns ``{status, reason, wall_s}``; the
-    report stays in ``cache_dir``."""
+    report stays in ``cache_dir``. ``synthesize``: False adds ``--no-synth``."""
     from . import cli
 
     os.environ["MOEPIM_BUILD_ROOT"] = build_root
@@ -273,7 +274,8 @@ def run_point(config_path: str, sim: str, cache_dir: str, build_root: str) -> di
     out = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = cli.main(["run", config_path, "--out", cache_dir, "--sim", sim, "--quiet"])
+            code = cli.main(["run", config_path, "--out", cache_dir, "--sim", sim, "--quiet",
+                             *([] if synthesize else ["--no-synth"])])
     except BaseException as e:          # noqa: BLE001 - a point's failure is its record
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -467,7 +469,8 @@ def verify_on_rtl(rows, points, cache: Path, root: Path, k: int, progress: bool)
         if progress:
             print(f"verifying point {p.index} ({p.label}) under verilator", file=sys.stderr)
         config = _without_stimulus_gaps(p.config_path)
-        res = run_point(str(config), "verilator", str(staging), str(root))
+        # timing and counters are compared, not the area: no Yosys for the check
+        res = run_point(str(config), "verilator", str(staging), str(root), synthesize=False)
         diff = f"the RTL run ended {res['status']}: {res['reason']}"
         if res["status"] == "ok":
             model = json.loads((cache / p.hash / "report.json").read_text())

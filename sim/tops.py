@@ -18,7 +18,8 @@ import dataclasses
 from .build import silence_unused
 from .config import ConfigError, TileExperiment
 
-__all__ = ["TILE_TOPS", "LAYER_TOPS", "ROUTING_TOPS", "EXPORT_TOPS", "export_tops", "make_top"]
+__all__ = ["TILE_TOPS", "LAYER_TOPS", "ROUTING_TOPS", "EXPORT_TOPS", "export_tops", "make_top",
+           "top_parameters"]
 
 TILE_TOPS = ("tile_group", "peripheral_set", "crossbar_array")
 LAYER_TOPS = ("moe_layer", "expert_engine", "matrix_bank", "group_scheduler", "route_unit")
@@ -46,29 +47,39 @@ def make_top(exp, top: str):
     return block, params
 
 
+def _tile_params(exp, top: str) -> dict:
+    kw = exp.tile.hw_kwargs()
+    if top == "peripheral_set":
+        kw.pop("core")
+    elif top == "crossbar_array":
+        kw.pop("group_size")            # its core (macro or logic) as configured
+    return kw
+
+
 def _tile_top(exp, top: str):
     from moepim.hw import CrossbarArray, PeripheralSet, TileGroup
 
-    kw = exp.tile.hw_kwargs()
-    if top == "tile_group":
-        return TileGroup(**kw), kw
-    if top == "peripheral_set":
-        kw.pop("core")
-        return PeripheralSet(**kw), kw
-    kw.pop("group_size")
-    return CrossbarArray(**kw), kw      # its core (macro or logic) as configured
+    kw = _tile_params(exp, top)
+    block = {"tile_group": TileGroup, "peripheral_set": PeripheralSet,
+             "crossbar_array": CrossbarArray}[top]
+    return block(**kw), kw
 
 
-def _layer_top(exp, top: str):
-    """The layer of the experiment, or the scheduler / an engine / a bank it is built from."""
+def top_parameters(exp, top: str) -> dict:
+    """The parameters :func:`make_top` writes for ``top``, without building the block (a
+    layer's blocks are built from the whole layer)."""
+    if top in export_tops(exp):
+        if top in TILE_TOPS:
+            return _tile_params(exp, top)
+        if top in LAYER_TOPS:
+            return _layer_params(exp, top)[2]
+    return make_top(exp, top)[1]
+
+
+def _layer_params(exp, top: str):
     from .layer_run import layer_spec
-    from .moe_run import make_component
 
     spec, tile = layer_spec(exp)
-    layer = make_component(spec, tile)
-    block = {"moe_layer": layer, "expert_engine": layer.engine,
-             "matrix_bank": layer.engine.up, "group_scheduler": layer.scheduler,
-             "route_unit": layer.route_unit}[top]
     params = dataclasses.asdict(spec)
     # a block's parameters are the layer's that shape it: the routing front end's are not
     # the expert side's, the experts' widths and grouping are not the routing front end's
@@ -78,7 +89,19 @@ def _layer_top(exp, top: str):
     elif top != "moe_layer":
         for name in ROUTE_FIELDS:
             params.pop(name)
-    return block, {**params, **tile}
+    return spec, tile, {**params, **tile}
+
+
+def _layer_top(exp, top: str):
+    """The layer of the experiment, or the scheduler / an engine / a bank it is built from."""
+    from .moe_run import make_component
+
+    spec, tile, params = _layer_params(exp, top)
+    layer = make_component(spec, tile)
+    block = {"moe_layer": layer, "expert_engine": layer.engine,
+             "matrix_bank": layer.engine.up, "group_scheduler": layer.scheduler,
+             "route_unit": layer.route_unit}[top]
+    return block, params
 
 
 ROUTE_FIELDS = ("router", "top_k", "renormalize", "c_max", "go_rows", "max_sequence",

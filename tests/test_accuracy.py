@@ -99,7 +99,8 @@ def test_offset_with_a_calibrated_range_is_refused_with_the_key(tmp_path):
 @pytest.mark.xdist_group("layer-verilator")
 def test_small_layer_with_the_defaults_reference_column_is_bit_exact_under_verilator(tmp_path):
     exp = load_experiment(EXP / "layer-small-reference.yaml")
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path,
+                                  synthesize=False)
     assert report["golden_match"], report["mismatches"][:5]
     assert report["cycles_match_formula"]
     acc = report["accuracy"]
@@ -112,7 +113,8 @@ def test_small_layer_with_the_defaults_reference_column_is_bit_exact_under_veril
 @pytest.mark.xdist_group("layer-verilator")
 def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_path):
     exp = load_experiment(EXP / "layer-small-differential.yaml")
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path,
+                                  synthesize=False)
     assert report["golden_match"], report["mismatches"][:5]
     assert report["cycles_match_formula"]
     assert all(w["routes_match"] for w in report["windows"])

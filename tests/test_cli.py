@@ -11,7 +11,7 @@ import yaml
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.lint import compile_icarus, lint_verilator
-from moepim.sim.tops import export_tops, make_top
+from moepim.sim.tops import export_tops, make_top, top_parameters
 
 from .conftest import SMALL, need_icarus
 
@@ -19,17 +19,40 @@ CONFIGS = sorted((REPO_ROOT / "configs" / "experiments").rglob("*.yaml"))
 FULL_SIZE_EXPORT = ("moe_layer", "expert_engine")    # minutes at d_model 4096: benchmarks
 
 
+def _size_class(v):
+    """A parameter value with its sizes reduced to 0, 1 or many: the export tests cover each
+    structure of a block once (one-entry queues, single groups, absent units are structures
+    of their own; 8 and 16 experts are one)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return v if v in (0, 1) else "n"
+    if isinstance(v, dict):
+        return {k: _size_class(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_size_class(x) for x in v]
+    return repr(v)
+
+
+def _size(exp):
+    m = getattr(exp, "model", None)
+    return (m.d_model, m.n_experts) if m is not None else (0, 0)
+
+
 def _export_cases():
-    """Every (config, top) whose exported design differs: experiments that share a tile or a
-    layer shape share their exports. Full-size layer and engine exports (minutes each) are
-    left to the benchmarks."""
+    """One (config, top) per structurally different exported design: experiments whose
+    block parameters differ only in sizes share one case (see :func:`_size_class`), exported
+    from the smallest of them.
+    Full-size layer and engine exports (minutes each) are left to the benchmarks."""
     cases = {}
-    for config in CONFIGS:
-        exp = load_experiment(config)
+    exps = sorted(((load_experiment(c), c) for c in CONFIGS),
+                  key=lambda e: (_size(e[0]), str(e[1])))
+    for exp, config in exps:      # the smallest experiment of each structure exports it
         for top in export_tops(exp):
-            if top in FULL_SIZE_EXPORT and exp.model.d_model > 1024:
+            if top in FULL_SIZE_EXPORT and _size(exp)[0] > 1024:
                 continue
-            key = (top, json.dumps(make_top(exp, top)[1], sort_keys=True, default=str))
+            params = _size_class(top_parameters(exp, top))
+            key = (top, json.dumps(params, sort_keys=True, default=str))
             cases.setdefault(key, pytest.param(config, top, id=f"{config.stem}-{top}"))
     return list(cases.values())
 

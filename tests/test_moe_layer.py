@@ -208,7 +208,7 @@ def test_layer_routes_on_its_hardware_and_the_go_cache_spills_to_dram(tmp_path):
     exp = _small(input_gaps=0.0, backpressure=0.0, no_cache="model")
     exp = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer, go_cache_rows=4,
                                                              switching_activity=False))
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, synthesize=False)
     _check(report, 1 + exp.workload.n_generate)
     go = report["go_cache"]
     assert go["rows"] == 4 and go["counters"]["spills"] > 0 and go["counters"]["dram_reads"] > 0
@@ -276,7 +276,7 @@ def test_wrong_hardware_routes_are_mismatches():
 @pytest.mark.xdist_group("layer-verilator")
 def test_window_cycles_without_gaps_follow_the_formula(tmp_path):
     exp = _small(input_gaps=0.0, backpressure=0.0, no_cache="model")
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, synthesize=False)
     _check(report, 1 + exp.workload.n_generate)
     # total window cycles: the formula is a tight lower bound (scheduler settle <= SETTLE_MAX)
     blocks = exp.model.d_model // exp.layer.lanes
@@ -311,7 +311,7 @@ def test_icarus_runs_the_shared_swiglu_layer_bit_exact(tmp_path):
     exp = load_experiment(SHARED_LAYER)
     exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, n_prompt=2,
                                                                 n_generate=1))
-    report = run_layer_experiment(exp, sim="icarus", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="icarus", out_folder=tmp_path, synthesize=False)
     _check(report, 2)
     assert all(w["shared_jobs"] == w["tokens"] for w in report["windows"])
 
@@ -322,7 +322,7 @@ def test_top_k_routes_under_back_pressure(tmp_path):
     token; with the host refusing route beats at random, the routes and outputs are still
     exact and the routing counter (stalls left out) is at most the formula."""
     exp = load_experiment(SWIGLU_LAYER)
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path,
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, synthesize=False,
                                   route_backpressure=0.5)
     assert report["golden_match"] and report["cycles_match_formula"]
     assert report["routing"]["routes_match"]
@@ -371,7 +371,7 @@ def test_shared_expert_layer_verilator_bit_exact(tmp_path):
     exp = load_experiment(SHARED_LAYER)
     m, w = exp.model, exp.workload
     assert m.shared.n_shared == 1 and m.shared.d_ff != m.d_ff
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, synthesize=False)
     _check(report, 1 + w.n_generate)
     groups = report["schedule"]["groups"]
     assert report["schedule"]["shared_expert"] == m.n_experts and groups[-1] == [m.n_experts]
@@ -477,7 +477,7 @@ def test_switch_capacity_dropping_on_the_layer(tmp_path):
     exp = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer,
                                                              switching_activity=False))
     m, w = exp.model, exp.workload
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, synthesize=False)
     assert report["golden_match"] and report["cycles_match_formula"]
     assert all(x["route_cycles"] == x["expected_route_cycles"] and x["routes_match"]
                for x in report["windows"])
@@ -551,7 +551,7 @@ def test_amaranth_simulator_runs_the_layer_bit_exact(tmp_path, config, workload)
     outputs and cycle formula as the Verilog runs."""
     exp = load_experiment(config)
     exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, **workload))
-    report = run_layer_experiment(exp, sim="amaranth", out_folder=tmp_path)
+    report = run_layer_experiment(exp, sim="amaranth", out_folder=tmp_path, synthesize=False)
     n_windows = 1 + workload["n_generate"] * (2 if workload.get("no_cache") == "simulate"
                                               else 1)
     _check(report, n_windows)
@@ -708,7 +708,7 @@ def test_waves_flag_is_for_layer_runs(tmp_path, capsys):
 @pytest.mark.xdist_group("layer-verilator")
 def test_layer_run_writes_waves_on_request(tmp_path):
     exp = _small(n_prompt=4, n_generate=1, no_cache="off")
-    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, waves=True)
+    report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path, waves=True, synthesize=False)
     assert report["golden_match"]
     vcd = tmp_path / "waves.vcd"
     assert vcd.exists() and vcd.stat().st_size > 0
