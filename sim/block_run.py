@@ -81,14 +81,18 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
                 "result": str(folder / "result.json")}
         (folder / "bench.json").write_text(json.dumps(spec))
         t0 = time.monotonic()
+        runner = build.runner()
         with no_pytest_env(), during_sim():
-            xml = build.runner().test(
+            xml = runner.test(
                 test_module="moepim.testbenches.block", hdl_toplevel=top,
                 hdl_toplevel_lang="verilog", build_dir=build.directory, test_dir=folder,
                 extra_env={"MOEPIM_BENCH": str(folder / "bench.json")},
                 timescale=("1ns", "1ps"), waves=waves, log_file=folder / "sim.log",
                 plusargs=list(plusargs or []))
         info["sim_s"] = time.monotonic() - t0
+        if runner.rebuilt is not None:     # the cached simulator crashed and was rebuilt
+            info.update(cached=False, build_s=build.build_s + runner.rebuilt.build_s,
+                        directory=str(runner.rebuilt.directory))
         n_tests, n_failed = get_results(Path(xml))
         if n_tests != 1 or n_failed or not (folder / "result.json").exists():
             log = (folder / "sim.log").read_text()[-4000:]

@@ -240,6 +240,7 @@ class _CheckedRunner:
     def __init__(self, build: Build):
         self._build = build
         self._runner = _make_runner(build.sim)
+        self.rebuilt: Build | None = None       # the fresh build, after a crash
 
     def __getattr__(self, name):
         return getattr(self._runner, name)
@@ -260,7 +261,7 @@ class _CheckedRunner:
                                  "cache entry was removed: run again to rebuild it")
         _notice(f"build cache: the {self._build.sim} simulator in {directory.name} {what}; "
                 "entry removed, rebuilding")
-        fresh = self._build.rebuild()
+        fresh = self.rebuilt = self._build.rebuild()
         kwargs["build_dir"] = fresh.directory
         try:
             return _make_runner(fresh.sim).test(**kwargs)

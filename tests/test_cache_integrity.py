@@ -147,8 +147,12 @@ def test_simulator_killed_by_a_signal_invalidates_and_rebuilds(tmp_path, monkeyp
         return Build("verilator", "top", _entry(tmp_path, "new"), False, 1.0)
 
     b = Build("verilator", "top", old, True, 0.0, rebuild)
-    assert b.runner().test(build_dir=old) == ("ran", tmp_path / "new")
+    runner = b.runner()
+    assert runner.rebuilt is None
+    assert runner.test(build_dir=old) == ("ran", tmp_path / "new")
     assert rebuilt == [1] and not old.exists()
+    # the run's report then says the build was not cached (sim/block_run.py reads this)
+    assert runner.rebuilt.directory == tmp_path / "new" and runner.rebuilt.cached is False
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SIGSEGV" in err[0] and "rebuilding" in err[0]
 
