@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from moepim.testbenches.benches import BENCHES
 from moepim.testbenches.harness import AmaranthIO
 
-from .build import build_simulator, default_build_root
+from .build import build_simulator, scratch_dir
 from .ports import port_map
 
 __all__ = ["run_bench", "no_pytest_env"]
@@ -73,9 +72,7 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
                             progress=progress, key_params=key_params,
                             build_estimate_s=build_estimate_s)
     info.update(cached=build.cached, build_s=build.build_s, directory=str(build.directory))
-    root = Path(build_root or default_build_root()) / "runs-tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    with scratch_dir(build_root) as tmp:
         folder = Path(tmp)
         spec = {"bench": bench, "args": args, "ports": port_map(component),
                 "result": str(folder / "result.json")}

@@ -34,7 +34,7 @@ from .progress import timed_bar
 from .toolchain import setup_simulator
 
 __all__ = ["export_component", "to_verilog", "silence_unused", "compact_zero_init",
-           "macro_sources", "Build", "build_simulator", "default_build_root",
+           "macro_sources", "Build", "build_simulator", "default_build_root", "scratch_dir",
            "VERILATOR_BUILD_ARGS"]
 
 # -Wno-fatal: Amaranth's generated Verilog carries width/unused warnings that are harmless for
@@ -50,6 +50,37 @@ VERILATOR_BUILD_ARGS = ("-O3", "-Wno-fatal", "--x-assign", "fast", "--x-initial"
 
 def default_build_root() -> Path:
     return Path(os.environ.get("MOEPIM_BUILD_ROOT", Path.cwd() / "build"))
+
+
+def scratch_dir(build_root=None):
+    """A fresh scratch folder under ``<build_root>/runs-tmp`` (a
+    ``tempfile.TemporaryDirectory``: removed when the ``with`` ends). Its name starts with
+    this process's id and host; folders this host's processes left behind when they no longer
+    exist (killed with SIGKILL, which no cleanup survives) are removed first."""
+    import tempfile
+
+    import socket
+
+    root = Path(build_root or default_build_root()) / "runs-tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
+    for d in root.iterdir():
+        # only this host's: a build root shared by sweep workers elsewhere has their folders
+        pid, _, rest = d.name.partition("@")
+        if d.is_dir() and pid.isdigit() and rest.startswith(f"{host}-") and \
+                not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+    return tempfile.TemporaryDirectory(dir=root, prefix=f"{os.getpid()}@{host}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                      # exists, owned by someone else
+    return True
 
 
 def macro_sources() -> list[Path]:

@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from .activity import module_toggles
-from .build import default_build_root, silence_unused, to_verilog
+from .build import scratch_dir, silence_unused, to_verilog
 from .synth import synthesize
 
 __all__ = ["digital_area", "component_area", "switching_energy", "SWITCHING_SIMULATORS"]
@@ -36,9 +35,7 @@ def component_area(component, top: str, tech, *, sim: str, build_dir=None, black
     built = Path(build_dir) / f"{top}.v" if build_dir else None
     if sim == "verilator" and built is not None and built.exists():
         return digital_area(built, top, tech, blackbox=blackbox, build_root=build_root)
-    root = Path(build_root or default_build_root()) / "runs-tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    with scratch_dir(build_root) as tmp:
         path = Path(tmp) / f"{top}.v"
         path.write_text(to_verilog(component, top))
         return digital_area(path, top, tech, blackbox=blackbox, build_root=build_root)

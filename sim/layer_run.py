@@ -12,7 +12,6 @@ import functools
 import math
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
 from moepim.models.workload import datapath_accuracy, make_workload
 
-from .build import default_build_root
+from .build import default_build_root, scratch_dir
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
 from .guard import MAX_SIM_CYCLES, ResourceError, mem_available
@@ -344,7 +343,6 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     assert spec.n_tokens >= max(len(w.x) for w in run_windows)
     dut = make_component(spec, hw_tile)
     key = {"spec": dataclasses.asdict(spec), "tile": hw_tile}
-    (root / "runs-tmp").mkdir(parents=True, exist_ok=True)
     info = {}
     # switching activity (Verilator's SAIF) unless the run records waveforms instead: then the
     # prompt, the prompt with the cached decode steps (the decode steps need the GO cache the
@@ -370,7 +368,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         # Amaranth's simulator runs the engines in place, their banks as Python models
         sim_dut = make_component(spec, hw_tile, engine_core="python")
         setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape, mm)))
-    with tempfile.TemporaryDirectory(dir=root / "runs-tmp") as tmp:
+    with scratch_dir(root) as tmp:
         plus = []
         if sim not in ("amaranth", "model"):
             say("writing crossbar cell images")

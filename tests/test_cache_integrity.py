@@ -183,3 +183,27 @@ def test_ordinary_simulator_failure_is_not_a_crash(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="return code: 1"):
         b.runner().test(build_dir=entry)
     assert verify_manifest(entry) is None
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
+    """A run killed with SIGKILL leaves its scratch folder; the next run removes it, and never
+    a live process's or another host's."""
+    import socket
+    import subprocess
+
+    from moepim.sim.build import scratch_dir
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = tmp_path / "runs-tmp"
+    root.mkdir()
+    stale = root / f"{dead.pid}@{host}-abc"
+    live = root / f"{os.getpid()}@{host}-def"
+    other = root / f"{dead.pid}@elsewhere-ghi"
+    for d in (stale, live, other):
+        (d / "sub").mkdir(parents=True)
+    with scratch_dir(tmp_path) as tmp:
+        assert Path(tmp).parent == root and Path(tmp).name.startswith(f"{os.getpid()}@{host}-")
+        assert not stale.exists() and live.exists() and other.exists()
+    assert not Path(tmp).exists()
