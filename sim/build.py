@@ -57,9 +57,8 @@ def scratch_dir(build_root=None):
     ``tempfile.TemporaryDirectory``: removed when the ``with`` ends). Its name starts with
     this process's id and host; folders this host's processes left behind when they no longer
     exist (killed with SIGKILL, which no cleanup survives) are removed first."""
-    import tempfile
-
     import socket
+    import tempfile
 
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)

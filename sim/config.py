@@ -202,6 +202,13 @@ class LayerExperiment:
     allow_large: bool = False
     source: str = ""
 
+    @property
+    def go_cache_rows(self) -> int:
+        """Rows of the GO-cache SRAM: ``layer.go_cache_rows``, at most the run's tokens (more
+        rows could never be filled; ``null``: every token of the run)."""
+        seq = self.workload.n_prompt + self.workload.n_generate
+        return min(self.layer.go_cache_rows or seq, seq)
+
 
 # ---------------------------------------------------------------------------------------------
 # generic checked conversion

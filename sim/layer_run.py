@@ -122,7 +122,7 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
         go = wl_cfg.go_cache and wl_cfg.n_generate > 0
         seq = wl_cfg.n_prompt + wl_cfg.n_generate
         route = {"c_max": expert_choice_capacity(n_tokens, m.n_experts, r.ec_capacity_factor),
-                 "go_rows": min(exp.layer.go_cache_rows or seq, seq) if go else 0,
+                 "go_rows": exp.go_cache_rows if go else 0,
                  "max_sequence": seq if go else 0}
     elif router == "top_k":
         # the MLP gate's weights: softmax over the selected logits (``route_int``)
@@ -319,7 +319,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     go = None
     if wl_cfg.go_cache and m.router.kind == "expert_choice" and wl_cfg.n_generate and \
             trace is None:
-        rows = min(exp.layer.go_cache_rows or (P + wl_cfg.n_generate), P + wl_cfg.n_generate)
+        rows = exp.go_cache_rows
         cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
         for t in range(P):
             cache.insert(wl.routing.scores[t])
@@ -464,7 +464,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     energy["switching"] = toggles or None
     energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, dut, len(groups))
     # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
-    go_cache_bits = ((exp.layer.go_cache_rows or n_tokens_total) * m.n_experts * SCORE_BITS
+    go_cache_bits = (exp.go_cache_rows * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
     t_synth = time.monotonic()
     if not synthesize:

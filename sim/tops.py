@@ -133,8 +133,7 @@ def _routing_top(exp, top: str):
         params = dict(n_experts=m.n_experts, logit_bits=logit_bits(exp))
         return GateSoftmax(**params), params
     if top == "go_cache":
-        rows = exp.layer.go_cache_rows or window
-        params = dict(n_experts=m.n_experts, capacity=rows, max_tokens=max(rows, window))
+        params = dict(n_experts=m.n_experts, capacity=exp.go_cache_rows, max_tokens=window)
         return GateOutputCache(**params), params
     if m.router.kind == "expert_choice":
         params = dict(n_tokens=window, n_experts=m.n_experts,

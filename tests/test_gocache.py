@@ -101,3 +101,20 @@ def test_go_cache_errors_and_export(tmp_path):
     assert lint.returncode == 0, lint.stderr[-3000:]
     need_icarus()
     assert compile_icarus(v, "go_cache").returncode == 0
+
+
+def test_go_cache_rows_are_one_number_for_the_run_its_export_and_its_area():
+    """``layer.go_cache_rows`` beyond the run's tokens: the layer's route unit, the exported
+    ``go_cache`` block and the GO-cache model all get the run's token count."""
+    from moepim.sim.config import load_experiment
+    from moepim.sim.layer_run import layer_spec
+    from moepim.sim.tops import make_top
+
+    exp = load_experiment(REPO_ROOT / "configs" / "experiments" / "gocache-small.yaml")
+    seq = exp.workload.n_prompt + exp.workload.n_generate
+    for rows, want in ((None, seq), (seq + 100, seq), (3, 3)):
+        e = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer, go_cache_rows=rows))
+        assert e.go_cache_rows == want
+        assert layer_spec(e)[0].go_rows == want
+        _, params = make_top(e, "go_cache")
+        assert params["capacity"] == want and params["max_tokens"] == seq
