@@ -60,6 +60,8 @@ def scratch_dir(build_root=None):
     import socket
     import tempfile
 
+    from .report import pid_alive
+
     root = Path(build_root or default_build_root()) / "runs-tmp"
     root.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().replace("-", "_")
@@ -67,19 +69,9 @@ def scratch_dir(build_root=None):
         # only this host's: a build root shared by sweep workers elsewhere has their folders
         pid, _, rest = d.name.partition("@")
         if d.is_dir() and pid.isdigit() and rest.startswith(f"{host}-") and \
-                not _alive(int(pid)):
+                not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
     return tempfile.TemporaryDirectory(dir=root, prefix=f"{os.getpid()}@{host}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True                      # exists, owned by someone else
-    return True
 
 
 def macro_sources() -> list[Path]:

@@ -182,7 +182,8 @@ def check_out_dir(out, *, force: bool = False) -> Path:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -204,7 +205,7 @@ def clean_stale_staging(parent: Path) -> list[Path]:
                 if tag in parts:
                     i = parts.index(tag)
                     pid = parts[i + 1] if i + 1 < len(parts) else ""
-                    if pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() \
+                    if pid.isdigit() and not pid_alive(int(pid)) and p.is_dir() \
                             and not p.is_symlink():
                         shutil.rmtree(p, ignore_errors=True)
                         removed.append(p)
