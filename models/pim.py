@@ -281,13 +281,21 @@ def bank_file_words(image: np.ndarray, shape: TileShape, n_slots: int | None = N
         if n_slots is None:
             raise ValueError("adc_range 'calibrated': bank_file_words needs n_slots")
         image, shifts = split_bank_image(image, n_slots, shape)
-    rows = np.asarray(image, dtype=np.uint64).reshape(-1, shape.n_columns)
-    padded = np.zeros((len(rows), words * per_word), dtype=np.uint64)
-    padded[:, :shape.n_columns] = rows
-    lanes = padded.reshape(len(rows), words, per_word)
+    rows = np.asarray(image, dtype=np.uint8).reshape(-1, shape.n_columns)
     shift_words = shifts
-    shifts = (np.arange(per_word, dtype=np.uint64) * np.uint64(sum_bits))
-    words_out = (lanes << shifts).sum(axis=2, dtype=np.uint64).reshape(-1)
+    words_out = np.zeros((len(rows), words), dtype=np.uint64)
+    # in blocks of rows (a full-size bank is hundreds of MB of cells): lane k of every word
+    # ORed in at bit k * sum_bits
+    block = 1 << 16
+    for r0 in range(0, len(rows), block):
+        part = rows[r0:r0 + block]
+        padded = np.zeros((len(part), words * per_word), dtype=np.uint8)
+        padded[:, :shape.n_columns] = part
+        lanes = padded.reshape(len(part), words, per_word)
+        out = words_out[r0:r0 + block]
+        for k in range(per_word):
+            out |= lanes[:, :, k].astype(np.uint64) << np.uint64(k * sum_bits)
+    words_out = words_out.reshape(-1)
     if shift_words is not None:
         sw = np.zeros(len(shift_words), dtype=np.uint64)
         for j in range(shift_words.shape[1]):

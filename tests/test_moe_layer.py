@@ -108,6 +108,21 @@ def test_bank_file_packs_column_sums_without_carries(n_rows, n_columns, bits_per
     assert n_rows * ((1 << bits_per_cell) - 1) < 1 << sum_bits and per_word * sum_bits <= 64
 
 
+def test_bank_file_of_more_rows_than_one_packing_block():
+    """Banks larger than the packer's block of 65,536 rows: every row packed, in order."""
+    from moepim.models.pim import bank_file_words, column_sum_packing
+
+    shape = TileShape(n_rows=64, n_columns=16, bits_per_cell=2, weight_bits=8, input_bits=8,
+                      n_adcs=4, adc_bits=8)
+    sum_bits, per_word, words = column_sum_packing(shape)
+    rows = (1 << 16) + 320                       # 1,025 crossbars of 64 rows
+    image = np.random.default_rng(1).integers(0, 4, rows * 16).astype(np.uint8)
+    raw = bank_file_words(image, shape).astype(np.uint64)
+    lanes = (raw[:, None] >> (np.arange(per_word, dtype=np.uint64) * np.uint64(sum_bits))) \
+        & np.uint64((1 << sum_bits) - 1)
+    assert np.array_equal(lanes.reshape(rows, words * per_word)[:, :16].reshape(-1), image)
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end on the RTL
 
