@@ -213,6 +213,11 @@ class CrossbarMatmul:
         out = row_tile_outputs(x, cells, s, shift).sum(axis=1)[:, :b_cols]
         return out[0] if squeeze else out
 
+    def cells_of(self, b) -> np.ndarray:
+        """The cells of matrix ``b`` (``(row_tiles, col_tiles, n_rows, n_columns)``), encoded
+        once per matrix object."""
+        return self._cells_of(b)
+
     def _cells_of(self, b: np.ndarray) -> np.ndarray:
         """The cells of ``b``, encoded once per matrix object (the layer's golden calls the
         same expert matrices window after window)."""
@@ -223,12 +228,15 @@ class CrossbarMatmul:
 
 
 def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
-               shifts=None) -> np.ndarray:
+               shifts=None, matmul: CrossbarMatmul | None = None) -> np.ndarray:
     """Cell bytes of one matrix bank: slot-major, then row tile, column tile, row, column
     (the order ``moepim_matrix_bank`` reads). Slots without a matrix hold zero weights.
     ``adc_range: calibrated``: ``shifts`` (one tuple per matrix, a shift per weight slice)
     follow as ``n_slots x 8`` bytes (the run-time ADC window of each slot, byte ``j`` the
-    shift of slice ``j``; empty slots 0)."""
+    shift of slice ``j``; empty slots 0). ``matmul``: the golden model's, whose cells of
+    these matrices are already encoded (its tile shape must be ``shape``)."""
+    if matmul is not None and matmul.shape != shape:
+        raise ValueError("bank_image: the CrossbarMatmul's tile shape is not the bank's")
     calibrated = shape.adc_range == "calibrated"
     if calibrated and (shifts is None or len(shifts) != len(matrices)):
         raise ValueError("adc_range 'calibrated': bank_image needs one ADC shift per matrix")
@@ -240,13 +248,15 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
         w = np.asarray(matrices[k] if k < len(matrices) else zero)
         if w.shape != (n_in, n_out):
             raise ValueError(f"matrix {k} has shape {w.shape}; the bank needs ({n_in}, {n_out})")
-        parts.append(_cells(w, shape).reshape(-1))
+        cells = matmul.cells_of(matrices[k]) if (matmul is not None and k < len(matrices)) \
+            else _cells(w, shape)
+        parts.append(cells.reshape(-1))
     if calibrated:
-        window = np.zeros((n_slots, 8), dtype=np.int64)
+        window = np.zeros((n_slots, 8), dtype=np.uint8)     # shifts <= sum_bits < 256
         for k, sh in enumerate(shifts):
             window[k, :len(sh)] = sh
         parts.append(window.reshape(-1))
-    return np.concatenate(parts).astype(np.uint8)
+    return np.concatenate(parts).astype(np.uint8, copy=False)
 
 
 def split_bank_image(image: np.ndarray, n_slots: int, shape: TileShape):

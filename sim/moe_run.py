@@ -240,7 +240,8 @@ def _bank_images(wl, groups, spec: LayerSpec, shape: TileShape, matmul=None):
             n_in, n_out = ws[0].shape
             slots = 1 if shared else spec.group_size
             yield (f"MOEPIM_BANK{len(names) * g + k}",
-                   bank_image(ws, slots, n_in, n_out, shape, windows(ws)), slots)
+                   bank_image(ws, slots, n_in, n_out, shape, windows(ws), _same(matmul, shape)),
+                   slots)
     if spec.router is not None:
         # the gate's crossbars (routed experts' columns, then the shared gate's), after every
         # group's banks; an MLP gate's two layers one after the other
@@ -252,7 +253,13 @@ def _bank_images(wl, groups, spec: LayerSpec, shape: TileShape, matmul=None):
                                  "bank would need one window for two matrices (not supported)")
             w = np.hstack([t[name] for name in columns]) if len(columns) > 1 else t[columns[0]]
             yield (f"MOEPIM_BANK{len(names) * len(groups) + k}",
-                   bank_image([w], 1, w.shape[0], w.shape[1], shape, windows([w])), 1)
+                   bank_image([w], 1, w.shape[0], w.shape[1], shape, windows([w]),
+                              _same(matmul, shape)), 1)
+
+
+def _same(matmul, shape):
+    """``matmul`` when its cells are this bank's (same tile shape), else ``None``."""
+    return matmul if matmul is not None and getattr(matmul, "shape", None) == shape else None
 
 
 def bank_images(wl, groups, spec: LayerSpec, shape: TileShape,
