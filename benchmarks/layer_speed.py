@@ -25,6 +25,7 @@ from moepim.models.grouping import make_groups
 from moepim.models.pim import CrossbarMatmul
 from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
+from moepim.sim.build import default_build_root
 from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.layer_run import run_layer_experiment
 from moepim.sim.moe_run import layer_groups, prepare_windows
@@ -34,8 +35,10 @@ def golden_only(exp) -> float:
     t0 = time.monotonic()
     wl_cfg = exp.workload
     mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    # the fitted ADC windows from the run's cache, as a cached run reads them
     wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
-                       seed=wl_cfg.seed, matmul=mm)
+                       seed=wl_cfg.seed, matmul=mm,
+                       calibration_cache=default_build_root() / "cache" / "calibration")
     groups = layer_groups(make_groups(wl_cfg.grouping, exp.model.n_experts,
                                       wl.routing.mask[:wl_cfg.n_prompt].sum(0)), exp.model)
     prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm)
