@@ -17,11 +17,13 @@ that timestamp).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .tile import TileShape, _plane_weights, _planes, encode_lines
 
-__all__ = ["CrossbarMatmul", "bank_image", "bank_file_words", "column_sum_packing",
+__all__ = ["CrossbarMatmul", "RowMemo", "MemoMatmul", "bank_image", "bank_file_words", "column_sum_packing",
            "row_tile_outputs", "tiles_of", "window_cycles", "calibrate_shift",
            "CALIBRATION_CLIP_FRACTION", "CALIBRATION_TOKENS", "CALIBRATION_SEED_OFFSET"]
 
@@ -151,17 +153,79 @@ def calibrate_shift(a, b, shape: TileShape,
     return tuple(shifts)
 
 
+class RowMemo:
+    """Results of a row-wise product ``f(a, b)`` (each output row depends on its input row and
+    ``b`` only, as every product of the layer does), kept per matrix object and input row: a
+    row asked for again (the same token through the same expert, window after window; the
+    no-cache recomputation of a prefix; the timing level's DAC counts) is not recomputed.
+    ``tag`` distinguishes settings that change ``f`` for a matrix (e.g. its ADC window)."""
+
+    def __init__(self):
+        # id(b) -> (b, {(tag, row digest): output row})
+        self._rows: dict[int, tuple[object, dict]] = {}
+
+    @staticmethod
+    def _digest(row: np.ndarray) -> bytes:
+        return hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+
+    def __call__(self, f, a: np.ndarray, b, tag=None) -> np.ndarray:
+        """``f(a, b)`` for the 2-D int64 ``a``, from the memo where it has the rows."""
+        hit = self._rows.get(id(b))
+        if hit is None or hit[0] is not b:
+            hit = self._rows[id(b)] = (b, {})
+        rows = hit[1]
+        keys = [(tag, self._digest(r)) for r in a]
+        missing = {k: i for i, k in enumerate(keys) if k not in rows}   # duplicates once
+        if missing:
+            fresh = f(a[list(missing.values())], b)
+            for k, r in zip(missing, fresh):
+                rows[k] = r
+        if not keys:
+            return f(a, b)
+        return np.stack([rows[k] for k in keys])
+
+    def export(self, names: dict[int, str]) -> dict[str, dict]:
+        """The memo by matrix name (``names``: ``id(b) -> name``; others left out)."""
+        return {names[k]: dict(v[1]) for k, v in self._rows.items() if k in names}
+
+    def restore(self, saved: dict[str, dict], tensors: dict) -> None:
+        """Take back an :meth:`export`, onto the matrices ``tensors`` (``name -> matrix``)."""
+        for name, rows in saved.items():
+            if name in tensors:
+                b = tensors[name]
+                self._rows[id(b)] = (b, dict(rows))
+
+    def __len__(self) -> int:
+        return sum(len(v[1]) for v in self._rows.values())
+
+
+class MemoMatmul:
+    """A row-wise product ``f(a, b)`` (e.g. the exact ``int_matmul``) with its rows kept
+    (:class:`RowMemo`, ``memo``)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.memo = RowMemo()
+
+    def __call__(self, a, b) -> np.ndarray:
+        a = np.asarray(a, dtype=np.int64)
+        out = self.memo(self.f, a.reshape(-1, a.shape[-1]), b)
+        return out[0] if a.ndim == 1 else out
+
+
 class CrossbarMatmul:
     """``a @ b`` through crossbar tiles of ``shape`` (see the module docstring).
 
     With ``adc_range: calibrated`` every matrix has its own ADC shift: :meth:`calibrate` sets
     them from recorded calibration products, :meth:`shift_for` gives a matrix's (the value
-    the bank file carries for its slot)."""
+    the bank file carries for its slot). Products are kept per matrix and input row
+    (:class:`RowMemo`, ``memo``)."""
 
     def __init__(self, shape: TileShape):
         self.shape = shape
         self._shifts: dict[int, tuple[np.ndarray, int]] = {}
         self._cells: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # id(b) -> (b, cells)
+        self.memo = RowMemo()
 
     @property
     def needs_calibration(self) -> bool:
@@ -200,18 +264,21 @@ class CrossbarMatmul:
         return hit[1]
 
     def __call__(self, a, b) -> np.ndarray:
-        s = self.shape
         a = np.asarray(a, dtype=np.int64)
         shift = self.shift_for(b)
         if a.shape[-1] != np.shape(b)[0]:
             raise ValueError(f"inner dimensions differ: {a.shape} @ {np.shape(b)}")
+        squeeze = a.ndim == 1
+        out = self.memo(self._compute, a.reshape(-1, a.shape[-1]), b, shift)
+        return out[0] if squeeze else out
+
+    def _compute(self, a: np.ndarray, b) -> np.ndarray:
+        s = self.shape
         cells = self._cells_of(b)    # cached per matrix object (before any conversion)
         b_rows, b_cols = np.shape(b)
-        squeeze = a.ndim == 1
         rt, _ = tiles_of(b_rows, b_cols, s)
         x = _padded_inputs(a, rt, s)
-        out = row_tile_outputs(x, cells, s, shift).sum(axis=1)[:, :b_cols]
-        return out[0] if squeeze else out
+        return row_tile_outputs(x, cells, s, self.shift_for(b)).sum(axis=1)[:, :b_cols]
 
     def cells_of(self, b) -> np.ndarray:
         """The cells of matrix ``b`` (``(row_tiles, col_tiles, n_rows, n_columns)``), encoded

@@ -192,7 +192,7 @@ def with_matmul(wl: Workload, matmul) -> Workload:
     return dataclasses.replace(wl, routing=routing, y_q=y_q)
 
 
-def datapath_accuracy(wl: Workload, from_trace: bool = False) -> dict:
+def datapath_accuracy(wl: Workload, from_trace: bool = False, exact=int_matmul) -> dict:
     """How far the accelerator's integer layer (``wl``, computed through the crossbar
     ``matmul``) is from the exact integer layer:
 
@@ -203,15 +203,17 @@ def datapath_accuracy(wl: Workload, from_trace: bool = False) -> dict:
     * ``routing_agreement``: the share of the exact-integer routing's selections (token,
       expert) that the layer's routing (its gate on the crossbars) also makes; ``None`` when
       the routes come from a trace.
+
+    ``exact``: the exact integer product to use (``int_matmul``, or one that keeps its rows).
     """
-    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing)
+    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=exact)
     y, e = wl.y_q.astype(np.float64), y_exact.astype(np.float64)
     noise, signal = float(((y - e) ** 2).sum()), float((e ** 2).sum())
     out = {"relative_l2_error_vs_exact_integer": float(np.sqrt(noise / max(signal, 1e-30))),
            "snr_db": float(10 * np.log10(signal / noise)) if noise > 0 else float("inf"),
            "routing_agreement": None}
     if not from_trace:
-        logits = gate_logits_int(wl.x_q, wl.quant, int_matmul)
+        logits = gate_logits_int(wl.x_q, wl.quant, exact)
         exact = _select(gate_scores_int(logits, wl.quant), wl.cfg, wl.n_prompt)
         if exact is None:
             exact = route_int(wl.x_q, wl.quant, logits=logits).mask

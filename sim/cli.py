@@ -148,7 +148,7 @@ def _run_layer(exp, sim, args, say) -> int:
     with atomic_run_dir(out, force=args.force) as folder:
         report = run_layer_experiment(exp, sim=sim, out_folder=folder, progress=say,
                                       allow_large=args.allow_large, waves=args.waves,
-                                      synthesize=not args.no_synth)
+                                      synthesize=not args.no_synth, plots=not args.no_plots)
     print(write_summary_line(report, out))
     # the timing level simulates no values: golden_match is null, not a mismatch
     ok = report["golden_match"] is not False and report["cycles_match_formula"] and \
@@ -509,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-synth", action="store_true",
                    help="MoE-layer runs: skip Yosys (the area then leaves out the digital "
                         "logic and the memories, and says so)")
+    r.add_argument("--no-plots", action="store_true",
+                   help="MoE-layer runs: write the report without its plots (a sweep's "
+                        "points)")
     r.add_argument("--allow-large", action="store_true",
                    help="run even if the resource estimate exceeds this machine's limits")
     _force(r)

