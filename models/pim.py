@@ -302,8 +302,8 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
     follow as ``n_slots x 8`` bytes (the run-time ADC window of each slot, byte ``j`` the
     shift of slice ``j``; empty slots 0). ``matmul``: the golden model's, whose cells of
     these matrices are already encoded (its tile shape must be ``shape``)."""
-    if matmul is not None and matmul.shape != shape:
-        raise ValueError("bank_image: the CrossbarMatmul's tile shape is not the bank's")
+    if matmul is not None and matmul.shape.arithmetic != shape.arithmetic:
+        raise ValueError("bank_image: the CrossbarMatmul's tile arithmetic is not the bank's")
     calibrated = shape.adc_range == "calibrated"
     if calibrated and (shifts is None or len(shifts) != len(matrices)):
         raise ValueError("adc_range 'calibrated': bank_image needs one ADC shift per matrix")

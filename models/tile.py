@@ -114,6 +114,12 @@ class TileShape:
                  "adc_shift", self.adc_shift, f"null or an integer from 0 to {self.sum_bits}")
 
     @property
+    def arithmetic(self) -> dict:
+        """The fields that decide what the tile computes (every one but ``n_adcs``, which only
+        decides how long it takes): what a golden model or a calibrated window depends on."""
+        return {k: v for k, v in self.__dict__.items() if k != "n_adcs"}
+
+    @property
     def slices_per_weight(self) -> int:
         return self.weight_bits // self.bits_per_cell
 

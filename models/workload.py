@@ -142,7 +142,8 @@ def _calibration_digest(matmul, ql, x_cal) -> str:
     from . import pim
 
     h = hashlib.sha256()
-    h.update(repr((matmul.shape, pim.CALIBRATION_CLIP_FRACTION, ql.gate_index)).encode())
+    h.update(repr((matmul.shape.arithmetic, pim.CALIBRATION_CLIP_FRACTION,
+                   ql.gate_index)).encode())
     for part in (x_cal, *(ql.tensors[k] for k in sorted(ql.tensors)),
                  *(ql.luts[k] for k in sorted(ql.luts))):
         a = np.ascontiguousarray(part)

@@ -17,8 +17,8 @@ exact integer product, both keeping every row they computed: ``moepim.models.pim
   points);
 * kept on disk: ``<build_root>/cache/golden/<key>.pkl``, the SHA-256 ``key`` of everything the
   golden model depends on (the model's configuration, tokens, seed, the weights' and trace's
-  values, the tile's shape, the calibration's constants, the versions of numpy and torch and
-  the source of ``moepim.models`` and of this module). It holds the workload without its float
+  values, the tile's arithmetic: its shape but the ADC count, the calibration's constants, the
+  versions of numpy and torch and the source of ``moepim.models`` and of this module). It holds the workload without its float
   weights (only the float reference's outputs are used after it is made), the ADC windows and
   the memoised rows of both products, and is rewritten (atomically) when a run computed rows it
   did not hold. An unreadable entry is computed again and rewritten.
@@ -125,7 +125,7 @@ def golden_key(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileS
 
     h = hashlib.sha256()
     h.update(repr((FORMAT, dataclasses.asdict(model), n_prompt, n_generate, seed,
-                   dataclasses.asdict(shape), pim.CALIBRATION_CLIP_FRACTION,
+                   shape.arithmetic, pim.CALIBRATION_CLIP_FRACTION,
                    pim.CALIBRATION_TOKENS, pim.CALIBRATION_SEED_OFFSET, np.__version__,
                    torch.__version__)).encode())
     h.update(_source_digest().encode())

@@ -258,8 +258,9 @@ def _bank_images(wl, groups, spec: LayerSpec, shape: TileShape, matmul=None):
 
 
 def _same(matmul, shape):
-    """``matmul`` when its cells are this bank's (same tile shape), else ``None``."""
-    return matmul if matmul is not None and getattr(matmul, "shape", None) == shape else None
+    """``matmul`` when its cells are this bank's (same tile arithmetic), else ``None``."""
+    mine = getattr(matmul, "shape", None)
+    return matmul if mine is not None and mine.arithmetic == shape.arithmetic else None
 
 
 def bank_images(wl, groups, spec: LayerSpec, shape: TileShape,

@@ -12,6 +12,13 @@ A sweep file (``configs/sweeps/*.yaml``)::
       - {layer.lanes: [16, 32], tile.n_adcs: [8, 16]}
     skip:                                     # optional: points left out on purpose
       - {workload.grouping: U1, workload.policy: reschedule}
+    reference:                                # optional: published figures to mark
+      - source: "Gao & Yang, ISCAS 2026: area efficiency relative to U1"
+        metric: tops_per_mm2                  # a column of the results
+        axis: workload.grouping               # one of the axes
+        values: {U1: 1.0, U2: 1.11, S2: 1.45}  # the publication's figure per axis value
+        relative_to: U1                       # optional: ours as a ratio to this axis value
+        where: {workload.policy: compact}     # optional: the points compared
 
 A key path names a key of the experiment (``workload.seed``) or of a file it references
 (``tile.n_adcs`` when ``tile:`` names a ``configs/hw`` file, ``model.n_experts``): the
@@ -31,7 +38,8 @@ Outputs in ``--out``: ``results.parquet`` and ``results.csv`` (one row per point
 values, status, cycles, time, energy and its breakdown, area and its breakdown, efficiency,
 GO-cache ratios, accuracy, wall time), ``points/<label>/`` (each point's report and config),
 ``pareto.png`` (area vs energy, coloured by latency, the Pareto-optimal points marked),
-``axes.png`` (each metric per axis value) and ``sweep.json`` (the expanded sweep).
+``axes.png`` (each metric per axis value), ``reference.png`` (with ``reference``: ours beside
+the publication's figure per axis value) and ``sweep.json`` (the expanded sweep).
 """
 
 from __future__ import annotations
@@ -78,6 +86,12 @@ class SweepSpec:
     axes: dict
     zip: list
     skip: list
+    reference: list = field(default_factory=list)
+
+
+# what a ``reference`` entry may compare: the results' numeric headline columns
+REFERENCE_METRICS = ("cycles", "time_us", "energy_uj", "area_mm2", "tops", "tops_per_mm2",
+                     "gops_per_w_per_mm2", "go_cache_speedup", "go_cache_energy_ratio")
 
 
 @dataclass
@@ -101,7 +115,7 @@ def load_sweep(path) -> SweepSpec:
     """Read and check a sweep file (one :class:`ConfigError` line per problem)."""
     path = Path(path)
     raw = _read_yaml(path)
-    allowed = ("version", "kind", "base", "axes", "zip", "skip")
+    allowed = ("version", "kind", "base", "axes", "zip", "skip", "reference")
     for k in raw:
         _need(k in allowed, path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
     _need(raw.get("kind") == "sweep", path, "kind", raw.get("kind"), "'sweep'")
@@ -136,8 +150,37 @@ def load_sweep(path) -> SweepSpec:
     for i, rule in enumerate(skip):
         for k in rule:
             _need(k in names, path, f"skip[{i}].{k}", rule[k], f"one of the axes: {names}")
+    values_of = {**axes, **{k: v for g in zips for k, v in g.items()}}
+    refs = raw.get("reference") or []
+    _need(isinstance(refs, list) and all(isinstance(r, dict) for r in refs), path, "reference",
+          refs, "a list of mappings (source, metric, axis, values, optional relative_to and "
+          "where)")
+    for i, r in enumerate(refs):
+        key = f"reference[{i}]"
+        extra = sorted(set(r) - {"source", "metric", "axis", "values", "relative_to", "where"})
+        _need(not extra, path, f"{key}.{extra[0] if extra else ''}", None,
+              "no such key; allowed keys: source, metric, axis, values, relative_to, where")
+        _need(isinstance(r.get("source"), str) and r["source"].strip(), path, f"{key}.source",
+              r.get("source"), "the publication (authors, venue, table or figure)")
+        _need(r.get("metric") in REFERENCE_METRICS, path, f"{key}.metric", r.get("metric"),
+              f"one of {', '.join(REFERENCE_METRICS)}")
+        _need(r.get("axis") in values_of, path, f"{key}.axis", r.get("axis"),
+              f"one of the axes: {names}")
+        ax_values = values_of.get(r["axis"], [])
+        vals = r.get("values")
+        _need(isinstance(vals, dict) and vals and all(
+            k in ax_values and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in vals.items()), path, f"{key}.values", vals,
+            f"a mapping of values of {r['axis']} ({ax_values}) -> numbers")
+        if "relative_to" in r:
+            _need(r["relative_to"] in ax_values, path, f"{key}.relative_to", r["relative_to"],
+                  f"one of the values of {r['axis']}: {ax_values}")
+        where = r.get("where") or {}
+        _need(isinstance(where, dict) and all(k in values_of and k != r["axis"] and
+                                              v in values_of[k] for k, v in where.items()),
+              path, f"{key}.where", where, "a mapping of other axes -> one of their values")
     return SweepSpec(source=path, base=base_path, axes=dict(axes), zip=list(zips),
-                     skip=list(skip))
+                     skip=list(skip), reference=[dict(r) for r in refs])
 
 
 def _label(values: dict) -> str:
@@ -416,7 +459,11 @@ def run_sweep(sweep_path, out, *, workers: int | None = None, scheduler: str | N
     counts["cached"] = sum(1 for p in points if p.extra.get("cached"))
     verified = verify_on_rtl(rows, points, cache, root, verify_rtl, progress) \
         if verify_rtl else None
+    axes = list(spec.axes) + [k for g in spec.zip for k in g]
+    refs = [{**ref, "values": {str(k): v for k, v in ref["values"].items()},
+             "table": reference_table(rows, ref, axes)} for ref in spec.reference]
     summary = {"points": len(points), "counts": counts, "results": table, "plots": plots,
+               "reference": refs,
                "wall_s": time.monotonic() - t0, "dask_overhead_s_per_point": overhead,
                "verify_rtl": verified}
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str).encode())
@@ -708,7 +755,51 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
     fig.savefig(out / "axes.png", dpi=110)
     plt.close(fig)
     paths.append(str(out / "axes.png"))
+    if spec.reference:
+        fig, grid = plt.subplots(1, len(spec.reference), squeeze=False,
+                                 figsize=(4.6 * len(spec.reference) + 0.4, 3.8))
+        for g, ref in zip(grid[0], spec.reference):
+            table = reference_table(done, ref, axes)
+            cats = list(dict.fromkeys([r["value"] for r in table] + list(ref["values"])))
+            pos = {c: i for i, c in enumerate(cats)}
+            ours = [(pos[r["value"]], o) for r in table for o in r["ours"]]
+            g.scatter([x for x, _ in ours], [y for _, y in ours], s=30, label="moepim")
+            g.scatter([pos[k] for k in ref["values"]], list(ref["values"].values()), marker="x",
+                      s=60, color="red", label="publication")
+            g.set_xticks(range(len(cats)))
+            g.set_xticklabels([str(c) for c in cats], fontsize=8)
+            g.set_xlabel(ref["axis"], fontsize=8)
+            unit = f" / at {ref['relative_to']}" if "relative_to" in ref else ""
+            g.set_ylabel(f"{ref['metric']}{unit}", fontsize=8)
+            g.set_title(ref["source"], fontsize=7, wrap=True)
+            g.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "reference.png", dpi=110)
+        plt.close(fig)
+        paths.append(str(out / "reference.png"))
     return paths
+
+
+def reference_table(rows: list[dict], ref: dict, axes: list) -> list[dict]:
+    """Per value of ``ref``'s axis: our figures (the finished points matching ``where``; with
+    ``relative_to``, each divided by the point that differs only in the axis, set to that
+    value) and the publication's."""
+    where = ref.get("where") or {}
+    chosen = [r for r in rows if all(r.get(k) == v for k, v in where.items())
+              and r.get(ref["metric"]) is not None]
+    others = [a for a in axes if a != ref["axis"]]
+    out = {}
+    for r in chosen:
+        v = r[ref["metric"]]
+        if "relative_to" in ref:
+            base = next((b for b in chosen if b.get(ref["axis"]) == ref["relative_to"] and
+                         all(b.get(a) == r.get(a) for a in others)), None)
+            if base is None or not base[ref["metric"]]:
+                continue
+            v = v / base[ref["metric"]]
+        out.setdefault(r[ref["axis"]], []).append(v)
+    return [{"value": k, "ours": v, "publication": ref["values"].get(k)}
+            for k, v in out.items()]
 
 
 def summary_line(summary: dict, out: Path) -> str:

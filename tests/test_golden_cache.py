@@ -108,3 +108,8 @@ def test_golden_kept_in_the_process_and_on_disk_equals_a_fresh_one(tmp_path, mon
     wider = dataclasses.replace(shape, adc_bits=shape.adc_bits + 1)
     golden.golden_for(cfg, **{**kw, "shape": wider}).save(tmp_path)
     assert len(list((tmp_path / "cache" / "golden").glob("*.pkl"))) == 3
+    # the ADC count decides the timing, not the values: the same golden model
+    fewer = dataclasses.replace(shape, n_adcs=shape.n_adcs // 2)
+    assert golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=fewer) == \
+        golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=shape) != \
+        golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=wider)

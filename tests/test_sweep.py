@@ -36,6 +36,10 @@ def test_product_zip_and_skip(tmp_path):
     assert len({p.label for p in points}) == len(points)
 
 
+REF = {"source": "A. Author, Venue 2026, Table 1", "metric": "cycles", "axis": "workload.seed",
+       "values": {1: 100.0}}
+
+
 @pytest.mark.parametrize("body, key", [
     ({"axes": {"workload.seed": []}}, "axes.workload.seed"),
     ({"axes": {"workload.seed": 3}}, "axes.workload.seed"),
@@ -45,6 +49,18 @@ def test_product_zip_and_skip(tmp_path):
     ({"axes": {"workload.seed": [1]}, "zip": [{"workload.seed": [2]}]}, "axes/zip"),
     ({"axes": {"workload.seed": [1]}, "skip": [{"layer.lanes": 16}]}, "skip[0].layer.lanes"),
     ({"axes": {"workload.seed": [1]}, "bogus": 1}, "bogus"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "metric": "speed"}]},
+     "reference[0].metric"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "axis": "layer.lanes"}]},
+     "reference[0].axis"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "values": {2: 1.0}}]},
+     "reference[0].values"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "relative_to": 5}]},
+     "reference[0].relative_to"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "source": ""}]},
+     "reference[0].source"),
+    ({"axes": {"workload.seed": [1]}, "reference": [{**REF, "where": {"layer.lanes": 16}}]},
+     "reference[0].where"),
 ])
 def test_bad_sweep_files_name_the_key(tmp_path, body, key):
     with pytest.raises(ConfigError) as e:
@@ -95,7 +111,10 @@ def test_sweep_on_two_workers_resumes_tabulates_and_verifies(tmp_path):
         "axes": {"workload.grouping": ["U2", "S2", "U3"],
                  "workload.policy": ["compact", "reschedule"],
                  "workload.seed": [3, 4]},
-        "skip": [{"workload.grouping": "U3", "workload.policy": "reschedule"}]})
+        "skip": [{"workload.grouping": "U3", "workload.policy": "reschedule"}],
+        "reference": [{"source": "A. Author, Venue 2026, Fig. 2", "metric": "cycles",
+                       "axis": "workload.grouping", "values": {"U2": 1.0, "S2": 1.5},
+                       "relative_to": "U2", "where": {"workload.policy": "compact"}}]})
     # the simulator builds in the suite's build root (shared with the layer tests), the
     # finished points in a cache of this test's own
     cache = tmp_path / "cache"
@@ -123,6 +142,13 @@ def test_sweep_on_two_workers_resumes_tabulates_and_verifies(tmp_path):
         pytest.approx(by[("S2", "compact", 3)]["area_mm2.adcs"])
     assert (out / "pareto.png").stat().st_size > 0 and (out / "axes.png").stat().st_size > 0
     assert (out / "results.csv").read_text().count("\n") == 13
+    # the publication's figures beside ours: compact points, cycles relative to U2 (same seed)
+    (ref,) = s1["reference"]
+    got = {r["value"]: (sorted(r["ours"]), r["publication"]) for r in ref["table"]}
+    s2_ratio = sorted(by[("S2", "compact", k)]["cycles"] / by[("U2", "compact", k)]["cycles"]
+                      for k in (3, 4))
+    assert got == {"U2": ([1.0, 1.0], 1.0), "S2": (s2_ratio, 1.5)}
+    assert (out / "reference.png").stat().st_size > 0
 
     # an interruption lost two finished points: the next run re-runs those two only
     import shutil
