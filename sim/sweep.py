@@ -719,6 +719,8 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
             ax.annotate(str(r["point"]), (o[0], o[1]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     fig.colorbar(sc, ax=ax, label="latency (us)")
+    _log_if_wide(ax.set_xscale, [o[0] for o in objs])
+    _log_if_wide(ax.set_yscale, [o[1] for o in objs])
     ax.set_xlabel("area (mm2)")
     ax.set_ylabel("energy (uJ)")
     ax.set_title(f"{spec.source.name}: {len(done)} points")
@@ -743,7 +745,14 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
             g = grid[i][j]
             xs = [pos[r.get(a)] for r in done if r.get(m) is not None]
             ys = [r[m] for r in done if r.get(m) is not None]
-            g.scatter(xs, ys, s=14, alpha=0.7)
+            if len(ys) > BOX_ABOVE * len(cats):
+                # many points per value: their spread (box: quartiles and median, whiskers:
+                # the extremes) instead of a column of overlapping dots
+                g.boxplot([[y for x, y in zip(xs, ys) if x == k] for k in range(len(cats))],
+                          positions=range(len(cats)), whis=(0, 100), widths=0.5)
+            else:
+                g.scatter(xs, ys, s=14, alpha=0.7)
+            _log_if_wide(g.set_yscale, ys)
             g.set_xticks(range(len(cats)))
             g.set_xticklabels([str(c) for c in cats], rotation=30, fontsize=7)
             if j == 0:
@@ -778,6 +787,16 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
         plt.close(fig)
         paths.append(str(out / "reference.png"))
     return paths
+
+
+BOX_ABOVE = 12               # points per axis value above which axes.png draws box plots
+LOG_ABOVE = 20               # a plotted range wider than this ratio gets a logarithmic scale
+
+
+def _log_if_wide(set_scale, values) -> None:
+    v = [x for x in values if x is not None]
+    if v and min(v) > 0 and max(v) / min(v) > LOG_ABOVE:
+        set_scale("log")
 
 
 def reference_table(rows: list[dict], ref: dict, axes: list) -> list[dict]:
