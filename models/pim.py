@@ -285,6 +285,11 @@ class CrossbarMatmul:
         once per matrix object."""
         return self._cells_of(b)
 
+    @property
+    def cells_bytes(self) -> int:
+        """Memory held by the encoded cells kept so far."""
+        return sum(c.nbytes for _, c in self._cells.values())
+
     def _cells_of(self, b: np.ndarray) -> np.ndarray:
         """The cells of ``b``, encoded once per matrix object (the layer's golden calls the
         same expert matrices window after window)."""

@@ -14,7 +14,8 @@ second run of a workload reads it instead of computing it.
 exact integer product, both keeping every row they computed: ``moepim.models.pim.RowMemo``):
 
 * kept in the process: the last :data:`KEEP_IN_PROCESS` workloads (a sweep's worker runs many
-  points);
+  points), fewer when together they would hold more than :data:`KEEP_MEMORY_SHARE` of the
+  memory available (a large model's weights and encoded cells are gigabytes);
 * kept on disk: ``<build_root>/cache/golden/<key>.pkl``, the SHA-256 ``key`` of everything the
   golden model depends on (the model's configuration, tokens, seed, the weights' and trace's
   values, the tile's arithmetic: its shape but the ADC count, the calibration's constants, the
@@ -44,6 +45,7 @@ from moepim.models.workload import Workload, make_workload
 __all__ = ["Golden", "golden_for", "golden_key", "KEEP_IN_PROCESS", "FORMAT"]
 
 KEEP_IN_PROCESS = 2          # workloads kept per process (each: the layer's integer weights)
+KEEP_MEMORY_SHARE = 0.25     # ... and together at most this share of the memory available
 FORMAT = 1                   # the on-disk entry's layout
 
 
@@ -62,6 +64,12 @@ class Golden:
     @property
     def rows(self) -> int:
         return len(self.matmul.memo) + len(self.exact.memo)
+
+    @property
+    def nbytes(self) -> int:
+        """What keeping it holds in memory: the integer weights and the encoded cells."""
+        return (sum(np.asarray(t).nbytes for t in self.wl.quant.tensors.values())
+                + self.matmul.cells_bytes)
 
     def save(self, root: Path) -> None:
         """Write the entry when it holds rows the disk copy does not (an unwritable cache only
@@ -187,6 +195,16 @@ def golden_for(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileS
         g = Golden(dataclasses.replace(wl, weights={}), mm, MemoMatmul(int_matmul), key,
                    "computed")
     _KEPT[key] = g
-    while len(_KEPT) > KEEP_IN_PROCESS:
-        _KEPT.popitem(last=False)
+    _trim()
     return g
+
+
+def _trim() -> None:
+    """Forget the oldest kept workloads beyond :data:`KEEP_IN_PROCESS`, or while the kept ones
+    hold more than :data:`KEEP_MEMORY_SHARE` of the available memory (the newest stays)."""
+    from .guard import mem_available
+
+    budget = KEEP_MEMORY_SHARE * (mem_available() + sum(g.nbytes for g in _KEPT.values()))
+    while len(_KEPT) > 1 and (len(_KEPT) > KEEP_IN_PROCESS
+                              or sum(g.nbytes for g in _KEPT.values()) > budget):
+        _KEPT.popitem(last=False)

@@ -113,3 +113,19 @@ def test_golden_kept_in_the_process_and_on_disk_equals_a_fresh_one(tmp_path, mon
     assert golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=fewer) == \
         golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=shape) != \
         golden.golden_key(cfg, n_prompt=8, n_generate=2, seed=3, shape=wider)
+
+
+def test_kept_workloads_stay_within_their_memory_share(tmp_path, monkeypatch):
+    """At most KEEP_IN_PROCESS workloads, and fewer when they would hold more than their share
+    of the available memory; the newest is always kept."""
+    monkeypatch.setattr(golden, "_KEPT", type(golden._KEPT)())
+    cfg = load_model(TINY)
+    shape = TileShape(**load_experiment(DEFAULT).tile.shape_kwargs())
+    made = [golden.golden_for(cfg, n_prompt=4, n_generate=0, seed=s, shape=shape, root=None)
+            for s in (1, 2, 3)]
+    assert list(golden._KEPT.values()) == made[1:]          # the oldest forgotten
+    assert all(g.nbytes >= sum(np.asarray(t).nbytes for t in g.wl.quant.tensors.values()) > 0
+               for g in made)
+    monkeypatch.setattr("moepim.sim.guard.mem_available", lambda: made[0].nbytes)
+    golden.golden_for(cfg, n_prompt=4, n_generate=0, seed=4, shape=shape, root=None)
+    assert len(golden._KEPT) == 1                            # over the share: the newest only
