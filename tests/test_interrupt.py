@@ -61,11 +61,25 @@ def _alive(pids) -> list[int]:
     return alive
 
 
+def _as_a_shell_starts_it():
+    """In the child before exec: SIGINT at its default action and not blocked, as an
+    interactive shell starts a command. A child inherits both from its parent, and the test
+    worker's own may differ (an earlier test's library left SIGINT ignored or blocked: then
+    the run never sees the Ctrl-C and finishes with 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _start(config: Path, out: Path, root: Path, sim: str) -> subprocess.Popen:
     env = {**os.environ, "MOEPIM_BUILD_ROOT": str(root)}
-    return subprocess.Popen([str(MOEPIM), "run", str(config), "--out", str(out), "--sim", sim,
-                             "--quiet"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen([str(MOEPIM), "run", str(config), "--out", str(out), "--sim", sim,
+                          "--quiet"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=_as_a_shell_starts_it)
+    # what the worker itself had (reported if the run ignores the interrupt)
+    p.worker_sigint = (signal.getsignal(signal.SIGINT),
+                       sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    return p
 
 
 def _wait_for(p: subprocess.Popen, names: tuple[str, ...], timeout: float = 180) -> dict:
@@ -96,9 +110,9 @@ def _interrupt(p: subprocess.Popen, how: str, kids: dict) -> tuple[int, str]:
     return p.returncode, err
 
 
-def _check_result(how: str, code: int, err: str, out: Path) -> None:
+def _check_result(how: str, code: int, err: str, out: Path, note: str = "") -> None:
     if how == "SIGINT":
-        assert code == 130, err
+        assert code == 130, f"{err} ({note})"
         assert err.strip().splitlines() == ["moepim: interrupted; no output written"], err
     else:
         assert code == -signal.SIGKILL
@@ -121,7 +135,8 @@ def test_interrupt_during_a_build(tmp_path, how):
     p = _start(SMALL, out, root, "verilator")
     kids = _wait_for(p, ("cc1plus", "make", "c++", "g++"))
     code, err = _interrupt(p, how, kids)
-    _check_result(how, code, err, out)
+    _check_result(how, code, err, out, f"test worker's SIGINT handler, blocked signals: "
+                  f"{p.worker_sigint}")
     need_icarus()
     _next_run_is_fine(root, out)
 
@@ -146,7 +161,8 @@ def test_interrupt_during_a_simulation(tmp_path, long_config, how):
     p = _start(long_config, out, root, "icarus")
     kids = _wait_for(p, ("vvp",))
     code, err = _interrupt(p, how, kids)
-    _check_result(how, code, err, out)
+    _check_result(how, code, err, out, f"test worker's SIGINT handler, blocked signals: "
+                  f"{p.worker_sigint}")
     if how == "SIGKILL":                 # the killed run's staging folder is still there
         assert [x.name for x in tmp_path.iterdir() if "staging" in x.name]
     _next_run_is_fine(root, out)
