@@ -170,6 +170,8 @@ class RowMemo:
 
     def __call__(self, f, a: np.ndarray, b, tag=None) -> np.ndarray:
         """``f(a, b)`` for the 2-D int64 ``a``, from the memo where it has the rows."""
+        if not len(a):
+            return f(a, b)
         hit = self._rows.get(id(b))
         if hit is None or hit[0] is not b:
             hit = self._rows[id(b)] = (b, {})
@@ -180,8 +182,6 @@ class RowMemo:
             fresh = f(a[list(missing.values())], b)
             for k, r in zip(missing, fresh):
                 rows[k] = r
-        if not keys:
-            return f(a, b)
         return np.stack([rows[k] for k in keys])
 
     def export(self, names: dict[int, str]) -> dict[str, dict]:
@@ -251,6 +251,10 @@ class CrossbarMatmul:
             raise ValueError(f"ADC window {shifts}: need {self.shape.slices_per_weight} shifts "
                              f"in 0..{self.shape.sum_bits}")
         self._shifts[id(b)] = (b, shifts)
+
+    def known_shifts(self) -> list[tuple[object, tuple[int, ...]]]:
+        """``(matrix, shifts)`` of every matrix with an ADC window (calibrated or set)."""
+        return list(self._shifts.values())
 
     def shift_for(self, b) -> tuple[int, ...] | None:
         """The ADC shifts of matrix ``b``, one per weight slice (``None`` with a fixed

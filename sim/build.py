@@ -350,6 +350,19 @@ def _top_ports_public(folder: Path, top: str):
     return VerilatorControlFile(path)
 
 
+def source_digest(*packages) -> str:
+    """SHA-256 of the sources (``.py`` and ``.v``, by path inside each package) of
+    ``packages`` (imported modules)."""
+    h = hashlib.sha256()
+    for pkg in packages:
+        root = Path(next(iter(pkg.__path__)))
+        for f in sorted(root.rglob("*")):
+            if f.suffix in (".py", ".v") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _hw_digest() -> str:
     """Digest of the RTL sources (``moepim.hw``: Python and Verilog), Amaranth's version and
     this module (its export post-processing shapes the Verilog)."""

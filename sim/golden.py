@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ from moepim.models.pim import CrossbarMatmul, MemoMatmul
 from moepim.models.quant import int_matmul
 from moepim.models.tile import TileShape
 from moepim.models.workload import Workload, make_workload
+
+from .report import atomic_write_bytes
 
 __all__ = ["Golden", "golden_for", "golden_key", "KEEP_IN_PROCESS", "FORMAT"]
 
@@ -76,12 +77,8 @@ class Golden:
         costs time)."""
         if self.rows == self._saved_rows:
             return
-        ql = self.wl.quant
-        names = {id(t): name for name, t in ql.tensors.items()}
-        shifts = {}
-        if self.matmul.shape.adc_range == "calibrated":
-            shifts = {name: self.matmul.shift_for(t) for name, t in ql.tensors.items()
-                      if _has_shift(self.matmul, t)}
+        names = {id(t): name for name, t in self.wl.quant.tensors.items()}
+        shifts = {names[id(b)]: sh for b, sh in self.matmul.known_shifts() if id(b) in names}
         blob = {"format": FORMAT, "key": self.key,
                 "workload": dataclasses.replace(self.wl, weights={}), "shifts": shifts,
                 "matmul_rows": self.matmul.memo.export(names),
@@ -89,21 +86,10 @@ class Golden:
         path = _path(root, self.key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(blob, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)        # atomic: a reader sees the old entry or the new one
+            atomic_write_bytes(path, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
             self._saved_rows = self.rows
         except OSError:
             pass
-
-
-def _has_shift(matmul: CrossbarMatmul, t) -> bool:
-    try:
-        matmul.shift_for(t)
-        return True
-    except ValueError:
-        return False
 
 
 _KEPT: collections.OrderedDict[str, Golden] = collections.OrderedDict()
@@ -116,11 +102,10 @@ def _path(root: Path, key: str) -> Path:
 def _source_digest() -> str:
     import moepim.models
 
+    from .build import source_digest
+
     h = hashlib.sha256(Path(__file__).read_bytes())
-    folder = Path(next(iter(moepim.models.__path__)))
-    for f in sorted(folder.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+    h.update(source_digest(moepim.models).encode())
     return h.hexdigest()
 
 

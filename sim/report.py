@@ -21,6 +21,7 @@ from .config import ConfigError, TechConfig, TileConfig, resolved_dict
 
 __all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report", "tile_headline",
            "check_out_dir", "check_out_file", "OutputError", "MARKER", "atomic_write_text",
+           "atomic_write_bytes",
            "clean_stale_staging"]
 
 
@@ -249,12 +250,18 @@ def atomic_run_dir(out: Path, *, force: bool = False):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` through a temporary sibling: readers see the old file or the new one."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary sibling: readers see the old file or the new one, and
+    a failed write (full disk, interrupt) leaves no temporary file behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp",
                                dir=path.parent if str(path.parent) else ".")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

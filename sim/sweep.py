@@ -88,6 +88,11 @@ class SweepSpec:
     skip: list
     reference: list = field(default_factory=list)
 
+    @property
+    def axis_names(self) -> list[str]:
+        """Every axis: the product's, then the zip groups'."""
+        return list(self.axes) + [k for g in self.zip for k in g]
+
 
 # what a ``reference`` entry may compare: the results' numeric headline columns
 REFERENCE_METRICS = ("cycles", "time_us", "energy_uj", "area_mm2", "tops", "tops_per_mm2",
@@ -288,14 +293,9 @@ def code_version() -> str:
     import moepim.sim
     import moepim.testbenches
 
-    h = hashlib.sha256()
-    for pkg in (moepim.hw, moepim.models, moepim.sim, moepim.testbenches):
-        root = Path(next(iter(pkg.__path__)))
-        for f in sorted(root.rglob("*")):
-            if f.suffix in (".py", ".v") and "__pycache__" not in f.parts:
-                h.update(str(f.relative_to(root)).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()
+    from .build import source_digest
+
+    return source_digest(moepim.hw, moepim.models, moepim.sim, moepim.testbenches)
 
 
 def point_hash(resolved: dict, sim: str, version: str) -> str:
@@ -454,14 +454,14 @@ def run_sweep(sweep_path, out, *, workers: int | None = None, scheduler: str | N
             p.status = _cached_status(cache / p.hash)
     rows = _collect(points, spec, cache, out)
     table = _write_tables(rows, out)
-    plots = _write_plots(rows, spec, out)
+    references = [(ref, reference_table(rows, ref, spec.axis_names)) for ref in spec.reference]
+    plots = _write_plots(rows, spec, out, references)
     counts = {s: sum(1 for p in points if p.status == s) for s in STATUSES}
     counts["cached"] = sum(1 for p in points if p.extra.get("cached"))
     verified = verify_on_rtl(rows, points, cache, root, verify_rtl, progress) \
         if verify_rtl else None
-    axes = list(spec.axes) + [k for g in spec.zip for k in g]
-    refs = [{**ref, "values": {str(k): v for k, v in ref["values"].items()},
-             "table": reference_table(rows, ref, axes)} for ref in spec.reference]
+    refs = [{**ref, "values": {str(k): v for k, v in ref["values"].items()}, "table": table}
+            for ref, table in references]
     summary = {"points": len(points), "counts": counts, "results": table, "plots": plots,
                "reference": refs,
                "wall_s": time.monotonic() - t0, "dask_overhead_s_per_point": overhead,
@@ -633,7 +633,7 @@ def _run_cached_point(config_path: str, sim: str, entry: str, build_root: str) -
 
 
 def _collect(points, spec: SweepSpec, cache: Path, out: Path) -> list[dict]:
-    axes = list(spec.axes) + [k for g in spec.zip for k in g]
+    axes = spec.axis_names
     rows = []
     for p in points:
         row = {"point": p.index, "label": p.label, "status": p.status, "reason": p.reason,
@@ -695,7 +695,10 @@ def pareto_mask(points: list[tuple[float, ...]]) -> list[bool]:
     return mask
 
 
-def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
+def _write_plots(rows: list[dict], spec: SweepSpec, out: Path,
+                 references: list = ()) -> list[str]:
+    """``pareto.png``, ``axes.png`` and, with ``references`` (``(entry, reference_table)``
+    pairs), ``reference.png``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -730,7 +733,7 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
     plt.close(fig)
     paths.append(str(out / "pareto.png"))
     # each metric per axis value
-    axes = list(spec.axes) + [k for g in spec.zip for k in g]
+    axes = spec.axis_names
     metrics = [m for m in ("time_us", "energy_uj", "area_mm2", "gops_per_w_per_mm2")
                if any(r.get(m) is not None for r in done)]
     fig, grid = plt.subplots(len(metrics), len(axes), squeeze=False,
@@ -764,11 +767,10 @@ def _write_plots(rows: list[dict], spec: SweepSpec, out: Path) -> list[str]:
     fig.savefig(out / "axes.png", dpi=110)
     plt.close(fig)
     paths.append(str(out / "axes.png"))
-    if spec.reference:
-        fig, grid = plt.subplots(1, len(spec.reference), squeeze=False,
-                                 figsize=(4.6 * len(spec.reference) + 0.4, 3.8))
-        for g, ref in zip(grid[0], spec.reference):
-            table = reference_table(done, ref, axes)
+    if references:
+        fig, grid = plt.subplots(1, len(references), squeeze=False,
+                                 figsize=(4.6 * len(references) + 0.4, 3.8))
+        for g, (ref, table) in zip(grid[0], references):
             cats = list(dict.fromkeys([r["value"] for r in table] + list(ref["values"])))
             pos = {c: i for i, c in enumerate(cats)}
             ours = [(pos[r["value"]], o) for r in table for o in r["ours"]]
@@ -807,15 +809,18 @@ def reference_table(rows: list[dict], ref: dict, axes: list) -> list[dict]:
     chosen = [r for r in rows if all(r.get(k) == v for k, v in where.items())
               and r.get(ref["metric"]) is not None]
     others = [a for a in axes if a != ref["axis"]]
+    base = {}                # the other axes' values -> the baseline point's figure
+    for b in chosen:
+        if b.get(ref["axis"]) == ref.get("relative_to"):
+            base.setdefault(tuple(b.get(a) for a in others), b[ref["metric"]])
     out = {}
     for r in chosen:
         v = r[ref["metric"]]
         if "relative_to" in ref:
-            base = next((b for b in chosen if b.get(ref["axis"]) == ref["relative_to"] and
-                         all(b.get(a) == r.get(a) for a in others)), None)
-            if base is None or not base[ref["metric"]]:
+            b = base.get(tuple(r.get(a) for a in others))
+            if not b:
                 continue
-            v = v / base[ref["metric"]]
+            v = v / b
         out.setdefault(r[ref["axis"]], []).append(v)
     return [{"value": k, "ours": v, "publication": ref["values"].get(k)}
             for k, v in out.items()]
