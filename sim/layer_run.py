@@ -38,6 +38,7 @@ from .layer_report import (
     layer_geometry,
     write_layer_plots,
 )
+from .logic_estimate import estimate_layer_logic
 from .moe_run import (
     LayerSpec,
     bank_images,
@@ -475,14 +476,12 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         area = layer_area_mm2(exp, geo, go_cache_bits, NO_SYNTHESIS)
         area["not_included"].append(NOT_SYNTHESISED)
     elif sim == "model":
-        # the timing level builds nothing: the layer's synthesis if some run made it
+        # the timing level builds nothing: the layer's synthesis if some run made it, else
+        # the resource estimate fitted to synthesised layers
         synth = known_synthesis(key, exp.tech, root)
-        area = layer_area_mm2(exp, geo, go_cache_bits, synth or NO_SYNTHESIS)
         if synth is None:
-            area["not_included"].append(
-                "digital logic and the layer's memories: this design has not been synthesised "
-                "yet (run it once under verilator, icarus or amaranth; the timing level then "
-                "takes that synthesis)")
+            synth = estimate_layer_logic(dut, exp.tech)
+        area = layer_area_mm2(exp, geo, go_cache_bits, synth)
     else:
         say("digital logic area: yosys on the layer's RTL (cached after the first run)")
         synth = component_area(dut, "moe_layer", exp.tech, sim=sim,

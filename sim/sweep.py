@@ -286,16 +286,18 @@ def _check_grouping(exp) -> None:
 
 
 def code_version() -> str:
-    """SHA-256 of the installed moepim sources (``.py`` and ``.v``): a change of code changes
-    every point's hash."""
+    """SHA-256 of the installed moepim sources (``.py`` and ``.v``) and of the resource
+    estimate's fitted coefficients: a change of either changes every point's hash."""
     import moepim.hw
     import moepim.models
     import moepim.sim
     import moepim.testbenches
 
     from .build import source_digest
+    from .logic_estimate import COEFFICIENTS_FILE
 
-    return source_digest(moepim.hw, moepim.models, moepim.sim, moepim.testbenches)
+    code = source_digest(moepim.hw, moepim.models, moepim.sim, moepim.testbenches)
+    return hashlib.sha256(code.encode() + COEFFICIENTS_FILE.read_bytes()).hexdigest()
 
 
 def point_hash(resolved: dict, sim: str, version: str) -> str:
@@ -349,6 +351,10 @@ def _metrics(report: dict) -> dict:
         row["area_mm2"] = area["total"]
         for k, v in (area.get("breakdown") or {}).items():
             row[f"area_mm2.{k}"] = v
+        # where the digital logic's area comes from: Yosys, the resource estimate or nowhere
+        flow = (area.get("digital_logic") or {}).get("flow")
+        row["area_digital_logic"] = ("estimate" if flow == "estimate" else
+                                     "not included" if flow is None else "synthesis")
     eff = report.get("efficiency") or {}
     for k in ("tops", "tops_per_mm2", "gops_per_w_per_mm2"):
         if k in eff:

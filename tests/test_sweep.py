@@ -136,6 +136,9 @@ def test_sweep_on_two_workers_resumes_tabulates_and_verifies(tmp_path):
         assert r["cycles"] == report["cycles"]
         assert r["energy_uj"] == pytest.approx(report["energy_pj"]["total"] / 1e6)
         assert r["area_mm2"] == pytest.approx(report["area_mm2"]["total"])
+        # the timing level prices the digital logic by synthesis or by the estimate, never 0
+        assert r["area_digital_logic"] in ("synthesis", "estimate")
+        assert r["area_mm2.digital_logic"] > 0 and not report["area_mm2"]["not_included"]
     # U2 and S2 differ in which experts share, not in the hardware: same analog area
     by = {(r["workload.grouping"], r["workload.policy"], r["workload.seed"]): r for r in ok}
     assert by[("U2", "compact", 3)]["area_mm2.adcs"] == \
