@@ -174,9 +174,16 @@ def cmd_check(args) -> int:
     if not isinstance(exp, TileExperiment):
         # the layer hardware's own parameter checks (constructors only: nothing elaborated or
         # built); a tile's are made by the loader (moepim.hw.params.check_tile_group)
+        from .logic_estimate import estimate_layer_logic
         from .tops import make_top
 
-        make_top(exp, "moe_layer")
+        layer, _ = make_top(exp, "moe_layer")
+        # the digital logic and memories as the timing level estimates an unsynthesised design
+        logic = estimate_layer_logic(layer, exp.tech)
+        est["digital_logic_estimate"] = {
+            "transistors": logic["transistors"], "memory_bits": logic["memory_bits"],
+            "logic_area_mm2": round(logic["logic_area_mm2"], 6),
+            "memory_area_mm2": round(logic["memory_area_mm2"], 6)}
     print(yaml.safe_dump({"config": resolved_dict(exp)}, sort_keys=False), end="")
     print(yaml.safe_dump({"estimate": est}, sort_keys=False), end="")
     print(f"{args.config}: ok")

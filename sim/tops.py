@@ -6,9 +6,9 @@ run simulates (the router, softmax, top-k and GO-cache blocks at this model's si
 * tile experiments: ``tile_group``, ``peripheral_set``, ``crossbar_array``;
 * MoE-layer experiments additionally: ``moe_layer`` (the whole accelerator), ``expert_engine``
   and ``matrix_bank`` (group 0's), ``group_scheduler``, ``route_unit`` (the layer's routing
-  front end), ``router`` (the model's router kind:
-  ``ExpertChoiceRouter`` over the prompt + generated window, or ``TokenChoiceRouter``),
-  ``gate_softmax``, ``topk`` (the router's top-k unit) and ``go_cache``.
+  front end) and the blocks of that front end, the very objects the layer instantiates:
+  ``router`` (``ExpertChoiceRouter`` or ``TokenChoiceRouter``), ``gate_softmax``, ``topk``
+  (the router's top-k unit) and ``go_cache``, where the layer has them.
 """
 
 from __future__ import annotations
@@ -28,14 +28,19 @@ EXPORT_TOPS = TILE_TOPS + LAYER_TOPS + ROUTING_TOPS
 
 
 def export_tops(exp) -> tuple[str, ...]:
-    """The tops of ``exp``: a tile experiment's, or every block of a layer experiment."""
-    return TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
+    """The tops of ``exp``: a tile experiment's, or every block of a layer experiment's
+    layer (the routing blocks its route unit has)."""
+    if isinstance(exp, TileExperiment):
+        return TILE_TOPS
+    blocks = _routing_blocks(exp)[3]
+    return LAYER_TOPS + tuple(t for t in ROUTING_TOPS if blocks[t] is not None)
 
 
 def make_top(exp, top: str):
     """``(component, parameters)`` of block ``top`` of experiment ``exp``; parameters are the
     constructor arguments written into the export's JSON."""
-    if top not in export_tops(exp):
+    allowed = TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
+    if top not in allowed:
         raise ConfigError("--top", "--top", top, "one of " + ", ".join(export_tops(exp)))
     if top in TILE_TOPS:
         block, params = _tile_top(exp, top)
@@ -109,44 +114,43 @@ ROUTE_FIELDS = ("router", "top_k", "renormalize", "c_max", "go_rows", "max_seque
 ENGINE_FIELDS = ("d_ff", "n_groups", "group_size", "ffn")
 
 
-def logit_bits(exp) -> int:
-    """Signed width of the gate logits: a dot product of ``act_bits`` inputs and
-    ``weight_bits`` weights over the gate's contraction length (``d_model``, or the MLP gate's
-    hidden width for its second layer, whichever is longer)."""
-    from moepim.hw.params import signed_bits
+def _routing_blocks(exp):
+    """The routing blocks inside the experiment's layer (its route unit's), by top name;
+    ``None`` for a block this layer does not have."""
+    from .moe_run import make_component
 
-    m = exp.model
-    length = max(m.d_model, m.router.gate_hidden if m.router.kind == "mlp_gate" else 0)
-    bound = length * (1 << (m.quant.act_bits - 1)) * (1 << (m.quant.weight_bits - 1))
-    return signed_bits(-bound, bound)
+    spec, tile, _ = _layer_params(exp, "route_unit")
+    ru = make_component(spec, tile).route_unit
+    router = ru.ec if ru.ec is not None else ru.tc
+    softmax = ru.softmax if ru.softmax is not None else getattr(ru.tc, "softmax", None)
+    return spec, tile, ru, {"router": router, "gate_softmax": softmax, "go_cache": ru.go,
+                      "topk": router.topk if router is not None else None}
 
 
 def _routing_top(exp, top: str):
-    from moepim.hw.gocache import GateOutputCache
-    from moepim.hw.routers import ExpertChoiceRouter, TokenChoiceRouter
-    from moepim.hw.softmax import GateSoftmax
-    from moepim.models.routing import expert_choice_capacity
-
-    m, wl = exp.model, exp.workload
-    window = wl.n_prompt + wl.n_generate
+    """A block of the layer's routing front end, the very object the layer instantiates (so
+    its export is the simulated block), with the arguments it was built with."""
+    spec, tile, ru, blocks = _routing_blocks(exp)
+    block = blocks[top]
+    if block is None:
+        raise ConfigError(exp.source, "--top", top,
+                          "a block of this experiment's layer, which has none: "
+                          + ("a GO cache needs the expert-choice router, workload.go_cache "
+                             "and n_generate > 0" if top == "go_cache" else
+                             f"its router ({spec.router}) has no {top}") + "; one of "
+                          + ", ".join(export_tops(exp)))
     if top == "gate_softmax":
-        params = dict(n_experts=m.n_experts, logit_bits=logit_bits(exp))
-        return GateSoftmax(**params), params
+        return block, {"n_experts": block.n_experts, "logit_bits": ru.logit_bits}
     if top == "go_cache":
-        params = dict(n_experts=m.n_experts, capacity=exp.go_cache_rows, max_tokens=window)
-        return GateOutputCache(**params), params
-    if m.router.kind == "expert_choice":
-        params = dict(n_tokens=window, n_experts=m.n_experts,
-                      c_max=expert_choice_capacity(window, m.n_experts,
-                                                   m.router.ec_capacity_factor))
-        router = ExpertChoiceRouter(**params)
-    else:
-        params = dict(n_experts=m.n_experts, k=m.router.top_k, logit_bits=logit_bits(exp),
-                      renormalize=m.router.renormalize, gate_bits=m.quant.gate_bits)
-        router = TokenChoiceRouter(**params)
-    silence_unused(router)
+        return block, {"n_experts": block.n_experts, "capacity": block.capacity,
+                       "max_tokens": spec.max_sequence, "counter_bits": tile["counter_bits"]}
     if top == "router":
-        return router, {"kind": type(router).__name__, **params}
-    unit = router.topk
+        if spec.router == "expert_choice":
+            params = {"n_tokens": spec.n_tokens, "n_experts": ru.n_experts, "c_max": spec.c_max}
+        else:
+            params = {"n_experts": ru.n_experts, "k": spec.top_k, "logit_bits": ru.logit_bits,
+                      "renormalize": spec.renormalize, "gate_bits": spec.gate_bits}
+        return block, {"kind": type(block).__name__, **params}
+    unit = block
     return unit, {"n_items": unit.n_items, "k": unit.k, "score_bits": unit.score_bits,
                   "signed_scores": unit.signed_scores}

@@ -79,3 +79,19 @@ def test_bad_coefficients_file_names_the_key(tmp_path):
     path.write_text(yaml.safe_dump(dict(FIT, source="")))
     with pytest.raises(ConfigError, match="source"):
         load_coefficients(path)
+
+
+def test_check_prints_the_estimate_of_a_layer(capsys):
+    """``moepim check`` on a layer: the estimate the timing level would use, built from the
+    same component as the run's."""
+    from moepim.sim.cli import main
+
+    path = EXPERIMENTS / "layer-swiglu-small.yaml"
+    assert main(["check", str(path)]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out.rsplit("\n", 2)[0])
+    got = printed["estimate"]["digital_logic_estimate"]
+    row = next(r for r in FIT["fit_designs"] if r["design"] == "layer-swiglu-small")
+    # the fit design's synthesis, within the fit's error
+    assert abs(got["transistors"] / row["transistors"] - 1) <= FIT["max_relative_error"] + 1e-3
+    assert got["memory_bits"] == row["memory_bits_counted"]
+    assert got["logic_area_mm2"] > 0 and got["memory_area_mm2"] > 0
