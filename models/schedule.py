@@ -34,12 +34,12 @@ from itertools import combinations
 import numpy as np
 
 from .grouping import check_groups
+from .policies import POLICIES
 
 __all__ = ["Schedule", "group_queues", "schedule", "POLICIES", "reschedule_optimal",
            "IDLE"]
 
 IDLE = -1
-POLICIES = ("single_token", "compact", "reschedule", "reschedule_heuristic")
 
 
 @dataclass

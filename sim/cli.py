@@ -32,6 +32,8 @@ import time
 import traceback
 from pathlib import Path
 
+from moepim.models.policies import POLICIES
+
 from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
 from .toolchain import SIMULATORS, kill_children, supervised_children
 from .tops import EXPORT_TOPS
@@ -561,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--layer", type=int, default=0)
     sc.add_argument("--groups", required=True, help="U1, U2, S2, U4, S4, ...")
     sc.add_argument("--policy", default="reschedule",
-                    choices=("single_token", "compact", "reschedule", "reschedule_heuristic"))
+                    choices=POLICIES)
     sc.add_argument("--profile", type=Path,
                     help="trace whose loads order sorted groups (default: the trace itself)")
     sc.add_argument("--model", type=Path, help="check the expert count against this model")

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from moepim.models.policies import POLICIES
+
 __all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment", "load_model",
            "load_experiment", "load_tech", "resolved_dict", "REPO_ROOT"]
 
@@ -176,8 +178,7 @@ class LayerWorkload:
     n_prompt: int = 32
     n_generate: int = 8
     grouping: str | list[list[int]] = "S2"
-    policy: Literal["single_token", "compact", "reschedule", "reschedule_heuristic"] = \
-        "reschedule"
+    policy: Literal[POLICIES] = "reschedule"
     go_cache: bool = True
     no_cache: Literal["simulate", "model", "off"] = "model"
     trace: str | None = None
