@@ -41,7 +41,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TileConfig:
-    """One crossbar group: ``group_size`` crossbars sharing one set of peripherals."""
+    """One crossbar group: ``group_size`` crossbars sharing one set of peripherals. In a
+    MoE-layer experiment the workload's grouping sets it (the experts of a group share their
+    peripheral sets): the loader replaces the tile file's value with the largest group's
+    size."""
 
     n_rows: int = 256
     n_columns: int = 256
@@ -647,7 +650,10 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
                 raise ConfigError(path, f"workload.{key}", ref,
                                   f"a path to an existing file (no such file: {target})")
             wl = dataclasses.replace(wl, **{key: str(target)})
-    _check_grouping(wl.grouping, model, path, model_path)
+    # the tile's group size is the grouping's (crossbars sharing a peripheral set = experts
+    # of a group): one parameter, so the resolved config states the banks the run builds
+    tile = dataclasses.replace(tile, group_size=_check_grouping(wl.grouping, model, path,
+                                                                model_path))
     if tile.input_bits != model.quant.act_bits or tile.weight_bits != model.quant.weight_bits:
         raise ConfigError(tile_file, "input_bits/weight_bits",
                           f"{tile.input_bits}/{tile.weight_bits}",
@@ -663,9 +669,10 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
 MAX_SOFTMAX_EXPERTS = 256
 
 
-def _check_grouping(grouping, model, path, model_path) -> None:
+def _check_grouping(grouping, model, path, model_path) -> int:
     """The workload's grouping against the model's experts, and the router's expert limit,
-    named by file and key (checked again by the hardware; here before anything is built)."""
+    named by file and key (checked again by the hardware; here before anything is built).
+    Returns the largest group's size."""
     from moepim.models.grouping import GroupingError, make_groups
 
     n = model.n_experts
@@ -676,10 +683,11 @@ def _check_grouping(grouping, model, path, model_path) -> None:
     import numpy as np
 
     try:
-        make_groups(grouping, n, np.ones(n))
+        groups = make_groups(grouping, n, np.ones(n))
     except (GroupingError, ValueError) as e:
         raise ConfigError(path, "workload.grouping", grouping,
                           f"a grouping of the model's {n} experts ({e})") from None
+    return max(len(g) for g in groups)
 
 
 def resolved_dict(obj) -> Any:

@@ -18,6 +18,7 @@ from moepim.sim.config import (
     load_experiment,
     load_tech,
     parse_yaml,
+    resolved_dict,
 )
 
 from .conftest import SMALL
@@ -322,3 +323,14 @@ def test_check_prints_resolved_config_and_estimate(tmp_path, capsys):
     assert main(["check", str(LAYER)]) == 0
     doc = yaml.safe_load(capsys.readouterr().out.rsplit("\n", 2)[0])
     assert doc["estimate"]["crossbars"] > 0 and doc["estimate"]["memory_bytes"] > 0
+
+
+@pytest.mark.parametrize("name, size", [("u1-compact", 1), ("s2-compact", 2), ("u4-compact", 4)])
+def test_layer_tile_group_size_is_the_grouping_s(name, size):
+    """One parameter: in a layer experiment the grouping sets the tile's group size (the
+    tile file says 2), so the resolved config states the banks the layer builds."""
+    from moepim.sim.layer_run import layer_spec
+
+    exp = load_experiment(REPO_ROOT / "configs" / "experiments" / "layer" / f"{name}.yaml")
+    assert exp.tile.group_size == size == layer_spec(exp)[0].group_size
+    assert resolved_dict(exp)["tile"]["group_size"] == size
