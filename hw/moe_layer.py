@@ -64,8 +64,9 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
    order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
 
 Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
-job_latency + 5`` (``slot_cycles``), ``job_latency`` being the longest of the engines working
-in it (``group_latency``: they differ only with a shared expert of another width).
+job_latency + 5`` (``moepim.models.pim.window_cycles`` sums them over a window),
+``job_latency`` being the longest of the engines working in it (``group_latency``: they
+differ only with a shared expert of another width).
 Counters: cycles spent in timestamps, timestamps, token loads, per group busy timestamps,
 buffer reads/writes (rows); with a router, routing cycles, gate MVMs, the gate bank's DAC
 drives and the GO cache's counters (``go_*``).
@@ -327,12 +328,6 @@ class MoELayerAccelerator(wiring.Component):
         inst = Instance(module, i_clk=ClockSignal(), i_rst=ResetSignal(),
                         i_bank_base=C(base, len(port.bank_base)), **conns)
         return port, inst
-
-    def slot_cycles(self, n_loads: int, active_groups=None) -> int:
-        """Cycles of one timestamp whose jobs need ``n_loads`` distinct tokens, the groups
-        ``active_groups`` (default: all) working in it."""
-        groups = range(self._n_groups) if active_groups is None else active_groups
-        return n_loads * 2 * self.blocks + max(self.group_latency(g) for g in groups) + 5
 
     def elaborate(self, platform):
         m = Module()
