@@ -35,6 +35,7 @@ any RTL run synthesises its design and the timing level then uses that synthesis
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def _elem_width(bank) -> int:
 
 def _engines(dut) -> list:
     """``(engine, instances)`` of the layer: the routed groups' engine and the shared one."""
-    shared = dut._shared
+    shared = dut.shared_engine
     n_sh = 1 if shared is not None else 0
     return [(dut.engine, dut.n_groups - n_sh)] + ([(shared, 1)] if n_sh else [])
 
@@ -114,11 +115,17 @@ def design_component(base: Path, overrides: dict, folder: Path):
 
 
 def load_coefficients(path: Path = COEFFICIENTS_FILE) -> dict:
-    """The fitted coefficients (transistors per feature unit) and their provenance."""
+    """The fitted coefficients (transistors per feature unit) and their provenance; read once
+    per process and file (a sweep's worker prices many points)."""
+    return _load_coefficients(Path(path).resolve())
+
+
+@cache
+def _load_coefficients(path: Path) -> dict:
     from .config import ConfigError
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(str(path), "file", str(path),
                           f"a readable YAML file ({exc})") from None

@@ -151,6 +151,5 @@ def _routing_top(exp, top: str):
             params = {"n_experts": ru.n_experts, "k": spec.top_k, "logit_bits": ru.logit_bits,
                       "renormalize": spec.renormalize, "gate_bits": spec.gate_bits}
         return block, {"kind": type(block).__name__, **params}
-    unit = block
-    return unit, {"n_items": unit.n_items, "k": unit.k, "score_bits": unit.score_bits,
-                  "signed_scores": unit.signed_scores}
+    return block, {"n_items": block.n_items, "k": block.k, "score_bits": block.score_bits,
+                   "signed_scores": block.signed_scores}

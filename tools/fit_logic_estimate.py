@@ -3,7 +3,9 @@
 Synthesises the MoE layer of each design below with the run's flow (``moepim.sim.synth``,
 the gate flow, cached by Verilog digest), fits the estimate's coefficients by relative least
 squares and writes ``configs/hw/logic-estimate.yaml`` with the designs, the residuals and
-the largest relative error. Also checks that the counted memory bits equal Yosys's.
+the largest relative error. Also checks the counted memory bits against Yosys's (within
+``MEMORY_TOLERANCE``: the count leaves out the small ROMs Amaranth makes of some case
+statements); exits 1 if any design is further off.
 
     python tools/fit_logic_estimate.py [--write]
 
@@ -23,10 +25,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "configs" / "experiments"
 
+MEMORY_TOLERANCE = 0.01
 # (base config, overrides): every FFN, router and shared-expert kind at reduced widths
 # (d_model 256), over the axes a sweep moves (lanes, grouping, experts), and full-size layers
 # (d_model 4096: the paper's ReLU variant and LLaMA-MoE's SwiGLU with its MLP gate)
-MEMORY_TOLERANCE = 0.01
 DESIGNS = [
     ("layer-small.yaml", {}),
     ("layer-small.yaml", {"layer.lanes": 8}),
@@ -80,14 +82,14 @@ def main() -> int:
         print(f"  {r['design']}: {e:+.1%}")
     worst = max(abs(e) for e in res)
     print("coefficients:", {k: round(v, 2) for k, v in coef.items()}, f"max |error| {worst:.1%}")
-    # the count leaves out the small ROMs Amaranth makes of some case statements
     bad = [r["design"] for r in rows
            if abs(r["memory_bits_counted"] - r["memory_bits"]) > MEMORY_TOLERANCE * r["memory_bits"]]
     if bad:
         print(f"memory bits counted more than {MEMORY_TOLERANCE:.0%} off Yosys's for:",
               ", ".join(bad))
     if args.write:
-        from moepim.sim.build import _hw_digest
+        from moepim.sim.build import _hw_digest  # the RTL digest build keys use
+        from moepim.sim.report import atomic_write_bytes
 
         doc = {
             "source": ("least-squares fit of moepim's own Yosys gate flow (moepim.sim.synth, "
@@ -98,11 +100,11 @@ def main() -> int:
             "max_relative_error": round(float(worst), 4),
             "fit_designs": rows,
         }
-        COEFFICIENTS_FILE.write_text(
+        atomic_write_bytes(COEFFICIENTS_FILE, (
             "# The timing level's resource estimate of the MoE layer's digital logic\n"
             "# (moepim.sim.logic_estimate): Yosys CMOS transistors per feature unit.\n"
             "# Regenerate after RTL changes: python tools/fit_logic_estimate.py --write\n"
-            + yaml.safe_dump(doc, sort_keys=False, width=100))
+            + yaml.safe_dump(doc, sort_keys=False, width=100)).encode())
         print("wrote", COEFFICIENTS_FILE)
     return 1 if bad else 0
 
