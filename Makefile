@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 lint: setup
-	$(VENV)/bin/ruff check hw sim models testbenches tests benchmarks
+	$(VENV)/bin/ruff check spec hw sim models testbenches tests benchmarks tools
 
 bench: setup
 	$(PY) benchmarks/layer_speed.py

@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 
 from moepim.models.pim import CrossbarMatmul, tiles_of
-from moepim.models.tile import TileShape
 from moepim.models.workload import datapath_accuracy, make_workload, with_matmul
 from moepim.sim.config import REPO_ROOT, load_experiment
+from moepim.spec.tile import TileSpec
 
 ENCODINGS = ("offset", "reference_column", "differential")
 BITS_PER_CELL = (1, 2, 4, 8)
 ADC_BITS = (4, 5, 6, 7, 8)
 
 
-def layer_cost(model, shape: TileShape, tech, group_size: int) -> dict:
+def layer_cost(model, shape: TileSpec, tech, group_size: int) -> dict:
     mats = [(model.d_model, model.d_ff), (model.d_ff, model.d_model)]
     if model.ffn == "swiglu":
         mats.append((model.d_model, model.d_ff))
@@ -80,7 +80,7 @@ def candidates(tile, quick: bool):
 def evaluate(exp, tile: dict, base) -> dict:
     """``base``: the workload (exact integer products) whose weights and inputs every
     candidate reuses."""
-    shape = TileShape(**tile)
+    shape = TileSpec(**tile)
     acc = datapath_accuracy(with_matmul(base, CrossbarMatmul(shape)))
     return {**{k: tile[k] for k in ("weight_encoding", "bits_per_cell", "adc_bits",
                                     "adc_range", "n_rows")},

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from moepim.models.grouping import make_groups
 from moepim.models.pim import CrossbarMatmul
-from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 from moepim.sim.build import default_build_root
 from moepim.sim.config import REPO_ROOT, load_experiment
@@ -34,7 +33,7 @@ from moepim.sim.moe_run import layer_groups, prepare_windows
 def golden_only(exp) -> float:
     t0 = time.monotonic()
     wl_cfg = exp.workload
-    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    mm = CrossbarMatmul(exp.tile.spec())
     # the fitted ADC windows from the run's cache, as a cached run reads them
     wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
                        seed=wl_cfg.seed, matmul=mm,

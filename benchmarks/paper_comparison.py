@@ -1,6 +1,6 @@
 """Our figures beside the primary paper's (Gao & Yang, ISCAS 2026), from the area formula
 (``moepim.sim.layer_report``, the layer's geometry per grouping) and the layer's cycle formula
-(``moepim.models.pim.window_cycles``; the tests check it against the RTL window by window), with
+(``moepim.spec.timing.compute_cycles``; the tests check it against the RTL window by window), with
 the component that makes each difference.
 
     python benchmarks/paper_comparison.py [--report build/runs/default/report.json] [--markdown]
@@ -25,11 +25,11 @@ import json
 from pathlib import Path
 
 from moepim.models.grouping import make_groups
-from moepim.models.pim import window_cycles
 from moepim.models.schedule import schedule
 from moepim.models.traces import PAPER_LOAD_FACTORS, read_trace
 from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.layer_report import layer_area_mm2, layer_geometry
+from moepim.spec.timing import compute_cycles
 
 GROUPINGS = ("U1", "U2", "S2", "U4", "S4")
 DEFAULT = REPO_ROOT / "configs" / "experiments" / "default.yaml"
@@ -54,7 +54,7 @@ def prompt_time_ns(exp, mask, grouping: str, route_cycles: int) -> dict:
     job = 2 * mvm_latency + -(-m.d_ff // lanes) + 2
     s = schedule(mask, make_groups(grouping, m.n_experts, mask.sum(axis=0)), "reschedule")
     n = mask.shape[0]
-    compute = window_cycles(s.loads_per_slot, blocks=blocks, job_latency=job)
+    compute = compute_cycles(s.loads_per_slot, blocks, job)
     beats = 2 * n * blocks + int(mask.sum()) + 1          # tokens in, jobs, outputs, hand-over
     clock = exp.tech.clock_ns.value
     vec = n * m.d_model * -(-m.quant.act_bits // 8)

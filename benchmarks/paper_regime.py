@@ -1,5 +1,5 @@
 """The grouping study in two regimes, from the schedule and the layer's cycle formula
-(``moepim.models.schedule``, ``moepim.models.pim.window_cycles``; the tests check the formula
+(``moepim.models.schedule``, ``moepim.spec.timing.compute_cycles``; the tests check the formula
 against the RTL for every window): the default workload's expert-choice routing (every expert
 takes exactly C tokens: no imbalance) and the primary paper's token-choice loads
 (``configs/traces/paper-regime.npy``), each at ``layer.lanes`` 32 and 256.
@@ -19,10 +19,10 @@ import math
 import numpy as np
 
 from moepim.models.grouping import make_groups
-from moepim.models.pim import window_cycles
 from moepim.models.schedule import schedule
 from moepim.models.traces import largest_group_loads, read_trace
 from moepim.sim.config import REPO_ROOT, load_experiment
+from moepim.spec.timing import compute_cycles
 
 GROUPINGS = ("U1", "U2", "S2", "U4", "S4")
 POLICIES = ("single_token", "compact", "reschedule")
@@ -34,12 +34,11 @@ DEFAULT = REPO_ROOT / "configs" / "experiments" / "default.yaml"
 def expert_choice_mask(n_tokens: int) -> np.ndarray:
     """The default run's prompt routing (expert choice on the crossbar-computed gate)."""
     from moepim.models.pim import CrossbarMatmul
-    from moepim.models.tile import TileShape
     from moepim.models.workload import make_workload
 
     exp = load_experiment(DEFAULT)
     wl = make_workload(exp.model, n_prompt=n_tokens, seed=exp.workload.seed,
-                       matmul=CrossbarMatmul(TileShape(**exp.tile.shape_kwargs())))
+                       matmul=CrossbarMatmul(exp.tile.spec()))
     return wl.routing.mask[:n_tokens].astype(bool)
 
 
@@ -54,8 +53,8 @@ def study(mask: np.ndarray, *, d_model: int, d_ff: int, mvm_latency: int) -> lis
                    "tokens_loaded": s.tokens_loaded}
             for lanes in LANES:
                 job = 2 * mvm_latency + math.ceil(d_ff / lanes) + 2
-                row[f"cycles_lanes{lanes}"] = window_cycles(
-                    s.loads_per_slot, blocks=d_model // lanes, job_latency=job)
+                row[f"cycles_lanes{lanes}"] = compute_cycles(s.loads_per_slot,
+                                                             d_model // lanes, job)
             rows.append(row)
     return rows
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from moepim.models.pim import CrossbarMatmul
-from moepim.models.tile import TileShape
 from moepim.models.workload import make_workload
 from moepim.sim import golden
 from moepim.sim.build import default_build_root
@@ -57,7 +56,7 @@ def main():
     wl = exp.workload
     t = time.monotonic()
     make_workload(exp.model, n_prompt=wl.n_prompt, n_generate=wl.n_generate, seed=wl.seed,
-                  matmul=CrossbarMatmul(TileShape(**exp.tile.shape_kwargs())),
+                  matmul=CrossbarMatmul(exp.tile.spec()),
                   calibration_cache=default_build_root() / "cache" / "calibration")
     golden_s = time.monotonic() - t
     same = all((m["cycles"] == rtl["cycles"] and all(

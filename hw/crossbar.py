@@ -47,15 +47,10 @@ from amaranth import (
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import (
-    CORES,
-    WEIGHT_ENCODINGS,
-    TileGeometry,
-    check_core,
-    check_counter_bits,
-    index_bits,
-    tree_sum,
-)
+from moepim.spec.checks import index_bits
+from moepim.spec.tile import WEIGHT_ENCODINGS, TileSpec
+
+from .params import CORES, check_core, check_counter_bits, tree_sum
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
@@ -70,7 +65,7 @@ class CrossbarPort(wiring.Signature):
     column of every ADC's column group; ``sums``: the sampled column sums, one per ADC.
     """
 
-    def __init__(self, geometry: TileGeometry):
+    def __init__(self, geometry: TileSpec):
         self.geometry = geometry
         super().__init__({
             "select": Out(1),
@@ -83,7 +78,7 @@ class CrossbarPort(wiring.Signature):
         })
 
 
-def weight_row_layout(geometry: TileGeometry, *, n_crossbars: int | None = None):
+def weight_row_layout(geometry: TileSpec, *, n_crossbars: int | None = None):
     """Payload of a weight write: one row of signed weights (and the target crossbar)."""
     fields = {
         "row": unsigned(index_bits(geometry.n_rows)),
@@ -123,7 +118,7 @@ class CrossbarArray(wiring.Component):
                  weight_encoding="offset", adc_range="fixed", core="logic", counter_bits=48):
         check_core(core)
         check_counter_bits(counter_bits)
-        self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
+        self._geometry = TileSpec(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
                                       adc_shift=adc_shift, weight_encoding=weight_encoding,

@@ -39,8 +39,11 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from moepim.spec import timing
+from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .params import check_counter_bits, tree_sum
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS", "FFN_BANKS"]
 
@@ -144,7 +147,7 @@ class ExpertEngine(wiring.Component):
 
     @property
     def job_latency(self) -> int:
-        return 2 * self._up.mvm_latency + self._up.out_blocks + 2
+        return timing.job_latency(self._up.mvm_latency, self._up.out_blocks)
 
     def elaborate(self, platform):
         m = Module()

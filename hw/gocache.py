@@ -28,7 +28,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import check_counter_bits, index_bits, need, need_positive
+from moepim.spec.checks import index_bits, need, need_positive
+
+from .params import check_counter_bits
 
 __all__ = ["GateOutputCache", "OP_CLEAR", "OP_INSERT", "OP_DECIDE"]
 

@@ -38,25 +38,16 @@ from amaranth import ClockSignal, Instance, Module, ResetSignal, signed, unsigne
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import (
-    ADC_RANGES,
-    WEIGHT_ENCODINGS,
-    TileGeometry,
-    check_counter_bits,
-    index_bits,
-    need,
-    need_positive,
-)
+from moepim.spec.checks import ceil_div, index_bits, need, need_positive
+from moepim.spec.tile import ADC_RANGES, WEIGHT_ENCODINGS, TileSpec
+
+from .params import check_counter_bits
 
 __all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "BANK_CORES", "ceil_div"]
 
 MATRIX_MACRO_NAME = "moepim_matrix_bank"
 BANK_ID_BITS = 16       # width of the macro's bank_id input
 BANK_CORES = ("macro", "python")
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class MatrixBank(wiring.Component):
@@ -72,7 +63,7 @@ class MatrixBank(wiring.Component):
         need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
              "at most 8 (a cell image holds one byte per cell)")
         check_counter_bits(counter_bits)
-        g = TileGeometry(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+        g = TileSpec(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                          weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
                          adc_bits=adc_bits, adc_shift=adc_shift,
                          weight_encoding=weight_encoding, adc_range=adc_range)

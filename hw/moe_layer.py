@@ -64,9 +64,9 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
    order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
 
 Cycles of a timestamp with ``n`` distinct tokens: ``n * (in_blocks + out_blocks) +
-job_latency + 5`` (``moepim.models.pim.window_cycles`` sums them over a window),
-``job_latency`` being the longest of the engines working in it (``group_latency``: they
-differ only with a shared expert of another width).
+job_latency + 5`` (``moepim.spec.timing``: ``compute_cycles`` sums them over a window),
+``job_latency`` being the longest of the engines working in it (they differ only with a
+shared expert of another width).
 Counters: cycles spent in timestamps, timestamps, token loads, per group busy timestamps,
 buffer reads/writes (rows); with a router, routing cycles, gate MVMs, the gate bank's DAC
 drives and the GO cache's counters (``go_*``).
@@ -90,8 +90,10 @@ from amaranth import (
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+
 from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
-from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .params import check_counter_bits, tree_sum
 from .route_unit import MODE_BITS, MODE_HOST, RouteUnit
 from .scheduler import GroupScheduler
 from .sram import Sram
@@ -259,30 +261,6 @@ class MoELayerAccelerator(wiring.Component):
         """Cell image of the gate's crossbars: after every group's banks."""
         return sum(len(self._engine_of(g)[0].bank_names) for g in range(self._n_groups))
 
-    def route_cycles(self, mode: int, n_tokens: int, *, cap: int = 1, insert: bool = False,
-                     routes_per_token=(), go_rows_read: int = 0,
-                     go_dram_rows: int = 0) -> int:
-        """Cycles of a window's routing phase (counter ``route_cycles``: back-pressure on
-        ``o_routes`` excluded). The route unit is a two-stage pipeline: while stage 2 (the
-        router) works on token ``t``, the layer reads token ``t+1`` into the gate bank
-        (``blocks + 1`` cycles), hands it over (1) and stage 1 runs its gate MVM
-        (``RouteUnit.gate_cycles``); the hand-over of its logits waits for stage 2
-        (``RouteUnit.router_cycles``). After the last token, the window's close
-        (``RouteUnit.close_cycles``). ``routes_per_token``: each token's top-k selections
-        (dropped ones included)."""
-        ru = self._route
-        load = 0                    # cycle the token's read into the gate bank starts
-        stage2_free = 0             # first cycle stage 2 is idle again
-        for t in range(n_tokens):
-            handover = load + self.blocks + 1
-            handoff = max(handover + ru.gate_cycles + 1, stage2_free)
-            stage2_free = handoff + ru.router_cycles(
-                mode, first=t == 0, insert=insert,
-                n_routes=routes_per_token[t] if routes_per_token else 0,
-                go_rows_read=go_rows_read, go_dram_rows=go_dram_rows)
-            load = handoff + 2
-        return stage2_free + ru.close_cycles(mode, n_tokens, cap)
-
     def _engine_kinds(self):
         return [self._engine] + ([self._shared] if self._shared else [])
 
@@ -291,15 +269,6 @@ class MoELayerAccelerator(wiring.Component):
         if self._shared is not None and g == self._n_groups - 1:
             return self._shared, SHARED_ENGINE_MODULE
         return self._engine, ENGINE_MODULE
-
-    @property
-    def job_latency(self) -> int:
-        """The longest job latency of the layer's engines."""
-        return max(e.job_latency for e in self._engine_kinds())
-
-    def group_latency(self, g: int) -> int:
-        """Job latency of group ``g``'s engine."""
-        return self._engine_of(g)[0].job_latency
 
     @property
     def verilog_modules(self):

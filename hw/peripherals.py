@@ -36,30 +36,26 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from moepim.spec.checks import index_bits, signed_bits
+from moepim.spec.tile import TileSpec
+
 from .crossbar import CrossbarPort
-from .params import (
-    TileGeometry,
-    check_counter_bits,
-    check_group_size,
-    index_bits,
-    signed_bits,
-    tree_sum,
-)
+from .params import check_counter_bits, check_group_size, tree_sum
 
 __all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout",
            "adc_window_layout"]
 
 
-def adc_window_layout(g: TileGeometry):
+def adc_window_layout(g: TileSpec):
     """A crossbar's calibrated ADC window: one shift per weight slice."""
     return data.ArrayLayout(unsigned(g.shift_bits), g.slices_per_weight)
 
 
-def request_layout(g: TileGeometry):
+def request_layout(g: TileSpec):
     return data.StructLayout({"x": data.ArrayLayout(signed(g.input_bits), g.n_rows)})
 
 
-def result_layout(g: TileGeometry, group_size: int):
+def result_layout(g: TileSpec, group_size: int):
     return data.StructLayout({
         "xbar": unsigned(index_bits(group_size)),
         "y": data.ArrayLayout(signed(g.output_bits), g.n_outputs),
@@ -104,7 +100,7 @@ class PeripheralSet(wiring.Component):
                  adc_range="fixed", group_size=1, counter_bits=48):
         check_group_size(group_size)
         check_counter_bits(counter_bits)
-        self._geometry = TileGeometry(n_rows=n_rows, n_columns=n_columns,
+        self._geometry = TileSpec(n_rows=n_rows, n_columns=n_columns,
                                       bits_per_cell=bits_per_cell, weight_bits=weight_bits,
                                       input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
                                       adc_shift=adc_shift, weight_encoding=weight_encoding,

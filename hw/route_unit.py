@@ -47,8 +47,8 @@ handed to stage 2), so the parent loads the next vector only then. Routes leave 
 one beat with ``last`` (and no route) closes the window. ``mode``, ``cap``, ``go_insert``,
 ``index_mult`` and ``index_shift`` are held by the parent while a window is routed.
 
-Cycles, without back-pressure on ``o_routes`` (``MoELayerAccelerator.route_cycles`` composes
-them): stage 1, ``gate_cycles = L + OB + 2`` from the cycle after the handshake (start, the
+Cycles, without back-pressure on ``o_routes`` (``moepim.spec.timing.RouteTiming`` states them,
+``LayerTiming.route_cycles`` composes them): stage 1, ``gate_cycles = L + OB + 2`` from the cycle after the handshake (start, the
 gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read; an MLP gate adds its second
 layer: ``L1 + HB + L2 + OB + 3``, ``HB`` hidden blocks between the banks), then the hand-over when
 stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
@@ -73,17 +73,20 @@ from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+from moepim.spec.numerics import SCORE_BITS
+from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW
+
 from .expert_engine import SHIFT_BITS, requantize
 from .gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, index_bits, need, need_positive, signed_bits, tree_sum
+from .params import check_counter_bits, tree_sum
 from .routers import ExpertChoiceRouter, TokenChoiceRouter
-from .softmax import SCORE_BITS, GateSoftmax
+from .softmax import GateSoftmax
 
 __all__ = ["RouteUnit", "ROUTERS", "MODE_HOST", "MODE_WINDOW", "MODE_CACHED"]
 
 ROUTERS = ("expert_choice", "top_k")
-MODE_HOST, MODE_WINDOW, MODE_CACHED = 0, 1, 2     # the layer's route_mode values
 MODE_BITS = 2
 INDEX_MULT_BITS, INDEX_SHIFT_BITS = 16, 6          # GateSoftmax's run-time index requant
 
@@ -200,36 +203,6 @@ class RouteUnit(wiring.Component):
     drop = property(lambda self: self._drop)
     has_tables = property(lambda self: bool(self._hidden or self._shared))
     banks = property(lambda self: [b for b in (self.bank, self.bank2) if b is not None])
-
-    @property
-    def gate_cycles(self) -> int:
-        """Stage 1 of a token: from the cycle after its ``i_tokens`` handshake to the first
-        cycle it can hand its logits over: start, the MVM, the logit blocks."""
-        if self.bank2 is None:
-            return self.bank.mvm_latency + self.bank.out_blocks + 2
-        return (self.bank.mvm_latency + self.bank.out_blocks + self.bank2.mvm_latency
-                + self.bank2.out_blocks + 3)
-
-    def router_cycles(self, mode: int, *, first: bool = False, insert: bool = False,
-                      n_routes: int = 0, go_rows_read: int = 0, go_dram_rows: int = 0) -> int:
-        """Stage 2 of a token: cycles from its hand-over to the next hand-over stage 2 can take
-        (module docstring). ``first``/``insert``: token 0 of a window that fills the GO
-        cache; ``n_routes``: a top-k token's selections (with ``drop``, the dropped ones
-        too: each takes its cycle); ``go_rows_read``/``go_dram_rows``:
-        rows a cached decision scans in SRAM / in DRAM."""
-        beat = int(self._shared)                 # the shared gate's route beat
-        if self._router == "top_k":
-            return self.tc.latency(n_routes) + 3 + n_routes + beat
-        soft = self.softmax.latency(self._n) + 2 + beat
-        if mode == MODE_WINDOW:
-            return soft + 1 + (1 if first and insert else 0)
-        return soft + go_rows_read + go_dram_rows + self._n + 5
-
-    def close_cycles(self, mode: int, n_tokens: int, cap: int) -> int:
-        """Cycles after the window's last token until its closing beat is taken."""
-        if self._router == "expert_choice" and mode == MODE_WINDOW:
-            return self.ec.select_cycles(n_tokens, cap) + 1
-        return 1
 
     def elaborate(self, platform):
         m = Module()

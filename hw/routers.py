@@ -15,8 +15,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import index_bits, need, need_positive
-from .softmax import SCORE_BITS, GateSoftmax
+from moepim.spec import timing
+from moepim.spec.checks import index_bits, need, need_positive
+from moepim.spec.numerics import SCORE_BITS
+
+from .softmax import GateSoftmax
 from .topk import StreamingTopK
 
 __all__ = ["TokenChoiceRouter", "ExpertChoiceRouter"]
@@ -31,7 +34,8 @@ class TokenChoiceRouter(wiring.Component):
     Latency per token, from the handshake (cycle 0) to ``o_routes.valid``, without
     back-pressure: ``n_experts`` cycles to stream the logits through the top-k unit, ``count``
     cycles for its results, 1 cycle to hand over to the softmax, its latency, 1 cycle to the
-    output: ``latency(count) = n_experts + count + 2 + softmax.latency(n_masked)``.
+    output: ``latency(count) = n_experts + count + 2 + softmax.latency()``
+    (``moepim.spec.timing.topk_router_latency``).
     """
 
     def __init__(self, *, n_experts: int, k: int, logit_bits: int, renormalize: bool,
@@ -58,8 +62,7 @@ class TokenChoiceRouter(wiring.Component):
         })
 
     def latency(self, count: int) -> int:
-        n_masked = count if self._renorm else self._n
-        return self._n + count + 2 + self.softmax.latency(n_masked)
+        return timing.topk_router_latency(self._n, count)
 
     def elaborate(self, platform):
         m = Module()
@@ -170,7 +173,7 @@ class ExpertChoiceRouter(wiring.Component):
         })
 
     def select_cycles(self, n_tokens: int, cap: int) -> int:
-        return self._n * (n_tokens + 1 + cap)
+        return timing.ec_select_cycles(self._n, n_tokens, cap)
 
     def elaborate(self, platform):
         m = Module()

@@ -28,7 +28,10 @@ from amaranth import Cat, Module, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import check_counter_bits, index_bits, need, need_positive, tree_sum
+from moepim.spec import timing
+from moepim.spec.checks import index_bits, need, need_positive
+
+from .params import check_counter_bits, tree_sum
 
 __all__ = ["GroupScheduler"]
 
@@ -74,7 +77,7 @@ class GroupScheduler(wiring.Component):
 
     @staticmethod
     def window_cycles(n_jobs: int, timestamps: int) -> int:
-        return n_jobs + timestamps
+        return timing.scheduler_window_cycles(n_jobs, timestamps)
 
     def elaborate(self, platform):
         m = Module()

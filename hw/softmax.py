@@ -28,17 +28,18 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import index_bits, need, need_positive
+from moepim.spec import timing
+from moepim.spec.checks import index_bits, need, need_positive
+from moepim.spec.numerics import (
+    EXP_ENTRIES,
+    EXP_STEPS_PER_UNIT,
+    RECIP_BITS,
+    RECIP_SHIFT,
+    SCORE_BITS,
+)
 
-__all__ = ["GateSoftmax", "exp_table", "SCORE_BITS", "RECIP_BITS"]
+__all__ = ["GateSoftmax", "exp_table"]
 
-SCORE_BITS = 16                # Q0.16 probabilities
-# the reciprocal of the sum: R = floor(2**RECIP_SHIFT / sum); every numerator e << 16 is below
-# 2**RECIP_SHIFT (e <= 2**16), and sum >= 2**16 (the maximum's entry) bounds R below
-# 2**RECIP_BITS
-RECIP_SHIFT = 2 * SCORE_BITS + 1
-RECIP_BITS = RECIP_SHIFT - SCORE_BITS + 1
-EXP_ENTRIES, EXP_STEPS_PER_UNIT = 256, 16
 
 
 def exp_table() -> list[int]:
@@ -71,7 +72,7 @@ class GateSoftmax(wiring.Component):
     def latency(self, n_masked: int | None = None) -> int:
         """Cycles from the handshake to ``o_probs.valid`` (any mask: one division per
         token, not per entry)."""
-        return 2 * self._n + 4 + RECIP_BITS + 1
+        return timing.softmax_latency(self._n)
 
     def elaborate(self, platform):
         m = Module()

@@ -19,7 +19,7 @@ from amaranth import ClockSignal, Instance, Module, Shape
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import index_bits, need, need_positive
+from moepim.spec.checks import index_bits, need, need_positive
 
 __all__ = ["Sram", "SRAM_MACRO_NAME", "SRAM_CORES"]
 

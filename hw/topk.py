@@ -21,7 +21,10 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import index_bits, need, need_positive, tree_sum
+from moepim.spec import timing
+from moepim.spec.checks import index_bits, need, need_positive
+
+from .params import tree_sum
 
 __all__ = ["StreamingTopK", "item_layout", "selected_layout"]
 
@@ -71,7 +74,7 @@ class StreamingTopK(wiring.Component):
     signed_scores = property(lambda self: self._signed)
 
     def window_cycles(self, n: int, count: int) -> int:
-        return n + count
+        return timing.topk_window_cycles(n, count)
 
     def elaborate(self, platform):
         m = Module()

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moepim.spec.numerics import SCORE_BITS
+
 from .moe import Routing, init_weights, moe_forward_float
 from .quant import (
     EXP_STEPS_PER_UNIT,
@@ -66,7 +68,6 @@ __all__ = ["attention_shapes", "init_decoder_weights", "decoder_forward_float",
 NORM_FRAC_BITS = 8          # fractional bits of the integer square root of the mean square
 NORM_RECIP_BITS = 30        # the per-token reciprocal 2**30 // r (r < 2**17 for 8-bit codes)
 ROPE_FRAC_BITS = 14         # cos/sin tables in Q1.14
-SCORE_BITS = 16             # softmax probabilities in Q0.16 (moepim.models.quant)
 
 
 def attention_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

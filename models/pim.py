@@ -7,12 +7,8 @@ and saturation), and the partial outputs of a column of tiles are summed exactly
 ideal ADC it equals the exact integer product. Passed as ``matmul`` to
 :func:`moepim.models.quant.moe_forward_int`, it gives the layer's accelerator-exact golden.
 
-:func:`bank_image` lays a group's matrices out as the matrix-bank macro loads them.
-
-:func:`window_cycles` is the layer's cycle formula (documented with
-``moepim.hw.MoELayerAccelerator``): per timestamp with ``n`` distinct tokens,
-``n * 2 * blocks + job_latency + 5`` cycles (``job_latency``: of the slowest engine working in
-that timestamp).
+:func:`bank_image` lays a group's matrices out as the matrix-bank macro loads them. The
+layer's cycles are the timing model's (``moepim.spec.timing``).
 """
 
 from __future__ import annotations
@@ -21,10 +17,12 @@ import hashlib
 
 import numpy as np
 
-from .tile import TileShape, _plane_weights, _planes, encode_lines
+from moepim.spec.tile import TileSpec
+
+from .tile import _plane_weights, _planes, adc_convert, encode_lines
 
 __all__ = ["CrossbarMatmul", "RowMemo", "MemoMatmul", "bank_image", "bank_file_words", "column_sum_packing",
-           "row_tile_outputs", "tiles_of", "window_cycles", "calibrate_shift",
+           "row_tile_outputs", "tiles_of", "calibrate_shift",
            "CALIBRATION_CLIP_FRACTION", "CALIBRATION_TOKENS", "CALIBRATION_SEED_OFFSET"]
 
 # The calibrated ADC range (``adc_range: calibrated``): per matrix and weight slice, the
@@ -40,12 +38,12 @@ CALIBRATION_TOKENS = 32
 CALIBRATION_SEED_OFFSET = 1000
 
 
-def tiles_of(n_in: int, n_out: int, shape: TileShape) -> tuple[int, int]:
+def tiles_of(n_in: int, n_out: int, shape: TileSpec) -> tuple[int, int]:
     """Row tiles and column tiles of an ``n_in x n_out`` matrix."""
     return -(-n_in // shape.n_rows), -(-n_out // shape.n_outputs)
 
 
-def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
+def _cells(b: np.ndarray, shape: TileSpec) -> np.ndarray:
     """Cells ``(row_tiles, col_tiles, n_rows, n_columns)`` of ``b`` padded with zero weights
     to whole tiles."""
     b = np.asarray(b)
@@ -57,7 +55,7 @@ def _cells(b: np.ndarray, shape: TileShape) -> np.ndarray:
                                 .transpose(0, 2, 1, 3))
 
 
-def _row_tile_line_sums(x: np.ndarray, cells: np.ndarray, shape: TileShape):
+def _row_tile_line_sums(x: np.ndarray, cells: np.ndarray, shape: TileSpec):
     """Per row tile ``i``: ``(rows, line sums (IB, B, ct, n_lines))`` of the tiles of one
     matrix."""
     s = shape
@@ -77,7 +75,7 @@ def _row_tile_line_sums(x: np.ndarray, cells: np.ndarray, shape: TileShape):
         yield rows, sums
 
 
-def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape,
+def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileSpec,
                      adc_shift: int | None = None) -> np.ndarray:
     """What the tiles of one matrix compute, per row tile: ``x`` ``(B, row_tiles * n_rows)``
     signed inputs, ``cells`` ``(row_tiles, col_tiles, n_rows, n_columns)`` (as
@@ -95,11 +93,11 @@ def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape,
     for i, (rows, sums) in enumerate(_row_tile_line_sums(x, cells, s)):
         if per_slice:
             sums = sums.reshape(*sums.shape[:3], s.n_outputs, s.slices_per_weight)
-            conv = np.stack([s.convert(sums[..., j], int(adc_shift[j]))
+            conv = np.stack([adc_convert(s, sums[..., j], int(adc_shift[j]))
                              for j in range(s.slices_per_weight)], axis=-1).reshape(
                                  *sums.shape[:3], s.n_lines)
         else:
-            conv = s.convert(sums, adc_shift)
+            conv = adc_convert(s, sums, adc_shift)
         acc = np.tensordot(pw, conv, axes=(0, 0))              # (B, ct, L)
         acc = acc.reshape(*acc.shape[:2], s.n_outputs, s.slices_per_weight) @ slice_w
         out[:, i] = acc.reshape(x.shape[0], -1) - s.offset_correction * x[:, rows].sum(
@@ -107,7 +105,7 @@ def row_tile_outputs(x: np.ndarray, cells: np.ndarray, shape: TileShape,
     return out
 
 
-def _padded_inputs(a: np.ndarray, rt: int, shape: TileShape) -> np.ndarray:
+def _padded_inputs(a: np.ndarray, rt: int, shape: TileSpec) -> np.ndarray:
     a = a.reshape(-1, a.shape[-1])
     x = np.zeros((a.shape[0], rt * shape.n_rows), dtype=np.int64)
     x[:, :a.shape[1]] = a
@@ -117,7 +115,7 @@ def _padded_inputs(a: np.ndarray, rt: int, shape: TileShape) -> np.ndarray:
     return x
 
 
-def calibrate_shift(a, b, shape: TileShape,
+def calibrate_shift(a, b, shape: TileSpec,
                     clip_fraction: float = CALIBRATION_CLIP_FRACTION,
                     cells: np.ndarray | None = None) -> tuple[int, ...]:
     """The calibrated ADC window of matrix ``b`` for calibration inputs ``a``: per weight
@@ -221,7 +219,7 @@ class CrossbarMatmul:
     the bank file carries for its slot). Products are kept per matrix and input row
     (:class:`RowMemo`, ``memo``)."""
 
-    def __init__(self, shape: TileShape):
+    def __init__(self, shape: TileSpec):
         self.shape = shape
         self._shifts: dict[int, tuple[np.ndarray, int]] = {}
         self._cells: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # id(b) -> (b, cells)
@@ -303,7 +301,7 @@ class CrossbarMatmul:
         return hit[1]
 
 
-def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
+def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileSpec,
                shifts=None, matmul: CrossbarMatmul | None = None) -> np.ndarray:
     """Cell bytes of one matrix bank: slot-major, then row tile, column tile, row, column
     (the order ``moepim_matrix_bank`` reads). Slots without a matrix hold zero weights.
@@ -335,7 +333,7 @@ def bank_image(matrices, n_slots: int, n_in: int, n_out: int, shape: TileShape,
     return np.concatenate(parts).astype(np.uint8, copy=False)
 
 
-def split_bank_image(image: np.ndarray, n_slots: int, shape: TileShape):
+def split_bank_image(image: np.ndarray, n_slots: int, shape: TileSpec):
     """``(cells, shifts (n_slots, slices))`` of a :func:`bank_image` (``shifts`` ``None``
     with a fixed range)."""
     image = np.asarray(image, dtype=np.uint8)
@@ -345,7 +343,7 @@ def split_bank_image(image: np.ndarray, n_slots: int, shape: TileShape):
     return image[:-8 * n_slots], window[:, :shape.slices_per_weight]
 
 
-def column_sum_packing(shape: TileShape) -> tuple[int, int, int]:
+def column_sum_packing(shape: TileSpec) -> tuple[int, int, int]:
     """``(sum_bits, per_word, words)``: a crossbar column's sum over all rows fits
     ``sum_bits`` bits; ``per_word`` such sums share a 64-bit word without carries between
     them; ``words`` words hold one crossbar row (``n_columns`` cells)."""
@@ -354,7 +352,7 @@ def column_sum_packing(shape: TileShape) -> tuple[int, int, int]:
     return sum_bits, per_word, -(-shape.n_columns // per_word)
 
 
-def bank_file_words(image: np.ndarray, shape: TileShape, n_slots: int | None = None) -> np.ndarray:
+def bank_file_words(image: np.ndarray, shape: TileSpec, n_slots: int | None = None) -> np.ndarray:
     """The file ``moepim_matrix_bank`` loads for a :func:`bank_image`: each crossbar row's
     cells packed ``per_word`` to a 64-bit word (cell ``k`` of a word at bits ``k*sum_bits``,
     :func:`column_sum_packing`; unused lanes zero), words big-endian (Verilog's ``$fread``
@@ -388,10 +386,3 @@ def bank_file_words(image: np.ndarray, shape: TileShape, n_slots: int | None = N
             sw |= shift_words[:, j].astype(np.uint64) << np.uint64(8 * j)
         words_out = np.concatenate([words_out, sw])
     return words_out.astype(">u8")
-
-
-def window_cycles(loads_per_slot, *, blocks: int, job_latency) -> int:
-    """Cycles the layer spends in the timestamps of one window. ``job_latency``: one number,
-    or per timestamp (the slowest engine working in it, when engines differ)."""
-    loads = np.asarray(loads_per_slot, dtype=np.int64)
-    return int((loads * 2 * blocks + job_latency + 5).sum())

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moepim.spec.numerics import EXP_ENTRIES, EXP_STEPS_PER_UNIT, SCORE_BITS
+
 from .moe import Routing, moe_forward_float
 from .routing import (
     apply_capacity,
@@ -40,12 +42,10 @@ from .zoo import ModelConfig
 
 __all__ = ["Requant", "int_matmul", "QuantLayer", "quantize_layer", "quantize_input",
            "int_softmax", "route_int", "moe_forward_int", "shared_gate_int",
-           "dequantize_output", "SCORE_BITS", "EXP_LUT", "ffn_hidden_int", "gate_hidden_int"]
+           "dequantize_output", "EXP_LUT", "ffn_hidden_int", "gate_hidden_int"]
 
-SCORE_BITS = 16                 # gate-score precision (Q0.16), also what the GO cache stores
-EXP_STEPS_PER_UNIT = 16         # EXP_LUT resolution: 1/16 of a natural-log unit
 EXP_LUT = np.array([round((1 << SCORE_BITS) * math.exp(-j / EXP_STEPS_PER_UNIT))
-                    for j in range(256)], dtype=np.int64)
+                    for j in range(EXP_ENTRIES)], dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -46,189 +46,26 @@ With an ideal ADC the result equals ``x @ W`` on integers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["TileShape", "tile_mvm", "tile_mvm_events", "tile_error_bound", "encode_cells",
+from moepim.spec.tile import ADC_RANGES, WEIGHT_ENCODINGS, TileSpec
+
+__all__ = ["adc_convert", "tile_mvm", "tile_mvm_events", "tile_error_bound", "encode_cells",
            "line_sums", "WEIGHT_ENCODINGS", "ADC_RANGES"]
 
-_BITS_PER_CELL_ALLOWED = (1, 2, 4, 8)
-WEIGHT_ENCODINGS = ("offset", "differential", "reference_column")
-ADC_RANGES = ("fixed", "calibrated")
+def adc_convert(shape: TileSpec, sums, shift: int | None = None):
+    """The ADC: converted values of line sums (any int array) at ``shift`` (default: the
+    tile's resolved shift): truncation of the ``shift`` low bits, then saturation."""
+    shift = shape.resolved_adc_shift if shift is None else shift
+    lo, hi = shape.code_range
+    return np.clip(np.asarray(sums) >> shift, lo, hi) << shift
 
 
-@dataclass(frozen=True)
-class TileShape:
-    """Validated geometry of a tile, with the derived counts the model needs.
-
-    Argument names are those of the hardware constructors (``CrossbarArray``,
-    ``PeripheralSet``) and of the YAML keys.
-    """
-
-    n_rows: int = 256
-    n_columns: int = 256
-    bits_per_cell: int = 8
-    weight_bits: int = 8
-    input_bits: int = 8
-    n_adcs: int = 32
-    adc_bits: int = 16
-    adc_shift: int | None = None
-    weight_encoding: str = "offset"
-    adc_range: str = "fixed"
-
-    def __post_init__(self):
-        def need(cond, name, value, allowed):
-            if not cond:
-                raise ValueError(f"{name}={value!r} is not allowed: {allowed}")
-
-        for name in ("n_rows", "n_columns", "n_adcs"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1, name, value, "a positive integer")
-        need(self.bits_per_cell in _BITS_PER_CELL_ALLOWED, "bits_per_cell", self.bits_per_cell,
-             f"one of {_BITS_PER_CELL_ALLOWED}")
-        need(isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 16, "weight_bits",
-             self.weight_bits, "an integer from 2 to 16")
-        need(self.weight_encoding in WEIGHT_ENCODINGS, "weight_encoding", self.weight_encoding,
-             f"one of {WEIGHT_ENCODINGS}")
-        need(self.adc_range in ADC_RANGES, "adc_range", self.adc_range, f"one of {ADC_RANGES}")
-        need(not (self.adc_range == "calibrated" and self.weight_encoding == "offset"),
-             "adc_range", self.adc_range, "'fixed' with weight_encoding 'offset' (its column "
-             "sums carry the offset's common-mode term, no window narrower than the full "
-             "scale fits them): choose 'differential' or 'reference_column' to calibrate")
-        need(self.weight_bits % self.bits_per_cell == 0, "weight_bits", self.weight_bits,
-             f"a multiple of bits_per_cell={self.bits_per_cell}")
-        per = self.slices_per_weight * self.columns_per_line
-        need(self.n_columns % per == 0, "n_columns", self.n_columns,
-             f"a multiple of {per} (weight_bits/bits_per_cell slices"
-             + (" x 2 columns, differential)" if self.columns_per_line == 2 else ")"))
-        need(isinstance(self.input_bits, int) and 2 <= self.input_bits <= 16, "input_bits",
-             self.input_bits, "an integer from 2 to 16")
-        need(self.n_lines % self.n_adcs == 0, "n_adcs", self.n_adcs,
-             f"a divisor of the {self.n_lines} ADC inputs per crossbar (n_columns"
-             + (" / 2: differential column pairs)" if self.columns_per_line == 2 else ")"))
-        need(isinstance(self.adc_bits, int) and 1 <= self.adc_bits <= 32, "adc_bits",
-             self.adc_bits, "an integer from 1 to 32")
-        if self.adc_shift is not None:
-            need(isinstance(self.adc_shift, int) and 0 <= self.adc_shift <= self.sum_bits,
-                 "adc_shift", self.adc_shift, f"null or an integer from 0 to {self.sum_bits}")
-
-    @property
-    def arithmetic(self) -> dict:
-        """The fields that decide what the tile computes (every one but ``n_adcs``, which only
-        decides how long it takes): what a golden model or a calibrated window depends on."""
-        return {k: v for k, v in self.__dict__.items() if k != "n_adcs"}
-
-    @property
-    def slices_per_weight(self) -> int:
-        return self.weight_bits // self.bits_per_cell
-
-    @property
-    def columns_per_line(self) -> int:
-        """Columns per ADC input: 2 for a differential pair, else 1."""
-        return 2 if self.weight_encoding == "differential" else 1
-
-    @property
-    def n_lines(self) -> int:
-        """ADC inputs per crossbar (columns, or column pairs for ``differential``)."""
-        return self.n_columns // self.columns_per_line
-
-    @property
-    def n_outputs(self) -> int:
-        return self.n_lines // self.slices_per_weight
-
-    @property
-    def columns_per_adc(self) -> int:
-        """ADC inputs muxed onto one ADC (conversions per ADC per bit plane)."""
-        return self.n_lines // self.n_adcs
-
-    @property
-    def n_physical_columns(self) -> int:
-        """Columns of cells per crossbar, the reference column included."""
-        return self.n_columns + (1 if self.weight_encoding == "reference_column" else 0)
-
-    @property
-    def cells_per_crossbar(self) -> int:
-        """Cells of one crossbar (read on every bit plane), the reference column included."""
-        return self.n_rows * self.n_physical_columns
-
-    @property
-    def conversions_per_plane(self) -> int:
-        return self.n_lines
-
-    @property
-    def signed_sums(self) -> bool:
-        return self.weight_encoding != "offset"
-
-    @property
-    def max_column_sum(self) -> int:
-        """Largest sum of one physical column (unsigned cells)."""
-        return self.n_rows * ((1 << self.bits_per_cell) - 1)
-
-    @property
-    def reference_cell(self) -> int:
-        return 1 << (self.bits_per_cell - 1)
-
-    @property
-    def sum_range(self) -> tuple[int, int]:
-        """Range of a line sum, the ADC's input."""
-        top = self.max_column_sum
-        if self.weight_encoding == "differential":
-            return -top, top
-        if self.weight_encoding == "reference_column":
-            return -self.n_rows * self.reference_cell, top - self.n_rows * self.reference_cell
-        return 0, top
-
-    @property
-    def sum_bits(self) -> int:
-        lo, hi = self.sum_range
-        return _signed_bits(lo, hi) if self.signed_sums else hi.bit_length()
-
-    @property
-    def code_range(self) -> tuple[int, int]:
-        if self.signed_sums:
-            return -(1 << (self.adc_bits - 1)), (1 << (self.adc_bits - 1)) - 1
-        return 0, (1 << self.adc_bits) - 1
-
-    @property
-    def offset_correction(self) -> int:
-        """Multiple of ``sum(x)`` the combine step subtracts (see the module docstring)."""
-        if self.weight_encoding == "differential":
-            return 0
-        half = 1 << (self.weight_bits - 1)
-        if self.weight_encoding == "reference_column":
-            return half - self.reference_cell * sum(
-                1 << (j * self.bits_per_cell) for j in range(self.slices_per_weight))
-        return half
-
-    def convert(self, sums, shift: int | None = None):
-        """The ADC: converted values of line sums (any int array) at ``shift``."""
-        shift = self.resolved_adc_shift if shift is None else shift
-        lo, hi = self.code_range
-        return np.clip(np.asarray(sums) >> shift, lo, hi) << shift
-
-    @property
-    def resolved_adc_shift(self) -> int:
-        if self.adc_shift is not None:
-            return self.adc_shift
-        return max(0, self.sum_bits - self.adc_bits)
-
-    @property
-    def ideal_adc(self) -> bool:
-        """True when the ADC loses nothing: no truncation and no saturation is possible."""
-        (lo, hi), (clo, chi) = self.sum_range, self.code_range
-        return self.resolved_adc_shift == 0 and clo <= lo and hi <= chi
+def _shape(kwargs) -> TileSpec:
+    return kwargs if isinstance(kwargs, TileSpec) else TileSpec(**kwargs)
 
 
-def _signed_bits(lo: int, hi: int) -> int:
-    return max((-lo - 1).bit_length() if lo < 0 else 0, hi.bit_length()) + 1
-
-
-def _shape(kwargs) -> TileShape:
-    return kwargs if isinstance(kwargs, TileShape) else TileShape(**kwargs)
-
-
-def encode_cells(weights, shape: TileShape) -> np.ndarray:
+def encode_cells(weights, shape: TileSpec) -> np.ndarray:
     """Cell values ``(n_rows, n_columns)`` stored for signed ``weights`` ``(n_rows, n_outputs)``."""
     w = np.asarray(weights)
     if w.shape != (shape.n_rows, shape.n_outputs):
@@ -237,7 +74,7 @@ def encode_cells(weights, shape: TileShape) -> np.ndarray:
     return encode_lines(w, shape).astype(np.int64)
 
 
-def encode_lines(weights, shape: TileShape) -> np.ndarray:
+def encode_lines(weights, shape: TileSpec) -> np.ndarray:
     """Cell values of signed ``weights`` ``(rows, k * n_outputs)``: ``(rows, k * n_columns)``,
     the cells of output ``o`` in columns ``o * n_columns / n_outputs`` onwards (a column's
     cells depend on its own output's weights only, so ``k`` column tiles side by side encode
@@ -268,7 +105,7 @@ def encode_lines(weights, shape: TileShape) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
-def line_sums(column_sums, planes, shape: TileShape):
+def line_sums(column_sums, planes, shape: TileSpec):
     """ADC inputs from the column sums ``(..., n_columns)`` of the bit ``planes``
     ``(..., n_rows)``: the differential pairs' differences, or the columns minus the
     reference column's sum (``reference_cell * popcount(plane)``)."""
@@ -280,7 +117,7 @@ def line_sums(column_sums, planes, shape: TileShape):
     return column_sums
 
 
-def _check_inputs(x, shape: TileShape) -> np.ndarray:
+def _check_inputs(x, shape: TileSpec) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if x.ndim not in (1, 2) or x.shape[-1] != shape.n_rows:
         raise ValueError(f"inputs have shape {x.shape}; the tile needs (..., n_rows={shape.n_rows})")
@@ -291,13 +128,13 @@ def _check_inputs(x, shape: TileShape) -> np.ndarray:
     return x
 
 
-def _planes(x: np.ndarray, shape: TileShape) -> np.ndarray:
+def _planes(x: np.ndarray, shape: TileSpec) -> np.ndarray:
     """Bit planes ``(input_bits, ..., n_rows)`` of two's-complement ``x``, LSB first."""
     u = x & ((1 << shape.input_bits) - 1)
     return np.stack([(u >> b) & 1 for b in range(shape.input_bits)])
 
 
-def _plane_weights(shape: TileShape) -> np.ndarray:
+def _plane_weights(shape: TileSpec) -> np.ndarray:
     w = np.array([1 << b for b in range(shape.input_bits)], dtype=np.int64)
     w[-1] = -w[-1]
     return w
@@ -307,7 +144,7 @@ def tile_mvm(x, weights, window=None, **shape_kwargs) -> np.ndarray:
     """Exact tile output for inputs ``x`` ``(n_rows,)`` or ``(batch, n_rows)``.
 
     ``weights`` is the signed ``(n_rows, n_outputs)`` matrix; keyword arguments are the tile
-    parameters (see :class:`TileShape`). ``window``: with ``adc_range="calibrated"``, the
+    parameters (see :class:`TileSpec`). ``window``: with ``adc_range="calibrated"``, the
     crossbar's run-time ADC shifts, one per weight slice (required then). Returns int64
     outputs ``(..., n_outputs)``.
     """
@@ -323,10 +160,10 @@ def tile_mvm(x, weights, window=None, **shape_kwargs) -> np.ndarray:
     planes = _planes(x, shape)                                  # (B, ..., R)
     sums = line_sums(planes @ cells, planes, shape)             # (B, ..., L) exact line sums
     if window is None:
-        converted = shape.convert(sums)
+        converted = adc_convert(shape, sums)
     else:
         spw = shape.slices_per_weight
-        converted = np.concatenate([shape.convert(sums[..., j::spw], int(window[j]))[..., None]
+        converted = np.concatenate([adc_convert(shape, sums[..., j::spw], int(window[j]))[..., None]
                                     for j in range(spw)], axis=-1).reshape(sums.shape)
     acc = np.tensordot(_plane_weights(shape), converted, axes=(0, 0))   # (..., L)
     acc = acc.reshape(*acc.shape[:-1], shape.n_outputs, shape.slices_per_weight)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from moepim.models.pim import row_tile_outputs, split_bank_image
-from moepim.models.tile import TileShape
+from moepim.spec.tile import TileSpec
 from moepim.testbenches.bits import pack_array, unpack_array
 
 __all__ = ["add_macro_model", "add_bank_model"]
@@ -55,7 +55,7 @@ def add_bank_model(sim, bank, image: np.ndarray) -> None:
     Amaranth's simulator, edge for edge as the Verilog model, with the cell ``image`` of
     ``moepim.models.pim.bank_image``."""
     g = bank.geometry
-    shape = TileShape(n_rows=g.n_rows, n_columns=g.n_columns, bits_per_cell=g.bits_per_cell,
+    shape = TileSpec(n_rows=g.n_rows, n_columns=g.n_columns, bits_per_cell=g.bits_per_cell,
                       weight_bits=g.weight_bits, input_bits=g.input_bits, n_adcs=g.n_adcs,
                       adc_bits=g.adc_bits, adc_shift=g.resolved_adc_shift,
                       weight_encoding=g.weight_encoding, adc_range=g.adc_range)

@@ -364,17 +364,19 @@ def source_digest(*packages) -> str:
 
 
 def _hw_digest() -> str:
-    """Digest of the RTL sources (``moepim.hw``: Python and Verilog), Amaranth's version and
-    this module (its export post-processing shapes the Verilog)."""
+    """Digest of the RTL sources (``moepim.hw``: Python and Verilog, and the specifications
+    it sizes itself from, ``moepim.spec``), Amaranth's version and this module (its export
+    post-processing shapes the Verilog)."""
     import amaranth
 
     h = hashlib.sha256(amaranth.__version__.encode())
     h.update(Path(__file__).read_bytes())
-    folder = Path(str(resources.files("moepim.hw")))
-    for path in sorted(folder.rglob("*")):
-        if path.suffix in (".py", ".v"):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
+    for package in ("moepim.spec", "moepim.hw"):
+        folder = Path(str(resources.files(package)))
+        for path in sorted(folder.rglob("*")):
+            if path.suffix in (".py", ".v"):
+                h.update(f"{package}/{path.name}".encode())
+                h.update(path.read_bytes())
     return h.hexdigest()
 
 

@@ -705,7 +705,7 @@ def main(argv=None) -> int:
         if is_user_error(e):
             print(f"moepim: error: {_user_message(e)}", file=sys.stderr)
             return EXIT_USAGE
-        if "moepim.hw.params.ParameterError" in _qualnames(e) and getattr(args, "config", None):
+        if "moepim.spec.checks.ParameterError" in _qualnames(e) and getattr(args, "config", None):
             # a hardware constructor refused a parameter derived from the config
             print(f"moepim: error: {args.config}: the hardware built from this config refuses "
                   f"{_user_message(e)}", file=sys.stderr)

@@ -75,6 +75,12 @@ class TileConfig:
             d.pop(k)
         return d
 
+    def spec(self):
+        """The tile's specification (``moepim.spec.tile.TileSpec``)."""
+        from moepim.spec.tile import TileSpec
+
+        return TileSpec(**self.shape_kwargs())
+
 
 @dataclass(frozen=True)
 class Constant:
@@ -522,7 +528,8 @@ def load_tech(path) -> TechConfig:
 
 def _check_tile(tile: TileConfig, file, prefix: str) -> None:
     """Cross-key rules, checked by the hardware constructors themselves (one source of truth)."""
-    from moepim.hw.params import ParameterError, check_tile_group
+    from moepim.hw.params import check_tile_group
+    from moepim.spec.checks import ParameterError
 
     try:
         check_tile_group(**tile.hw_kwargs())

@@ -38,8 +38,8 @@ import numpy as np
 
 from moepim.models.pim import CrossbarMatmul, MemoMatmul
 from moepim.models.quant import int_matmul
-from moepim.models.tile import TileShape
 from moepim.models.workload import Workload, make_workload
+from moepim.spec.tile import TileSpec
 
 from .report import atomic_write_bytes
 
@@ -101,15 +101,16 @@ def _path(root: Path, key: str) -> Path:
 
 def _source_digest() -> str:
     import moepim.models
+    import moepim.spec
 
     from .build import source_digest
 
     h = hashlib.sha256(Path(__file__).read_bytes())
-    h.update(source_digest(moepim.models).encode())
+    h.update(source_digest(moepim.spec, moepim.models).encode())
     return h.hexdigest()
 
 
-def golden_key(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileShape,
+def golden_key(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileSpec,
                weights: dict | None = None, trace: np.ndarray | None = None) -> str:
     """SHA-256 of everything the golden model of this workload depends on."""
     import torch
@@ -134,7 +135,7 @@ def golden_key(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileS
     return h.hexdigest()
 
 
-def _read(path: Path, key: str, shape: TileShape) -> Golden | None:
+def _read(path: Path, key: str, shape: TileSpec) -> Golden | None:
     try:
         with open(path, "rb") as f:
             blob = pickle.load(f)
@@ -157,7 +158,7 @@ def _read(path: Path, key: str, shape: TileShape) -> Golden | None:
     return g
 
 
-def golden_for(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileShape,
+def golden_for(model, *, n_prompt: int, n_generate: int, seed: int, shape: TileSpec,
                weights: dict | None = None, trace: np.ndarray | None = None,
                trace_source: str = "trace", root: Path | None = None) -> Golden:
     """The golden model of this workload: from the process, else from ``root``'s cache, else

@@ -36,7 +36,6 @@ from __future__ import annotations
 import numpy as np
 
 from moepim.models.pim import tiles_of
-from moepim.models.tile import TileShape
 
 __all__ = ["layer_geometry", "layer_energy_pj", "layer_area_mm2", "write_layer_plots",
            "adc_split", "powered_set_cycles"]
@@ -56,7 +55,7 @@ def layer_geometry(model, tile, n_groups: int, group_size: int) -> dict:
     (``gate_tiles``: the linear gate with the shared gate's column, or the MLP gate's two
     layers), crossbar and peripheral-set counts. ``n_groups``: routed groups (a shared expert
     has its own engine: one slot, its own peripheral sets)."""
-    shape = TileShape(**tile.shape_kwargs())
+    shape = tile.spec()
     matrices = _matrix_tiles(model, model.d_ff, shape)
     shared = _matrix_tiles(model, model.shared.d_ff, shape) if model.shared.n_shared else {}
     gate_columns = model.n_experts + (1 if model.shared.n_shared and
@@ -92,7 +91,7 @@ def _job_ops(model, mats: dict, d_ff: int) -> tuple[int, int, int]:
 
 def _mvm_events(tile, n_tile_mvms: int) -> dict:
     # cells read and lines converted per bit plane follow from the weight encoding
-    shape = TileShape(**tile.shape_kwargs())
+    shape = tile.spec()
     return {"cells": n_tile_mvms * tile.input_bits * shape.cells_per_crossbar,
             "adc_conversions": n_tile_mvms * tile.input_bits * shape.n_lines,
             "shift_adds": n_tile_mvms * tile.input_bits * shape.n_lines}
@@ -210,7 +209,7 @@ def layer_area_mm2(exp, geo: dict, go_cache_bits: int, synth: dict) -> dict:
     crossbars = geo["expert_crossbars"] + geo["gate_crossbars"]
     sram_bits = {"go_cache": go_cache_bits, "layer_memories": synth["memory_bits"]}
     um2 = {
-        "arrays": crossbars * TileShape(**tile.shape_kwargs()).cells_per_crossbar
+        "arrays": crossbars * tile.spec().cells_per_crossbar
         * tech.cell_area_um2.value,
         "adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
         "dacs": sets * tile.n_rows * tech.dac_area_um2.value,

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moepim.hw.params import TileGeometry
 from moepim.models.dram import DramChannel
 from moepim.models.gocache import GoCacheModel
 from moepim.models.grouping import make_groups
 from moepim.models.pim import column_sum_packing
-from moepim.models.quant import SCORE_BITS, dequantize_output, moe_forward_int
+from moepim.models.quant import dequantize_output, moe_forward_int
 from moepim.models.routing import expert_choice_capacity
-from moepim.models.tile import TileShape
 from moepim.models.workload import datapath_accuracy
+from moepim.spec.layer import LayerSpec
+from moepim.spec.numerics import SCORE_BITS
+from moepim.spec.timing import WINDOW_OVERHEAD, LayerTiming
 
 from .build import default_build_root, scratch_dir
 from .config import ConfigError, LayerExperiment, resolved_dict
@@ -40,12 +41,12 @@ from .layer_report import (
 )
 from .logic_estimate import estimate_layer_logic
 from .moe_run import (
-    LayerSpec,
     bank_images,
     bench_args,
     check_windows,
     expected_compute_cycles,
     expected_route_cycles,
+    expected_window_cycles,
     layer_groups,
     lut_writes,
     make_component,
@@ -89,9 +90,9 @@ def estimate_resources(exp: LayerExperiment, n_groups: int, group_size: int) -> 
     per_set = [(n_groups, group_size, geo["crossbars_per_expert"], geo["matrix_tiles"]),
                (1, 1, geo["crossbars_per_shared"], geo["shared_matrix_tiles"]),
                (1, 1, geo["gate_crossbars"], geo["gate_tiles"])]     # the gate's banks
-    _, per_word, words = column_sum_packing(TileShape(**t.shape_kwargs()))
+    _, per_word, words = column_sum_packing(t.spec())
     cells = sum(n * gs * x for n, gs, x, _ in per_set) * t.n_rows * words * 8
-    outs = TileShape(**t.shape_kwargs()).n_outputs
+    outs = t.spec().n_outputs
     results = 8 * sum(n * x for n, _, x, _ in per_set) * outs
     weights = (m.n_experts * m.d_ff + m.shared.d_ff * (1 if m.shared.n_shared else 0)) \
         * m.n_matrices * m.d_model + m.d_model * m.n_experts
@@ -285,6 +286,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         raise ConfigError(exp.source, "--waves", True,
                           "a run under verilator or icarus (they write the VCD)")
     spec, hw_tile = layer_spec(exp)
+    timing = LayerTiming.of(spec, tile.spec())
     gs = spec.group_size
     n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
     est = estimate_resources(exp, n_routed, gs)
@@ -292,7 +294,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         _check_resources(exp, est, allow_large)
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
-    shape = TileShape(**tile.shape_kwargs())
+    shape = tile.spec()
     weights, trace, profile = _load_inputs(exp)
     root = Path(build_root) if build_root else default_build_root()
     # the workload's golden model: computed once, kept in the process and on disk
@@ -364,8 +366,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
         # the timing level: the RTL's cycles and counters from the plan (no simulation)
         say(f"timing level: {len(run_windows)} windows from the cycle and counter formulas")
         t_model = time.monotonic()
-        results = model_results(run_windows, [len(windows)] if simulate_nc else [], spec, dut,
-                                wl, shape, mm)
+        results = model_results(run_windows, [len(windows)] if simulate_nc else [], spec,
+                                timing, dut, wl, shape, mm)
         info = {"sim_s": time.monotonic() - t_model, "cached": None, "directory": None}
         parts = [("all", run_windows[:len(windows)]),
                  ("no_cache", run_windows[len(windows):])]
@@ -387,8 +389,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                         Path(tmp) / f"{name}.saif" if switching else None)
             part_info = {}
             progress_file = Path(tmp) / f"{name}.progress"
-            expected = _expected_bench_cycles(part, dut, len(luts), wl_cfg.input_gaps,
-                                              wl_cfg.backpressure)
+            expected = _expected_bench_cycles(part, spec, timing, len(luts),
+                                              wl_cfg.input_gaps, wl_cfg.backpressure)
             got = run_bench(
                 sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
                 args=bench_args(part, spec, wl.quant, gap_p=wl_cfg.input_gaps,
@@ -416,7 +418,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                  "method": both["method"] + "; the decode steps' toggles: a "
                                  "run of the prompt and the decode steps minus the prompt's"}
     kept = [p for name, p in parts if p and name != "prefill"]
-    check = check_windows(run_windows, results, dut, restarts=[
+    check = check_windows(run_windows, results, spec, timing, restarts=[
         sum(len(p) for p in kept[:k]) for k in range(1, len(kept))])
     per = check["windows"]
     def route_ok(w):
@@ -441,7 +443,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     geo = layer_geometry(m, tile, n_routed, gs)
     # cycles a peripheral set is busy per MVM (the macro's ``busy``; checked for every run by
     # the windows' compute cycles)
-    mvm_latency = TileGeometry(**tile.shape_kwargs()).mvm_latency
+    mvm_latency = shape.mvm_latency
     shared_jobs = sum(w["shared_jobs"] for w in main)
     jobs = sum(w["jobs"] for w in main) - shared_jobs
     c = [w["counters"] for w in main]
@@ -467,7 +469,8 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                   if k in toggles) if switching else None)}
     energy = layer_energy_pj(exp, geo, events, time_ns)
     energy["switching"] = toggles or None
-    energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, dut, len(groups))
+    energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, timing,
+                                                     len(groups))
     # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
     go_cache_bits = (exp.go_cache_rows * m.n_experts * SCORE_BITS
                      if wl_cfg.go_cache and not spec.go_rows else 0)
@@ -505,8 +508,9 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                 entry["no_cache_cycles"] = per[len(windows) + i]["cycles"]
                 entry["no_cache_source"] = "simulated"
             else:
-                entry["no_cache_cycles"] = window_total_cycles(nw, dut)
-                entry["no_cache_source"] = "cycle formula (moepim.models.pim.window_cycles)"
+                entry["no_cache_cycles"] = expected_window_cycles(nw, timing,
+                                                                  spec.n_routed_experts)
+                entry["no_cache_source"] = "timing model (moepim.spec.timing)"
             entry["no_cache_jobs"] = len(nw.jobs)
         decode.append(entry)
     # what the crossbars' ADC quantisation costs: the same routing through exact integer
@@ -535,7 +539,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     comparison = None
     if compare:
         comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
-                                        dut, simulate_nc, go, toggles)
+                                        timing, simulate_nc, go, toggles)
     drops = None
     if spec.drop and hw_routing:
         # capacity dropping on the router: its count of dropped selections is the golden's
@@ -636,29 +640,30 @@ def time_split(cycles: int, clock_ns: float, stall_ns: float, time_ns: float) ->
             "dram_stall_share": stall_ns / time_ns if time_ns else 0.0}
 
 
-def _powered_check(counters: list, jobs: int, dut, n_groups: int) -> dict:
+def _powered_check(counters: list, jobs: int, timing, n_groups: int) -> dict:
     """The jobs the energy's powered time is counted from, against the RTL's counters: one
     job per busy timestamp of a group (``busy``), and the engines' busy cycles
     (``engine_busy_cycles``) = each group's jobs x (its engine's job latency - 1): an engine
     takes its job in the start cycle while still ready, then is busy until its result."""
     busy = [sum(x["busy"][g] for x in counters) for g in range(n_groups)]
     engine = sum(x["engine_busy_cycles"] for x in counters)
-    expected = sum(b * (dut.group_latency(g) - 1) for g, b in enumerate(busy))
+    expected = sum(b * (timing.group_latencies[g] - 1) for g, b in enumerate(busy))
     return {"jobs": jobs, "rtl_busy_timestamps": sum(busy),
             "rtl_engine_busy_cycles": engine, "jobs_x_busy_cycles_per_job": expected,
             "consistent": sum(busy) == jobs and engine == expected}
 
 
-def _expected_bench_cycles(windows, dut, n_lut_writes: int, gap_p: float,
+def _expected_bench_cycles(windows, spec, timing, n_lut_writes: int, gap_p: float,
                            stall_p: float) -> int:
     """About how many cycles the bench takes for ``windows`` (the progress bar's total): the
     cycle formula of each window with its input beats slowed by the input gaps and its
     output beats by the back-pressure."""
     total = n_lut_writes / (1 - gap_p)
     for w in windows:
-        beats = len(w.x) * dut.blocks
-        total += ((beats + max(1, len(w.jobs))) / (1 - gap_p) + expected_compute_cycles(w, dut)
-                  + (expected_route_cycles(w, dut) or 0) + beats / (1 - stall_p)
+        beats = len(w.x) * timing.blocks
+        route = expected_route_cycles(w, timing, spec.n_routed_experts) or 0
+        total += ((beats + max(1, len(w.jobs))) / (1 - gap_p)
+                  + expected_compute_cycles(w, timing) + route + beats / (1 - stall_p)
                   + WINDOW_OVERHEAD)
     return int(total)
 
@@ -727,7 +732,7 @@ def _sum_counters(deltas) -> dict:
     return total
 
 
-def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, simulated,
+def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, timing, simulated,
                        go, toggles) -> dict:
     """Cycles and energy of the decode steps with the GO cache and without it (the whole
     prefix recomputed). Simulated windows use their counters; formula windows estimate DAC
@@ -746,7 +751,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
               "routed_tokens": n_tokens,
               "go_cache_bits": go_bits, "output_values": n_tokens * spec.d_model,
               "dram_bytes": 0, "dram_busy_ns": 0.0,
-              "mvm_latency": TileGeometry(**exp.tile.shape_kwargs()).mvm_latency,
+              "mvm_latency": exp.tile.spec().mvm_latency,
               "net_toggles": toggles[part]["toggles"] if both else None}
         if all("counters" in e for e in entries):
             c = [e["counters"] for e in entries]
@@ -755,7 +760,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
                                     + (x["out_reads"] + x["out_writes"]) * lanes * acc_bits
                                     for x in c)
         else:
-            blocks = dut.blocks
+            blocks = timing.blocks
             ev["dac_drives"] = int(round(dac_per_job * (ev["jobs"] + shared)))
             ev["buffer_bits"] = sum(
                 (e["tokens_loaded"] + e["tokens"]) * blocks * lanes * ab
@@ -775,7 +780,8 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     else:
         nc = [{"jobs": len(w.jobs), "shared_jobs": w.shared_jobs, "tokens": len(w.x),
                "tokens_loaded": w.sched.tokens_loaded,
-               "cycles": window_total_cycles(w, dut)} for w in nc_windows]
+               "cycles": expected_window_cycles(w, timing, spec.n_routed_experts)}
+              for w in nc_windows]
     with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
                       "decode")
     without = mode(nc, sum(e["tokens"] for e in nc), 0,
@@ -784,23 +790,6 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, dut, 
     return {"decode_steps": n_gen, "with_go_cache": with_cache, "without_cache": without,
             "speedup": without["cycles"] / max(1, with_cache["cycles"]),
             "energy_ratio": without["energy_pj"] / max(1e-30, with_cache["energy_pj"])}
-
-
-def window_total_cycles(w, dut) -> int:
-    """Cycles of a window without input gaps or back-pressure: token beats, the routing phase
-    (exact, ``expected_route_cycles``), job beats, the timestamps (exact, ``window_cycles``),
-    the output beats and one cycle of hand-over. The RTL takes this or up to ``SETTLE_MAX``
-    cycles more (the scheduler waits for its queues' heads after the last job beat); the
-    tests check that bound."""
-    n = len(w.x)
-    jobs = max(1, len(w.jobs))
-    compute = expected_compute_cycles(w, dut)
-    route = expected_route_cycles(w, dut) or 0
-    return n * dut.blocks + route + jobs + compute + n * dut.blocks + WINDOW_OVERHEAD
-
-
-WINDOW_OVERHEAD = 1
-SETTLE_MAX = 2
 
 
 def _headline(report: dict) -> dict:

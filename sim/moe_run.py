@@ -13,7 +13,7 @@ Steps (``run_layer``):
    alone, so their decode windows hold the new token only.
 4. The hardware (``moepim.hw.MoELayerAccelerator``) runs the windows under Verilator, Icarus;
    its outputs are checked against the golden for every token of every window, and its
-   cycles against the schedule's formula (``moepim.models.pim.window_cycles``).
+   cycles against the timing model (``moepim.spec.timing``).
 """
 
 from __future__ import annotations
@@ -25,52 +25,20 @@ import numpy as np
 
 from moepim.hw.expert_engine import FFN_BANKS, FFN_REQUANTS
 from moepim.hw.moe_layer import MoELayerAccelerator
-from moepim.hw.route_unit import (
-    INDEX_MULT_BITS,
-    INDEX_SHIFT_BITS,
-    MODE_CACHED,
-    MODE_HOST,
-    MODE_WINDOW,
-)
+from moepim.hw.route_unit import INDEX_MULT_BITS, INDEX_SHIFT_BITS
 from moepim.models.moe import Routing
-from moepim.models.pim import bank_file_words, bank_image, window_cycles
+from moepim.models.pim import bank_file_words, bank_image
 from moepim.models.quant import moe_forward_int, route_int, shared_gate_int
 from moepim.models.routing import capacity_limit, expert_choice_capacity, expert_choice_mask
 from moepim.models.schedule import IDLE, schedule
-from moepim.models.tile import TileShape
+from moepim.spec.layer import LayerSpec
+from moepim.spec.tile import TileSpec
+from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW, LayerTiming
 
-__all__ = ["LayerSpec", "Window", "make_component", "prepare_windows", "write_bank_images",
+__all__ = ["Window", "make_component", "prepare_windows", "write_bank_images",
            "bank_images", "layer_groups", "lut_writes", "bench_args", "route_counter_names",
-           "expected_route_cycles", "check_windows", "slot_latencies",
-           "expected_compute_cycles"]
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """Everything that sizes the hardware (the build key) besides the tile. ``n_experts`` and
-    ``n_groups`` count the shared expert and its group (the last) when ``shared_d_ff`` > 0."""
-
-    d_model: int
-    d_ff: int
-    n_experts: int
-    n_groups: int
-    group_size: int
-    n_tokens: int
-    lanes: int
-    gate_bits: int
-    multiplier_bits: int
-    ffn: str = "relu"
-    shared_d_ff: int = 0
-    # routing front end (``moepim.hw.route_unit``): None = routes come from the host
-    router: str | None = None
-    top_k: int = 1
-    renormalize: bool = False
-    c_max: int = 1
-    go_rows: int = 0
-    max_sequence: int = 0
-    gate_hidden: int = 0            # MLP gate (LLaMA-MoE): its hidden width; 0 = linear gate
-    shared_gate: bool = False       # the shared expert's sigmoid gate on the layer's router
-    drop: bool = False              # capacity dropping (Switch) on the layer's top-k router
+           "expected_route_cycles", "check_windows", "expected_compute_cycles",
+           "expected_window_cycles"]
 
 
 @dataclass
@@ -221,7 +189,7 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
     return windows
 
 
-def _bank_images(wl, groups, spec: LayerSpec, shape: TileShape, matmul=None):
+def _bank_images(wl, groups, spec: LayerSpec, shape: TileSpec, matmul=None):
     """``(plusarg name, cell image, slots)`` of every bank (see :func:`bank_images`)."""
     t, cfg = wl.quant.tensors, wl.cfg
     names = FFN_BANKS[spec.ffn]
@@ -263,7 +231,7 @@ def _same(matmul, shape):
     return matmul if mine is not None and mine.arithmetic == shape.arithmetic else None
 
 
-def bank_images(wl, groups, spec: LayerSpec, shape: TileShape,
+def bank_images(wl, groups, spec: LayerSpec, shape: TileSpec,
                 matmul=None) -> list[tuple[str, np.ndarray]]:
     """Per bank, its plusarg name and cell image: every group's matrices, bank ids as the
     layer numbers them (``n_banks*g + k``, ``k`` over the engine's bank names). With a
@@ -282,7 +250,7 @@ def lut_writes(wl, groups, spec: LayerSpec) -> list[list[int]]:
             for i, v in enumerate(luts[f"{_prefix(e, cfg)}.silu"])]
 
 
-def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileShape,
+def write_bank_images(folder: Path, wl, groups, spec: LayerSpec, shape: TileSpec,
                       matmul=None) -> list[str]:
     """Write the cell images into ``folder``; return the plusargs naming them."""
     args = []
@@ -339,34 +307,37 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
             "route_stall_p": route_stall_p}
 
 
-def slot_latencies(sched, dut) -> np.ndarray:
-    """Per timestamp of ``sched``, the job latency of its slowest working engine."""
-    lat = np.array([dut.group_latency(g) for g in range(sched.tokens.shape[1])], dtype=np.int64)
-    return np.where(sched.tokens != IDLE, lat, 0).max(axis=1, initial=0)
+def expected_compute_cycles(w: Window, timing: LayerTiming) -> int:
+    """The timing model's cycles of a window's timestamps (``LayerTiming.compute_cycles``)."""
+    return timing.compute_cycles(w.sched.loads_per_slot, w.sched.tokens != IDLE)
 
 
-def expected_compute_cycles(w: Window, dut) -> int:
-    """The cycle formula (``moepim.models.pim.window_cycles``) of a window's timestamps."""
-    return window_cycles(w.sched.loads_per_slot, blocks=dut.blocks,
-                         job_latency=slot_latencies(w.sched, dut))
-
-
-def expected_route_cycles(w: Window, dut) -> int | None:
-    """The routing phase's cycle formula (``MoELayerAccelerator.route_cycles``); ``None`` when
-    the host supplies the window's routes."""
+def expected_route_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int | None:
+    """The timing model's cycles of a window's routing phase (``LayerTiming.route_cycles``);
+    ``None`` when the host supplies the window's routes. ``n_routed``: the router's experts."""
     if w.route_mode == MODE_HOST:
         return None
-    n = dut.route_unit.n_experts
-    selected = w.mask[:, :n] if w.dropped is None else w.mask[:, :n] | w.dropped[:, :n]
+    selected = w.mask[:, :n_routed] if w.dropped is None else \
+        w.mask[:, :n_routed] | w.dropped[:, :n_routed]
     per_token = selected.sum(axis=1)
-    return dut.route_cycles(w.route_mode, len(w.x), cap=w.route_cap, insert=w.go_insert,
-                            routes_per_token=[int(n) for n in per_token],
-                            go_rows_read=w.go_rows_read, go_dram_rows=w.go_dram_rows)
+    return timing.route_cycles(w.route_mode, len(w.x), cap=w.route_cap, insert=w.go_insert,
+                               routes_per_token=[int(n) for n in per_token],
+                               go_rows_read=w.go_rows_read, go_dram_rows=w.go_dram_rows)
 
 
-def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) -> dict:
-    """Outputs vs golden and cycles vs the formula, per window. The results' counters are
-    cumulative within a simulation; ``restarts``: indices of windows that begin a new one."""
+def expected_window_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int:
+    """The timing model's cycles of a whole window without input gaps or back-pressure and
+    without the scheduler's settle cycle (the RTL takes this or up to ``SETTLE_MAX`` more)."""
+    return timing.window_cycles(len(w.x), len(w.jobs), expected_compute_cycles(w, timing),
+                                expected_route_cycles(w, timing, n_routed))
+
+
+def check_windows(windows: list[Window], results: list[dict], spec: LayerSpec,
+                  timing: LayerTiming, restarts=()) -> dict:
+    """Outputs vs golden, routes vs the golden routing and cycles vs the timing model, per
+    window. The results' counters are cumulative within a simulation; ``restarts``: indices
+    of windows that begin a new one."""
+    n_routed = spec.n_routed_experts
     mismatches, per_window = [], []
     prev = {}
     for i, (w, res) in enumerate(zip(windows, results)):
@@ -382,11 +353,11 @@ def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) 
         for tok, col in bad[:16]:
             mismatches.append({"window": i, "token": int(tok), "index": int(col),
                                "expected": int(w.golden[tok, col]), "got": int(got[tok, col])})
-        expected_cycles = expected_compute_cycles(w, dut)
+        expected_cycles = expected_compute_cycles(w, timing)
         routing = {}
         if w.route_mode != MODE_HOST:
-            ru = dut.route_unit          # routed experts, and the shared gate's beats
-            want = w.expected_routes(ru.n_experts + int(ru.shared_gate))
+            # routed experts, and the shared gate's beats
+            want = w.expected_routes(n_routed + int(spec.shared_gate))
             got_routes = sorted(res["routes"])
             if got_routes != want:
                 extra = [r for r in got_routes if r not in want]
@@ -395,7 +366,7 @@ def check_windows(windows: list[Window], results: list[dict], dut, restarts=()) 
                                    "unexpected": extra[:8], "missing": missing[:8]})
             routing = {"routes": len(got_routes), "routes_match": got_routes == want,
                        "route_cycles": delta["route_cycles"],
-                       "expected_route_cycles": expected_route_cycles(w, dut)}
+                       "expected_route_cycles": expected_route_cycles(w, timing, n_routed)}
         per_window.append({**routing, "kind": w.kind, "step": w.step, "tokens": len(w.x),
                            "jobs": len(w.jobs), "shared_jobs": w.shared_jobs,
                            "timestamps": w.sched.timestamps,

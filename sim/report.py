@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from moepim.models.tile import TileShape
-
 from .config import ConfigError, TechConfig, TileConfig, resolved_dict
 
 __all__ = ["tile_energy_pj", "tile_area_mm2", "atomic_run_dir", "write_report", "tile_headline",
@@ -46,7 +44,7 @@ def tile_energy_pj(tile: TileConfig, tech: TechConfig, counters: dict,
 
     per = counters["peripherals"]
     activations = sum(x["activations"] for x in counters["crossbars"])
-    cells = TileShape(**tile.shape_kwargs()).cells_per_crossbar
+    cells = tile.spec().cells_per_crossbar
     _adc_entry(tech.adc_energy_pj, tile.adc_bits, tech, "adc_energy_pj")
     adc, leak_mw = adc_split(tech, tile.adc_bits)
     if power_gating == "idle":
@@ -84,7 +82,7 @@ def tile_area_mm2(tile: TileConfig, tech: TechConfig, digital: dict | None = Non
     and memories."""
     adc = _adc_entry(tech.adc_area_um2, tile.adc_bits, tech, "adc_area_um2")
     um2 = {
-        "arrays": tile.group_size * TileShape(**tile.shape_kwargs()).cells_per_crossbar
+        "arrays": tile.group_size * tile.spec().cells_per_crossbar
         * tech.cell_area_um2.value,
         "adcs": tile.n_adcs * adc.value,
         "dacs": tile.n_rows * tech.dac_area_um2.value,

@@ -291,12 +291,14 @@ def code_version() -> str:
     import moepim.hw
     import moepim.models
     import moepim.sim
+    import moepim.spec
     import moepim.testbenches
 
     from .build import source_digest
     from .logic_estimate import COEFFICIENTS_FILE
 
-    code = source_digest(moepim.hw, moepim.models, moepim.sim, moepim.testbenches)
+    code = source_digest(moepim.spec, moepim.hw, moepim.models, moepim.sim,
+                         moepim.testbenches)
     return hashlib.sha256(code.encode() + COEFFICIENTS_FILE.read_bytes()).hexdigest()
 
 

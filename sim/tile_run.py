@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moepim.hw import TileGeometry, TileGroup
-from moepim.models.tile import TileShape, tile_mvm, tile_mvm_events
+from moepim.hw import TileGroup
+from moepim.models.tile import tile_mvm, tile_mvm_events
+from moepim.spec.tile import TileSpec
 from moepim.testbenches.bits import pack_array
 
 from .config import TileExperiment
@@ -48,7 +49,7 @@ class Scenario:
 
 def make_scenario(exp: TileExperiment) -> Scenario:
     t, wl = exp.tile, exp.workload
-    shape = TileShape(**t.shape_kwargs())
+    shape = TileSpec(**t.shape_kwargs())
     rng = np.random.default_rng(wl.seed)
     wh, xh = 1 << (t.weight_bits - 1), 1 << (t.input_bits - 1)
     weights = rng.integers(-wh, wh, size=(t.group_size, t.n_rows, shape.n_outputs))
@@ -122,7 +123,7 @@ def _field_maps(group: TileGroup) -> dict:
 
 
 def _timeout(exp: TileExperiment, sc: Scenario) -> int:
-    g = TileGeometry(**exp.tile.shape_kwargs())
+    g = exp.tile.spec()
     idle = int(sc.gaps.sum()) + 1
     stalls = int((sc.ready_pattern == 0).sum() * (len(sc.xs) * g.mvm_latency // len(sc.ready_pattern) + 2))
     return (len(sc.xs) + 1) * (g.mvm_latency + 2) + idle + stalls + 100
@@ -162,7 +163,7 @@ def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None
 
 
 def expected_counters(exp: TileExperiment, sc: Scenario) -> dict:
-    shape = TileShape(**exp.tile.shape_kwargs())
+    shape = exp.tile.spec()
     ev = tile_mvm_events(sc.xs, **exp.tile.shape_kwargs())
     g = exp.tile.group_size
     per_xbar = [int((sc.xbar == i).sum()) for i in range(g)]
@@ -204,7 +205,7 @@ def check_outputs(exp: TileExperiment, sc: Scenario, run: TileRun) -> dict:
             if got != want:
                 mismatches.append({"what": f"counter crossbars.{i}.{key}", "expected": want,
                                    "actual": got})
-    latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
+    latency = exp.tile.spec().mvm_latency
     lat = run.done - run.accept
     # a result can only be late through output back-pressure; never early
     for k in np.flatnonzero(lat < latency):

@@ -6,7 +6,7 @@ the cycles from the first token beat to the last output beat, and the layer's co
 the window (cumulative, as the RTL's). The formulas, per window of ``n`` tokens, ``J`` jobs,
 ``T`` timestamps loading ``K`` tokens in all, ``B = d_model / lanes`` blocks:
 
-* ``cycles`` (timestamps): the schedule's formula (``moepim.models.pim.window_cycles``);
+* ``cycles`` (timestamps): the timing model's (``moepim.spec.timing.LayerTiming``);
   ``timestamps = T``, ``token_loads = K``, ``busy[g]`` = group ``g``'s jobs;
 * ``token_writes = n B`` (the window's token beats), ``token_reads = K B`` (each timestamp
   reads its distinct tokens once), ``out_reads = out_writes = (K + n) B`` (the combine
@@ -17,14 +17,12 @@ the window (cumulative, as the RTL's). The formulas, per window of ``n`` tokens,
   token for ``up``/``gate_proj``, the expert's hidden activation for ``down``) at every column
   tile (``moepim_matrix_bank``'s counter); the hidden activations come from the golden model;
 * routing (``route_mode`` not host): ``route_cycles`` the route unit's recurrence
-  (``MoELayerAccelerator.route_cycles``), ``gate_mvms = n``, ``gate_dac_drives`` as the
+  (``LayerTiming.route_cycles``), ``gate_mvms = n``, ``gate_dac_drives`` as the
   experts' (an MLP gate: its tanh hidden layer into its second bank), the GO cache's counters
   from its model (``moepim.models.gocache``), ``route_drops`` the window's dropped selections;
-* the window: ``n B + route_cycles + max(1, J) + cycles + n B + 1``, plus 1 when the last job
-  beat is the first job of its group and the group queues hold more than one job (a buffered
-  FIFO shows a job written into it empty two cycles later, one later than the scheduler would
-  start: ``GroupScheduler``'s settle; a one-entry queue is a register, visible the next cycle),
-  without input gaps or back-pressure.
+* the window: ``n B + route_cycles + max(1, J) + cycles + n B + 1`` and the scheduler's
+  settle cycle (``LayerTiming.window_cycles``, ``settle_cycles``), without input gaps or
+  back-pressure.
 
 The property test ``tests/test_timing_level.py`` asserts that these equal the RTL's numbers
 under Verilator on random small layers. Output values are not simulated: the report says so
@@ -40,18 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from moepim.hw.route_unit import MODE_CACHED, MODE_HOST, MODE_WINDOW
 from moepim.models.gocache import GoCacheModel
 from moepim.models.pim import tiles_of
-from moepim.models.quant import SCORE_BITS, ffn_hidden_int, gate_hidden_int
+from moepim.models.quant import ffn_hidden_int, gate_hidden_int
+from moepim.spec.numerics import SCORE_BITS
+from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW
 
 from .moe_run import expected_compute_cycles, expected_route_cycles
 
-__all__ = ["model_results", "bit_ones", "WINDOW_OVERHEAD", "known_synthesis",
+__all__ = ["model_results", "bit_ones", "known_synthesis",
            "remember_synthesis", "NO_SYNTHESIS"]
-
-WINDOW_OVERHEAD = 1         # the hand-over cycle after the last output beat
-
 
 def bit_ones(x, bits: int) -> np.ndarray:
     """Per row, the '1' bits of the two's-complement ``bits``-bit codes of ``x`` (a DAC's
@@ -135,10 +131,13 @@ def _go_counters(windows, wl, spec) -> list[dict]:
     return out
 
 
-def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]:
+def model_results(windows, restarts, spec, timing, dut, wl, shape, matmul) -> list[dict]:
     """What the ``moe_layer`` bench returns for ``windows`` (one simulation per run of
-    windows between ``restarts``), computed by the formulas of the module docstring."""
-    B = dut.blocks
+    windows between ``restarts``), computed by the formulas of the module docstring with the
+    layer's timing model ``timing`` (``moepim.spec.timing.LayerTiming``). ``dut``: the layer's
+    component object, for its counters' names only (nothing is elaborated)."""
+    B = timing.blocks
+    n_routed = spec.n_routed_experts
     # token keys: a window's row i is sequence token i (prompt, no-cache recomputation), a
     # generated token's window row 0 is token P + step - 1
     P = wl.n_prompt
@@ -158,7 +157,7 @@ def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]
                                    "engine_busy_cycles", "dac_drives", *route_names), 0)
             total["busy"] = [0] * n_groups
         n, sched, first_token = len(w.x), w.sched, firsts[i]
-        compute = expected_compute_cycles(w, dut)
+        compute = expected_compute_cycles(w, timing)
         loads = sched.tokens_loaded
         d = {"cycles": compute, "timestamps": sched.timestamps, "token_loads": loads,
              "token_reads": loads * B, "token_writes": n * B,
@@ -167,13 +166,13 @@ def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]
         dac = busy_cycles = 0
         for g, tok, exp, _idle, _fields in w.jobs:
             busy[g] += 1
-            busy_cycles += dut.group_latency(g) - 1
+            busy_cycles += timing.group_latencies[g] - 1
             dac += drives.job(w.x[tok], first_token + tok, exp)
         d["engine_busy_cycles"], d["dac_drives"] = busy_cycles, dac
         route = 0
         if ru is not None:
             routed = w.route_mode != MODE_HOST
-            route = expected_route_cycles(w, dut) or 0 if routed else 0
+            route = expected_route_cycles(w, timing, n_routed) or 0
             d["route_cycles"] = route
             d["gate_mvms"] = n if routed else 0
             d["gate_dac_drives"] = drives.gate(w.x) if routed else 0
@@ -184,15 +183,10 @@ def model_results(windows, restarts, spec, dut, wl, shape, matmul) -> list[dict]
         for k, v in d.items():
             total[k] += v
         total["busy"] = [a + b for a, b in zip(total["busy"], busy)]
-        jobs = len(w.jobs)
-        settle = 0
-        if jobs and dut.scheduler.depth > 1:
-            # a one-entry queue is a register, its head visible the next cycle: no settle
-            last_group = w.jobs[-1][0]
-            settle = int(sum(1 for j in w.jobs if j[0] == last_group) == 1)
-        cycles = n * B + route + max(1, jobs) + compute + n * B + WINDOW_OVERHEAD + settle
+        settle = timing.settle_cycles([j[0] for j in w.jobs])
+        cycles = timing.window_cycles(n, len(w.jobs), compute, route, settle)
         results.append({"outputs": w.golden, "routes": w.expected_routes(
-            ru.n_experts + int(ru.shared_gate)) if ru is not None and w.route_mode != MODE_HOST
+            n_routed + int(spec.shared_gate)) if ru is not None and w.route_mode != MODE_HOST
             else [], "cycles": cycles, "counters": {k: (list(v) if isinstance(v, list) else v)
                                                     for k, v in total.items()}})
     return results

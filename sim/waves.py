@@ -123,7 +123,6 @@ def _moe_layer(sc):
     its banks' cell images travel as the 5th item (written next to the run)."""
     from moepim.models.grouping import make_groups
     from moepim.models.pim import CrossbarMatmul, bank_file_words
-    from moepim.models.tile import TileShape
     from moepim.models.workload import make_workload
 
     from .config import load_experiment
@@ -134,7 +133,7 @@ def _moe_layer(sc):
                           f"{sc.params.get('experiment', 'layer-small')}.yaml")
     wl_cfg = dataclasses.replace(exp.workload, seed=sc.seed, no_cache="off")
     exp = dataclasses.replace(exp, workload=wl_cfg)
-    shape = TileShape(**exp.tile.shape_kwargs())
+    shape = exp.tile.spec()
     mm = CrossbarMatmul(shape)
     wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
                        seed=sc.seed, matmul=mm)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from moepim.models.pim import CrossbarMatmul
-from moepim.models.tile import TileShape
 from moepim.models.workload import datapath_accuracy, make_workload
 from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment, load_model
 from moepim.sim.layer_run import LOW_SNR_DB, run_layer_experiment
+from moepim.spec.tile import TileSpec
 
 EXP = REPO_ROOT / "configs" / "experiments"
 TINY = REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml"
@@ -22,7 +22,7 @@ TINY = REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml"
 def _accuracy(experiment, n_prompt=16):
     tile = load_experiment(EXP / experiment).tile
     wl = make_workload(load_model(TINY), n_prompt=n_prompt, seed=5,
-                       matmul=CrossbarMatmul(TileShape(**tile.shape_kwargs())))
+                       matmul=CrossbarMatmul(tile.spec()))
     return tile, datapath_accuracy(wl)
 
 
@@ -43,7 +43,7 @@ def test_default_tile_is_accurate_and_the_paper_tile_is_not():
 def test_calibration_cache_gives_the_fitted_windows_and_refits_a_damaged_entry(tmp_path):
     """A second calibration of the same layer on the same tile reads the windows back (same
     shifts, same golden outputs); a damaged entry is fitted again and rewritten."""
-    shape = TileShape(**load_experiment(EXP / "default.yaml").tile.shape_kwargs())
+    shape = TileSpec(**load_experiment(EXP / "default.yaml").tile.shape_kwargs())
     cfg = load_model(TINY)
 
     def run(**kw):
@@ -107,7 +107,7 @@ def test_small_layer_with_the_defaults_reference_column_is_bit_exact_under_veril
     assert acc["relative_l2_error_vs_exact_integer"] < 0.01 and acc["routing_agreement"] >= 0.99
     # 2-bit slices of 8-bit weights, one column each: 16 outputs per 64-column crossbar, and
     # one reference column more per crossbar in the array area
-    assert TileShape(**exp.tile.shape_kwargs()).n_outputs == 16
+    assert exp.tile.spec().n_outputs == 16
 
 
 @pytest.mark.xdist_group("layer-verilator")
@@ -125,7 +125,7 @@ def test_small_layer_on_the_accurate_datapath_is_bit_exact_under_verilator(tmp_p
     assert acc["low_snr_threshold_db"] == LOW_SNR_DB
     # differential 2-bit cells of 8-bit weights: 8 columns per weight, 8 outputs per 64-column
     # crossbar; the report's crossbar count follows
-    g = TileShape(**exp.tile.shape_kwargs())
+    g = exp.tile.spec()
     assert g.n_outputs == 8
     m = exp.model
     per_expert = (-(-m.d_model // 64)) * (-(-m.d_ff // 8)) + (-(-m.d_ff // 64)) * (

@@ -268,8 +268,8 @@ def test_expert_limit_of_the_expert_choice_router(tmp_path, capsys):
 
 
 def test_softmax_limit_agrees_with_the_hardware():
-    from moepim.hw.params import ParameterError
     from moepim.hw.softmax import GateSoftmax
+    from moepim.spec.checks import ParameterError
 
     GateSoftmax(n_experts=MAX_SOFTMAX_EXPERTS, logit_bits=12)
     with pytest.raises(ParameterError):

@@ -11,8 +11,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from moepim.hw import CrossbarArray
-from moepim.models.tile import TileShape, encode_cells, line_sums
+from moepim.models.tile import encode_cells, line_sums
 from moepim.sim.amaranth_macro import add_macro_model
+from moepim.spec.tile import TileSpec
 from moepim.testbenches.bits import pack_array, unpack_array
 
 SHAPE = dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=4, input_bits=3, n_adcs=2,
@@ -24,7 +25,7 @@ SHAPE = dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=4, input_bits=3
 def test_analog_port_semantics(core, encoding):
     kw = dict(SHAPE, weight_encoding=encoding)
     xb = CrossbarArray(core=core, **kw)
-    shape = TileShape(**kw)
+    shape = TileSpec(**kw)
     rng = np.random.default_rng(5)
     weights = rng.integers(-8, 8, size=(shape.n_rows, shape.n_outputs))
     cells = encode_cells(weights, shape)

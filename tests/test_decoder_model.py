@@ -31,9 +31,9 @@ from moepim.models.decoder import (
 from moepim.models.pim import CrossbarMatmul
 from moepim.models.quant import Requant, int_matmul, moe_forward_int, route_int
 from moepim.models.routing import expert_choice_decode
-from moepim.models.tile import TileShape
 from moepim.models.workload import hidden_states
 from moepim.sim.config import REPO_ROOT, load_model
+from moepim.spec.tile import TileSpec
 
 REDUCED = REPO_ROOT / "configs" / "models" / "reduced"
 
@@ -136,7 +136,7 @@ def test_kv_cached_decode_equals_recomputation(name, changes):
 def test_kv_cached_decode_through_crossbar_tiles():
     """The same property with every product on 64x64 crossbar tiles (ADC truncation)."""
     cfg = tiny(n_kv_heads=2)
-    mm = CrossbarMatmul(TileShape(n_rows=64, n_columns=64, n_adcs=8, adc_bits=8))
+    mm = CrossbarMatmul(TileSpec(n_rows=64, n_columns=64, n_adcs=8, adc_bits=8))
     _decode_equals_recompute(cfg, n_prompt=4, n_gen=2, seed=3, matmul=mm)
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from moepim.hw.gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from moepim.models.gocache import GoCacheModel
-from moepim.models.quant import SCORE_BITS, moe_forward_int, route_int
+from moepim.models.quant import moe_forward_int, route_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_mask
 from moepim.models.workload import make_workload
 from moepim.sim.block_run import run_bench
 from moepim.sim.config import REPO_ROOT, load_model
+from moepim.spec.numerics import SCORE_BITS
 
 from .conftest import need_simulator
 
@@ -84,9 +85,9 @@ def test_rtl_go_cache_matches_model(sim, seed, capacity):
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_go_cache_errors_and_export(tmp_path):
-    from moepim.hw.params import ParameterError
     from moepim.sim.build import export_component
     from moepim.sim.lint import compile_icarus, lint_verilator
+    from moepim.spec.checks import ParameterError
 
     from .conftest import need_icarus
 

@@ -17,13 +17,13 @@ from moepim.models.pim import (
     tiles_of,
 )
 from moepim.models.quant import int_matmul, moe_forward_int
-from moepim.models.tile import TileShape
 from moepim.sim import golden
 from moepim.sim.config import REPO_ROOT, load_experiment, load_model
+from moepim.spec.tile import TileSpec
 
 TINY = REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml"
 DEFAULT = REPO_ROOT / "configs" / "experiments" / "default.yaml"
-SMALL = TileShape(n_rows=8, n_columns=16, weight_bits=4, input_bits=4, adc_bits=3,
+SMALL = TileSpec(n_rows=8, n_columns=16, weight_bits=4, input_bits=4, adc_bits=3,
                   bits_per_cell=2, n_adcs=4, weight_encoding="reference_column")
 
 
@@ -65,7 +65,7 @@ def test_golden_kept_in_the_process_and_on_disk_equals_a_fresh_one(tmp_path, mon
     again; another seed or tile is another entry."""
     monkeypatch.setattr(golden, "_KEPT", type(golden._KEPT)())
     cfg = load_model(TINY)
-    shape = TileShape(**load_experiment(DEFAULT).tile.shape_kwargs())   # calibrated window
+    shape = TileSpec(**load_experiment(DEFAULT).tile.shape_kwargs())   # calibrated window
     kw = dict(n_prompt=8, n_generate=2, seed=3, shape=shape, root=tmp_path)
     g = golden.golden_for(cfg, **kw)
     assert g.source == "computed" and g.wl.weights == {}
@@ -120,7 +120,7 @@ def test_kept_workloads_stay_within_their_memory_share(tmp_path, monkeypatch):
     of the available memory; the newest is always kept."""
     monkeypatch.setattr(golden, "_KEPT", type(golden._KEPT)())
     cfg = load_model(TINY)
-    shape = TileShape(**load_experiment(DEFAULT).tile.shape_kwargs())
+    shape = TileSpec(**load_experiment(DEFAULT).tile.shape_kwargs())
     made = [golden.golden_for(cfg, n_prompt=4, n_generate=0, seed=s, shape=shape, root=None)
             for s in (1, 2, 3)]
     assert list(golden._KEPT.values()) == made[1:]          # the oldest forgotten

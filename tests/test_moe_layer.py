@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 
 from moepim.models.pim import CrossbarMatmul, bank_image, tiles_of
 from moepim.models.quant import moe_forward_int
-from moepim.models.tile import TileShape, encode_cells, tile_mvm
+from moepim.models.tile import encode_cells, tile_mvm
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment
 from moepim.sim.layer_run import (
-    SETTLE_MAX,
     ResourceError,
     _check_resources,
     estimate_resources,
     run_layer_experiment,
 )
+from moepim.spec.tile import TileSpec
+from moepim.spec.timing import SETTLE_MAX, LayerTiming
 
 from .conftest import need_icarus
 
@@ -54,7 +55,7 @@ def _tiled_reference(a, b, shape):
        adc_bits=st.sampled_from([4, 8, 16]), bits_per_cell=st.sampled_from([2, 8]))
 def test_crossbar_matmul_is_tile_by_tile_golden(seed, n_in, n_out, adc_bits, bits_per_cell):
     rng = np.random.default_rng(seed)
-    shape = TileShape(n_rows=16, n_columns=16, bits_per_cell=bits_per_cell, weight_bits=8,
+    shape = TileSpec(n_rows=16, n_columns=16, bits_per_cell=bits_per_cell, weight_bits=8,
                       input_bits=8, n_adcs=4, adc_bits=adc_bits)
     a = rng.integers(-127, 128, (3, n_in))
     b = rng.integers(-128, 128, (n_in, n_out))
@@ -66,13 +67,13 @@ def test_crossbar_matmul_is_tile_by_tile_golden(seed, n_in, n_out, adc_bits, bit
 
 def test_ideal_adc_gives_the_exact_product():
     rng = np.random.default_rng(0)
-    shape = TileShape(n_rows=16, n_columns=16, n_adcs=4, adc_bits=16)
+    shape = TileSpec(n_rows=16, n_columns=16, n_adcs=4, adc_bits=16)
     a, b = rng.integers(-127, 128, (4, 50)), rng.integers(-128, 128, (50, 30))
     assert np.array_equal(CrossbarMatmul(shape)(a, b), a @ b)
 
 
 def test_bank_image_layout_is_slot_row_tile_column_tile_row_column():
-    shape = TileShape(n_rows=4, n_columns=4, n_adcs=2, adc_bits=8)
+    shape = TileSpec(n_rows=4, n_columns=4, n_adcs=2, adc_bits=8)
     rng = np.random.default_rng(1)
     w = [rng.integers(-128, 128, (6, 5)) for _ in range(2)]
     img = bank_image(w, 3, 6, 5, shape).reshape(3, 2, 2, 4, 4)
@@ -92,7 +93,7 @@ def test_bank_file_packs_column_sums_without_carries(n_rows, n_columns, bits_per
     still fits its lane (so whole-word additions never carry into the next column)."""
     from moepim.models.pim import bank_file_words, column_sum_packing
 
-    shape = TileShape(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
+    shape = TileSpec(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
                       weight_bits=8, input_bits=8, n_adcs=4, adc_bits=8)
     sum_bits, per_word, words = column_sum_packing(shape)
     rng = np.random.default_rng(0)
@@ -112,7 +113,7 @@ def test_bank_file_of_more_rows_than_one_packing_block():
     """Banks larger than the packer's block of 65,536 rows: every row packed, in order."""
     from moepim.models.pim import bank_file_words, column_sum_packing
 
-    shape = TileShape(n_rows=64, n_columns=16, bits_per_cell=2, weight_bits=8, input_bits=8,
+    shape = TileSpec(n_rows=64, n_columns=16, bits_per_cell=2, weight_bits=8, input_bits=8,
                       n_adcs=4, adc_bits=8)
     sum_bits, per_word, words = column_sum_packing(shape)
     rows = (1 << 16) + 320                       # 1,025 crossbars of 64 rows
@@ -255,13 +256,14 @@ def test_which_routers_run_on_the_layer(name, router):
 def test_wrong_hardware_routes_are_mismatches():
     """A route the hardware emits that the golden does not have (or a missing one) makes the
     window a mismatch, never a warning."""
-    from moepim.hw.route_unit import MODE_WINDOW
     from moepim.sim.moe_run import Window, check_windows
+    from moepim.spec.layer import LayerSpec
+    from moepim.spec.timing import MODE_WINDOW
 
-    class Dut:
-        class route_unit:
-            n_experts = 2
-            shared_gate = False
+    spec = LayerSpec(d_model=4, d_ff=4, n_experts=2, n_groups=2, group_size=1, n_tokens=2,
+                     lanes=4, gate_bits=8, multiplier_bits=15, router="expert_choice")
+
+    class Timing:           # the cycles are not what this test is about
         blocks = 1
 
         @staticmethod
@@ -269,8 +271,8 @@ def test_wrong_hardware_routes_are_mismatches():
             return 7
 
         @staticmethod
-        def group_latency(g):
-            return 1
+        def compute_cycles(*a, **k):
+            return 0
 
     mask = np.array([[True, False], [False, True]])
     w = Window("prefill", 0, np.zeros((2, 4)), mask, np.array([[3, 0], [0, 5]]),
@@ -280,9 +282,9 @@ def test_wrong_hardware_routes_are_mismatches():
     counters = {"cycles": 0, "route_cycles": 7}
     good = {"outputs": np.zeros((2, 4)).tolist(), "routes": [[1, 1, 5], [0, 0, 3]],
             "counters": counters, "cycles": 0}
-    assert not check_windows([w], [good], Dut)["mismatches"]
+    assert not check_windows([w], [good], spec, Timing)["mismatches"]
     bad = dict(good, routes=[[0, 0, 3], [1, 1, 4]])
-    out = check_windows([w], [bad], Dut)
+    out = check_windows([w], [bad], spec, Timing)
     assert out["mismatches"] == [{"window": 0, "routes": "differ", "unexpected": [[1, 1, 4]],
                                   "missing": [[1, 1, 5]]}]
     assert out["windows"][0]["routes_match"] is False
@@ -358,15 +360,15 @@ def test_swiglu_layer_verilator_bit_exact(tmp_path):
     report = run_layer_experiment(exp, sim="verilator", out_folder=tmp_path)
     _check(report, 1 + exp.workload.n_generate)
     m, t = exp.model, exp.tile
-    rt, ct = tiles_of(m.d_model, m.d_ff, TileShape(**t.shape_kwargs()))
-    down_rt, down_ct = tiles_of(m.d_ff, m.d_model, TileShape(**t.shape_kwargs()))
+    rt, ct = tiles_of(m.d_model, m.d_ff, TileSpec(**t.shape_kwargs()))
+    down_rt, down_ct = tiles_of(m.d_ff, m.d_model, TileSpec(**t.shape_kwargs()))
     # three banks per expert: two d_model x d_ff (up, gate_proj) and one d_ff x d_model
     per_expert = 2 * rt * ct + down_rt * down_ct
     assert report["energy_pj"]["events"]["expert_tile_mvms"] == \
         per_expert * sum(w["jobs"] for w in report["windows"])
     groups = report["schedule"]["groups"]
     assert report["area_mm2"]["peripheral_sets"] == per_expert * len(groups) + \
-        tiles_of(m.d_model, m.n_experts, TileShape(**t.shape_kwargs()))[0]
+        tiles_of(m.d_model, m.n_experts, TileSpec(**t.shape_kwargs()))[0]
     # the SiLU tables are RAM in every engine: 2**act_bits entries per expert slot
     silu = [x for x in report["area_mm2"]["digital_logic"]["memories"] if x["name"] == "silu"]
     assert silu and silu[0]["depth"] == max(len(g) for g in groups) << t.input_bits
@@ -403,10 +405,14 @@ def test_shared_expert_layer_verilator_bit_exact(tmp_path):
     # its engine is slower than the routed ones: the cycle formula takes, per timestamp, the
     # slowest working engine (asserted in _check for every window)
     spec, tile = layer_spec(exp)
+    timing = LayerTiming.of(spec, exp.tile.spec())
+    assert timing.group_latencies[-1] > timing.group_latencies[0]
+    # the timing model's latencies are the RTL engines' (asked of the objects only here)
     dut = make_component(spec, tile)
-    assert dut.group_latency(spec.n_groups - 1) > dut.group_latency(0)
+    assert timing.group_latencies == (dut.engine.job_latency,) * (spec.n_groups - 1) + (
+        dut.shared_engine.job_latency,)
     # area: the shared expert's crossbars and its own peripheral sets are counted
-    shape = TileShape(**exp.tile.shape_kwargs())
+    shape = exp.tile.spec()
     per = lambda d_ff: 2 * np.prod(tiles_of(m.d_model, d_ff, shape)) + np.prod(  # noqa: E731
         tiles_of(d_ff, m.d_model, shape))
     gate = np.prod(tiles_of(m.d_model, m.n_experts + 1, shape))
@@ -423,7 +429,7 @@ def test_shared_expert_reaches_the_golden():
     from moepim.models.workload import make_workload
 
     exp = load_experiment(SHARED_LAYER)
-    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    mm = CrossbarMatmul(exp.tile.spec())
     wl = make_workload(exp.model, n_prompt=6, n_generate=0, seed=2, matmul=mm)
     gates = shared_gate_int(wl.x_q, wl.quant, mm)
     assert gates.shape == (6,) and len(set(gates.tolist())) > 1
@@ -464,13 +470,13 @@ def test_mlp_gate_routes_on_the_layer(tmp_path):
     ru = make_component(spec, tile).route_unit
     assert ru.gate_hidden == m.router.gate_hidden and len(ru.banks) == 2
     b1, b2 = ru.banks
-    assert ru.gate_cycles == b1.mvm_latency + b1.out_blocks + b2.mvm_latency \
-        + b2.out_blocks + 3
+    gate = LayerTiming.of(spec, exp.tile.spec()).route.gate_cycles
+    assert gate == b1.mvm_latency + b1.out_blocks + b2.mvm_latency + b2.out_blocks + 3
     # the tanh table is a RAM of the layer (Yosys), 2**act_bits entries
     tanh = [x for x in report["area_mm2"]["digital_logic"]["memories"] if x["name"] == "tanh"]
     assert tanh and tanh[0]["depth"] == 1 << exp.tile.input_bits
     # both gate layers' crossbars priced per routed token
-    shape = TileShape(**exp.tile.shape_kwargs())
+    shape = exp.tile.spec()
     gate = np.prod(tiles_of(m.d_model, m.router.gate_hidden, shape)) \
         + np.prod(tiles_of(m.router.gate_hidden, m.n_experts, shape))
     assert report["energy_pj"]["events"]["gate_tile_mvms"] == n_tok * gate
@@ -512,10 +518,10 @@ def test_switch_capacity_dropping_on_the_layer(tmp_path):
 def test_gate_tables_need_their_gates():
     """A shared gate without a shared expert, or beside an MLP gate (it reads the token, not
     the hidden layer), is refused with the parameter named."""
-    from moepim.hw.params import ParameterError
     from moepim.hw.route_unit import RouteUnit
     from moepim.sim.layer_run import layer_spec
     from moepim.sim.moe_run import make_component
+    from moepim.spec.checks import ParameterError
 
     spec, tile = layer_spec(load_experiment(SWIGLU_LAYER))
     with pytest.raises(ParameterError, match="shared_gate"):
@@ -535,7 +541,7 @@ def test_mlp_gate_golden_depends_on_the_tanh_table():
     from moepim.models.workload import make_workload
 
     exp = load_experiment(MLP_LAYER)
-    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    mm = CrossbarMatmul(exp.tile.spec())
     wl = make_workload(exp.model, n_prompt=8, n_generate=0, seed=3, matmul=mm)
     wl.quant.luts["tanh"] = wl.quant.luts["tanh"][::-1].copy()
     assert not np.array_equal(route_int(wl.x_q, wl.quant, matmul=mm).mask, wl.routing.mask)
@@ -547,7 +553,7 @@ def test_swiglu_golden_differs_from_a_wrong_silu_table():
     from moepim.models.workload import make_workload
 
     exp = load_experiment(SWIGLU_LAYER)
-    mm = CrossbarMatmul(TileShape(**exp.tile.shape_kwargs()))
+    mm = CrossbarMatmul(exp.tile.spec())
     wl = make_workload(exp.model, n_prompt=4, n_generate=0, seed=1, matmul=mm)
     e = int(np.flatnonzero(wl.routing.mask.any(axis=0))[0])
     wl.quant.luts[f"experts.{e}.silu"] = np.zeros_like(wl.quant.luts[f"experts.{e}.silu"])

@@ -1,6 +1,6 @@
 """The primary paper's grouping regime: the calibrated token-choice trace generator
 (``moepim.models.traces.generate_matched_trace``), the shipped trace, and rescheduling against
-compact scheduling in the layer's cycles (``moepim.models.pim.window_cycles``)."""
+compact scheduling in the layer's cycles (``moepim.spec.timing.compute_cycles``)."""
 
 import math
 
@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moepim.models.grouping import make_groups
-from moepim.models.pim import window_cycles
 from moepim.models.schedule import schedule
 from moepim.models.traces import (
     PAPER_LOAD_FACTORS,
@@ -22,6 +21,7 @@ from moepim.models.traces import (
 )
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT
+from moepim.spec.timing import compute_cycles
 
 TRACE = REPO_ROOT / "configs" / "traces" / "paper-regime.npy"
 GROUPINGS = ("U1", "U2", "S2", "U4", "S4")
@@ -32,7 +32,7 @@ def _cycles(mask, grouping, policy, lanes, d_model=4096, d_ff=688, mvm_latency=6
     groups = make_groups(grouping, mask.shape[1], mask.sum(axis=0))
     s = schedule(mask, groups, policy)
     job = 2 * mvm_latency + math.ceil(d_ff / lanes) + 2
-    return s, window_cycles(s.loads_per_slot, blocks=d_model // lanes, job_latency=job)
+    return s, compute_cycles(s.loads_per_slot, d_model // lanes, job)
 
 
 def test_shipped_trace_has_the_papers_largest_group_loads():

@@ -127,7 +127,7 @@ def test_router_cycle_formulas():
 
 @pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_router_parameter_errors():
-    from moepim.hw.params import ParameterError
+    from moepim.spec.checks import ParameterError
 
     with pytest.raises(ParameterError, match="k=9"):
         TokenChoiceRouter(n_experts=16, k=9, logit_bits=20, renormalize=False)
@@ -164,14 +164,14 @@ def test_gate_mvm_on_crossbar_tiles_feeds_the_expert_choice_router():
     from moepim.hw import TileGroup
     from moepim.models.pim import CrossbarMatmul
     from moepim.models.quant import int_softmax
-    from moepim.models.tile import TileShape
     from moepim.sim.tile_run import _field_maps
+    from moepim.spec.tile import TileSpec
 
     need_simulator("verilator")
     cfg = load_model(REPO_ROOT / "configs" / "models" / "reduced" / "tiny-ec-256.yaml")
     tile = dict(n_rows=64, n_columns=64, bits_per_cell=8, weight_bits=8, input_bits=8,
                 n_adcs=8, adc_bits=8, adc_shift=None)
-    shape = TileShape(**tile)
+    shape = TileSpec(**tile)
     wl = make_workload(cfg, n_prompt=10, seed=5, matmul=CrossbarMatmul(shape))
     w_gate = wl.quant.tensors["gate.weight"].astype(np.int64)           # (d_model, experts)
     n_rt = cfg.d_model // shape.n_rows

@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from moepim.hw import TileGeometry
 from moepim.sim.build import compact_zero_init
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT, load_experiment
@@ -20,7 +19,7 @@ def test_synth_peripheral_set(tmp_path, capsys):
                  "--quiet"]) == 0
     r = json.loads((out / "synth.json").read_text())
     exp = load_experiment(SMALL)
-    g = TileGeometry(**exp.tile.shape_kwargs())
+    g = exp.tile.spec()
     t = exp.tile
     # registers that cannot be optimised away: column accumulators and the event counters
     must = g.n_columns * g.acc_bits + (5 + t.group_size) * t.counter_bits

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from amaranth.hdl import Fragment
 
-from moepim.hw import CrossbarArray, PeripheralSet, TileGeometry, TileGroup
-from moepim.hw.params import ParameterError
+from moepim.hw import CrossbarArray, PeripheralSet, TileGroup
 from moepim.sim.tile_run import check_outputs, make_scenario, run_scenario
+from moepim.spec.checks import ParameterError
+from moepim.spec.tile import TileSpec
 
 from .conftest import small_experiment as small
 
@@ -48,7 +49,7 @@ def test_simultaneous_requests_are_serialised_and_stalls_counted():
     exp = small(core="macro", group_size=2, n_mvms=2, arrival="simultaneous", backpressure=0.0)
     sc = make_scenario(exp)
     run = run_scenario(exp, sc, "amaranth")
-    latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
+    latency = exp.tile.spec().mvm_latency
     assert latency == exp.tile.input_bits * exp.tile.n_columns // exp.tile.n_adcs + 4
     assert sorted(run.accept.tolist()) == [0, latency]
     assert sorted(run.done.tolist()) == [latency, 2 * latency]
@@ -97,7 +98,7 @@ def test_amaranth_encodings_bit_exact(core, tile):
     run = run_scenario(exp, sc, "amaranth")
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
-    g = TileGeometry(**exp.tile.shape_kwargs())
+    g = exp.tile.spec()
     # the encoding's line count sets the conversions and the latency
     assert run.counters["peripherals"]["adc_conversions"] == 12 * g.input_bits * g.n_lines
     assert check["mvm_latency"] == g.input_bits * g.n_lines // g.n_adcs + 4
@@ -106,19 +107,19 @@ def test_amaranth_encodings_bit_exact(core, tile):
 
 
 def test_encoding_geometry_and_errors():
-    d = TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+    d = TileSpec(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
                      n_adcs=4, adc_bits=6, adc_shift=None, weight_encoding="differential")
     # 2 slices x 2 columns per weight: 4 outputs, 8 column pairs over 4 ADCs
     assert (d.n_outputs, d.n_lines, d.columns_per_adc, d.offset_correction) == (4, 8, 2, 0)
     assert d.sum_range == (-48, 48) and d.sum_bits == 7
-    r = TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+    r = TileSpec(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
                      n_adcs=4, adc_bits=6, adc_shift=None, weight_encoding="reference_column")
     # cells u = w + 8 in 2 slices, minus the reference 2 per slice: 8 - 2 * (1 + 4) = -2
     assert (r.n_outputs, r.n_physical_columns, r.offset_correction) == (8, 17, -2)
     assert r.sum_range == (-32, 16)
     with pytest.raises(ParameterError, match="adc_range='calibrated'.*differential"):
-        TileGeometry(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
+        TileSpec(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
                      n_adcs=4, adc_bits=6, adc_shift=None, adc_range="calibrated")
     with pytest.raises(ParameterError, match="n_columns=14.*differential"):
-        TileGeometry(n_rows=16, n_columns=14, bits_per_cell=2, weight_bits=4, input_bits=4,
+        TileSpec(n_rows=16, n_columns=14, bits_per_cell=2, weight_bits=4, input_bits=4,
                      n_adcs=1, adc_bits=6, adc_shift=None, weight_encoding="differential")

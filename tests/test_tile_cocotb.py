@@ -5,7 +5,6 @@ equivalent; the full-size tile is bit-exact under Verilator."""
 import numpy as np
 import pytest
 
-from moepim.hw import TileGeometry
 from moepim.sim.tile_run import check_outputs, make_scenario, run_scenario
 
 from .conftest import need_icarus, small_experiment
@@ -55,7 +54,7 @@ def test_full_size_tile_is_bit_exact_and_serialises_a_shared_pair():
     run = run_scenario(exp, sc, "verilator")
     check = check_outputs(exp, sc, run)
     assert check["golden_match"], check["mismatches"]
-    latency = TileGeometry(**exp.tile.shape_kwargs()).mvm_latency
+    latency = exp.tile.spec().mvm_latency
     assert latency == 8 * (256 // 32) + 4
     assert sorted(run.accept.tolist()) == [0, latency]
     assert sorted(run.done.tolist()) == [latency, 2 * latency]

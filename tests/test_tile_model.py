@@ -6,7 +6,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moepim.models.tile import TileShape, encode_cells, tile_error_bound, tile_mvm, tile_mvm_events
+from moepim.models.tile import (
+    adc_convert,
+    encode_cells,
+    tile_error_bound,
+    tile_mvm,
+    tile_mvm_events,
+)
+from moepim.spec.tile import TileSpec
 
 
 @st.composite
@@ -25,7 +32,7 @@ def tiles(draw, ideal=None):
     else:
         adc_bits = draw(st.integers(1, sum_bits + 1))
         adc_shift = draw(st.one_of(st.none(), st.integers(0, sum_bits)))
-    shape = TileShape(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bpc, weight_bits=wb,
+    shape = TileSpec(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bpc, weight_bits=wb,
                       input_bits=ib, n_adcs=n_adcs, adc_bits=adc_bits, adc_shift=adc_shift)
     seed = draw(st.integers(0, 2**31))
     rng = np.random.default_rng(seed)
@@ -72,7 +79,7 @@ def test_quantised_tile_within_bound_of_torch_float(case):
 
 
 def test_quantisation_is_not_vacuous():
-    shape = TileShape(n_rows=64, n_columns=8, bits_per_cell=8, weight_bits=8, input_bits=8,
+    shape = TileSpec(n_rows=64, n_columns=8, bits_per_cell=8, weight_bits=8, input_bits=8,
                       n_adcs=2, adc_bits=6)
     rng = np.random.default_rng(3)
     w = rng.integers(-128, 128, size=(64, 8))
@@ -83,7 +90,7 @@ def test_quantisation_is_not_vacuous():
 
 
 def test_events_count_planes_and_pulses():
-    shape = TileShape(n_rows=4, n_columns=4, bits_per_cell=4, weight_bits=4, input_bits=3,
+    shape = TileSpec(n_rows=4, n_columns=4, bits_per_cell=4, weight_bits=4, input_bits=3,
                       n_adcs=2, adc_bits=8)
     x = np.array([[1, -1, 0, 3], [0, 0, 0, 0]])
     ev = tile_mvm_events(x, **vars(shape))
@@ -101,11 +108,11 @@ def test_events_count_planes_and_pulses():
 ])
 def test_bad_shapes_name_the_argument(kwargs, key):
     with pytest.raises(ValueError, match=key):
-        TileShape(**kwargs)
+        TileSpec(**kwargs)
 
 
 def test_out_of_range_data_is_rejected():
-    shape = TileShape(n_rows=2, n_columns=2, bits_per_cell=8, weight_bits=8, input_bits=4,
+    shape = TileSpec(n_rows=2, n_columns=2, bits_per_cell=8, weight_bits=8, input_bits=4,
                       n_adcs=1, adc_bits=9)
     with pytest.raises(ValueError, match="signed 8-bit"):
         tile_mvm([0, 0], [[128, 0], [0, 0]], **vars(shape))
@@ -129,9 +136,9 @@ def encoded_tiles(draw):
     n_adcs = draw(st.sampled_from([d for d in range(1, lines + 1) if lines % d == 0]))
     n_rows = draw(st.integers(1, 40))
     ib = draw(st.integers(2, 9))
-    probe = TileShape(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bpc, weight_bits=wb,
+    probe = TileSpec(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bpc, weight_bits=wb,
                       input_bits=ib, n_adcs=n_adcs, adc_bits=32, weight_encoding=enc)
-    shape = TileShape(**{**vars(probe), "adc_bits": probe.sum_bits})
+    shape = TileSpec(**{**vars(probe), "adc_bits": probe.sum_bits})
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     w = rng.integers(-(1 << (wb - 1)), 1 << (wb - 1), size=(n_rows, shape.n_outputs))
     x = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), size=(3, n_rows))
@@ -153,29 +160,29 @@ def test_encoded_cells_by_hand():
     kw = dict(n_rows=1, bits_per_cell=2, weight_bits=4, input_bits=4, n_adcs=1, adc_bits=8)
     w = [[-3, 5]]
     # offset: u = w + 8 = 5, 13 -> slices (1, 1), (1, 3)
-    np.testing.assert_array_equal(encode_cells(w, TileShape(n_columns=4, **kw)), [[1, 1, 1, 3]])
+    np.testing.assert_array_equal(encode_cells(w, TileSpec(n_columns=4, **kw)), [[1, 1, 1, 3]])
     # differential: (pos, neg) per slice: -3 -> (0,3),(0,0); 5 -> (1,0),(1,0)
-    d = TileShape(n_columns=8, weight_encoding="differential", **kw)
+    d = TileSpec(n_columns=8, weight_encoding="differential", **kw)
     np.testing.assert_array_equal(encode_cells(w, d), [[0, 3, 0, 0, 1, 0, 1, 0]])
     # reference column: the offset cells; line = cell - 2 per active row; remainder
     # 8 - 2 * (1 + 4) = -2 times sum(x)
-    r = TileShape(n_columns=4, weight_encoding="reference_column", **kw)
+    r = TileSpec(n_columns=4, weight_encoding="reference_column", **kw)
     assert r.offset_correction == -2 and r.n_physical_columns == 5
     np.testing.assert_array_equal(tile_mvm([[3]], w, **vars(r)), [[-9, 15]])
 
 
 def test_signed_adc_truncates_toward_minus_infinity_and_saturates():
-    s = TileShape(n_rows=4, n_columns=2, bits_per_cell=2, weight_bits=2, input_bits=2,
+    s = TileSpec(n_rows=4, n_columns=2, bits_per_cell=2, weight_bits=2, input_bits=2,
                   n_adcs=1, adc_bits=3, weight_encoding="differential", adc_shift=1)
     assert s.code_range == (-4, 3)
-    np.testing.assert_array_equal(s.convert(np.array([-12, -3, -1, 0, 1, 5, 7, 12])),
+    np.testing.assert_array_equal(adc_convert(s, np.array([-12, -3, -1, 0, 1, 5, 7, 12])),
                                   [-8, -4, -2, 0, 0, 4, 6, 6])
 
 
 def test_calibration_clips_no_more_than_its_rule_and_is_the_smallest_such_shift():
     from moepim.models.pim import _cells, _padded_inputs, _row_tile_line_sums, calibrate_shift
 
-    shape = TileShape(n_rows=32, n_columns=32, bits_per_cell=2, weight_bits=8, input_bits=8,
+    shape = TileSpec(n_rows=32, n_columns=32, bits_per_cell=2, weight_bits=8, input_bits=8,
                       n_adcs=4, adc_bits=5, weight_encoding="differential",
                       adc_range="calibrated")
     rng = np.random.default_rng(4)

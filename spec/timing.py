@@ -1,0 +1,231 @@
+"""The timing model: every cycle formula and recurrence of the RTL, in one place.
+
+The hardware blocks state their latencies through these functions (``moepim.hw``), the run's
+checker compares every simulated window's cycles with :class:`LayerTiming` built from the
+layer's specification (never from the RTL object), and the timing level (``--sim model``)
+and the estimates use the same numbers. Each formula names the block whose RTL it describes;
+the tests assert the RTL takes exactly these cycles.
+
+Tile and engines
+  ``mvm_latency = input_bits * columns_per_adc + 4``: 1 cycle to latch the request, 1 to drive
+  bit plane 0, ``input_bits * columns_per_adc`` conversions (the next plane is driven during
+  the last conversion of the previous one), 1 for the last shift-add, 1 to combine the slices
+  (``PeripheralSet``, ``MatrixBank``). An expert engine's job:
+  ``job_latency = 2 * mvm_latency + hidden_blocks + 2`` (``ExpertEngine``: the up MVM, the
+  hidden blocks into the down bank, the down MVM).
+
+Layer (``MoELayerAccelerator``), per window of ``n`` tokens, ``J`` jobs, ``B = d_model/lanes``
+  * timestamps: ``sum over timestamps (loads * 2B + job_latency + 5)`` (``compute_cycles``;
+    ``job_latency`` of the slowest engine working in the timestamp);
+  * the window without input gaps or back-pressure: ``nB + route + max(1, J) + compute + nB +
+    1`` (``window_cycles``), plus the scheduler's settle cycle (``settle_cycles``).
+
+Routing (``RouteUnit``, a two-stage pipeline; ``route_cycles``)
+  * stage 1 (``gate_cycles``): ``L + OB + 2`` (a linear gate: start, the MVM, the logit
+    blocks), ``L1 + HB + L2 + OB + 3`` (an MLP gate);
+  * stage 2 (``router_cycles``), with ``S = softmax_latency(E) + 2``: expert choice in a
+    window ``S + 1`` (+1 on token 0 when the GO cache is filled), expert choice from the GO
+    cache ``S + rows + E + 5``, top-k ``topk_router_latency(k) + 3 + k``; +1 with the shared
+    gate's beat;
+  * the close (``close_cycles``): the expert-choice selection ``E (T + 1 + cap)``
+    (``ExpertChoiceRouter``) and the closing beat, or the closing beat alone.
+
+This module imports nothing heavy (no numpy, torch or Amaranth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .checks import ceil_div
+from .numerics import RECIP_BITS
+
+__all__ = ["mvm_latency", "job_latency", "softmax_latency", "topk_router_latency",
+           "ec_select_cycles", "topk_window_cycles", "scheduler_window_cycles",
+           "compute_cycles", "RouteTiming", "LayerTiming", "WINDOW_OVERHEAD", "SETTLE_MAX",
+           "MODE_HOST", "MODE_WINDOW", "MODE_CACHED"]
+
+MODE_HOST, MODE_WINDOW, MODE_CACHED = 0, 1, 2     # a window's route mode (the RTL's values)
+WINDOW_OVERHEAD = 1         # the hand-over cycle after a window's last output beat
+SETTLE_MAX = 2              # most cycles the scheduler waits for its queues' heads
+
+
+def mvm_latency(input_bits: int, columns_per_adc: int) -> int:
+    """Cycles from an MVM request's handshake to the first cycle its result is valid."""
+    return input_bits * columns_per_adc + 4
+
+
+def job_latency(mvm: int, hidden_blocks: int) -> int:
+    """Cycles of an expert engine's job: both MVMs and the hidden blocks between them."""
+    return 2 * mvm + hidden_blocks + 2
+
+
+def softmax_latency(n_experts: int) -> int:
+    """``GateSoftmax``: the max scan, the exp lookups (pipelined), the reciprocal's
+    ``RECIP_BITS + 1`` cycles, the normalisation, whatever the mask."""
+    return 2 * n_experts + 4 + RECIP_BITS + 1
+
+
+def topk_router_latency(n_experts: int, count: int) -> int:
+    """``TokenChoiceRouter``: the logits through the top-k unit (``n_experts``), its ``count``
+    results, the hand-over to the softmax (its latency is the same whatever the mask:
+    over the selected experts or all of them), and the output cycle."""
+    return n_experts + count + 2 + softmax_latency(n_experts)
+
+
+def ec_select_cycles(n_experts: int, n_tokens: int, cap: int) -> int:
+    """``ExpertChoiceRouter``: each expert takes its ``cap`` best of ``n_tokens`` score rows."""
+    return n_experts * (n_tokens + 1 + cap)
+
+
+def topk_window_cycles(n: int, count: int) -> int:
+    """``StreamingTopK``: ``n`` items streamed in, ``count`` selections out."""
+    return n + count
+
+
+def scheduler_window_cycles(n_jobs: int, timestamps: int) -> int:
+    """``GroupScheduler`` alone (engines always ready): one cycle per job written, one per
+    timestamp issued."""
+    return n_jobs + timestamps
+
+
+def compute_cycles(loads_per_timestamp: Iterable[int], blocks: int,
+                   latencies: Iterable[int] | int) -> int:
+    """Cycles the layer spends in a window's timestamps: each loads its tokens (2 ``blocks``
+    cycles per token), starts its jobs and waits for the slowest (``latencies``: one number,
+    or one per timestamp), then 5 cycles of control."""
+    loads = [int(x) for x in loads_per_timestamp]
+    lat = [int(latencies)] * len(loads) if isinstance(latencies, int) else \
+        [int(x) for x in latencies]
+    if len(lat) != len(loads):
+        raise ValueError(f"{len(lat)} latencies for {len(loads)} timestamps")
+    return sum(n * 2 * blocks + j + 5 for n, j in zip(loads, lat))
+
+
+@dataclass(frozen=True)
+class RouteTiming:
+    """The route unit's timing parameters: its router, ``n_experts`` routed experts, the gate
+    banks' MVM latencies and logit/hidden blocks, the shared gate's beat."""
+
+    router: str                       # "expert_choice" or "top_k"
+    n_experts: int
+    gate_stages: tuple[tuple[int, int], ...]   # per gate bank: (mvm_latency, out_blocks)
+    shared_gate: bool = False
+
+    @property
+    def gate_cycles(self) -> int:
+        """Stage 1 of a token: from the cycle after its hand-over to the first cycle it can
+        pass its logits on."""
+        return sum(lat + blocks for lat, blocks in self.gate_stages) + len(self.gate_stages) + 1
+
+    def router_cycles(self, mode: int, *, first: bool = False, insert: bool = False,
+                      n_routes: int = 0, go_rows_read: int = 0, go_dram_rows: int = 0) -> int:
+        """Stage 2 of a token: cycles from its hand-over to the next hand-over stage 2 can
+        take. ``first``/``insert``: token 0 of a window that fills the GO cache; ``n_routes``:
+        a top-k token's selections (dropped ones included); ``go_rows_read``/
+        ``go_dram_rows``: rows a cached decision scans in SRAM / in DRAM."""
+        beat = int(self.shared_gate)
+        if self.router == "top_k":
+            return topk_router_latency(self.n_experts, n_routes) + 3 + n_routes + beat
+        soft = softmax_latency(self.n_experts) + 2 + beat
+        if mode == MODE_WINDOW:
+            return soft + 1 + (1 if first and insert else 0)
+        return soft + go_rows_read + go_dram_rows + self.n_experts + 5
+
+    def close_cycles(self, mode: int, n_tokens: int, cap: int) -> int:
+        """Cycles after the window's last token until its closing beat is taken."""
+        if self.router == "expert_choice" and mode == MODE_WINDOW:
+            return ec_select_cycles(self.n_experts, n_tokens, cap) + 1
+        return 1
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Timing parameters of an MoE layer: ``blocks`` per token vector, each group's job
+    latency, the scheduler's queue depth and the route unit's timing (``None``: routes from
+    the host). Built from the layer's specification by :meth:`of`."""
+
+    blocks: int
+    group_latencies: tuple[int, ...]
+    queue_depth: int
+    route: RouteTiming | None = None
+
+    @classmethod
+    def of(cls, layer, tile) -> LayerTiming:
+        """From a ``moepim.spec.layer.LayerSpec`` and a ``moepim.spec.tile.TileSpec``."""
+        lanes = layer.lanes
+        mvm = tile.mvm_latency
+        routed = job_latency(mvm, ceil_div(layer.d_ff, lanes))
+        lat = [routed] * layer.n_groups
+        if layer.shared_d_ff:
+            lat[-1] = job_latency(mvm, ceil_div(layer.shared_d_ff, lanes))
+        route = None
+        if layer.router is not None:
+            n = layer.n_routed_experts
+            n_cols = n + int(layer.shared_gate)
+            widths = [layer.gate_hidden, n_cols] if layer.gate_hidden else [n_cols]
+            route = RouteTiming(router=layer.router, n_experts=n,
+                                gate_stages=tuple((mvm, ceil_div(w, lanes)) for w in widths),
+                                shared_gate=layer.shared_gate)
+        return cls(blocks=layer.d_model // lanes, group_latencies=tuple(lat),
+                   queue_depth=layer.queue_depth, route=route)
+
+    @property
+    def job_latency(self) -> int:
+        """The longest job latency of the layer's engines."""
+        return max(self.group_latencies)
+
+    def timestamp_latencies(self, groups_busy: Sequence[Sequence[bool]]) -> list[int]:
+        """Per timestamp (a row of per-group busy flags), the latency of its slowest working
+        engine (0 when no group works)."""
+        return [max((lat for lat, busy in zip(self.group_latencies, row) if busy), default=0)
+                for row in groups_busy]
+
+    def compute_cycles(self, loads_per_timestamp, groups_busy) -> int:
+        """A window's timestamps (:func:`compute_cycles` with each timestamp's slowest
+        working engine)."""
+        return compute_cycles(loads_per_timestamp, self.blocks,
+                              self.timestamp_latencies(groups_busy))
+
+    def route_cycles(self, mode: int, n_tokens: int, *, cap: int = 1, insert: bool = False,
+                     routes_per_token: Sequence[int] = (), go_rows_read: int = 0,
+                     go_dram_rows: int = 0) -> int | None:
+        """Cycles of a window's routing phase (the RTL counter ``route_cycles``:
+        back-pressure on the routes excluded); ``None`` when the host supplies the routes.
+        While stage 2 works on token ``t``, the layer reads token ``t+1`` into the gate bank
+        (``blocks + 1`` cycles), hands it over (1) and stage 1 runs the gate; the hand-over
+        of its logits waits for stage 2. After the last token, the window's close."""
+        if mode == MODE_HOST:
+            return None
+        ru = self.route
+        if ru is None:
+            raise ValueError("a routed window on a layer without a route unit")
+        load = stage2_free = 0
+        for t in range(n_tokens):
+            handover = load + self.blocks + 1
+            handoff = max(handover + ru.gate_cycles + 1, stage2_free)
+            stage2_free = handoff + ru.router_cycles(
+                mode, first=t == 0, insert=insert,
+                n_routes=routes_per_token[t] if routes_per_token else 0,
+                go_rows_read=go_rows_read, go_dram_rows=go_dram_rows)
+            load = handoff + 2
+        return stage2_free + ru.close_cycles(mode, n_tokens, cap)
+
+    def settle_cycles(self, job_groups: Sequence[int]) -> int:
+        """The scheduler's settle: 1 when the window's last job is the first of its group and
+        the group queues hold more than one job (a buffered FIFO shows a job written into it
+        empty two cycles later, one later than the scheduler would start; a one-entry queue
+        is a register, visible the next cycle), else 0. ``job_groups``: each job's group,
+        in order."""
+        if not job_groups or self.queue_depth <= 1:
+            return 0
+        return int(sum(1 for g in job_groups if g == job_groups[-1]) == 1)
+
+    def window_cycles(self, n_tokens: int, n_jobs: int, compute: int, route: int | None,
+                      settle: int = 0) -> int:
+        """A window without input gaps or back-pressure: token beats, the routing phase, job
+        beats, the timestamps, the output beats and the hand-over (and ``settle``)."""
+        beats = n_tokens * self.blocks
+        return (beats + (route or 0) + max(1, n_jobs) + compute + beats + WINDOW_OVERHEAD
+                + settle)
