@@ -50,7 +50,7 @@ from amaranth.lib.wiring import In, Out
 from moepim.spec.checks import index_bits
 from moepim.spec.tile import WEIGHT_ENCODINGS, TileSpec
 
-from .params import CORES, check_core, check_counter_bits, tree_sum
+from .params import CORES, check_core, check_counter_bits, check_tile, tree_sum
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
@@ -113,16 +113,11 @@ class CrossbarArray(wiring.Component):
     counters : ``activations``, ``row_writes``.
     """
 
-    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None,
-                 weight_encoding="offset", adc_range="fixed", core="logic", counter_bits=48):
+    def __init__(self, *, tile: TileSpec, core="logic", counter_bits=48):
+        check_tile(tile)
         check_core(core)
         check_counter_bits(counter_bits)
-        self._geometry = TileSpec(n_rows=n_rows, n_columns=n_columns,
-                                      bits_per_cell=bits_per_cell, weight_bits=weight_bits,
-                                      input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                                      adc_shift=adc_shift, weight_encoding=weight_encoding,
-                                      adc_range=adc_range)
+        self._geometry = tile
         self._core = core
         self._counter_bits = counter_bits
         g = self._geometry

@@ -41,9 +41,10 @@ from amaranth.lib.wiring import In, Out
 
 from moepim.spec import timing
 from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+from moepim.spec.tile import TileSpec
 
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, tree_sum
+from .params import check_counter_bits, check_tile, tree_sum
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS", "FFN_BANKS"]
 
@@ -84,23 +85,20 @@ def requantize(value, mult, shift, act_bits):
 
 class ExpertEngine(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, group_size: int, lanes: int,
-                 gate_bits: int = 8, multiplier_bits: int = 15, ffn: str = "relu",
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", counter_bits=48, core="macro"):
+                 tile: TileSpec, gate_bits: int = 8, multiplier_bits: int = 15,
+                 ffn: str = "relu", counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
                             ("gate_bits", gate_bits), ("multiplier_bits", multiplier_bits)):
             need_positive(name, value)
         need(multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "at most 31")
         _check_ffn(ffn)
+        check_tile(tile)
         check_counter_bits(counter_bits)
-        tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
-                    weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                    adc_bits=adc_bits, adc_shift=adc_shift, weight_encoding=weight_encoding,
-                    adc_range=adc_range, counter_bits=counter_bits)
+        input_bits = tile.input_bits
         shapes = {"up": (d_model, d_ff), "down": (d_ff, d_model), "gate_proj": (d_model, d_ff)}
         self._banks = {name: MatrixBank(n_in=shapes[name][0], n_out=shapes[name][1],
-                                        n_slots=group_size, lanes=lanes, core=core, **tile)
+                                        n_slots=group_size, lanes=lanes, core=core,
+                                        tile=tile, counter_bits=counter_bits)
                        for name in FFN_BANKS[ffn]}
         self._up, self._down = self._banks["up"], self._banks["down"]
         # elaborated with the engine; a layer built for its parameters (cached build, one

@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from moepim.spec.checks import ceil_div, index_bits, need, need_positive
 from moepim.spec.tile import ADC_RANGES, WEIGHT_ENCODINGS, TileSpec
 
-from .params import check_counter_bits
+from .params import check_counter_bits, check_tile
 
 __all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "BANK_CORES", "ceil_div"]
 
@@ -51,22 +51,18 @@ BANK_CORES = ("macro", "python")
 
 
 class MatrixBank(wiring.Component):
-    def __init__(self, *, n_in: int, n_out: int, n_slots: int, lanes: int,
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", counter_bits=48, core="macro"):
+    def __init__(self, *, tile: TileSpec, n_in: int, n_out: int, n_slots: int, lanes: int,
+                 counter_bits=48, core="macro"):
+        check_tile(tile)
         for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
                             ("lanes", lanes)):
             need_positive(name, value)
         need(core in BANK_CORES, "core", core, f"one of {', '.join(BANK_CORES)}")
         self._core = core
-        need(bits_per_cell <= 8, "bits_per_cell", bits_per_cell,
+        need(tile.bits_per_cell <= 8, "bits_per_cell", tile.bits_per_cell,
              "at most 8 (a cell image holds one byte per cell)")
         check_counter_bits(counter_bits)
-        g = TileSpec(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
-                         weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                         adc_bits=adc_bits, adc_shift=adc_shift,
-                         weight_encoding=weight_encoding, adc_range=adc_range)
+        g = tile
         self._geometry = g
         self._n_in, self._n_out, self._n_slots, self._lanes = n_in, n_out, n_slots, lanes
         self._counter_bits = counter_bits
@@ -76,7 +72,7 @@ class MatrixBank(wiring.Component):
             "bank_id": In(BANK_ID_BITS),
             "in_we": In(1),
             "in_addr": In(index_bits(self.in_blocks)),
-            "in_data": In(data.ArrayLayout(signed(input_bits), lanes)),
+            "in_data": In(data.ArrayLayout(signed(g.input_bits), lanes)),
             "start": In(1),
             "slot": In(index_bits(n_slots)),
             "busy": Out(1),

@@ -74,6 +74,8 @@ drives and the GO cache's counters (``go_*``).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import (
     C,
     Cat,
@@ -91,9 +93,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+from moepim.spec.tile import TileSpec
 
 from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
-from .params import check_counter_bits, tree_sum
+from .params import check_counter_bits, check_tile, tree_sum
 from .route_unit import MODE_BITS, MODE_HOST, RouteUnit
 from .scheduler import GroupScheduler
 from .sram import Sram
@@ -112,9 +115,7 @@ class MoELayerAccelerator(wiring.Component):
                  router: str | None = None, top_k: int = 1, renormalize: bool = False,
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", counter_bits=48):
+                 tile: TileSpec, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
                             ("n_groups", n_groups), ("group_size", group_size),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
@@ -129,11 +130,9 @@ class MoELayerAccelerator(wiring.Component):
         need(not shared_gate or (n_sh and router is not None), "shared_gate", shared_gate,
              "False without a shared expert (shared_d_ff) or a router")
         check_counter_bits(counter_bits)
-        self._tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
-                          weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                          adc_bits=adc_bits, adc_shift=adc_shift,
-                          weight_encoding=weight_encoding, adc_range=adc_range,
-                          counter_bits=counter_bits)
+        check_tile(tile)
+        input_bits = tile.input_bits
+        self._tile = dict(tile=tile, counter_bits=counter_bits)
         self._d_model, self._d_ff, self._n_experts = d_model, d_ff, n_experts
         self._n_groups, self._group_size, self._n_tokens = n_groups, group_size, n_tokens
         self._lanes, self._gate_bits, self._multiplier_bits = lanes, gate_bits, multiplier_bits
@@ -408,150 +407,20 @@ class MoELayerAccelerator(wiring.Component):
                      out.payload.last.eq(out_last)]
         rd_tok = Signal(range(self._n_tokens + 1))
 
+        # the datapath's signals, for the FSM's states (one method per phase)
+        dp = SimpleNamespace(G=G, B=B, lanes=lanes, sched=sched, engines=engines, cnt=cnt,
+                             tb=tb, ob=ob, active=active, tokens=tokens,
+                             last_slot=last_slot, pending=pending, first_use=first_use,
+                             lowest=lowest, cur_tok=cur_tok, match=match, blk=blk,
+                             n_window=n_window, ld_valid=ld_valid, cb_valid=cb_valid,
+                             wr_blk=wr_blk, wr_mask=wr_mask, wr_row=wr_row, ru=ru,
+                             rl_valid=rl_valid, rtok=rtok, comb_sum=comb_sum, out=out,
+                             out_tok=out_tok, out_blk=out_blk, out_last=out_last,
+                             rd_tok=rd_tok)
         with m.FSM(name="layer") as fsm:
-            with m.State("TOKENS"):
-                t = self.i_tokens
-                m.d.comb += [t.ready.eq(1), tb.w_addr.eq(t.payload.token * B + t.payload.block),
-                             tb.w_data.eq(t.payload.data.as_value()), tb.w_en.eq(t.valid)]
-                with m.If(t.valid):
-                    m.d.sync += cnt.token_writes.eq(cnt.token_writes + 1)
-                    with m.If(t.payload.last):
-                        m.d.sync += n_window.eq(t.payload.token + 1)
-                        m.next = "JOBS"
-                        if ru is not None:
-                            with m.If(self.route_mode != MODE_HOST):
-                                m.d.sync += [rtok.eq(0), blk.eq(0)]
-                                m.next = "ROUTE_LOAD"
-            if ru is not None:
-                with m.State("ROUTE_LOAD"):
-                    # token rtok's blocks into the gate bank (written one cycle after the read)
-                    m.d.comb += tb.r_addr.eq(rtok * B + blk)
-                    m.d.sync += [rl_valid.eq(blk < B), wr_blk.eq(blk), blk.eq(blk + 1)]
-                    with m.If(blk == B):
-                        m.d.sync += blk.eq(0)
-                        m.next = "ROUTE_GO"
-                with m.State("ROUTE_GO"):
-                    m.d.comb += [ru.i_tokens.valid.eq(1), ru.i_tokens.payload.token.eq(rtok),
-                                 ru.i_tokens.payload.last.eq(rtok == n_window - 1)]
-                    with m.If(ru.i_tokens.ready):
-                        m.d.sync += rtok.eq(rtok + 1)
-                        m.next = "ROUTE_WAIT"
-                        with m.If(rtok == n_window - 1):
-                            m.next = "ROUTE_CLOSE"
-                with m.State("ROUTE_WAIT"):
-                    # the route unit is idle again when it takes tokens
-                    with m.If(ru.i_tokens.ready):
-                        m.next = "ROUTE_LOAD"
-                with m.State("ROUTE_CLOSE"):
-                    # the host takes the routes; the window's closing beat ends the phase
-                    with m.If(self.o_routes.valid & self.o_routes.ready &
-                              self.o_routes.payload.last):
-                        m.next = "JOBS"
-            with m.State("JOBS"):
-                j, sj = self.i_jobs, sched.i_jobs
-                m.d.comb += [sj.payload.group.eq(j.payload.group),
-                             sj.payload.job.token.eq(j.payload.token),
-                             sj.payload.job.expert.eq(j.payload.expert),
-                             sj.payload.job.idle_before.eq(j.payload.idle_before),
-                             sj.payload.job.data.eq(j.payload.data),
-                             sj.payload.last.eq(j.payload.last)]
-                with m.If(j.payload.empty):
-                    m.d.comb += j.ready.eq(1)
-                    with m.If(j.valid):
-                        m.d.sync += rd_tok.eq(0)
-                        m.next = "OUTPUT"
-                with m.Else():
-                    m.d.comb += [sj.valid.eq(j.valid), j.ready.eq(sj.ready)]
-                    with m.If(j.valid & sj.ready & j.payload.last):
-                        m.next = "SLOT"
-            with m.State("SLOT"):
-                m.d.comb += sched.o_slots.ready.eq(1)
-                m.d.comb += [sched.o_issue[g].ready.eq(1) for g in range(G)]
-                with m.If(sched.o_slots.valid):
-                    m.d.sync += [active.eq(sched.o_slots.payload.active),
-                                 last_slot.eq(sched.o_slots.payload.last),
-                                 cnt.timestamps.eq(cnt.timestamps + 1),
-                                 cnt.token_loads.eq(cnt.token_loads
-                                                    + sched.o_slots.payload.n_loads)]
-                    for g, e in enumerate(engines):
-                        m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
-                        job = sched.o_issue[g].payload.data
-                        with m.If(sched.o_issue[g].valid):
-                            # field by field: the shared engine's slot field is narrower
-                            m.d.sync += [e.job[name].eq(job[name])
-                                         for name, _ in e.job.shape()]
-                            m.d.sync += cnt.busy[g].eq(cnt.busy[g] + 1)
-                    m.d.sync += blk.eq(0)
-                    m.next = "LOAD_FIRST"
-            with m.State("LOAD_FIRST"):
-                m.d.sync += pending.eq(first_use)
-                m.next = "LOAD"
-            with m.State("LOAD"):
-                # read block blk of the current token; write it to the matching engines
-                # one cycle later (wr_*)
-                m.d.comb += tb.r_addr.eq(cur_tok * B + blk)
-                m.d.sync += [ld_valid.eq(pending.any()), wr_blk.eq(blk), wr_mask.eq(match)]
-                with m.If(pending.any()):
-                    m.d.sync += cnt.token_reads.eq(cnt.token_reads + 1)
-                    with m.If(blk == B - 1):
-                        m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
-                    with m.Else():
-                        m.d.sync += blk.eq(blk + 1)
-                with m.Else():
-                    m.next = "START"
-            with m.State("START"):
-                m.d.comb += [e.start.eq(active[g]) for g, e in enumerate(engines)]
-                m.d.sync += [pending.eq(first_use), blk.eq(0)]
-                m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(Cat(e.ready for e in engines).all()):
-                    m.next = "COMBINE"
-            with m.State("COMBINE"):
-                # read the engines' block blk and the token's accumulator row; add and write
-                # back one cycle later
-                row = cur_tok * B + blk
-                m.d.comb += ob.r_addr.eq(row)
-                m.d.sync += [cb_valid.eq(pending.any()), wr_mask.eq(match), wr_row.eq(row)]
-                with m.If(cb_valid):
-                    m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(wr_row)]
-                    m.d.comb += [ob.w_data[i].eq(ob.r_data[i] + comb_sum[i])
-                                 for i in range(lanes)]
-                    m.d.sync += cnt.out_writes.eq(cnt.out_writes + 1)
-                with m.If(pending.any()):
-                    m.d.sync += cnt.out_reads.eq(cnt.out_reads + 1)
-                    with m.If(blk == B - 1):
-                        m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
-                    with m.Else():
-                        m.d.sync += blk.eq(blk + 1)
-                with m.Else():
-                    with m.If(last_slot):
-                        m.d.sync += rd_tok.eq(0)
-                        m.next = "OUTPUT"
-                    with m.Else():
-                        m.next = "SLOT"
-            with m.State("OUTPUT"):
-                # pipelined read-out with back-pressure: the read port holds its data while
-                # the output beat waits; each row is cleared as it is read
-                more = rd_tok < n_window
-                advance = ~out.valid | out.ready
-                m.d.comb += [ob.r_en.eq(advance), ob.r_addr.eq(rd_tok * B + blk)]
-                with m.If(advance):
-                    m.d.sync += out.valid.eq(more)
-                    with m.If(more):
-                        m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(rd_tok * B + blk),
-                                     ob.w_data.as_value().eq(0)]
-                        m.d.sync += [cnt.out_writes.eq(cnt.out_writes + 1),
-                                     out_tok.eq(rd_tok), out_blk.eq(blk),
-                                     out_last.eq((rd_tok == n_window - 1) & (blk == B - 1)),
-                                     cnt.out_reads.eq(cnt.out_reads + 1)]
-                        with m.If(blk == B - 1):
-                            m.d.sync += [blk.eq(0), rd_tok.eq(rd_tok + 1)]
-                        with m.Else():
-                            m.d.sync += blk.eq(blk + 1)
-                    with m.Else():
-                        m.d.sync += blk.eq(0)
-                        m.next = "TOKENS"
-
+            self._input_states(m, dp)
+            self._timestamp_states(m, dp)
+            self._output_state(m, dp)
         m.d.comb += lut_open.eq(fsm.ongoing("TOKENS"))
         if ru is not None:
             routing = Cat(fsm.ongoing(name) for name in ("ROUTE_LOAD", "ROUTE_GO", "ROUTE_WAIT",
@@ -570,3 +439,173 @@ class MoELayerAccelerator(wiring.Component):
             cnt.dac_drives.eq(tree_sum(e.counters.dac_drives for e in engines)),
         ]
         return m
+
+    def _input_states(self, m, dp):
+        """FSM states of a window's input: its token beats into the token buffer, then (with
+        a router, unless the host routes) each token into the gate bank and through the
+        route unit, until the window's closing route beat."""
+        B, cnt, tb, blk, n_window = dp.B, dp.cnt, dp.tb, dp.blk, dp.n_window
+        wr_blk, ru, rl_valid, rtok = dp.wr_blk, dp.ru, dp.rl_valid, dp.rtok
+        with m.State("TOKENS"):
+            t = self.i_tokens
+            m.d.comb += [t.ready.eq(1), tb.w_addr.eq(t.payload.token * B + t.payload.block),
+                         tb.w_data.eq(t.payload.data.as_value()), tb.w_en.eq(t.valid)]
+            with m.If(t.valid):
+                m.d.sync += cnt.token_writes.eq(cnt.token_writes + 1)
+                with m.If(t.payload.last):
+                    m.d.sync += n_window.eq(t.payload.token + 1)
+                    m.next = "JOBS"
+                    if ru is not None:
+                        with m.If(self.route_mode != MODE_HOST):
+                            m.d.sync += [rtok.eq(0), blk.eq(0)]
+                            m.next = "ROUTE_LOAD"
+        if ru is not None:
+            with m.State("ROUTE_LOAD"):
+                # token rtok's blocks into the gate bank (written one cycle after the read)
+                m.d.comb += tb.r_addr.eq(rtok * B + blk)
+                m.d.sync += [rl_valid.eq(blk < B), wr_blk.eq(blk), blk.eq(blk + 1)]
+                with m.If(blk == B):
+                    m.d.sync += blk.eq(0)
+                    m.next = "ROUTE_GO"
+            with m.State("ROUTE_GO"):
+                m.d.comb += [ru.i_tokens.valid.eq(1), ru.i_tokens.payload.token.eq(rtok),
+                             ru.i_tokens.payload.last.eq(rtok == n_window - 1)]
+                with m.If(ru.i_tokens.ready):
+                    m.d.sync += rtok.eq(rtok + 1)
+                    m.next = "ROUTE_WAIT"
+                    with m.If(rtok == n_window - 1):
+                        m.next = "ROUTE_CLOSE"
+            with m.State("ROUTE_WAIT"):
+                # the route unit is idle again when it takes tokens
+                with m.If(ru.i_tokens.ready):
+                    m.next = "ROUTE_LOAD"
+            with m.State("ROUTE_CLOSE"):
+                # the host takes the routes; the window's closing beat ends the phase
+                with m.If(self.o_routes.valid & self.o_routes.ready &
+                          self.o_routes.payload.last):
+                    m.next = "JOBS"
+
+    def _timestamp_states(self, m, dp):
+        """FSM states of the plan and its timestamps: the job beats into the scheduler, then
+        per timestamp its slot record, the loads of its distinct tokens into the engines,
+        the engines' start and wait, and the combine of their results into the tokens'
+        accumulator rows."""
+        G, B, lanes, sched, engines = dp.G, dp.B, dp.lanes, dp.sched, dp.engines
+        cnt, tb, ob, active, tokens = dp.cnt, dp.tb, dp.ob, dp.active, dp.tokens
+        last_slot, pending, first_use = dp.last_slot, dp.pending, dp.first_use
+        lowest, cur_tok = dp.lowest, dp.cur_tok
+        match, blk, ld_valid = dp.match, dp.blk, dp.ld_valid
+        cb_valid, wr_blk = dp.cb_valid, dp.wr_blk
+        wr_mask, wr_row, comb_sum, rd_tok = dp.wr_mask, dp.wr_row, dp.comb_sum, dp.rd_tok
+        with m.State("JOBS"):
+            j, sj = self.i_jobs, sched.i_jobs
+            m.d.comb += [sj.payload.group.eq(j.payload.group),
+                         sj.payload.job.token.eq(j.payload.token),
+                         sj.payload.job.expert.eq(j.payload.expert),
+                         sj.payload.job.idle_before.eq(j.payload.idle_before),
+                         sj.payload.job.data.eq(j.payload.data),
+                         sj.payload.last.eq(j.payload.last)]
+            with m.If(j.payload.empty):
+                m.d.comb += j.ready.eq(1)
+                with m.If(j.valid):
+                    m.d.sync += rd_tok.eq(0)
+                    m.next = "OUTPUT"
+            with m.Else():
+                m.d.comb += [sj.valid.eq(j.valid), j.ready.eq(sj.ready)]
+                with m.If(j.valid & sj.ready & j.payload.last):
+                    m.next = "SLOT"
+        with m.State("SLOT"):
+            m.d.comb += sched.o_slots.ready.eq(1)
+            m.d.comb += [sched.o_issue[g].ready.eq(1) for g in range(G)]
+            with m.If(sched.o_slots.valid):
+                m.d.sync += [active.eq(sched.o_slots.payload.active),
+                             last_slot.eq(sched.o_slots.payload.last),
+                             cnt.timestamps.eq(cnt.timestamps + 1),
+                             cnt.token_loads.eq(cnt.token_loads
+                                                + sched.o_slots.payload.n_loads)]
+                for g, e in enumerate(engines):
+                    m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
+                    job = sched.o_issue[g].payload.data
+                    with m.If(sched.o_issue[g].valid):
+                        # field by field: the shared engine's slot field is narrower
+                        m.d.sync += [e.job[name].eq(job[name])
+                                     for name, _ in e.job.shape()]
+                        m.d.sync += cnt.busy[g].eq(cnt.busy[g] + 1)
+                m.d.sync += blk.eq(0)
+                m.next = "LOAD_FIRST"
+        with m.State("LOAD_FIRST"):
+            m.d.sync += pending.eq(first_use)
+            m.next = "LOAD"
+        with m.State("LOAD"):
+            # read block blk of the current token; write it to the matching engines
+            # one cycle later (wr_*)
+            m.d.comb += tb.r_addr.eq(cur_tok * B + blk)
+            m.d.sync += [ld_valid.eq(pending.any()), wr_blk.eq(blk), wr_mask.eq(match)]
+            with m.If(pending.any()):
+                m.d.sync += cnt.token_reads.eq(cnt.token_reads + 1)
+                with m.If(blk == B - 1):
+                    m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
+                with m.Else():
+                    m.d.sync += blk.eq(blk + 1)
+            with m.Else():
+                m.next = "START"
+        with m.State("START"):
+            m.d.comb += [e.start.eq(active[g]) for g, e in enumerate(engines)]
+            m.d.sync += [pending.eq(first_use), blk.eq(0)]
+            m.next = "WAIT"
+        with m.State("WAIT"):
+            with m.If(Cat(e.ready for e in engines).all()):
+                m.next = "COMBINE"
+        with m.State("COMBINE"):
+            # read the engines' block blk and the token's accumulator row; add and write
+            # back one cycle later
+            row = cur_tok * B + blk
+            m.d.comb += ob.r_addr.eq(row)
+            m.d.sync += [cb_valid.eq(pending.any()), wr_mask.eq(match), wr_row.eq(row)]
+            with m.If(cb_valid):
+                m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(wr_row)]
+                m.d.comb += [ob.w_data[i].eq(ob.r_data[i] + comb_sum[i])
+                             for i in range(lanes)]
+                m.d.sync += cnt.out_writes.eq(cnt.out_writes + 1)
+            with m.If(pending.any()):
+                m.d.sync += cnt.out_reads.eq(cnt.out_reads + 1)
+                with m.If(blk == B - 1):
+                    m.d.sync += [blk.eq(0), pending.eq(pending & ~lowest)]
+                with m.Else():
+                    m.d.sync += blk.eq(blk + 1)
+            with m.Else():
+                with m.If(last_slot):
+                    m.d.sync += rd_tok.eq(0)
+                    m.next = "OUTPUT"
+                with m.Else():
+                    m.next = "SLOT"
+
+    def _output_state(self, m, dp):
+        """FSM state of the read-out: every token's accumulator row, requantised, one beat
+        per block with back-pressure, cleared as read."""
+        B, cnt, ob, blk, n_window = dp.B, dp.cnt, dp.ob, dp.blk, dp.n_window
+        out, out_tok, out_blk = dp.out, dp.out_tok, dp.out_blk
+        out_last, rd_tok = dp.out_last, dp.rd_tok
+        with m.State("OUTPUT"):
+            # pipelined read-out with back-pressure: the read port holds its data while
+            # the output beat waits; each row is cleared as it is read
+            more = rd_tok < n_window
+            advance = ~out.valid | out.ready
+            m.d.comb += [ob.r_en.eq(advance), ob.r_addr.eq(rd_tok * B + blk)]
+            with m.If(advance):
+                m.d.sync += out.valid.eq(more)
+                with m.If(more):
+                    m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(rd_tok * B + blk),
+                                 ob.w_data.as_value().eq(0)]
+                    m.d.sync += [cnt.out_writes.eq(cnt.out_writes + 1),
+                                 out_tok.eq(rd_tok), out_blk.eq(blk),
+                                 out_last.eq((rd_tok == n_window - 1) & (blk == B - 1)),
+                                 cnt.out_reads.eq(cnt.out_reads + 1)]
+                    with m.If(blk == B - 1):
+                        m.d.sync += [blk.eq(0), rd_tok.eq(rd_tok + 1)]
+                    with m.Else():
+                        m.d.sync += blk.eq(blk + 1)
+                with m.Else():
+                    m.d.sync += blk.eq(0)
+                    m.next = "TOKENS"
+

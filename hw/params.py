@@ -23,6 +23,11 @@ def check_group_size(group_size) -> None:
     need(group_size <= 16, "group_size", group_size, "an integer from 1 to 16")
 
 
+def check_tile(tile) -> None:
+    need(isinstance(tile, TileSpec), "tile", tile,
+         "a moepim.spec.tile.TileSpec (a config's: TileConfig.spec())")
+
+
 def check_core(core) -> None:
     need(core in CORES, "core", core, f"one of {CORES}")
 

@@ -40,7 +40,7 @@ from moepim.spec.checks import index_bits, signed_bits
 from moepim.spec.tile import TileSpec
 
 from .crossbar import CrossbarPort
-from .params import check_counter_bits, check_group_size, tree_sum
+from .params import check_counter_bits, check_group_size, check_tile, tree_sum
 
 __all__ = ["PeripheralSet", "request_layout", "result_layout", "peripheral_counters_layout",
            "adc_window_layout"]
@@ -95,16 +95,11 @@ class PeripheralSet(wiring.Component):
     docstring); throughput one MVM per ``mvm_latency`` cycles per set.
     """
 
-    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", group_size=1, counter_bits=48):
+    def __init__(self, *, tile: TileSpec, group_size=1, counter_bits=48):
+        check_tile(tile)
         check_group_size(group_size)
         check_counter_bits(counter_bits)
-        self._geometry = TileSpec(n_rows=n_rows, n_columns=n_columns,
-                                      bits_per_cell=bits_per_cell, weight_bits=weight_bits,
-                                      input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                                      adc_shift=adc_shift, weight_encoding=weight_encoding,
-                                      adc_range=adc_range)
+        self._geometry = tile
         self._group_size = group_size
         self._counter_bits = counter_bits
         g = self._geometry

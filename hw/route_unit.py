@@ -48,8 +48,8 @@ one beat with ``last`` (and no route) closes the window. ``mode``, ``cap``, ``go
 ``index_mult`` and ``index_shift`` are held by the parent while a window is routed.
 
 Cycles, without back-pressure on ``o_routes`` (``moepim.spec.timing.RouteTiming`` states them,
-``LayerTiming.route_cycles`` composes them): stage 1, ``gate_cycles = L + OB + 2`` from the cycle after the handshake (start, the
-gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read; an MLP gate adds its second
+``LayerTiming.route_cycles`` composes them): stage 1, ``gate_cycles = L + OB + 2`` from the
+cycle after the handshake (start, the gate MVM of ``L = mvm_latency`` cycles, ``OB`` logit blocks read; an MLP gate adds its second
 layer: ``L1 + HB + L2 + OB + 3``, ``HB`` hidden blocks between the banks), then the hand-over when
 stage 2 is idle. Stage 2, ``router_cycles`` from the hand-over, with
 ``S = softmax.latency(E) + 2`` for ``E`` experts:
@@ -69,18 +69,21 @@ The window's close (``close_cycles``): the expert-choice selection over the wind
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moepim.spec.checks import index_bits, need, need_positive, signed_bits
 from moepim.spec.numerics import SCORE_BITS
+from moepim.spec.tile import TileSpec
 from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW
 
 from .expert_engine import SHIFT_BITS, requantize
 from .gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, tree_sum
+from .params import check_counter_bits, check_tile, tree_sum
 from .routers import ExpertChoiceRouter, TokenChoiceRouter
 from .softmax import GateSoftmax
 
@@ -97,20 +100,20 @@ class RouteUnit(wiring.Component):
                  c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
                  multiplier_bits: int = 15,
-                 n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input_bits=8,
-                 n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", counter_bits=48, core="macro"):
+                 tile: TileSpec, counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
             need_positive(name, value)
         need(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
         need(go_rows >= 0, "go_rows", go_rows, "0 (no GO cache) or a row count")
+        check_tile(tile)
         check_counter_bits(counter_bits)
         self._router, self._n, self._t, self._lanes = router, n_experts, n_tokens, lanes
         self._gate_bits, self._k, self._renorm = gate_bits, top_k, bool(renormalize)
         need(gate_hidden >= 0, "gate_hidden", gate_hidden,
              "0 (a linear gate) or the MLP gate's hidden width")
         need(0 < multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "1 .. 31")
+        input_bits = tile.input_bits
         self._hidden, self._act_bits = gate_hidden, input_bits
         self._shared = bool(shared_gate)
         need(not drop or router == "top_k", "drop", drop,
@@ -119,14 +122,10 @@ class RouteUnit(wiring.Component):
         need(not (gate_hidden and shared_gate), "shared_gate", shared_gate,
              "False with an MLP gate (the shared gate reads the token, not the hidden layer)")
         n_cols = n_experts + self._shared       # the shared gate's column after the experts'
-        tile = dict(n_slots=1, lanes=lanes, n_rows=n_rows, n_columns=n_columns,
-                    bits_per_cell=bits_per_cell, weight_bits=weight_bits,
-                    input_bits=input_bits, n_adcs=n_adcs, adc_bits=adc_bits,
-                    adc_shift=adc_shift, weight_encoding=weight_encoding,
-                    adc_range=adc_range, counter_bits=counter_bits, core=core)
+        bank = dict(n_slots=1, lanes=lanes, tile=tile, counter_bits=counter_bits, core=core)
         # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
-        self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_cols, **tile)
-        self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_cols, **tile)
+        self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_cols, **bank)
+        self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_cols, **bank)
                       if gate_hidden else None)
         self.logit_bank = self.bank2 or self.bank
         g = self.logit_bank.geometry
@@ -285,6 +284,8 @@ class RouteUnit(wiring.Component):
             sel = Signal(n)
             expert = Signal(range(n + 1))
             pushed_ec, pushed_go = Signal(), Signal()
+            dp = SimpleNamespace(sm=sm, ec=ec, row=row, sel=sel, expert=expert,
+                                 pushed_ec=pushed_ec, pushed_go=pushed_go)
         else:
             tc = self.tc
             m.submodules.tc_router = tc
@@ -294,6 +295,8 @@ class RouteUnit(wiring.Component):
             j = Signal.like(n_sel)
             # capacity dropping: routes each expert took since the sequence began
             taken = Array(Signal(self._cap_shape, name=f"taken{e}") for e in range(n))
+            dp = SimpleNamespace(tc=tc, experts=experts, weights=weights, n_sel=n_sel, j=j,
+                                 taken=taken)
 
         # the shared expert's gate weight, from the registered logit
         shared_w = Signal(self._gate_bits)
@@ -311,6 +314,9 @@ class RouteUnit(wiring.Component):
         logits_b = Signal.like(logits)
         handoff = Signal()
         stage2_idle = Signal()
+        # stage 2's states read the registered token (the ``_b`` signals)
+        dp.n, dp.out, dp.cnt, dp.shift = n, out, cnt, shift
+        dp.tok_b, dp.last_b, dp.logits_b = tok_b, last_b, logits_b
         with m.FSM(name="gate"):
             with m.State("IDLE"):
                 m.d.comb += self.i_tokens.ready.eq(1)
@@ -355,15 +361,13 @@ class RouteUnit(wiring.Component):
                     m.next = "IDLE"
 
         # stage 2, the router: scores, selection, routes out
-        tok_a = tok
-        tok, last, logits = tok_b, last_b, logits_b
         with m.FSM(name="route"):
             with m.State("IDLE"):
                 m.d.comb += stage2_idle.eq(1)
                 first = "SCORE" if ec_kind else "TC_IN"
                 with m.If(handoff):
                     m.next = "SHARED" if self._shared else first
-                    new_sequence = (self.mode == MODE_WINDOW) & (tok_a == 0)
+                    new_sequence = (self.mode == MODE_WINDOW) & (tok == 0)
                     if self._drop:
                         with m.If(new_sequence):
                             m.d.sync += [x.eq(0) for x in taken]
@@ -373,7 +377,7 @@ class RouteUnit(wiring.Component):
             if self._shared:
                 with m.State("SHARED"):
                     # the shared expert's gate weight: the token's first route beat
-                    m.d.comb += [out.valid.eq(1), out.payload.token.eq(tok),
+                    m.d.comb += [out.valid.eq(1), out.payload.token.eq(tok_b),
                                  out.payload.expert.eq(n), out.payload.weight.eq(shared_b)]
                     with m.If(out.ready):
                         m.next = first
@@ -385,123 +389,142 @@ class RouteUnit(wiring.Component):
                     with m.If(self.go.i_cmd.ready):
                         m.next = "SHARED" if self._shared else "SCORE"
             if ec_kind:
-                with m.State("SCORE"):
-                    p = sm.i_logits.payload
-                    m.d.comb += [sm.i_logits.valid.eq(1), p.logits.eq(logits),
-                                 p.mask.eq((1 << n) - 1), p.index_mult.eq(self.index_mult),
-                                 p.index_shift.eq(self.index_shift)]
-                    with m.If(sm.i_logits.ready):
-                        m.next = "SCORE_WAIT"
-                with m.State("SCORE_WAIT"):
-                    m.d.comb += sm.o_probs.ready.eq(1)
-                    with m.If(sm.o_probs.valid):
-                        m.d.sync += [row.eq(sm.o_probs.payload.p16), pushed_ec.eq(0),
-                                     pushed_go.eq(0)]
-                        m.next = "PUSH"
-                        if self.go is not None:
-                            with m.If(self.mode == MODE_CACHED):
-                                m.next = "DECIDE"
-                with m.State("PUSH"):
-                    # the row into the window's expert-choice router (and the GO cache)
-                    m.d.comb += [ec.i_scores.valid.eq(~pushed_ec),
-                                 ec.i_scores.payload.scores.eq(row),
-                                 ec.i_scores.payload.cap.eq(self.cap),
-                                 ec.i_scores.payload.last.eq(last)]
-                    done_ec = pushed_ec | ec.i_scores.ready
-                    done_go = 1
-                    if self.go is not None:
-                        want = self.go_insert & ~pushed_go
-                        m.d.comb += [self.go.i_cmd.valid.eq(want),
-                                     self.go.i_cmd.payload.op.eq(OP_INSERT),
-                                     self.go.i_cmd.payload.scores.eq(row)]
-                        done_go = ~want | self.go.i_cmd.ready
-                        with m.If(want & self.go.i_cmd.ready):
-                            m.d.sync += pushed_go.eq(1)
-                    with m.If(ec.i_scores.ready):
-                        m.d.sync += pushed_ec.eq(1)
-                    with m.If(done_ec & done_go):
-                        m.next = "SELECT"
-                        with m.If(~last):
-                            m.next = "IDLE"
-                with m.State("SELECT"):
-                    # the window's selections, expert by expert, best first
-                    o = ec.o_selected.payload
-                    m.d.comb += [out.valid.eq(ec.o_selected.valid),
-                                 ec.o_selected.ready.eq(out.ready),
-                                 out.payload.token.eq(o.token), out.payload.expert.eq(o.expert),
-                                 out.payload.weight.eq(o.score[shift:])]
-                    with m.If(ec.o_selected.valid & out.ready & o.last):
-                        m.next = "CLOSE"
-                if self.go is not None:
-                    with m.State("DECIDE"):
-                        m.d.comb += [self.go.i_cmd.valid.eq(1),
-                                     self.go.i_cmd.payload.op.eq(OP_DECIDE),
-                                     self.go.i_cmd.payload.cap.eq(self.cap),
-                                     self.go.i_cmd.payload.scores.eq(row)]
-                        with m.If(self.go.i_cmd.ready):
-                            m.next = "DECIDED"
-                    with m.State("DECIDED"):
-                        m.d.comb += self.go.o_select.ready.eq(1)
-                        with m.If(self.go.o_select.valid):
-                            m.d.sync += [sel.eq(self.go.o_select.payload.mask), expert.eq(0)]
-                            m.next = "EMIT_MASK"
-                    with m.State("EMIT_MASK"):
-                        # one cycle per expert; a selected one waits for its beat's handshake
-                        hit = Signal()
-                        weight = Signal(self._gate_bits)
-                        with m.Switch(expert):
-                            for e in range(n):
-                                with m.Case(e):
-                                    m.d.comb += [hit.eq(sel[e]), weight.eq(row[e][shift:])]
-                        m.d.comb += [out.valid.eq(hit & (expert < n)),
-                                     out.payload.token.eq(tok), out.payload.expert.eq(expert),
-                                     out.payload.weight.eq(weight)]
-                        with m.If(expert == n):
-                            m.next = "CLOSE"
-                            with m.If(~last):
-                                m.next = "IDLE"
-                        with m.Elif(~hit | out.ready):
-                            m.d.sync += expert.eq(expert + 1)
+                self._expert_choice_states(m, dp)
             else:
-                with m.State("TC_IN"):
-                    p = tc.i_tokens.payload
-                    m.d.comb += [tc.i_tokens.valid.eq(1), p.logits.eq(logits),
-                                 p.count.eq(self._k), p.index_mult.eq(self.index_mult),
-                                 p.index_shift.eq(self.index_shift)]
-                    with m.If(tc.i_tokens.ready):
-                        m.next = "TC_WAIT"
-                with m.State("TC_WAIT"):
-                    m.d.comb += tc.o_routes.ready.eq(1)
-                    with m.If(tc.o_routes.valid):
-                        r = tc.o_routes.payload
-                        m.d.sync += [experts.eq(r.experts), weights.eq(r.weights),
-                                     n_sel.eq(r.n_selected), j.eq(0)]
-                        m.next = "TC_EMIT"
-                with m.State("TC_EMIT"):
-                    # one selection per cycle (or per handshake); a dropped one is not sent
-                    cur = Signal.like(out.payload.expert)
-                    keep = Signal()
-                    with m.Switch(j):
-                        for s in range(self._k):
-                            with m.Case(s):
-                                m.d.comb += [cur.eq(experts[s]),
-                                             out.payload.weight.eq(weights[s])]
-                    m.d.comb += [keep.eq(taken[cur] < self.cap if self._drop else 1),
-                                 out.valid.eq((j < n_sel) & keep),
-                                 out.payload.token.eq(tok), out.payload.expert.eq(cur)]
-                    with m.If(j == n_sel):
-                        m.next = "CLOSE"
-                        with m.If(~last):
-                            m.next = "IDLE"
-                    if self._drop:
-                        with m.Elif(~keep):
-                            m.d.sync += [j.eq(j + 1), cnt.route_drops.eq(cnt.route_drops + 1)]
-                    with m.Elif(out.ready):
-                        m.d.sync += j.eq(j + 1)
-                        if self._drop:
-                            m.d.sync += taken[cur].eq(taken[cur] + 1)
+                self._top_k_states(m, dp)
             with m.State("CLOSE"):
                 m.d.comb += [out.valid.eq(1), out.payload.last.eq(1)]
                 with m.If(out.ready):
                     m.next = "IDLE"
         return m
+
+    def _expert_choice_states(self, m, dp):
+        """Stage 2's states with the expert-choice router: the token's score row from the
+        softmax into the window's router (and the GO cache), the window's selections after
+        its last token; a cached decode step decides from the GO cache and walks its mask."""
+        sm, ec, row, sel = dp.sm, dp.ec, dp.row, dp.sel
+        expert, pushed_ec, pushed_go, n = dp.expert, dp.pushed_ec, dp.pushed_go, dp.n
+        out, shift, tok_b, last_b = dp.out, dp.shift, dp.tok_b, dp.last_b
+        logits_b = dp.logits_b
+        with m.State("SCORE"):
+            p = sm.i_logits.payload
+            m.d.comb += [sm.i_logits.valid.eq(1), p.logits.eq(logits_b),
+                         p.mask.eq((1 << n) - 1), p.index_mult.eq(self.index_mult),
+                         p.index_shift.eq(self.index_shift)]
+            with m.If(sm.i_logits.ready):
+                m.next = "SCORE_WAIT"
+        with m.State("SCORE_WAIT"):
+            m.d.comb += sm.o_probs.ready.eq(1)
+            with m.If(sm.o_probs.valid):
+                m.d.sync += [row.eq(sm.o_probs.payload.p16), pushed_ec.eq(0),
+                             pushed_go.eq(0)]
+                m.next = "PUSH"
+                if self.go is not None:
+                    with m.If(self.mode == MODE_CACHED):
+                        m.next = "DECIDE"
+        with m.State("PUSH"):
+            # the row into the window's expert-choice router (and the GO cache)
+            m.d.comb += [ec.i_scores.valid.eq(~pushed_ec),
+                         ec.i_scores.payload.scores.eq(row),
+                         ec.i_scores.payload.cap.eq(self.cap),
+                         ec.i_scores.payload.last.eq(last_b)]
+            done_ec = pushed_ec | ec.i_scores.ready
+            done_go = 1
+            if self.go is not None:
+                want = self.go_insert & ~pushed_go
+                m.d.comb += [self.go.i_cmd.valid.eq(want),
+                             self.go.i_cmd.payload.op.eq(OP_INSERT),
+                             self.go.i_cmd.payload.scores.eq(row)]
+                done_go = ~want | self.go.i_cmd.ready
+                with m.If(want & self.go.i_cmd.ready):
+                    m.d.sync += pushed_go.eq(1)
+            with m.If(ec.i_scores.ready):
+                m.d.sync += pushed_ec.eq(1)
+            with m.If(done_ec & done_go):
+                m.next = "SELECT"
+                with m.If(~last_b):
+                    m.next = "IDLE"
+        with m.State("SELECT"):
+            # the window's selections, expert by expert, best first
+            o = ec.o_selected.payload
+            m.d.comb += [out.valid.eq(ec.o_selected.valid),
+                         ec.o_selected.ready.eq(out.ready),
+                         out.payload.token.eq(o.token), out.payload.expert.eq(o.expert),
+                         out.payload.weight.eq(o.score[shift:])]
+            with m.If(ec.o_selected.valid & out.ready & o.last):
+                m.next = "CLOSE"
+        if self.go is not None:
+            with m.State("DECIDE"):
+                m.d.comb += [self.go.i_cmd.valid.eq(1),
+                             self.go.i_cmd.payload.op.eq(OP_DECIDE),
+                             self.go.i_cmd.payload.cap.eq(self.cap),
+                             self.go.i_cmd.payload.scores.eq(row)]
+                with m.If(self.go.i_cmd.ready):
+                    m.next = "DECIDED"
+            with m.State("DECIDED"):
+                m.d.comb += self.go.o_select.ready.eq(1)
+                with m.If(self.go.o_select.valid):
+                    m.d.sync += [sel.eq(self.go.o_select.payload.mask), expert.eq(0)]
+                    m.next = "EMIT_MASK"
+            with m.State("EMIT_MASK"):
+                # one cycle per expert; a selected one waits for its beat's handshake
+                hit = Signal()
+                weight = Signal(self._gate_bits)
+                with m.Switch(expert):
+                    for e in range(n):
+                        with m.Case(e):
+                            m.d.comb += [hit.eq(sel[e]), weight.eq(row[e][shift:])]
+                m.d.comb += [out.valid.eq(hit & (expert < n)),
+                             out.payload.token.eq(tok_b), out.payload.expert.eq(expert),
+                             out.payload.weight.eq(weight)]
+                with m.If(expert == n):
+                    m.next = "CLOSE"
+                    with m.If(~last_b):
+                        m.next = "IDLE"
+                with m.Elif(~hit | out.ready):
+                    m.d.sync += expert.eq(expert + 1)
+
+    def _top_k_states(self, m, dp):
+        """Stage 2's states with the top-k router: the token's selections and weights, one
+        route beat each (with ``drop``, a selection over its expert's capacity is counted and
+        not sent)."""
+        tc, experts, weights, n_sel = dp.tc, dp.experts, dp.weights, dp.n_sel
+        j, taken, out, cnt = dp.j, dp.taken, dp.out, dp.cnt
+        tok_b, last_b, logits_b = dp.tok_b, dp.last_b, dp.logits_b
+        with m.State("TC_IN"):
+            p = tc.i_tokens.payload
+            m.d.comb += [tc.i_tokens.valid.eq(1), p.logits.eq(logits_b),
+                         p.count.eq(self._k), p.index_mult.eq(self.index_mult),
+                         p.index_shift.eq(self.index_shift)]
+            with m.If(tc.i_tokens.ready):
+                m.next = "TC_WAIT"
+        with m.State("TC_WAIT"):
+            m.d.comb += tc.o_routes.ready.eq(1)
+            with m.If(tc.o_routes.valid):
+                r = tc.o_routes.payload
+                m.d.sync += [experts.eq(r.experts), weights.eq(r.weights),
+                             n_sel.eq(r.n_selected), j.eq(0)]
+                m.next = "TC_EMIT"
+        with m.State("TC_EMIT"):
+            # one selection per cycle (or per handshake); a dropped one is not sent
+            cur = Signal.like(out.payload.expert)
+            keep = Signal()
+            with m.Switch(j):
+                for s in range(self._k):
+                    with m.Case(s):
+                        m.d.comb += [cur.eq(experts[s]),
+                                     out.payload.weight.eq(weights[s])]
+            m.d.comb += [keep.eq(taken[cur] < self.cap if self._drop else 1),
+                         out.valid.eq((j < n_sel) & keep),
+                         out.payload.token.eq(tok_b), out.payload.expert.eq(cur)]
+            with m.If(j == n_sel):
+                m.next = "CLOSE"
+                with m.If(~last_b):
+                    m.next = "IDLE"
+            if self._drop:
+                with m.Elif(~keep):
+                    m.d.sync += [j.eq(j + 1), cnt.route_drops.eq(cnt.route_drops + 1)]
+            with m.Elif(out.ready):
+                m.d.sync += j.eq(j + 1)
+                if self._drop:
+                    m.d.sync += taken[cur].eq(taken[cur] + 1)

@@ -6,6 +6,8 @@ from amaranth import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from moepim.spec.tile import TileSpec
+
 from .crossbar import CrossbarArray, crossbar_counters_layout, weight_row_layout
 from .peripherals import PeripheralSet, peripheral_counters_layout, request_layout, result_layout
 
@@ -29,15 +31,11 @@ class TileGroup(wiring.Component):
     simultaneous requests of different crossbars are served one after the other.
     """
 
-    def __init__(self, *, n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8,
-                 input_bits=8, n_adcs=32, adc_bits=16, adc_shift=None, weight_encoding="offset",
-                 adc_range="fixed", group_size=1, core="macro", counter_bits=48):
-        tile = dict(n_rows=n_rows, n_columns=n_columns, bits_per_cell=bits_per_cell,
-                    weight_bits=weight_bits, input_bits=input_bits, n_adcs=n_adcs,
-                    adc_bits=adc_bits, adc_shift=adc_shift, weight_encoding=weight_encoding,
-                    adc_range=adc_range, counter_bits=counter_bits)
-        self.peripherals = PeripheralSet(group_size=group_size, **tile)
-        self.crossbars = [CrossbarArray(core=core, **tile) for _ in range(group_size)]
+    def __init__(self, *, tile: TileSpec, group_size=1, core="macro", counter_bits=48):
+        self.peripherals = PeripheralSet(tile=tile, group_size=group_size,
+                                         counter_bits=counter_bits)
+        self.crossbars = [CrossbarArray(tile=tile, core=core, counter_bits=counter_bits)
+                          for _ in range(group_size)]
         self._core = core
         g = self.peripherals.geometry
         extra = ({"adc_shifts": In(self.peripherals.signature.members["adc_shifts"].shape)}

@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
         if say:
             say("digital logic area: yosys on the tile group's RTL (cached after the first run)")
         # the crossbars' area is the technology table's (arrays), whatever their core
-        digital = component_area(TileGroup(**exp.tile.hw_kwargs()), "tile_group", exp.tech,
+        digital = component_area(TileGroup(**exp.tile.build_kwargs()), "tile_group", exp.tech,
                                  sim=sim, build_dir=run.build.get("directory"),
                                  blackbox=("tile_group.xbar*",))
         area = tile_area_mm2(exp.tile, exp.tech, digital)

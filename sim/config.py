@@ -81,6 +81,11 @@ class TileConfig:
 
         return TileSpec(**self.shape_kwargs())
 
+    def build_kwargs(self) -> dict:
+        """A ``TileGroup``'s constructor arguments: the specification and the build options."""
+        return {"tile": self.spec(), "group_size": self.group_size, "core": self.core,
+                "counter_bits": self.counter_bits}
+
 
 @dataclass(frozen=True)
 class Constant:

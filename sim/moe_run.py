@@ -68,7 +68,12 @@ class Window:
 
 def make_component(spec: LayerSpec, tile_kwargs: dict,
                    engine_core: str = "macro") -> MoELayerAccelerator:
+    """The layer's component for ``spec`` and the tile's arguments (``layer_spec``: the
+    specification's fields and ``counter_bits``)."""
+    tile_kwargs = dict(tile_kwargs)
+    counter_bits = tile_kwargs.pop("counter_bits")
     dut = MoELayerAccelerator(
+        tile=TileSpec(**tile_kwargs), counter_bits=counter_bits,
         engine_core=engine_core, d_model=spec.d_model, d_ff=spec.d_ff,
         n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
@@ -76,7 +81,7 @@ def make_component(spec: LayerSpec, tile_kwargs: dict,
         shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
         renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
         max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden,
-        shared_gate=spec.shared_gate, drop=spec.drop, **tile_kwargs)
+        shared_gate=spec.shared_gate, drop=spec.drop)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 

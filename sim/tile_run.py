@@ -138,7 +138,7 @@ def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None
     from .amaranth_macro import add_macro_model
     from .block_run import run_bench
 
-    kwargs = exp.tile.hw_kwargs()
+    kwargs = exp.tile.build_kwargs()
     if sim == "amaranth" and kwargs["core"] == "macro":
         kwargs["core"] = "python"
     group = TileGroup(**kwargs)

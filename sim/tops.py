@@ -67,7 +67,9 @@ def _tile_top(exp, top: str):
     kw = _tile_params(exp, top)
     block = {"tile_group": TileGroup, "peripheral_set": PeripheralSet,
              "crossbar_array": CrossbarArray}[top]
-    return block(**kw), kw
+    shape = set(exp.tile.shape_kwargs())
+    build = {k: v for k, v in kw.items() if k not in shape}
+    return block(tile=exp.tile.spec(), **build), kw
 
 
 def top_parameters(exp, top: str) -> dict:

@@ -114,7 +114,7 @@ def _tile(sc):
                           f"{sc.params.get('experiment', 'tile-small')}.yaml")
     exp = dataclasses.replace(exp, workload=dataclasses.replace(exp.workload, seed=sc.seed))
     scen = make_scenario(exp)
-    group = TileGroup(**exp.tile.hw_kwargs())
+    group = TileGroup(**exp.tile.build_kwargs())
     return group, "tile_group", "tile_scenario", scen.bench_args(exp, group)
 
 

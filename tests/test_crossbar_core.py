@@ -24,7 +24,7 @@ SHAPE = dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=4, input_bits=3
 @pytest.mark.parametrize("core", ["logic", "python"])
 def test_analog_port_semantics(core, encoding):
     kw = dict(SHAPE, weight_encoding=encoding)
-    xb = CrossbarArray(core=core, **kw)
+    xb = CrossbarArray(core=core, tile=TileSpec(**kw))
     shape = TileSpec(**kw)
     rng = np.random.default_rng(5)
     weights = rng.integers(-8, 8, size=(shape.n_rows, shape.n_outputs))
@@ -74,7 +74,7 @@ def test_analog_port_semantics(core, encoding):
 
 
 def test_weight_port_closes_while_selected():
-    xb = CrossbarArray(core="logic", **SHAPE)
+    xb = CrossbarArray(core="logic", tile=TileSpec(**SHAPE))
     sim = Simulator(xb)
     sim.add_clock(1e-8)
 

@@ -528,10 +528,10 @@ def test_gate_tables_need_their_gates():
         make_component(dataclasses.replace(spec, shared_gate=True), tile)
     with pytest.raises(ParameterError, match="shared_gate"):
         RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16, router="top_k",
-                  gate_hidden=8, shared_gate=True)
+                  gate_hidden=8, shared_gate=True, tile=TileSpec())
     with pytest.raises(ParameterError, match="drop"):
         RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16, router="expert_choice",
-                  drop=True)
+                  drop=True, tile=TileSpec())
 
 
 def test_mlp_gate_golden_depends_on_the_tanh_table():

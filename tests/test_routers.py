@@ -185,7 +185,7 @@ def test_gate_mvm_on_crossbar_tiles_feeds_the_expert_choice_router():
         for i in range(n_rt):
             xs.append(wl.x_q[t, i * shape.n_rows:(i + 1) * shape.n_rows].tolist())
             xbar.append(i)
-    group = TileGroup(**tile, group_size=n_rt, core="macro")
+    group = TileGroup(tile=TileSpec(**tile), group_size=n_rt, core="macro")
     res = run_bench(group, top="tile_group", bench="tile_scenario", sim="verilator",
                     args={"weights": weights, "xs": xs, "xbar": xbar, "gaps": [0] * len(xs),
                           "ready_pattern": [1, 1, 0], "fields": _field_maps(group),

@@ -61,19 +61,24 @@ def test_simultaneous_requests_are_serialised_and_stalls_counted():
 
 def test_constructor_errors_name_the_argument():
     with pytest.raises(ParameterError, match="n_adcs=5"):
-        PeripheralSet(n_rows=8, n_columns=8, n_adcs=5)
+        TileSpec(n_rows=8, n_columns=8, n_adcs=5)
     with pytest.raises(ParameterError, match="weight_bits=6"):
-        CrossbarArray(bits_per_cell=4, weight_bits=6)
+        TileSpec(bits_per_cell=4, weight_bits=6)
     with pytest.raises(ParameterError, match="core='analog'"):
-        CrossbarArray(core="analog")
+        CrossbarArray(tile=TileSpec(), core="analog")
     with pytest.raises(ParameterError, match="group_size=0"):
-        TileGroup(group_size=0)
+        TileGroup(tile=TileSpec(), group_size=0)
+    with pytest.raises(ParameterError, match="group_size=0"):
+        PeripheralSet(tile=TileSpec(), group_size=0)
+    # the tile is one specification object, never loose keywords
+    with pytest.raises(ParameterError, match="tile=.*TileSpec"):
+        CrossbarArray(tile={"n_rows": 8})
     gc.collect()   # the half-built objects warn here, under this module's filter
 
 
 def test_properties_mirror_constructor_arguments():
-    t = TileGroup(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4, input_bits=4,
-                  n_adcs=4, adc_bits=6, group_size=3, core="logic")
+    t = TileGroup(tile=TileSpec(n_rows=16, n_columns=16, bits_per_cell=2, weight_bits=4,
+                                input_bits=4, n_adcs=4, adc_bits=6), group_size=3, core="logic")
     assert (t.group_size, t.core, t.geometry.n_adcs, t.geometry.n_outputs) == (3, "logic", 4, 8)
     assert t.mvm_latency == 4 * 4 + 4
     assert np.all([xb.bits_per_cell == 2 for xb in t.crossbars])
