@@ -1,8 +1,14 @@
-"""``moepim run`` on a ``moe_layer`` experiment: build, stream, check, report.
+"""``moepim run`` on a ``moe_layer`` experiment, in stages with a typed record between them:
 
-See :mod:`moepim.sim.moe_run` for the steps; this module adds the resource check, the GO-cache
-exactness check, the no-cache comparison, and the report (``report.json``, ``report.csv``,
-plots) of :mod:`moepim.sim.layer_report`.
+``plan_layer`` (config -> :class:`LayerPlan`: the layer's specification and timing model, the
+golden workload, its grouping and windows) -> ``simulate_layer`` (a backend: Verilator,
+Icarus, Amaranth's simulator, or the timing level; -> :class:`LayerSimulation`) ->
+``check_layer`` (values, routes, cycles and the GO cache against the golden and the timing
+model; -> :class:`LayerCheck`) -> ``summarize_layer`` (time, energy, area, efficiency,
+accuracy, the GO cache's comparison: the report) -> the report's files (``report.json``,
+``report.csv``, plots; :mod:`moepim.sim.layer_report`). See :mod:`moepim.sim.moe_run` for the
+windows and the bench's stimulus. The resource check refuses, before anything is built, a
+layer this machine cannot hold.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ from .progress import file_bar
 from .report import write_report
 from .timing_run import NO_SYNTHESIS, known_synthesis, model_results, remember_synthesis
 
-__all__ = ["run_layer_experiment", "estimate_resources", "ResourceError", "check_layer_resources",
+__all__ = ["run_layer_experiment", "plan_layer", "simulate_layer", "check_layer",
+           "summarize_layer", "LayerPlan", "LayerSimulation", "LayerCheck", "estimate_resources", "ResourceError", "check_layer_resources",
            "check_layer_inputs", "LAYER_SIMULATORS"]
 
 # the RTL simulators, and the timing level (cycles and counters from formulas, equal to the RTL)
@@ -159,8 +166,7 @@ def _workload_estimate(exp: LayerExperiment) -> dict:
     per_token = m.router.top_k if m.router.kind != "expert_choice" else math.ceil(
         m.router.ec_capacity_factor)
     per_token = min(m.n_experts, max(1, per_token))
-    columns_per_adc = -(-t.n_columns // max(1, t.n_adcs))
-    mvm = t.input_bits * columns_per_adc + 4
+    mvm = t.spec().mvm_latency
     row_tiles = -(-m.d_model // t.n_rows) + -(-m.d_ff // t.n_rows)
     cycles = tokens * max(1, per_token) * m.n_matrices * row_tiles * mvm
     memory = tokens * (m.d_model * (m.n_matrices + 4) + m.d_ff * m.n_matrices) * 8 * 3
@@ -273,31 +279,90 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     stalls the routing counter leaves out, so the routing formula is an upper bound instead of
     exact. ``synthesize``: False leaves Yosys out (the area then says the digital logic and
     the memories are not included: ``moepim run --no-synth``). ``plots``: False writes the
-    report without its plots (a sweep's points)."""
-    from .block_run import run_bench
+    report without its plots (a sweep's points).
 
+    The stages, each a function with a typed record between them: :func:`plan_layer` (config
+    -> specification, timing model, golden workload, windows), :func:`simulate_layer` (a
+    backend: Verilator, Icarus, Amaranth's simulator or the timing level), :func:`check_layer`
+    (values, routes, cycles, GO cache against the golden and the timing model),
+    :func:`summarize_layer` (time, energy, area, efficiency, accuracy: the report) and the
+    report's files (plots, ``report.json``, ``report.csv``)."""
     say = progress or (lambda msg: None)
     t0 = time.monotonic()
-    m, tile, wl_cfg = exp.model, exp.tile, exp.workload
     if sim not in LAYER_SIMULATORS:
         raise ConfigError(exp.source, "simulator", sim,
                           "one of " + ", ".join(repr(x) for x in LAYER_SIMULATORS))
     if waves and sim in ("amaranth", "model"):
         raise ConfigError(exp.source, "--waves", True,
                           "a run under verilator or icarus (they write the VCD)")
+    plan = plan_layer(exp, check_resources=sim != "model", allow_large=allow_large,
+                      build_root=build_root, say=say)
+    run = simulate_layer(plan, sim, out_folder=out_folder, waves=waves,
+                         route_backpressure=route_backpressure, say=say,
+                         progress_bars=progress is not None)
+    checked = check_layer(plan, run, route_backpressure=route_backpressure)
+    report = summarize_layer(plan, run, checked, synthesize=synthesize, say=say, t0=t0)
+    report["plots"] = write_layer_plots(out_folder, report, plan.windows) if plots else []
+    write_report(out_folder, report, exp, _headline(report))
+    return report
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """What a layer run simulates, before any simulator runs (:func:`plan_layer`)."""
+
+    exp: LayerExperiment
+    spec: LayerSpec                 # what sizes the hardware (moepim.spec.layer)
+    hw_tile: dict                   # the tile's constructor arguments
+    timing: LayerTiming             # the timing model of this layer (moepim.spec.timing)
+    shape: object                   # the tile's TileSpec
+    est: dict                       # resource estimate (estimate_resources)
+    root: Path                      # build root
+    golden: object                  # moepim.sim.golden.Golden: workload and matmuls
+    trace: object                   # the trace's routes, or None
+    groups: list                    # the experts of each group
+    hw_routing: bool                # the layer routes on its hardware
+    windows: list                   # prompt window, then one per decode step
+    nc_windows: list                # decode steps without the GO cache (the comparison)
+    compare: bool                   # the GO cache is compared with recomputation
+    simulate_nc: bool               # ... and the no-cache steps are simulated
+    go: dict | None                 # the GO cache's model check (exactness, DRAM traffic)
+
+    @property
+    def wl(self):
+        return self.golden.wl
+
+    @property
+    def run_windows(self) -> list:
+        return self.windows + (self.nc_windows if self.simulate_nc else [])
+
+    @property
+    def build_key(self) -> dict:
+        return {"spec": dataclasses.asdict(self.spec), "tile": self.hw_tile}
+
+    @property
+    def n_routed_groups(self) -> int:
+        return self.spec.n_groups - (1 if self.spec.shared_d_ff else 0)
+
+
+def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
+               allow_large: bool = False, build_root=None, say=lambda msg: None) -> LayerPlan:
+    """Config -> the layer's specification and timing model, the golden workload (computed
+    once, kept in the process and on disk), its grouping and windows, and the GO cache's
+    model check. ``check_resources``: refuse a layer this machine cannot build or simulate
+    (``allow_large`` overrides)."""
+    m, tile, wl_cfg = exp.model, exp.tile, exp.workload
     spec, hw_tile = layer_spec(exp)
-    timing = LayerTiming.of(spec, tile.spec())
-    gs = spec.group_size
+    shape = tile.spec()
+    timing = LayerTiming.of(spec, shape)
     n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
-    est = estimate_resources(exp, n_routed, gs)
-    if sim != "model":                  # the timing level builds and simulates nothing
+    est = estimate_resources(exp, n_routed, spec.group_size)
+    if check_resources:
         _check_resources(exp, est, allow_large)
 
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
-    shape = tile.spec()
     weights, trace, profile = _load_inputs(exp)
     root = Path(build_root) if build_root else default_build_root()
-    # the workload's golden model: computed once, kept in the process and on disk
     golden = golden_for(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
                         seed=wl_cfg.seed, weights=weights, trace=trace,
                         trace_source=str(wl_cfg.trace), shape=shape, root=root)
@@ -308,8 +373,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     loads = profile.sum(axis=0) if profile is not None else wl.routing.mask[:P].sum(axis=0)
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
     # the layer routes on its own hardware unless the routes come from a trace
-    trace_routes = trace is not None
-    hw_routing = spec.router is not None and not trace_routes
+    hw_routing = spec.router is not None and trace is None
     route_kw = {"hw_routing": hw_routing, "go_rows": spec.go_rows}
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm,
                               **route_kw)
@@ -320,37 +384,68 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
                                   golden="all" if simulate_nc else "last", **route_kw)[1:]
                   if compare else [])
-
-    # GO cache exactness: the cache's decisions are the workload's, and the new token's
-    # output with the cache equals full recomputation over the prefix
     go = None
     if wl_cfg.go_cache and m.router.kind == "expert_choice" and wl_cfg.n_generate and \
             trace is None:
-        rows = exp.go_cache_rows
-        cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
-        for t in range(P):
-            cache.insert(wl.routing.scores[t])
-        # per window, the cache's DRAM traffic: rows read back (before the window's compute)
-        # and rows spilled (written)
-        traffic = [{"read_rows": 0, "write_rows": cache.counters["spills"]}]
-        same_sel = True
-        for t in range(P, P + wl_cfg.n_generate):
-            before = dict(cache.counters)
-            sel = cache.decide_and_insert(wl.routing.scores[t], m.router.ec_capacity_factor)
-            same_sel &= bool(np.array_equal(sel, wl.routing.mask[t]))
-            traffic.append({"read_rows": cache.counters["dram_reads"] - before["dram_reads"],
-                            "write_rows": cache.counters["spills"] - before["spills"]})
-        same_out = all(np.array_equal(nw.golden[-1], w.golden[0])
-                       for nw, w in zip(nc_windows, windows[1:]))
-        go = {"selection_equal": same_sel, "output_equal_to_recompute": same_out,
-              "checked_against_recompute": bool(nc_windows), "counters": cache.counters,
-              "rows": rows, "row_bytes": cache.row_bytes, "dram_traffic": traffic}
+        go = _go_cache_model(exp, wl, windows, nc_windows)
+    plan = LayerPlan(exp=exp, spec=spec, hw_tile=hw_tile, timing=timing, shape=shape, est=est,
+                     root=root, golden=golden, trace=trace, groups=groups,
+                     hw_routing=hw_routing, windows=windows, nc_windows=nc_windows,
+                     compare=compare, simulate_nc=simulate_nc, go=go)
+    assert spec.n_tokens >= max(len(w.x) for w in plan.run_windows)
+    return plan
 
-    run_windows = windows + (nc_windows if simulate_nc else [])
-    assert spec.n_tokens >= max(len(w.x) for w in run_windows)
-    dut = make_component(spec, hw_tile)
-    key = {"spec": dataclasses.asdict(spec), "tile": hw_tile}
-    info = {}
+
+def _go_cache_model(exp, wl, windows, nc_windows) -> dict:
+    """GO cache exactness on its model: the cache's decisions are the workload's, and the new
+    token's output with the cache equals full recomputation over the prefix; per window, its
+    DRAM traffic (rows read back before the window's compute, rows spilled)."""
+    m, P = exp.model, exp.workload.n_prompt
+    rows = exp.go_cache_rows
+    cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
+    for t in range(P):
+        cache.insert(wl.routing.scores[t])
+    traffic = [{"read_rows": 0, "write_rows": cache.counters["spills"]}]
+    same_sel = True
+    for t in range(P, P + exp.workload.n_generate):
+        before = dict(cache.counters)
+        sel = cache.decide_and_insert(wl.routing.scores[t], m.router.ec_capacity_factor)
+        same_sel &= bool(np.array_equal(sel, wl.routing.mask[t]))
+        traffic.append({"read_rows": cache.counters["dram_reads"] - before["dram_reads"],
+                        "write_rows": cache.counters["spills"] - before["spills"]})
+    same_out = all(np.array_equal(nw.golden[-1], w.golden[0])
+                   for nw, w in zip(nc_windows, windows[1:]))
+    return {"selection_equal": same_sel, "output_equal_to_recompute": same_out,
+            "checked_against_recompute": bool(nc_windows), "counters": cache.counters,
+            "rows": rows, "row_bytes": cache.row_bytes, "dram_traffic": traffic}
+
+
+@dataclasses.dataclass
+class LayerSimulation:
+    """What a backend returns for a plan (:func:`simulate_layer`): per simulated window what
+    the ``moe_layer`` bench returns, in run order, and the simulations they came from."""
+
+    sim: str
+    dut: object                     # the layer's component (the simulated design)
+    results: list                   # per window: outputs, routes, cycles, counters
+    restarts: list                  # indices of results that begin a new simulation
+    toggles: dict                   # switching activity per part (SAIF), may be empty
+    switching: bool                 # the run counted switching activity
+    info: dict                      # build and simulation facts
+
+
+def simulate_layer(plan: LayerPlan, sim: str, *, out_folder: Path, waves: bool = False,
+                   route_backpressure: float = 0.0, say=lambda msg: None,
+                   progress_bars: bool = False) -> LayerSimulation:
+    """Run the plan's windows on a backend: ``verilator``/``icarus`` (the exported Verilog,
+    switching activity from SAIF), ``amaranth`` (its simulator, banks as Python models) or
+    ``model`` (the timing level: cycles and counters from the timing model, no RTL)."""
+    from .block_run import run_bench
+
+    exp, spec, wl, root = plan.exp, plan.spec, plan.wl, plan.root
+    wl_cfg = exp.workload
+    windows, run_windows = plan.windows, plan.run_windows
+    dut = make_component(spec, plan.hw_tile)
     # switching activity (Verilator's SAIF) unless the run records waveforms instead: then the
     # prompt, the prompt with the cached decode steps (the decode steps need the GO cache the
     # prompt filled; their toggles are the difference) and the no-cache steps are separate
@@ -358,29 +453,30 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
     switching = sim in SWITCHING_SIMULATORS and not waves and exp.layer.switching_activity
     trace = "vcd" if waves else ("saif" if switching else None)
     parts = ([("prefill", windows[:1]), ("prefill_decode", windows),
-              ("no_cache", nc_windows if simulate_nc else [])] if switching else
+              ("no_cache", plan.nc_windows if plan.simulate_nc else [])] if switching else
              [("all", run_windows)])
-    results, toggles = [], {}
+    results, toggles, info = [], {}, {}
     sim_dut, setup = dut, None
     if sim == "model":
-        # the timing level: the RTL's cycles and counters from the plan (no simulation)
         say(f"timing level: {len(run_windows)} windows from the cycle and counter formulas")
         t_model = time.monotonic()
-        results = model_results(run_windows, [len(windows)] if simulate_nc else [], spec,
-                                timing, dut, wl, shape, mm)
+        results = model_results(run_windows, [len(windows)] if plan.simulate_nc else [], spec,
+                                plan.timing, dut, wl, plan.shape, plan.golden.matmul)
         info = {"sim_s": time.monotonic() - t_model, "cached": None, "directory": None}
         parts = [("all", run_windows[:len(windows)]),
                  ("no_cache", run_windows[len(windows):])]
     elif sim == "amaranth":
         # Amaranth's simulator runs the engines in place, their banks as Python models
-        sim_dut = make_component(spec, hw_tile, engine_core="python")
-        setup = _bank_models(sim_dut, dict(bank_images(wl, groups, spec, shape, mm)))
+        sim_dut = make_component(spec, plan.hw_tile, engine_core="python")
+        setup = _bank_models(sim_dut, dict(bank_images(wl, plan.groups, spec, plan.shape,
+                                                       plan.golden.matmul)))
     with scratch_dir(root) as tmp:
         plus = []
         if sim not in ("amaranth", "model"):
             say("writing crossbar cell images")
-            plus = write_bank_images(Path(tmp), wl, groups, spec, shape, mm)
-        luts = lut_writes(wl, groups, spec)
+            plus = write_bank_images(Path(tmp), wl, plan.groups, spec, plan.shape,
+                                     plan.golden.matmul)
+        luts = lut_writes(wl, plan.groups, spec)
         for name, part in (parts if sim != "model" else []):
             if not part:
                 continue
@@ -389,7 +485,7 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                         Path(tmp) / f"{name}.saif" if switching else None)
             part_info = {}
             progress_file = Path(tmp) / f"{name}.progress"
-            expected = _expected_bench_cycles(part, spec, timing, len(luts),
+            expected = _expected_bench_cycles(part, spec, plan.timing, len(luts),
                                               wl_cfg.input_gaps, wl_cfg.backpressure)
             got = run_bench(
                 sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
@@ -398,11 +494,11 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                 progress_file=progress_file, luts=luts,
                                 extra_counters=route_counter_names(dut),
                                 route_stall_p=route_backpressure),
-                sim=sim, plusargs=plus, key_params=key, info=part_info, progress=say,
-                build_root=root, trace=trace, trace_to=trace_to,
-                build_estimate_s=est["build_s"] if progress is not None else None,
+                sim=sim, plusargs=plus, key_params=plan.build_key, info=part_info,
+                progress=say, build_root=root, trace=trace, trace_to=trace_to,
+                build_estimate_s=plan.est["build_s"] if progress_bars else None,
                 during_sim=functools.partial(file_bar, f"simulating ({name})", expected,
-                                             progress_file, enabled=progress is not None))
+                                             progress_file, enabled=progress_bars))
             # the prompt alone is simulated for its toggles only
             results += got if name != "prefill" else []
             # the build facts of the first simulation (later ones reuse its build); the
@@ -418,9 +514,43 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                  "method": both["method"] + "; the decode steps' toggles: a "
                                  "run of the prompt and the decode steps minus the prompt's"}
     kept = [p for name, p in parts if p and name != "prefill"]
-    check = check_windows(run_windows, results, spec, timing, restarts=[
-        sum(len(p) for p in kept[:k]) for k in range(1, len(kept))])
-    per = check["windows"]
+    restarts = [sum(len(p) for p in kept[:k]) for k in range(1, len(kept))]
+    return LayerSimulation(sim=sim, dut=dut, results=results, restarts=restarts,
+                           toggles=toggles, switching=switching, info=info)
+
+
+@dataclasses.dataclass
+class LayerCheck:
+    """The run's checks (:func:`check_layer`): every window's values, routes and cycles
+    against the golden model and the timing model, the router's drops, the GO cache."""
+
+    per: list                       # per run window: checked counts, cycles and counters
+    mismatches: list                # every disagreement with the golden (empty: bit-exact)
+    cycles_ok: bool                 # every window's cycles are the timing model's
+    route_rule: str                 # how route cycles are compared
+    routes_ok: bool                 # every window's route cycles follow the rule
+    drops: dict | None              # dropped selections: RTL vs golden
+    go: dict | None                 # the GO cache's model check, with the RTL's counters
+    go_exact: bool | None
+    golden_match: bool | None       # None: the timing level simulates no values
+
+    @property
+    def main(self) -> list:
+        """The windows of the run itself (the no-cache comparison's left out)."""
+        return self.per[:self.n_main]
+
+    n_main: int = 0
+
+
+def check_layer(plan: LayerPlan, run: LayerSimulation, *,
+                route_backpressure: float = 0.0) -> LayerCheck:
+    """Values and routes against the golden, cycles against the timing model (exact; route
+    cycles at most the model's when the routes were back-pressured), the router's dropped
+    selections, and the RTL GO cache's counters and decisions against its model."""
+    check = check_windows(plan.run_windows, run.results, plan.spec, plan.timing,
+                          restarts=run.restarts)
+    per, mismatches = check["windows"], check["mismatches"]
+
     def route_ok(w):
         if w.get("expected_route_cycles") is None:
             return True
@@ -430,177 +560,88 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
 
     cycles_ok = all(w["compute_cycles"] == w["expected_compute_cycles"] and route_ok(w)
                     for w in per)
-
-    # timing: RTL cycles of every window on the DRAM channel's timeline
-    main = per[:len(windows)]
-    cycles = sum(w["cycles"] for w in main)
-    n_tokens_total = wl_cfg.n_prompt + wl_cfg.n_generate
-    dram = dram_timeline(exp, main, go)
-    dram_ns = dram["stall_ns"]
-    dram_bytes = dram["bytes"]
-    time_ns = dram["end_ns"]
-
-    geo = layer_geometry(m, tile, n_routed, gs)
-    # cycles a peripheral set is busy per MVM (the macro's ``busy``; checked for every run by
-    # the windows' compute cycles)
-    mvm_latency = shape.mvm_latency
-    shared_jobs = sum(w["shared_jobs"] for w in main)
-    jobs = sum(w["jobs"] for w in main) - shared_jobs
-    c = [w["counters"] for w in main]
-    acc_bits = dut.acc_bits
-    if go and hw_routing:
+    n_main = len(plan.windows)
+    c = [w["counters"] for w in per[:n_main]]
+    drops = None
+    if plan.spec.drop and plan.hw_routing:
+        # capacity dropping on the router: its count of dropped selections is the golden's
+        drops = {"rtl": sum(x["route_drops"] for x in c),
+                 "golden": int(plan.wl.routing.dropped.sum())}
+        if drops["rtl"] != drops["golden"]:
+            mismatches.append({"routes": "dropped selections differ", **drops})
+    go = plan.go
+    if go and plan.hw_routing:
+        go = dict(go)
         # the GO cache's RTL counters (prompt inserts, decode decisions) vs its model's
         rtl = {k: sum(x[f"go_{k}"] for x in c) for k in go["counters"]}
         go["rtl_counters"] = rtl
         go["counters_match_rtl"] = rtl == go["counters"]
-    buffer_bits = sum((x["token_reads"] + x["token_writes"]) * spec.lanes * tile.input_bits
-                      + (x["out_reads"] + x["out_writes"]) * spec.lanes * acc_bits for x in c)
-    # gate MVMs: the RTL's count when the layer routes (a no-cache window recomputes its
-    # prefix's), else one per token
-    routed = sum(x["gate_mvms"] for x in c) if hw_routing else n_tokens_total
-    events = {"jobs": jobs, "shared_jobs": shared_jobs,
-              "dac_drives": sum(x["dac_drives"] + x.get("gate_dac_drives", 0) for x in c),
-              "routed_tokens": routed, "hw_routing": hw_routing, "buffer_bits": buffer_bits,
-              "go_cache_bits": (go.get("rtl_counters", go["counters"])["sram_bits"]
-                                if go else 0),
-              "output_values": n_tokens_total * m.d_model, "dram_bytes": dram_bytes,
-              "dram_busy_ns": dram["busy_ns"], "mvm_latency": mvm_latency,
-              "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
-                                  if k in toggles) if switching else None)}
-    energy = layer_energy_pj(exp, geo, events, time_ns)
-    energy["switching"] = toggles or None
-    energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, timing,
-                                                     len(groups))
-    # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
-    go_cache_bits = (exp.go_cache_rows * m.n_experts * SCORE_BITS
-                     if wl_cfg.go_cache and not spec.go_rows else 0)
+        # the decode steps' selections made by the RTL GO cache are the golden's
+        go["rtl_selection_equal"] = all(w["routes_match"] for w in per[1:n_main])
+    go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"]
+                                        and go.get("rtl_selection_equal", True)
+                                        and go.get("counters_match_rtl", True))
+    # the timing level simulates nothing: its outputs and routes are the golden model's own
+    golden_match = None if run.sim == "model" else not mismatches
+    return LayerCheck(per=per, mismatches=mismatches, cycles_ok=cycles_ok,
+                      route_rule=("at most the formula (routes back-pressured)"
+                                  if route_backpressure else "equal to the formula"),
+                      routes_ok=all(route_ok(w) for w in per), drops=drops, go=go,
+                      go_exact=go_exact, golden_match=golden_match, n_main=n_main)
+
+
+def summarize_layer(plan: LayerPlan, run: LayerSimulation, checked: LayerCheck, *,
+                    synthesize: bool = True, say=lambda msg: None, t0: float = 0.0) -> dict:
+    """The report: the windows on the DRAM channel's timeline, energy (events and switching
+    activity), area (Yosys, an earlier synthesis or the resource estimate), efficiency,
+    accuracy against exact integer products and the float layer, the GO cache's comparison
+    with recomputation, and the run's checks."""
+    exp, spec = plan.exp, plan.spec
+    m, wl_cfg = exp.model, exp.workload
+    per, main, windows = checked.per, checked.main, plan.windows
+    cycles = sum(w["cycles"] for w in main)
+    dram = dram_timeline(exp, main, plan.go)
+    time_ns = dram["end_ns"]
+    geo = layer_geometry(m, exp.tile, plan.n_routed_groups, spec.group_size)
+    c = [w["counters"] for w in main]
+    shared_jobs = sum(w["shared_jobs"] for w in main)
+    jobs = sum(w["jobs"] for w in main) - shared_jobs
+    energy = _layer_energy(plan, run, checked, geo, dram, time_ns, jobs, shared_jobs)
+    info = dict(run.info)
     t_synth = time.monotonic()
-    if not synthesize:
-        area = layer_area_mm2(exp, geo, go_cache_bits, NO_SYNTHESIS)
-        area["not_included"].append(NOT_SYNTHESISED)
-    elif sim == "model":
-        # the timing level builds nothing: the layer's synthesis if some run made it, else
-        # the resource estimate fitted to synthesised layers
-        synth = known_synthesis(key, exp.tech, root)
-        if synth is None:
-            synth = estimate_layer_logic(dut, exp.tech)
-        area = layer_area_mm2(exp, geo, go_cache_bits, synth)
-    else:
-        say("digital logic area: yosys on the layer's RTL (cached after the first run)")
-        synth = component_area(dut, "moe_layer", exp.tech, sim=sim,
-                               build_dir=info.get("directory"), build_root=root)
-        remember_synthesis(key, synth, root)
-        area = layer_area_mm2(exp, geo, go_cache_bits, synth)
+    area = _layer_area(plan, run, geo, synthesize, info, say)
     info["synth_s"] = time.monotonic() - t_synth          # ~0 when cached
     # MACs x 2, every matrix of every job
     ops = 2 * m.n_matrices * m.d_model * (jobs * m.d_ff + shared_jobs * m.shared.d_ff)
     tops = ops / time_ns / 1e3 if time_ns else 0.0
     watts = energy["total"] / time_ns / 1e3 if time_ns else 0.0
     moe_area = area["total"]
-
-    decode = []
-    for i, w in enumerate(per[1:len(windows)]):
-        entry = {"step": w["step"], "cycles": w["cycles"], "timestamps": w["timestamps"],
-                 "tokens_loaded": w["tokens_loaded"], "jobs": w["jobs"]}
-        if compare:
-            nw = nc_windows[i]
-            if simulate_nc:
-                entry["no_cache_cycles"] = per[len(windows) + i]["cycles"]
-                entry["no_cache_source"] = "simulated"
-            else:
-                entry["no_cache_cycles"] = expected_window_cycles(nw, timing,
-                                                                  spec.n_routed_experts)
-                entry["no_cache_source"] = "timing model (moepim.spec.timing)"
-            entry["no_cache_jobs"] = len(nw.jobs)
-        decode.append(entry)
-    # what the crossbars' ADC quantisation costs: the same routing through exact integer
-    # products, and the float layer
-    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=golden.exact)
-    y_deq = dequantize_output(wl.y_q, wl.quant)
-    accuracy = {
-        "max_abs_diff_vs_exact_integer_codes": int(np.abs(wl.y_q - y_exact).max()),
-        "mean_abs_diff_vs_exact_integer_codes": float(np.abs(wl.y_q - y_exact).mean()),
-        "relative_l2_error_vs_float": float(np.linalg.norm(y_deq - wl.y_float)
-                                            / max(np.linalg.norm(wl.y_float), 1e-30)),
-        # the datapath against exact integer products (same routing), and the crossbar gate's
-        # routing against the exact gate's (moepim.models.workload.datapath_accuracy)
-        **datapath_accuracy(wl, from_trace=trace_routes, exact=golden.exact),
-        "low_snr_threshold_db": LOW_SNR_DB,
-        "note": "float reference routed by the float gate; integer outputs at act_bits; "
-                "routing_agreement: share of the exact-integer routing's (token, expert) "
-                "selections the crossbar gate also makes; snr_db null: exact"}
-    if accuracy["snr_db"] == float("inf"):
-        accuracy["snr_db"] = None        # exact: no noise (and JSON has no infinity)
-    if accuracy["snr_db"] is not None and accuracy["snr_db"] < LOW_SNR_DB:
-        print(f"warning: the datapath's SNR is {accuracy['snr_db']:.1f} dB (< {LOW_SNR_DB:g} dB): "
-            f"outputs differ from exact integer products by "
-            f"{100 * accuracy['relative_l2_error_vs_exact_integer']:.0f} % (relative L2); "
-            "see the report's accuracy block", file=sys.stderr)
     comparison = None
-    if compare:
-        comparison = _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows,
-                                        timing, simulate_nc, go, toggles)
-    drops = None
-    if spec.drop and hw_routing:
-        # capacity dropping on the router: its count of dropped selections is the golden's
-        drops = {"rtl": sum(x["route_drops"] for x in c),
-                 "golden": int(wl.routing.dropped.sum())}
-        if drops["rtl"] != drops["golden"]:
-            check["mismatches"].append({"routes": "dropped selections differ", **drops})
-    golden_match = not check["mismatches"]
-    if sim == "model":
-        # nothing was simulated: the outputs and routes are the golden model's own
-        golden_match = None
-    if go and hw_routing:
-        # the decode steps' selections made by the RTL GO cache are the golden's
-        go["rtl_selection_equal"] = all(w["routes_match"] for w in main[1:])
-    go_exact = None if go is None else (go["selection_equal"] and go["output_equal_to_recompute"]
-                                        and go.get("rtl_selection_equal", True)
-                                        and go.get("counters_match_rtl", True))
-    routing = {"source": "host (the trace's routes)", "router": m.router.kind}
-    if hw_routing:
-        routing = {
-            "source": "hardware: gate crossbars"
-                      + (" (two layers, tanh table)" if spec.gate_hidden else "")
-                      + ", softmax and "
-                      + ("expert-choice router / GO cache" if spec.router == "expert_choice"
-                         else "top-k router")
-                      + (" with capacity dropping" if spec.drop else "")
-                      + (", shared expert's sigmoid gate" if spec.shared_gate else "")
-                      + " (moepim.hw.route_unit)",
-            "router": m.router.kind, "hw_router": spec.router,
-            "routes_match": all(w["routes_match"] for w in per),
-            "route_cycles_match_formula": all(route_ok(w) for w in per),
-            "route_cycles_rule": ("at most the formula (routes back-pressured)"
-                                  if route_backpressure else "equal to the formula"),
-            "prefill_route_cycles": per[0]["route_cycles"],
-            "decode_route_cycles": [w["route_cycles"] for w in main[1:]],
-            "gate_mvms": routed}
-        if drops is not None:
-            routing.update(dropped=drops["rtl"], dropped_golden=drops["golden"],
-                           capacity=windows[0].route_cap)
-    golden.save(root)         # the rows this run computed, for the next run of the workload
-    info["golden"] = golden.source
-    wall = time.monotonic() - t0
-    report = {
-        "kind": "moe_layer", "sim": sim, "cycles": cycles, "time_ns": time_ns,
-        "cycles_match_formula": cycles_ok,
+    if plan.compare:
+        comparison = _decode_comparison(exp, geo, spec, run.dut.acc_bits, per, windows,
+                                        plan.nc_windows, plan.timing, plan.simulate_nc,
+                                        plan.go, run.toggles)
+    plan.golden.save(plan.root)    # the rows this run computed, for the next run of the workload
+    info["golden"] = plan.golden.source
+    return {
+        "kind": "moe_layer", "sim": run.sim, "cycles": cycles, "time_ns": time_ns,
+        "cycles_match_formula": checked.cycles_ok,
         "phases": {"prefill_cycles": per[0]["cycles"],
-                   "decode_cycles": [d["cycles"] for d in decode],
-                   "dram_ns": dram_ns},
-        "time_split": time_split(cycles, exp.tech.clock_ns.value, dram_ns, time_ns),
+                   "decode_cycles": [w["cycles"] for w in main[1:]],
+                   "dram_ns": dram["stall_ns"]},
+        "time_split": time_split(cycles, exp.tech.clock_ns.value, dram["stall_ns"], time_ns),
         "dram": dram,
-        "routing": routing,
+        "routing": _routing_block(plan, checked),
         "windows": per,
-        "schedule": {"groups": groups, "policy": wl_cfg.policy,
+        "schedule": {"groups": plan.groups, "policy": wl_cfg.policy,
                      "shared_expert": m.n_experts if m.shared.n_shared else None,
                      "prefill": windows[0].sched.to_dict()},
         "per_group": {"busy_timestamps": [sum(x["busy"][g] for x in c)
-                                          for g in range(len(groups))],
+                                          for g in range(len(plan.groups))],
                       "stall_timestamps": [sum(w.sched.timestamps for w in windows)
                                            - sum(x["busy"][g] for x in c)
-                                           for g in range(len(groups))]},
-        "decode": decode,
+                                           for g in range(len(plan.groups))]},
+        "decode": _decode_entries(plan, per),
         "energy_pj": energy, "area_mm2": area,
         "efficiency": {"ops": ops, "tops": tops, "power_w": watts,
                        "tops_per_mm2": tops / moe_area if moe_area else 0.0,
@@ -608,11 +649,12 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                                               if watts and moe_area else 0.0),
                        "scope": "MoE part (expert crossbars, their peripherals, router "
                                 "crossbars, buffers, GO cache)"},
-        "go_cache": go, "go_cache_exact": go_exact, "go_cache_comparison": comparison,
-        "accuracy": accuracy,
-        "golden_match": golden_match, "mismatches": check["mismatches"],
-        "values_simulated": sim != "model",
-        "timing_level": None if sim != "model" else {
+        "go_cache": checked.go, "go_cache_exact": checked.go_exact,
+        "go_cache_comparison": comparison,
+        "accuracy": _layer_accuracy(plan),
+        "golden_match": checked.golden_match, "mismatches": checked.mismatches,
+        "values_simulated": run.sim != "model",
+        "timing_level": None if run.sim != "model" else {
             "values": "not simulated: outputs and routes are the golden model's",
             "stimulus": "no input gaps or back-pressure (bench stimuli)"
                         + (f"; the config's input_gaps={wl_cfg.input_gaps} and "
@@ -622,13 +664,144 @@ def run_layer_experiment(exp: LayerExperiment, *, sim: str, out_folder: Path, pr
                         "without gaps (tests/test_timing_level.py)"},
         "n_mismatches": sum(w["mismatching_values"] for w in per),
         "counters": {"layer": _sum_counters(w["counters"] for w in main)},
-        "resources": est, "build": info, "wall_s": wall,
+        "resources": plan.est, "build": info, "wall_s": time.monotonic() - t0,
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "config": resolved_dict(exp),
     }
-    report["plots"] = write_layer_plots(out_folder, report, windows) if plots else []
-    write_report(out_folder, report, exp, _headline(report))
-    return report
+
+
+def _layer_energy(plan, run, checked, geo, dram, time_ns, jobs, shared_jobs) -> dict:
+    """The run's energy from its counted events (``layer_energy_pj``) and switching
+    activity, with the check of the powered time against the RTL's busy counters."""
+    exp, spec, go = plan.exp, plan.spec, checked.go
+    c = [w["counters"] for w in checked.main]
+    acc_bits = run.dut.acc_bits
+    buffer_bits = sum((x["token_reads"] + x["token_writes"]) * spec.lanes * exp.tile.input_bits
+                      + (x["out_reads"] + x["out_writes"]) * spec.lanes * acc_bits for x in c)
+    # gate MVMs: the RTL's count when the layer routes (a no-cache window recomputes its
+    # prefix's), else one per token
+    n_tokens_total = exp.workload.n_prompt + exp.workload.n_generate
+    routed = sum(x["gate_mvms"] for x in c) if plan.hw_routing else n_tokens_total
+    toggles = run.toggles
+    events = {"jobs": jobs, "shared_jobs": shared_jobs,
+              "dac_drives": sum(x["dac_drives"] + x.get("gate_dac_drives", 0) for x in c),
+              "routed_tokens": routed, "hw_routing": plan.hw_routing, "buffer_bits": buffer_bits,
+              "go_cache_bits": (go.get("rtl_counters", go["counters"])["sram_bits"]
+                                if go else 0),
+              "output_values": n_tokens_total * exp.model.d_model, "dram_bytes": dram["bytes"],
+              "dram_busy_ns": dram["busy_ns"], "mvm_latency": plan.shape.mvm_latency,
+              "net_toggles": (sum(toggles[k]["toggles"] for k in ("prefill", "decode")
+                                  if k in toggles) if run.switching else None)}
+    energy = layer_energy_pj(exp, geo, events, time_ns)
+    energy["switching"] = toggles or None
+    energy["power_gating"]["check"] = _powered_check(c, jobs + shared_jobs, plan.timing,
+                                                     len(plan.groups))
+    return energy
+
+
+def _layer_area(plan, run, geo, synthesize: bool, info: dict, say) -> dict:
+    """The layer's area: crossbars and peripherals from the tech file, the digital logic and
+    memories from Yosys (RTL runs), an earlier synthesis of the same design or the resource
+    estimate (the timing level), or left out (``synthesize=False``)."""
+    exp, spec = plan.exp, plan.spec
+    # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
+    go_cache_bits = (exp.go_cache_rows * exp.model.n_experts * SCORE_BITS
+                     if exp.workload.go_cache and not spec.go_rows else 0)
+    if not synthesize:
+        area = layer_area_mm2(exp, geo, go_cache_bits, NO_SYNTHESIS)
+        area["not_included"].append(NOT_SYNTHESISED)
+        return area
+    if run.sim == "model":
+        # the timing level builds nothing: the layer's synthesis if some run made it, else
+        # the resource estimate fitted to synthesised layers
+        synth = known_synthesis(plan.build_key, exp.tech, plan.root)
+        if synth is None:
+            synth = estimate_layer_logic(run.dut, exp.tech)
+        return layer_area_mm2(exp, geo, go_cache_bits, synth)
+    say("digital logic area: yosys on the layer's RTL (cached after the first run)")
+    synth = component_area(run.dut, "moe_layer", exp.tech, sim=run.sim,
+                           build_dir=info.get("directory"), build_root=plan.root)
+    remember_synthesis(plan.build_key, synth, plan.root)
+    return layer_area_mm2(exp, geo, go_cache_bits, synth)
+
+
+def _decode_entries(plan, per) -> list[dict]:
+    """Per decode step: its window's cycles and schedule, and without the GO cache the
+    recomputation's cycles (simulated, or the timing model's)."""
+    decode = []
+    n = len(plan.windows)
+    for i, w in enumerate(per[1:n]):
+        entry = {"step": w["step"], "cycles": w["cycles"], "timestamps": w["timestamps"],
+                 "tokens_loaded": w["tokens_loaded"], "jobs": w["jobs"]}
+        if plan.compare:
+            nw = plan.nc_windows[i]
+            if plan.simulate_nc:
+                entry["no_cache_cycles"] = per[n + i]["cycles"]
+                entry["no_cache_source"] = "simulated"
+            else:
+                entry["no_cache_cycles"] = expected_window_cycles(
+                    nw, plan.timing, plan.spec.n_routed_experts)
+                entry["no_cache_source"] = "timing model (moepim.spec.timing)"
+            entry["no_cache_jobs"] = len(nw.jobs)
+        decode.append(entry)
+    return decode
+
+
+def _layer_accuracy(plan) -> dict:
+    """What the crossbars' ADC quantisation costs: the same routing through exact integer
+    products, and the float layer; a one-line warning below ``LOW_SNR_DB``."""
+    wl, golden = plan.wl, plan.golden
+    y_exact, _ = moe_forward_int(wl.x_q, wl.quant, routing=wl.routing, matmul=golden.exact)
+    y_deq = dequantize_output(wl.y_q, wl.quant)
+    accuracy = {
+        "max_abs_diff_vs_exact_integer_codes": int(np.abs(wl.y_q - y_exact).max()),
+        "mean_abs_diff_vs_exact_integer_codes": float(np.abs(wl.y_q - y_exact).mean()),
+        "relative_l2_error_vs_float": float(np.linalg.norm(y_deq - wl.y_float)
+                                            / max(np.linalg.norm(wl.y_float), 1e-30)),
+        # the datapath against exact integer products (same routing), and the crossbar gate's
+        # routing against the exact gate's (moepim.models.workload.datapath_accuracy)
+        **datapath_accuracy(wl, from_trace=plan.trace is not None, exact=golden.exact),
+        "low_snr_threshold_db": LOW_SNR_DB,
+        "note": "float reference routed by the float gate; integer outputs at act_bits; "
+                "routing_agreement: share of the exact-integer routing's (token, expert) "
+                "selections the crossbar gate also makes; snr_db null: exact"}
+    if accuracy["snr_db"] == float("inf"):
+        accuracy["snr_db"] = None        # exact: no noise (and JSON has no infinity)
+    if accuracy["snr_db"] is not None and accuracy["snr_db"] < LOW_SNR_DB:
+        print(f"warning: the datapath's SNR is {accuracy['snr_db']:.1f} dB (< {LOW_SNR_DB:g} dB): "
+              f"outputs differ from exact integer products by "
+              f"{100 * accuracy['relative_l2_error_vs_exact_integer']:.0f} % (relative L2); "
+              "see the report's accuracy block", file=sys.stderr)
+    return accuracy
+
+
+def _routing_block(plan, checked) -> dict:
+    """Where the routes came from and, on the hardware, how they and their cycles checked."""
+    m, spec = plan.exp.model, plan.spec
+    if not plan.hw_routing:
+        return {"source": "host (the trace's routes)", "router": m.router.kind}
+    per, main = checked.per, checked.main
+    routing = {
+        "source": "hardware: gate crossbars"
+                  + (" (two layers, tanh table)" if spec.gate_hidden else "")
+                  + ", softmax and "
+                  + ("expert-choice router / GO cache" if spec.router == "expert_choice"
+                     else "top-k router")
+                  + (" with capacity dropping" if spec.drop else "")
+                  + (", shared expert's sigmoid gate" if spec.shared_gate else "")
+                  + " (moepim.hw.route_unit)",
+        "router": m.router.kind, "hw_router": spec.router,
+        "routes_match": all(w["routes_match"] for w in per),
+        "route_cycles_match_formula": checked.routes_ok,
+        "route_cycles_rule": checked.route_rule,
+        "prefill_route_cycles": per[0]["route_cycles"],
+        "decode_route_cycles": [w["route_cycles"] for w in main[1:]],
+        "gate_mvms": (sum(w["counters"]["gate_mvms"] for w in main)),
+    }
+    if checked.drops is not None:
+        routing.update(dropped=checked.drops["rtl"], dropped_golden=checked.drops["golden"],
+                       capacity=plan.windows[0].route_cap)
+    return routing
 
 
 def time_split(cycles: int, clock_ns: float, stall_ns: float, time_ns: float) -> dict:

@@ -119,35 +119,27 @@ def _tile(sc):
 
 
 def _moe_layer(sc):
-    """A reduced MoE layer (the ``experiment`` of the params, default layer-small), seeded;
-    its banks' cell images travel as the 5th item (written next to the run)."""
-    from moepim.models.grouping import make_groups
-    from moepim.models.pim import CrossbarMatmul, bank_file_words
-    from moepim.models.workload import make_workload
+    """A reduced MoE layer (the ``experiment`` of the params, default layer-small), seeded,
+    planned as a run plans it (``moepim.sim.layer_run.plan_layer``); its banks' cell images
+    travel as the 5th item (written next to the run)."""
+    from moepim.models.pim import bank_file_words
 
     from .config import load_experiment
-    from .layer_run import layer_spec
-    from .moe_run import bank_images, bench_args, make_component, prepare_windows
+    from .layer_run import plan_layer
+    from .moe_run import bank_images, bench_args, make_component
 
     exp = load_experiment(REPO_ROOT / "configs" / "experiments" /
                           f"{sc.params.get('experiment', 'layer-small')}.yaml")
     wl_cfg = dataclasses.replace(exp.workload, seed=sc.seed, no_cache="off")
-    exp = dataclasses.replace(exp, workload=wl_cfg)
-    shape = exp.tile.spec()
-    mm = CrossbarMatmul(shape)
-    wl = make_workload(exp.model, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
-                       seed=sc.seed, matmul=mm)
-    groups = [list(g) for g in make_groups(wl_cfg.grouping, exp.model.n_experts,
-                                           wl.routing.mask[:wl_cfg.n_prompt].sum(0))]
-    spec, tile = layer_spec(exp)
-    windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=True, matmul=mm,
-                              hw_routing=spec.router is not None, go_rows=spec.go_rows)
+    plan = plan_layer(dataclasses.replace(exp, workload=wl_cfg), check_resources=False)
     # the files the macros load (bank_file_words)
-    banks = [(name, bank_file_words(image, shape))
-             for name, image in bank_images(wl, groups, spec, shape)]
-    args = bench_args(windows, spec, wl.quant, gap_p=float(sc.params.get("gap_p", 0.1)),
+    banks = [(name, bank_file_words(image, plan.shape))
+             for name, image in bank_images(plan.wl, plan.groups, plan.spec, plan.shape,
+                                            plan.golden.matmul)]
+    args = bench_args(plan.windows, plan.spec, plan.wl.quant,
+                      gap_p=float(sc.params.get("gap_p", 0.1)),
                       stall_p=float(sc.params.get("stall_p", 0.2)), seed=sc.seed)
-    return make_component(spec, tile), "moe_layer", "moe_layer", args, banks
+    return make_component(plan.spec, plan.hw_tile), "moe_layer", "moe_layer", args, banks
 
 
 _BUILDERS = {"tile_group": _tile, "topk": _topk, "group_scheduler": _scheduler,
