@@ -1,7 +1,9 @@
-"""Transaction benches of the router, scheduler and GO-cache blocks, simulator-independent.
+"""Transaction benches of the layer (the host of ``moepim run``), the tile group and the router,
+scheduler and GO-cache blocks, simulator-independent.
 
-Each bench drives its block through :mod:`moepim.testbenches.harness` with seeded random input
-gaps and output back-pressure and returns plain data (lists of ints), so Amaranth's simulator,
+Each bench drives its block through :mod:`moepim.testbenches.harness`, composed of the
+components of :mod:`moepim.testbenches.streams` (seeded input gaps, output back-pressure, the
+DRAM, table writes), and returns plain data (lists of ints), so Amaranth's simulator,
 Verilator and Icarus runs can be compared with each other and with the functional models.
 """
 
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .streams import DramResponder, StreamSink, StreamSource, write_table
+
 __all__ = ["BENCHES"]
 
 
@@ -20,28 +24,22 @@ async def topk_windows(io, *, windows, gap_p, stall_p, seed):
     from its first item's handshake to the handshake of its last result."""
     rng = np.random.default_rng(seed)
     selected, spans = [], []
+    out = StreamSink(io, "o_selected", rng, stall_p)
     for scores, count in windows:
         got, start = [], None
-        pending = list(enumerate(scores))
+        items = StreamSource(io, "i_items", rng, gap_p, lambda item, c=count: {
+            "index": item[0], "score": int(item[1]), "count": c})
+        items.load(enumerate(scores))
         while True:
-            offer = bool(pending) and rng.random() >= gap_p
-            io.set("i_items.valid", int(offer))
-            if offer:
-                i, sc = pending[0]
-                io.set("i_items.payload.index", i)
-                io.set("i_items.payload.score", int(sc))
-                io.set("i_items.payload.count", count)
-                io.set("i_items.payload.last", int(len(pending) == 1))
-            ready = int(rng.random() >= stall_p)
-            io.set("o_selected.ready", ready)
-            took = offer and await io.get("i_items.ready")
+            items.offer()
+            out.ready()
+            took = await items.taken()
             done = False
-            if ready and await io.get("o_selected.valid"):
-                got.append(await io.get("o_selected.payload.index"))
-                done = bool(await io.get("o_selected.payload.last"))
+            if await out.beat():
+                got.append(await out.get("index"))
+                done = bool(await out.get("last"))
             if took:
                 start = io.cycle if start is None else start
-                pending.pop(0)
             await io.tick()
             if done:
                 break
@@ -67,26 +65,21 @@ async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
                 issues[g].append([await io.get(f"o_issue.{g}.payload.token"),
                                   await io.get(f"o_issue.{g}.payload.expert")])
 
+    src = StreamSource(io, "i_jobs", rng, gap_p, lambda job: {
+        "group": job[0], "job.token": job[1][0], "job.expert": job[1][1],
+        "job.idle_before": job[1][2]})
+    sinks = [StreamSink(io, f"o_issue.{g}", rng, stall_p) for g in range(n_groups)]
+    slot_sink = StreamSink(io, "o_slots", rng, stall_p)
     for _ in range(windows):
-        pending, start = list(jobs), None
+        start = None
+        src.load(jobs)
         while True:
-            offer = bool(pending) and rng.random() >= gap_p
-            io.set("i_jobs.valid", int(offer))
-            if offer:
-                g, (tok, exp, idle) = pending[0]
-                io.set("i_jobs.payload.group", g)
-                io.set("i_jobs.payload.job.token", tok)
-                io.set("i_jobs.payload.job.expert", exp)
-                io.set("i_jobs.payload.job.idle_before", idle)
-                io.set("i_jobs.payload.last", int(len(pending) == 1))
-            ready = [int(rng.random() >= stall_p) for _ in range(n_groups + 1)]
-            for g in range(n_groups):
-                io.set(f"o_issue.{g}.ready", ready[g])
-            io.set("o_slots.ready", ready[-1])
-            took = offer and await io.get("i_jobs.ready")
+            src.offer()
+            ready = [int(sink.ready()) for sink in sinks + [slot_sink]]
+            took = await src.taken()
             await sample(ready)
             last_slot = False
-            if ready[-1] and await io.get("o_slots.valid"):
+            if await slot_sink.beat():
                 active = await io.get("o_slots.payload.active")
                 row_t, row_e = [], []
                 for g in range(n_groups):
@@ -97,14 +90,13 @@ async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
                 last_slot = bool(await io.get("o_slots.payload.last"))
             if took:
                 start = io.cycle if start is None else start
-                pending.pop(0)
             await io.tick()
             if last_slot:
                 break
             if io.cycle > 100_000:
                 raise TimeoutError("scheduler bench made no progress")
         cycles.append(io.cycle - start)
-        io.set("i_jobs.valid", 0)
+        src.close()
         # the issues of the window's last timestamp may still be waiting
         for _ in range(64):
             for g in range(n_groups):
@@ -127,6 +119,8 @@ async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max,
     Returns the selection masks of DECIDE (``decide_op``) commands and the counters."""
     rng = np.random.default_rng(seed)
     dram, pending, masks = {}, [], []
+    requests = StreamSink(io, "o_dram_req", rng, stall_p)      # a DRAM that stalls requests
+    select = StreamSink(io, "o_select", rng, stall_p)
 
     async def dram_side(req_ready):
         if req_ready and await io.get("o_dram_req.valid"):
@@ -146,20 +140,18 @@ async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max,
             io.set("i_cmd.payload.op", op)
             io.set("i_cmd.payload.cap", cap)
             io.set("i_cmd.payload.scores", word)
-            req_ready = int(rng.random() >= stall_p)
-            io.set("o_dram_req.ready", req_ready)
+            req_ready = requests.ready()
             offer = bool(pending) and pending[0][0] <= io.cycle
             io.set("i_dram_resp.valid", int(offer))
             if offer:
                 io.set("i_dram_resp.payload.data", pending[0][1])
-            sel_ready = int(rng.random() >= stall_p)
-            io.set("o_select.ready", sel_ready)
+            select.ready()
             if not sent and await io.get("i_cmd.ready"):
                 sent = True
             resp_taken = offer and await io.get("i_dram_resp.ready")
             await dram_side(req_ready)
-            if sel_ready and await io.get("o_select.valid"):
-                masks.append(await io.get("o_select.payload.mask"))
+            if await select.beat():
+                masks.append(await select.get("mask"))
                 got = True
             await io.tick()
             if resp_taken:
@@ -185,6 +177,7 @@ async def gate_softmax(io, *, rows, logit_bits, stall_p, seed):
     Q0.16 probabilities and the cycles from the handshake to the result's."""
     rng = np.random.default_rng(seed)
     out = []
+    probs_out = StreamSink(io, "o_probs", rng, stall_p)
     lmask = (1 << logit_bits) - 1
     for logits, mask, mult, shift in rows:
         io.set("i_logits.valid", 1)
@@ -195,12 +188,11 @@ async def gate_softmax(io, *, rows, logit_bits, stall_p, seed):
         io.set("i_logits.payload.index_shift", shift)
         start = None
         while True:
-            ready = int(rng.random() >= stall_p)
-            io.set("o_probs.ready", ready)
+            probs_out.ready()
             took = start is None and await io.get("i_logits.ready")
             probs = None
-            if ready and await io.get("o_probs.valid"):
-                probs = [await io.get(f"o_probs.payload.p16.{e}") for e in range(len(logits))]
+            if await probs_out.beat():
+                probs = [await probs_out.get(f"p16.{e}") for e in range(len(logits))]
             await io.tick()
             if took:
                 start = io.cycle - 1
@@ -218,6 +210,7 @@ async def token_router(io, *, tokens, logit_bits, gap_p, stall_p, seed):
     weights and the cycles from handshake to the result's handshake."""
     rng = np.random.default_rng(seed)
     routes = []
+    routes_out = StreamSink(io, "o_routes", rng, stall_p)
     mask = (1 << logit_bits) - 1
     for logits, count, mult, shift in tokens:
         while rng.random() < gap_p:
@@ -232,14 +225,13 @@ async def token_router(io, *, tokens, logit_bits, gap_p, stall_p, seed):
         io.set("i_tokens.payload.index_shift", shift)
         start = None
         while True:
-            ready = int(rng.random() >= stall_p)
-            io.set("o_routes.ready", ready)
+            routes_out.ready()
             took = start is None and await io.get("i_tokens.ready")
             result = None
-            if ready and await io.get("o_routes.valid"):
-                n_sel = await io.get("o_routes.payload.n_selected")
-                result = [[await io.get(f"o_routes.payload.experts.{j}") for j in range(n_sel)],
-                          [await io.get(f"o_routes.payload.weights.{j}") for j in range(n_sel)]]
+            if await routes_out.beat():
+                n_sel = await routes_out.get("n_selected")
+                result = [[await routes_out.get(f"experts.{j}") for j in range(n_sel)],
+                          [await routes_out.get(f"weights.{j}") for j in range(n_sel)]]
             await io.tick()
             if took:
                 start = io.cycle - 1
@@ -257,6 +249,7 @@ async def expert_router(io, *, windows, gap_p, stall_p, seed):
     selections in output order."""
     rng = np.random.default_rng(seed)
     out = []
+    selected = StreamSink(io, "o_selected", rng, stall_p)
     for rows, cap in windows:
         for t, row in enumerate(rows):
             while rng.random() < gap_p:
@@ -274,13 +267,11 @@ async def expert_router(io, *, windows, gap_p, stall_p, seed):
         io.set("i_scores.valid", 0)
         got = []
         while True:
-            ready = int(rng.random() >= stall_p)
-            io.set("o_selected.ready", ready)
+            selected.ready()
             done = False
-            if ready and await io.get("o_selected.valid"):
-                got.append([await io.get("o_selected.payload.expert"),
-                            await io.get("o_selected.payload.token")])
-                done = bool(await io.get("o_selected.payload.last"))
+            if await selected.beat():
+                got.append([await selected.get("expert"), await selected.get("token")])
+                done = bool(await selected.get("last"))
             await io.tick()
             if done:
                 break
@@ -431,59 +422,44 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     if gate_index is not None:
         io.set("gate_index_mult", gate_index[0])
         io.set("gate_index_shift", gate_index[1])
-    store, answers = {}, []
-
-    def offer_dram():
-        """Sets of one DRAM cycle (before any get): take requests, offer the oldest answer."""
-        io.set("o_dram_req.ready", 1)
-        io.set("i_dram_resp.valid", int(bool(answers)))
-        if answers:
-            io.set("i_dram_resp.payload.data", answers[0])
-        return bool(answers)
-
-    async def serve_dram(offered):
-        """Gets of the DRAM cycle: store a write, queue a read's answer; whether the offered
-        answer was taken."""
-        if await io.get("o_dram_req.valid"):
-            addr = await io.get("o_dram_req.payload.addr")
-            if await io.get("o_dram_req.payload.write"):
-                store[addr] = await io.get("o_dram_req.payload.data")
-            else:
-                answers.append(store[addr])
-        return offered and await io.get("i_dram_resp.ready")
-
     for name, rq in (("gate_hidden", gate_hidden), ("gate_shared", gate_shared)):
         if rq is not None:
             io.set(f"{name}_mult", rq[0])
             io.set(f"{name}_shift", rq[1])
-
-    async def write_table(port, fields, writes):
-        """Stream table writes (``fields`` of each) into ``port``, with the input gaps."""
-        writes = list(writes)
-        while writes:
-            offer = rng.random() >= gap_p
-            io.set(f"{port}.valid", int(offer))
-            if offer:
-                for name, value in zip(fields, writes[0]):
-                    io.set(f"{port}.payload.{name}", value)
-            if offer and await io.get(f"{port}.ready"):
-                writes.pop(0)
-            await io.tick()
-        io.set(f"{port}.valid", 0)
-
     if luts:
-        await write_table("i_lut", ("group", "addr", "data"), luts)
+        await write_table(io, "i_lut", ("group", "addr", "data"), luts, rng, gap_p)
     if gate_lut:
-        await write_table("i_gate_lut", ("table", "addr", "data"), gate_lut)
+        await write_table(io, "i_gate_lut", ("table", "addr", "data"), gate_lut, rng, gap_p)
+
+    # the host's streams, in the order they draw from ``rng`` each cycle
+    window_tokens = []                    # the current window's token vectors
+
+    def token_beat(beat):
+        t, b = beat
+        return {"token": t, "block": b,
+                "data": pack_array(window_tokens[t][b * lanes:(b + 1) * lanes], act_bits)}
+
+    def job_beat(job):
+        if job is None:
+            return {"empty": 1}
+        g, tok, exp, idle, fields = job
+        return {"empty": 0, "group": g, "token": tok, "expert": exp, "idle_before": idle,
+                **{f"data.{name}": value for name, value in fields.items()}}
+
+    tokens_in = StreamSource(io, "i_tokens", rng, gap_p, token_beat)
+    jobs_in = StreamSource(io, "i_jobs", rng, gap_p, job_beat)
+    outputs_out = StreamSink(io, "o_outputs", rng, stall_p)
+    routes_out = StreamSink(io, "o_routes", rng, route_stall_p, draw_at_zero=False)
+    memory = DramResponder(io) if dram else None
     results = []
     next_report = PROGRESS_EVERY
     for w_index, window in enumerate(windows):
-        tokens = window["tokens"]
-        d_model = len(tokens[0])
+        window_tokens[:] = window["tokens"]
+        d_model = len(window_tokens[0])
         blocks = d_model // lanes
-        beats = [(t, b) for t in range(len(tokens)) for b in range(blocks)]
-        jobs = list(window["jobs"]) or [None]
-        outputs = [[0] * d_model for _ in tokens]
+        tokens_in.load((t, b) for t in range(len(window_tokens)) for b in range(blocks))
+        jobs_in.load(list(window["jobs"]) or [None])
+        outputs = [[0] * d_model for _ in window_tokens]
         mode, cap, insert = window.get("route", (0, 0, 0))
         routing = gate_index is not None and mode != 0
         if gate_index is not None:
@@ -493,78 +469,55 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
         routes, routed = [], not routing
         start, done = None, False
         while not done:
-            offer_t = bool(beats) and rng.random() >= gap_p
-            io.set("i_tokens.valid", int(offer_t))
-            if offer_t:
-                t, b = beats[0]
-                io.set("i_tokens.payload.token", t)
-                io.set("i_tokens.payload.block", b)
-                io.set("i_tokens.payload.data",
-                       pack_array(tokens[t][b * lanes:(b + 1) * lanes], act_bits))
-                io.set("i_tokens.payload.last", int(len(beats) == 1))
-            offer_j = not beats and routed and bool(jobs) and rng.random() >= gap_p
-            io.set("i_jobs.valid", int(offer_j))
-            if offer_j:
-                job = jobs[0]
-                io.set("i_jobs.payload.last", int(len(jobs) == 1))
-                io.set("i_jobs.payload.empty", int(job is None))
-                if job is not None:
-                    g, tok, exp, idle, fields = job
-                    io.set("i_jobs.payload.group", g)
-                    io.set("i_jobs.payload.token", tok)
-                    io.set("i_jobs.payload.expert", exp)
-                    io.set("i_jobs.payload.idle_before", idle)
-                    for name, value in fields.items():
-                        io.set(f"i_jobs.payload.data.{name}", value)
-            ready = int(rng.random() >= stall_p)
-            io.set("o_outputs.ready", ready)
-            taken = False
+            tokens_in.offer()
+            # the plan goes out after the tokens and, when the layer routes, its routes
+            jobs_in.offer(enabled=not tokens_in.items and routed)
+            outputs_out.ready()
             if not routed:
-                take = int(not route_stall_p or rng.random() >= route_stall_p)
-                io.set("o_routes.ready", take)
-                offered = offer_dram() if dram else False
-                if take and await io.get("o_routes.valid"):
-                    if await io.get("o_routes.payload.last"):
+                # the routing phase: the host takes route beats (and serves the GO cache's
+                # DRAM) until the window's closing beat
+                routes_out.ready()
+                if memory:
+                    memory.offer()
+                if await routes_out.beat():
+                    if await routes_out.get("last"):
                         routed = True
                     else:
-                        routes.append([await io.get(f"o_routes.payload.{f}")
+                        routes.append([await routes_out.get(f)
                                        for f in ("token", "expert", "weight")])
-                if dram:
-                    taken = await serve_dram(offered)
-            if offer_t and await io.get("i_tokens.ready"):
+                if memory:
+                    await memory.serve()
+            if await tokens_in.taken():
                 start = io.cycle if start is None else start
-                beats.pop(0)
-            if offer_j and await io.get("i_jobs.ready"):
-                jobs.pop(0)
-            if stall_p == 0 and routed and not beats and not jobs and not answers \
-                    and start is not None:
+            await jobs_in.taken()
+            if stall_p == 0 and routed and not tokens_in.items and not jobs_in.items \
+                    and (memory is None or memory.idle) and start is not None:
                 # nothing to offer, every output beat taken at once: cycles pass without
                 # per-cycle Python until the outputs or the next progress report
                 await io.wait_high("o_outputs.valid", max(1, next_report - io.cycle))
-            if ready and await io.get("o_outputs.valid"):
-                t = await io.get("o_outputs.payload.token")
-                b = await io.get("o_outputs.payload.block")
-                word = await io.get("o_outputs.payload.data")
+            if await outputs_out.beat():
+                t = await outputs_out.get("token")
+                b = await outputs_out.get("block")
+                word = await outputs_out.get("data")
                 outputs[t][b * lanes:(b + 1) * lanes] = unpack_array(
                     word, act_bits, lanes, True).tolist()
-                done = bool(await io.get("o_outputs.payload.last"))
+                done = bool(await outputs_out.get("last"))
             await io.tick()
-            if taken:
-                answers.pop(0)
+            if memory:
+                memory.tick()
             if io.cycle >= next_report:
                 if progress_file:
                     report_progress(progress_file, io.cycle)
                 next_report = io.cycle + PROGRESS_EVERY
             if start is not None and io.cycle - start > timeout:
                 raise TimeoutError(f"window {w_index}: no last output after {timeout} cycles")
-        io.set("i_tokens.valid", 0)
-        io.set("i_jobs.valid", 0)
-        io.set("o_outputs.ready", 0)
+        tokens_in.close()
+        jobs_in.close()
+        outputs_out.close()
         if gate_index is not None:
-            io.set("o_routes.ready", 0)
-        if dram:
-            io.set("o_dram_req.ready", 0)
-            io.set("i_dram_resp.valid", 0)
+            routes_out.close()
+        if memory:
+            memory.close()
         counters = {name: await io.get(f"counters.{name}") for name in (
             "cycles", "timestamps", "token_loads", "token_reads", "token_writes", "out_reads",
             "out_writes", "engine_busy_cycles", "dac_drives", *extra_counters)}
