@@ -44,7 +44,7 @@ from moepim.spec.checks import index_bits, need, need_positive, signed_bits
 from moepim.spec.tile import TileSpec
 
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, check_tile, tree_sum
+from .params import check_counter_bits, check_multiplier_bits, check_tile, tree_sum
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS", "FFN_BANKS"]
 
@@ -88,9 +88,9 @@ class ExpertEngine(wiring.Component):
                  tile: TileSpec, gate_bits: int = 8, multiplier_bits: int = 15,
                  ffn: str = "relu", counter_bits=48, core="macro"):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
-                            ("gate_bits", gate_bits), ("multiplier_bits", multiplier_bits)):
+                            ("gate_bits", gate_bits)):
             need_positive(name, value)
-        need(multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "at most 31")
+        check_multiplier_bits(multiplier_bits)
         _check_ffn(ffn)
         check_tile(tile)
         check_counter_bits(counter_bits)

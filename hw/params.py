@@ -28,6 +28,15 @@ def check_tile(tile) -> None:
          "a moepim.spec.tile.TileSpec (a config's: TileConfig.spec())")
 
 
+MULTIPLIER_BITS_MAX = 31      # the widest requantiser multiplier the RTL accepts
+
+
+def check_multiplier_bits(multiplier_bits) -> None:
+    """The requantisers' multiplier width (the expert engines' and the route unit's)."""
+    need(isinstance(multiplier_bits, int) and 1 <= multiplier_bits <= MULTIPLIER_BITS_MAX,
+         "multiplier_bits", multiplier_bits, f"an integer from 1 to {MULTIPLIER_BITS_MAX}")
+
+
 def check_core(core) -> None:
     need(core in CORES, "core", core, f"one of {CORES}")
 

@@ -83,7 +83,7 @@ from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW
 from .expert_engine import SHIFT_BITS, requantize
 from .gocache import OP_CLEAR, OP_DECIDE, OP_INSERT, GateOutputCache
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, check_tile, tree_sum
+from .params import check_counter_bits, check_multiplier_bits, check_tile, tree_sum
 from .routers import ExpertChoiceRouter, TokenChoiceRouter
 from .softmax import GateSoftmax
 
@@ -112,7 +112,7 @@ class RouteUnit(wiring.Component):
         self._gate_bits, self._k, self._renorm = gate_bits, top_k, bool(renormalize)
         need(gate_hidden >= 0, "gate_hidden", gate_hidden,
              "0 (a linear gate) or the MLP gate's hidden width")
-        need(0 < multiplier_bits <= 31, "multiplier_bits", multiplier_bits, "1 .. 31")
+        check_multiplier_bits(multiplier_bits)
         input_bits = tile.input_bits
         self._hidden, self._act_bits = gate_hidden, input_bits
         self._shared = bool(shared_gate)

@@ -534,6 +534,21 @@ def test_gate_tables_need_their_gates():
                   drop=True, tile=TileSpec())
 
 
+def test_requantiser_multiplier_width_is_one_rule():
+    """The engines and the route unit refuse the same multiplier widths, with one message."""
+    from moepim.hw.expert_engine import ExpertEngine
+    from moepim.hw.route_unit import RouteUnit
+    from moepim.spec.checks import ParameterError
+
+    for build in (lambda mb: RouteUnit(d_model=64, n_experts=4, n_tokens=4, lanes=16,
+                                       router="top_k", multiplier_bits=mb, tile=TileSpec()),
+                  lambda mb: ExpertEngine(d_model=64, d_ff=64, group_size=1, lanes=16,
+                                          multiplier_bits=mb, tile=TileSpec())):
+        for bad in (0, 32):
+            with pytest.raises(ParameterError, match=f"multiplier_bits={bad}.*1 to 31"):
+                build(bad)
+
+
 def test_mlp_gate_golden_depends_on_the_tanh_table():
     """The tanh table reaches the routes: a wrong table changes the selections (so a bench
     that skipped the table writes could not match the golden routes)."""
