@@ -85,60 +85,15 @@ def cmd_run(args) -> int:
         raise ConfigError(args.config, "--waves", True,
                           "a moe_layer experiment (tile runs: moepim waves record|check)")
     check_tile_resources(exp, sim, allow_large=args.allow_large)
-    import tempfile
+    from .tile_run import run_tile_experiment
 
-    from moepim.hw import TileGroup
-
-    from .digital import SWITCHING_SIMULATORS, component_area, switching_energy
-    from .report import tile_area_mm2, tile_energy_pj, tile_headline, write_report
-    from .tile_run import check_outputs, make_scenario, run_scenario
-
-    t0 = time.monotonic()
-    # resolve tech-dependent figures before simulating: a bad tech table fails fast
-    tile_area_mm2(exp.tile, exp.tech)
-    scenario = make_scenario(exp)
-    switching = sim in SWITCHING_SIMULATORS
-    with atomic_run_dir(Path(args.out), force=args.force) as folder, \
-            tempfile.TemporaryDirectory() as tmp:
-        run = run_scenario(exp, scenario, sim, progress=say,
-                           saif=Path(tmp) / "run.saif" if switching else None)
-        check = check_outputs(exp, scenario, run)
-        toggles = switching_energy(run.saif, exp.tech) if switching else None
-        energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles,
-                                cycles=run.cycles, power_gating=exp.power_gating)
-        if say:
-            say("digital logic area: yosys on the tile group's RTL (cached after the first run)")
-        # the crossbars' area is the technology table's (arrays), whatever their core
-        digital = component_area(TileGroup(**exp.tile.build_kwargs()), "tile_group", exp.tech,
-                                 sim=sim, build_dir=run.build.get("directory"),
-                                 blackbox=("tile_group.xbar*",))
-        area = tile_area_mm2(exp.tile, exp.tech, digital)
-        wall = time.monotonic() - t0
-        report = {
-            "sim": sim,
-            "cycles": run.cycles,
-            "time_ns": run.cycles * exp.tech.clock_ns.value,
-            "load_cycles": run.load_cycles,
-            "mvm_latency": check["mvm_latency"],
-            "latency_min": check["latency_min"],
-            "latency_max": check["latency_max"],
-            "energy_pj": energy,
-            "area_mm2": area,
-            "counters": run.counters,
-            "golden_match": check["golden_match"],
-            "mismatches": check["mismatches"],
-            "n_mismatches": check["n_mismatches"],
-            "wall_s": wall,
-            "sim_s": run.sim_s,
-            "build": run.build,
-            "host": {"python": platform.python_version(), "machine": platform.machine()},
-            "config": resolved_dict(exp),
-        }
-        write_report(folder, report, exp, tile_headline(report))
-    status = "bit-exact" if check["golden_match"] else f"{check['n_mismatches']} MISMATCHES"
-    print(f"{sim}: {len(scenario.xs)} MVMs, {run.cycles} cycles, {status}; "
-          f"report in {Path(args.out) / 'report.json'} ({wall:.1f} s)")
-    return EXIT_OK if check["golden_match"] else EXIT_MISMATCH
+    with atomic_run_dir(Path(args.out), force=args.force) as folder:
+        report = run_tile_experiment(exp, sim=sim, out_folder=folder, progress=say)
+    status = "bit-exact" if report["golden_match"] else \
+        f"{report['n_mismatches']} MISMATCHES"
+    print(f"{sim}: {exp.workload.n_mvms} MVMs, {report['cycles']} cycles, {status}; "
+          f"report in {Path(args.out) / 'report.json'} ({report['wall_s']:.1f} s)")
+    return EXIT_OK if report["golden_match"] else EXIT_MISMATCH
 
 
 def _run_layer(exp, sim, args, say) -> int:

@@ -7,6 +7,8 @@ model's event counts, and every MVM's latency with ``mvm_latency``.
 
 from __future__ import annotations
 
+import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from moepim.models.tile import tile_mvm, tile_mvm_events
 from moepim.spec.tile import TileSpec
 from moepim.testbenches.bits import pack_array
 
-from .config import TileExperiment
+from .config import TileExperiment, resolved_dict
 from .ports import flat_fields
 
-__all__ = ["Scenario", "make_scenario", "run_scenario", "check_outputs", "TileRun"]
+__all__ = ["Scenario", "make_scenario", "run_scenario", "check_outputs", "TileRun",
+           "run_tile_experiment", "summarize_tile"]
 
 
 
@@ -218,3 +221,68 @@ def check_outputs(exp: TileExperiment, sc: Scenario, run: TileRun) -> dict:
     return {"golden_match": not mismatches, "mismatches": mismatches[:50],
             "n_mismatches": len(mismatches), "mvm_latency": latency,
             "latency_min": int(lat.min()), "latency_max": int(lat.max())}
+
+
+def run_tile_experiment(exp: TileExperiment, *, sim: str, out_folder: Path,
+                        progress=None) -> dict:
+    """Run, check and report a tile experiment into ``out_folder``; return the report. The
+    layer run's stages: the plan (:func:`make_scenario`), the simulation
+    (:func:`run_scenario`), the check (:func:`check_outputs`: values, counters, latencies),
+    the summary (:func:`summarize_tile`: energy, area) and the report's files."""
+    import tempfile
+
+    from .digital import SWITCHING_SIMULATORS
+    from .report import tile_area_mm2, tile_headline, write_report
+
+    t0 = time.monotonic()
+    # resolve tech-dependent figures before simulating: a bad tech table fails fast
+    tile_area_mm2(exp.tile, exp.tech)
+    scenario = make_scenario(exp)
+    switching = sim in SWITCHING_SIMULATORS
+    with tempfile.TemporaryDirectory() as tmp:
+        run = run_scenario(exp, scenario, sim, progress=progress,
+                           saif=Path(tmp) / "run.saif" if switching else None)
+        check = check_outputs(exp, scenario, run)
+        report = summarize_tile(exp, sim, run, check, switching=switching, progress=progress,
+                                t0=t0)
+    write_report(out_folder, report, exp, tile_headline(report))
+    return report
+
+
+def summarize_tile(exp: TileExperiment, sim: str, run, check: dict, *, switching: bool,
+                   progress=None, t0: float = 0.0) -> dict:
+    """The tile run's report: energy from its counters (and switching activity), area (the
+    technology table's arrays and peripherals, Yosys for the digital logic), the checks."""
+    from .digital import component_area, switching_energy
+    from .report import tile_area_mm2, tile_energy_pj
+
+    toggles = switching_energy(run.saif, exp.tech) if switching else None
+    energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles,
+                            cycles=run.cycles, power_gating=exp.power_gating)
+    if progress:
+        progress("digital logic area: yosys on the tile group's RTL (cached after the first run)")
+    # the crossbars' area is the technology table's (arrays), whatever their core
+    digital = component_area(TileGroup(**exp.tile.build_kwargs()), "tile_group", exp.tech,
+                             sim=sim, build_dir=run.build.get("directory"),
+                             blackbox=("tile_group.xbar*",))
+    area = tile_area_mm2(exp.tile, exp.tech, digital)
+    return {
+        "sim": sim,
+        "cycles": run.cycles,
+        "time_ns": run.cycles * exp.tech.clock_ns.value,
+        "load_cycles": run.load_cycles,
+        "mvm_latency": check["mvm_latency"],
+        "latency_min": check["latency_min"],
+        "latency_max": check["latency_max"],
+        "energy_pj": energy,
+        "area_mm2": area,
+        "counters": run.counters,
+        "golden_match": check["golden_match"],
+        "mismatches": check["mismatches"],
+        "n_mismatches": check["n_mismatches"],
+        "wall_s": time.monotonic() - t0,
+        "sim_s": run.sim_s,
+        "build": run.build,
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "config": resolved_dict(exp),
+    }
