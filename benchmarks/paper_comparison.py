@@ -54,7 +54,7 @@ def prompt_time_ns(exp, mask, grouping: str, route_cycles: int) -> dict:
     job = 2 * mvm_latency + -(-m.d_ff // lanes) + 2
     s = schedule(mask, make_groups(grouping, m.n_experts, mask.sum(axis=0)), "reschedule")
     n = mask.shape[0]
-    compute = compute_cycles(s.loads_per_slot, blocks, job)
+    compute = compute_cycles(s.loads_per_timestamp, blocks, job)
     beats = 2 * n * blocks + int(mask.sum()) + 1          # tokens in, jobs, outputs, hand-over
     clock = exp.tech.clock_ns.value
     vec = n * m.d_model * -(-m.quant.act_bits // 8)

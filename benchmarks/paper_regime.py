@@ -53,7 +53,7 @@ def study(mask: np.ndarray, *, d_model: int, d_ff: int, mvm_latency: int) -> lis
                    "tokens_loaded": s.tokens_loaded}
             for lanes in LANES:
                 job = 2 * mvm_latency + math.ceil(d_ff / lanes) + 2
-                row[f"cycles_lanes{lanes}"] = compute_cycles(s.loads_per_slot,
+                row[f"cycles_lanes{lanes}"] = compute_cycles(s.loads_per_timestamp,
                                                              d_model // lanes, job)
             rows.append(row)
     return rows

@@ -1,25 +1,26 @@
 """Group-wise scheduling of (token, expert) jobs onto peripheral-sharing groups.
 
-One timestamp (slot) = one evaluation of one crossbar per group. A group's jobs form a queue in
+One timestamp = one evaluation of one crossbar per group. A group's jobs form a queue in
 token order (a token's experts of the group in ascending index). A token vector is loaded once
-per slot in which any group processes it (broadcast), so "tokens loaded" counts the distinct
-tokens of every slot.
+per timestamp in which any group processes it (broadcast), so "tokens loaded" counts the
+distinct tokens of every timestamp.
 
 Policies (the primary paper's schedule figure, and its authors' code moe_schedule.py):
 
-* ``single_token``: tokens one at a time; token ``t`` takes ``max_g load_g[t]`` slots.
+* ``single_token``: tokens one at a time; token ``t`` takes ``max_g load_g[t]`` timestamps.
 * ``compact``: every group drains its own queue back to back; length ``T = max_g len(queue_g)``.
 * ``reschedule_heuristic``: the authors' idle-insertion heuristic (``optimized_compact_schedule``)
   reproduced as published.
-* ``reschedule``: compact's length ``T``, with idle slots placed so that groups meet on the same
-  token. Main method, progressive alignment: groups are placed longest first, each by an exact
-  dynamic programme that puts its jobs (in order, one per slot, within ``T``) where they add the
-  fewest new loads given the groups already placed; then each group is re-aligned against all
-  the others for a few rounds (a step never raises the total). Two other candidates are built,
-  a slot-by-slot greedy (forced groups load their tokens, others work only on loaded tokens)
-  and ``reschedule_heuristic``; the schedule with the fewest loads is returned.
+* ``reschedule``: compact's length ``T``, with idle timestamps placed so that groups meet on the
+  same token. Main method, progressive alignment: groups are placed longest first, each by an
+  exact dynamic programme that puts its jobs (in order, one per timestamp, within ``T``) where
+  they add the fewest new loads given the groups already placed; then each group is
+  re-aligned against all the others for a few rounds (a step never raises the total). Two
+  other candidates are built, a timestamp-by-timestamp greedy (forced groups load their
+  tokens, others work only on loaded tokens) and ``reschedule_heuristic``; the schedule with
+  the fewest loads is returned.
 
-  Guarantees: exactly ``T`` slots (as ``compact``); never more loads than
+  Guarantees: exactly ``T`` timestamps (as ``compact``); never more loads than
   ``reschedule_heuristic`` nor than ``compact``; each group's jobs stay in token order. Not
   proven optimal in general: :func:`reschedule_optimal` (exhaustive, small instances) measures
   the gap in the tests; the schedule figure's example reaches its optimum, 12.
@@ -44,7 +45,8 @@ IDLE = -1
 
 @dataclass
 class Schedule:
-    """``tokens[s, g]`` / ``experts[s, g]``: the job of group ``g`` in slot ``s`` (IDLE = -1)."""
+    """``tokens[s, g]`` / ``experts[s, g]``: the job of group ``g`` in timestamp ``s``
+    (IDLE = -1)."""
 
     policy: str
     groups: list
@@ -56,12 +58,12 @@ class Schedule:
         return int(self.tokens.shape[0])
 
     @property
-    def loads_per_slot(self) -> np.ndarray:
+    def loads_per_timestamp(self) -> np.ndarray:
         return np.array([len(set(r[r != IDLE].tolist())) for r in self.tokens], dtype=np.int64)
 
     @property
     def tokens_loaded(self) -> int:
-        return int(self.loads_per_slot.sum())
+        return int(self.loads_per_timestamp.sum())
 
     def group_stats(self) -> list[dict]:
         out = []
@@ -71,11 +73,11 @@ class Schedule:
             last = int(busy.max()) + 1 if busy.size else 0
             out.append({"group": g, "experts": list(self.groups[g]), "busy": int(busy.size),
                         "idle": int(self.timestamps - busy.size),
-                        "stalls": int(last - busy.size)})   # idle slots before its last job
+                        "stalls": int(last - busy.size)})   # idle timestamps before its last job
         return out
 
     def buffer_peak(self) -> int:
-        """Most token vectors held at once: a token stays from its first to its last slot."""
+        """Most token vectors held at once: a token stays from its first to its last timestamp."""
         first, last = {}, {}
         for s, row in enumerate(self.tokens):
             for t in set(row[row != IDLE].tolist()):
@@ -88,7 +90,7 @@ class Schedule:
         return int(np.cumsum(occupancy).max(initial=0))
 
     def plan(self) -> list[list[tuple[int, int, int]]]:
-        """Per group, its jobs as ``(token, expert, idle_before)``: the idle slots the group
+        """Per group, its jobs as ``(token, expert, idle_before)``: the idle timestamps the group
         waits before each job. Any schedule is exactly this plan (trailing idles implicit);
         it is what ``moepim.hw.GroupScheduler`` executes."""
         out = []
@@ -106,9 +108,10 @@ class Schedule:
     def to_dict(self) -> dict:
         return {"policy": self.policy, "groups": [list(g) for g in self.groups],
                 "timestamps": self.timestamps, "tokens_loaded": self.tokens_loaded,
-                "loads_per_slot": self.loads_per_slot.tolist(),
+                "loads_per_timestamp": self.loads_per_timestamp.tolist(),
                 "buffer_peak": self.buffer_peak(), "per_group": self.group_stats(),
-                "slots": {"tokens": self.tokens.tolist(), "experts": self.experts.tolist()}}
+                "by_timestamp": {"tokens": self.tokens.tolist(),
+                                 "experts": self.experts.tolist()}}
 
 
 def group_queues(mask: np.ndarray, groups) -> list[list[tuple[int, int]]]:
@@ -127,7 +130,7 @@ def _table(columns: list[list], length: int):
     experts = np.full((length, len(columns)), IDLE, dtype=np.int64)
     for g, col in enumerate(columns):
         if len(col) > length:
-            raise AssertionError(f"group {g} needs {len(col)} slots, more than {length}")
+            raise AssertionError(f"group {g} needs {len(col)} timestamps, more than {length}")
         for s, job in enumerate(col):
             if job is not None:
                 tokens[s, g], experts[s, g] = job
@@ -198,32 +201,33 @@ def _greedy(queues, length):
 
 
 def _align_one(tokens: list[int], counts: list[dict], length: int) -> list[int]:
-    """Slots for one group's jobs (in order, one per slot) adding the fewest new loads, given
-    how many other groups process each token in each slot (``counts``): exact, by DP."""
+    """Timestamps for one group's jobs (in order, one per timestamp) adding the fewest new
+    loads, given how many other groups process each token in each timestamp (``counts``):
+    exact, by DP."""
     n = len(tokens)
     if n == 0:
         return []
     big = 1 << 40
-    # cost[j, s] = 1 if job j in slot s loads a token no other group loads there
+    # cost[j, s] = 1 if job j in timestamp s loads a token no other group loads there
     cost = np.array([[0 if counts[s].get(t, 0) else 1 for s in range(length)] for t in tokens],
                     dtype=np.int64)
-    best = np.full((n + 1, length + 1), big, dtype=np.int64)   # first j jobs in first s slots
+    best = np.full((n + 1, length + 1), big, dtype=np.int64)   # first j jobs, first s steps
     best[0, :] = 0
     for j in range(1, n + 1):
         place = np.full(length + 1, big, dtype=np.int64)
-        place[1:] = best[j - 1, :-1] + cost[j - 1]             # job j-1 in slot s-1
+        place[1:] = best[j - 1, :-1] + cost[j - 1]             # job j-1 in timestamp s-1
         best[j] = np.minimum.accumulate(place)
-    slots, s = [], length
+    where, s = [], length
     for j in range(n, 0, -1):
-        while best[j, s - 1] == best[j, s]:                     # slot s-1 unused by job j-1
+        while best[j, s - 1] == best[j, s]:                     # timestamp s-1 unused by job j-1
             s -= 1
-        slots.append(s - 1)
+        where.append(s - 1)
         s -= 1
-    return slots[::-1]
+    return where[::-1]
 
 
 def _align(queues, length, rounds: int = 3):
-    """Progressive alignment: longest queues first, each aligned exactly against the slots the
+    """Progressive alignment: longest queues first, each aligned exactly against the timestamps the
     others already use; then a few rounds of re-aligning each group against all the others
     (each step can only lower the total loads)."""
     tokens = [[t for t, _ in q] for q in queues]

@@ -314,7 +314,7 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
 
 def expected_compute_cycles(w: Window, timing: LayerTiming) -> int:
     """The timing model's cycles of a window's timestamps (``LayerTiming.compute_cycles``)."""
-    return timing.compute_cycles(w.sched.loads_per_slot, w.sched.tokens != IDLE)
+    return timing.compute_cycles(w.sched.loads_per_timestamp, w.sched.tokens != IDLE)
 
 
 def expected_route_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int | None:

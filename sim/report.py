@@ -276,8 +276,19 @@ def tile_headline(report: dict) -> dict:
     }
 
 
+# The report's schema version (``report_version``, the first key of every report.json). A
+# renamed or removed key bumps it; the README's changelog maps the keys. 1: reports without the
+# key; 2: ``schedule.prefill.loads_per_slot`` -> ``loads_per_timestamp``,
+# ``schedule.prefill.slots`` -> ``by_timestamp``.
+REPORT_VERSION = 2
+
+
 def write_report(folder: Path, report: dict, config, headline: dict) -> None:
-    """``report.json``, ``config.resolved.yaml`` and ``report.csv`` (the ``headline`` row)."""
+    """``report.json`` (``report_version`` first), ``config.resolved.yaml`` and ``report.csv``
+    (the ``headline`` row)."""
+    versioned = {"report_version": REPORT_VERSION, **report}
+    report.clear()
+    report.update(versioned)            # the caller's report is the file's
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
     (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config),
                                                                 sort_keys=False))

@@ -11,6 +11,7 @@ import yaml
 from moepim.sim.cli import main
 from moepim.sim.config import REPO_ROOT, load_experiment
 from moepim.sim.lint import compile_icarus, lint_verilator
+from moepim.sim.report import REPORT_VERSION
 from moepim.sim.tops import export_tops, make_top, top_parameters
 
 from .conftest import SMALL, need_icarus
@@ -66,6 +67,8 @@ def test_run_writes_a_complete_report(tmp_path, capsys):
         assert key in report
     assert report["sim"] == "amaranth" and report["golden_match"] is True
     assert report["mismatches"] == []
+    # the schema's version comes first (README changelog: what each version renamed)
+    assert next(iter(report)) == "report_version" and report["report_version"] == REPORT_VERSION
     assert report["counters"]["peripherals"]["mvms"] == report["config"]["workload"]["n_mvms"]
     # energy and area against hand computation (tile-small: 24 MVMs of 4-bit inputs on
     # 16 x 16 cells, 4 ADCs of 6 bits; tech: ADC 1.20 pJ per conversion of which 10 % is

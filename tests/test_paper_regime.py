@@ -32,7 +32,7 @@ def _cycles(mask, grouping, policy, lanes, d_model=4096, d_ff=688, mvm_latency=6
     groups = make_groups(grouping, mask.shape[1], mask.sum(axis=0))
     s = schedule(mask, groups, policy)
     job = 2 * mvm_latency + math.ceil(d_ff / lanes) + 2
-    return s, compute_cycles(s.loads_per_slot, d_model // lanes, job)
+    return s, compute_cycles(s.loads_per_timestamp, d_model // lanes, job)
 
 
 def test_shipped_trace_has_the_papers_largest_group_loads():

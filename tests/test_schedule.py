@@ -89,7 +89,7 @@ def test_stats_are_consistent():
     assert [s["stalls"] for s in stats] == [0, 0, 1, 1]
     assert sc.buffer_peak() == 3
     d = sc.to_dict()
-    assert d["tokens_loaded"] == sum(d["loads_per_slot"]) == 12
+    assert d["tokens_loaded"] == sum(d["loads_per_timestamp"]) == 12
 
 
 def test_sorted_grouping_pairs_heavy_with_light():
@@ -125,7 +125,7 @@ def test_schedule_cli(tmp_path, capsys):
                  "reschedule", "--out", str(out)]) == 0
     data = json.loads((out / "schedule.json").read_text())
     assert (data["timestamps"], data["tokens_loaded"]) == (7, 12)
-    assert len(data["slots"]["tokens"]) == 7 and len(data["per_group"]) == 4
+    assert len(data["by_timestamp"]["tokens"]) == 7 and len(data["per_group"]) == 4
     assert (out / "timeline.png").stat().st_size > 1000
     assert main(["schedule", "--trace", str(trace), "--groups", "U3", "--policy", "compact",
                  "--out", str(tmp_path / "bad")]) == 2

@@ -44,7 +44,7 @@ def _check_policy(policy, grouping, seed, sim):
     sc = schedule(mask, groups, policy)
     out = run_plan(sc.plan(), n_tokens=12, n_experts=8, gap_p=0.3, stall_p=0.3, seed=seed,
                    windows=2, sim=sim)
-    want = [[sc.tokens[s].tolist(), sc.experts[s].tolist(), int(sc.loads_per_slot[s])]
+    want = [[sc.tokens[s].tolist(), sc.experts[s].tolist(), int(sc.loads_per_timestamp[s])]
             for s in range(sc.timestamps)]
     assert out["slots"] == want * 2
     for g, jobs in enumerate(sc.plan()):
