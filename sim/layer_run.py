@@ -61,7 +61,7 @@ from .moe_run import (
     write_bank_images,
 )
 from .progress import file_bar
-from .report import write_report
+from .report import REPORT_VERSION, write_report
 from .timing_run import NO_SYNTHESIS, known_synthesis, model_results, remember_synthesis
 
 __all__ = ["run_layer_experiment", "plan_layer", "simulate_layer", "check_layer",
@@ -340,10 +340,6 @@ class LayerPlan:
     def build_key(self) -> dict:
         return {"spec": dataclasses.asdict(self.spec), "tile": self.hw_tile}
 
-    @property
-    def n_routed_groups(self) -> int:
-        return self.spec.n_groups - (1 if self.spec.shared_d_ff else 0)
-
 
 def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
                allow_large: bool = False, build_root=None, say=lambda msg: None) -> LayerPlan:
@@ -355,8 +351,7 @@ def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
     spec, hw_tile = layer_spec(exp)
     shape = tile.spec()
     timing = LayerTiming.of(spec, shape)
-    n_routed = spec.n_groups - (1 if spec.shared_d_ff else 0)
-    est = estimate_resources(exp, n_routed, spec.group_size)
+    est = estimate_resources(exp, spec.n_routed_groups, spec.group_size)
     if check_resources:
         _check_resources(exp, est, allow_large)
 
@@ -533,13 +528,12 @@ class LayerCheck:
     go: dict | None                 # the GO cache's model check, with the RTL's counters
     go_exact: bool | None
     golden_match: bool | None       # None: the timing level simulates no values
+    n_main: int                     # windows of the run itself (``per``'s first)
 
     @property
     def main(self) -> list:
         """The windows of the run itself (the no-cache comparison's left out)."""
         return self.per[:self.n_main]
-
-    n_main: int = 0
 
 
 def check_layer(plan: LayerPlan, run: LayerSimulation, *,
@@ -602,7 +596,7 @@ def summarize_layer(plan: LayerPlan, run: LayerSimulation, checked: LayerCheck, 
     cycles = sum(w["cycles"] for w in main)
     dram = dram_timeline(exp, main, plan.go)
     time_ns = dram["end_ns"]
-    geo = layer_geometry(m, exp.tile, plan.n_routed_groups, spec.group_size)
+    geo = layer_geometry(m, exp.tile, spec.n_routed_groups, spec.group_size)
     c = [w["counters"] for w in main]
     shared_jobs = sum(w["shared_jobs"] for w in main)
     jobs = sum(w["jobs"] for w in main) - shared_jobs
@@ -624,6 +618,7 @@ def summarize_layer(plan: LayerPlan, run: LayerSimulation, checked: LayerCheck, 
     plan.golden.save(plan.root)    # the rows this run computed, for the next run of the workload
     info["golden"] = plan.golden.source
     return {
+        "report_version": REPORT_VERSION,
         "kind": "moe_layer", "sim": run.sim, "cycles": cycles, "time_ns": time_ns,
         "cycles_match_formula": checked.cycles_ok,
         "phases": {"prefill_cycles": per[0]["cycles"],
@@ -739,8 +734,7 @@ def _decode_entries(plan, per) -> list[dict]:
                 entry["no_cache_cycles"] = per[n + i]["cycles"]
                 entry["no_cache_source"] = "simulated"
             else:
-                entry["no_cache_cycles"] = expected_window_cycles(
-                    nw, plan.timing, plan.spec.n_routed_experts)
+                entry["no_cache_cycles"] = expected_window_cycles(nw, plan.timing)
                 entry["no_cache_source"] = "timing model (moepim.spec.timing)"
             entry["no_cache_jobs"] = len(nw.jobs)
         decode.append(entry)
@@ -834,7 +828,7 @@ def _expected_bench_cycles(windows, spec, timing, n_lut_writes: int, gap_p: floa
     total = n_lut_writes / (1 - gap_p)
     for w in windows:
         beats = len(w.x) * timing.blocks
-        route = expected_route_cycles(w, timing, spec.n_routed_experts) or 0
+        route = expected_route_cycles(w, timing) or 0
         total += ((beats + max(1, len(w.jobs))) / (1 - gap_p)
                   + expected_compute_cycles(w, timing) + route + beats / (1 - stall_p)
                   + WINDOW_OVERHEAD)
@@ -953,7 +947,7 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, timin
     else:
         nc = [{"jobs": len(w.jobs), "shared_jobs": w.shared_jobs, "tokens": len(w.x),
                "tokens_loaded": w.sched.tokens_loaded,
-               "cycles": expected_window_cycles(w, timing, spec.n_routed_experts)}
+               "cycles": expected_window_cycles(w, timing)}
               for w in nc_windows]
     with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
                       "decode")

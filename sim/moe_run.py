@@ -317,11 +317,12 @@ def expected_compute_cycles(w: Window, timing: LayerTiming) -> int:
     return timing.compute_cycles(w.sched.loads_per_timestamp, w.sched.tokens != IDLE)
 
 
-def expected_route_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int | None:
+def expected_route_cycles(w: Window, timing: LayerTiming) -> int | None:
     """The timing model's cycles of a window's routing phase (``LayerTiming.route_cycles``);
-    ``None`` when the host supplies the window's routes. ``n_routed``: the router's experts."""
+    ``None`` when the host supplies the window's routes."""
     if w.route_mode == MODE_HOST:
         return None
+    n_routed = timing.route.n_experts
     selected = w.mask[:, :n_routed] if w.dropped is None else \
         w.mask[:, :n_routed] | w.dropped[:, :n_routed]
     per_token = selected.sum(axis=1)
@@ -330,11 +331,11 @@ def expected_route_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int 
                                go_rows_read=w.go_rows_read, go_dram_rows=w.go_dram_rows)
 
 
-def expected_window_cycles(w: Window, timing: LayerTiming, n_routed: int) -> int:
+def expected_window_cycles(w: Window, timing: LayerTiming) -> int:
     """The timing model's cycles of a whole window without input gaps or back-pressure and
     without the scheduler's settle cycle (the RTL takes this or up to ``SETTLE_MAX`` more)."""
     return timing.window_cycles(len(w.x), len(w.jobs), expected_compute_cycles(w, timing),
-                                expected_route_cycles(w, timing, n_routed))
+                                expected_route_cycles(w, timing))
 
 
 def check_windows(windows: list[Window], results: list[dict], spec: LayerSpec,
@@ -371,7 +372,7 @@ def check_windows(windows: list[Window], results: list[dict], spec: LayerSpec,
                                    "unexpected": extra[:8], "missing": missing[:8]})
             routing = {"routes": len(got_routes), "routes_match": got_routes == want,
                        "route_cycles": delta["route_cycles"],
-                       "expected_route_cycles": expected_route_cycles(w, timing, n_routed)}
+                       "expected_route_cycles": expected_route_cycles(w, timing)}
         per_window.append({**routing, "kind": w.kind, "step": w.step, "tokens": len(w.x),
                            "jobs": len(w.jobs), "shared_jobs": w.shared_jobs,
                            "timestamps": w.sched.timestamps,

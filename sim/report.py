@@ -284,11 +284,7 @@ REPORT_VERSION = 2
 
 
 def write_report(folder: Path, report: dict, config, headline: dict) -> None:
-    """``report.json`` (``report_version`` first), ``config.resolved.yaml`` and ``report.csv``
-    (the ``headline`` row)."""
-    versioned = {"report_version": REPORT_VERSION, **report}
-    report.clear()
-    report.update(versioned)            # the caller's report is the file's
+    """``report.json``, ``config.resolved.yaml`` and ``report.csv`` (the ``headline`` row)."""
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=_plain))
     (folder / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_dict(config),
                                                                 sort_keys=False))

@@ -254,7 +254,7 @@ def summarize_tile(exp: TileExperiment, sim: str, run, check: dict, *, switching
     """The tile run's report: energy from its counters (and switching activity), area (the
     technology table's arrays and peripherals, Yosys for the digital logic), the checks."""
     from .digital import component_area, switching_energy
-    from .report import tile_area_mm2, tile_energy_pj
+    from .report import REPORT_VERSION, tile_area_mm2, tile_energy_pj
 
     toggles = switching_energy(run.saif, exp.tech) if switching else None
     energy = tile_energy_pj(exp.tile, exp.tech, run.counters, toggles,
@@ -267,6 +267,7 @@ def summarize_tile(exp: TileExperiment, sim: str, run, check: dict, *, switching
                              blackbox=("tile_group.xbar*",))
     area = tile_area_mm2(exp.tile, exp.tech, digital)
     return {
+        "report_version": REPORT_VERSION,
         "sim": sim,
         "cycles": run.cycles,
         "time_ns": run.cycles * exp.tech.clock_ns.value,

@@ -172,7 +172,7 @@ def model_results(windows, restarts, spec, timing, dut, wl, shape, matmul) -> li
         route = 0
         if ru is not None:
             routed = w.route_mode != MODE_HOST
-            route = expected_route_cycles(w, timing, n_routed) or 0
+            route = expected_route_cycles(w, timing) or 0
             d["route_cycles"] = route
             d["gate_mvms"] = n if routed else 0
             d["gate_dac_drives"] = drives.gate(w.x) if routed else 0

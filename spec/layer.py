@@ -41,6 +41,11 @@ class LayerSpec:
         return self.n_experts - (1 if self.shared_d_ff else 0)
 
     @property
+    def n_routed_groups(self) -> int:
+        """Groups of routed experts (the shared expert's group excluded)."""
+        return self.n_groups - (1 if self.shared_d_ff else 0)
+
+    @property
     def blocks(self) -> int:
         """``lanes``-wide blocks of a token vector."""
         return self.d_model // self.lanes

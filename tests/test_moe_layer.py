@@ -266,6 +266,9 @@ def test_wrong_hardware_routes_are_mismatches():
     class Timing:           # the cycles are not what this test is about
         blocks = 1
 
+        class route:
+            n_experts = 2
+
         @staticmethod
         def route_cycles(*a, **k):
             return 7
