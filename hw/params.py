@@ -50,12 +50,3 @@ def tree_sum(values):
         pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
         values = pairs + ([values[-1]] if len(values) % 2 else [])
     return values[0]
-
-
-def check_tile_group(*, group_size, core, counter_bits, **geometry) -> TileSpec:
-    """Every check ``TileGroup(**kwargs)`` makes, without building an elaboratable."""
-    g = TileSpec(**geometry)
-    check_group_size(group_size)
-    check_core(core)
-    check_counter_bits(counter_bits)
-    return g

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from moepim.models.policies import POLICIES
+from moepim.spec.checks import ParameterError
+from moepim.spec.tile import TileSpec
 
 __all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment", "load_model",
            "load_experiment", "load_tech", "resolved_dict", "REPO_ROOT"]
@@ -40,27 +42,13 @@ class ConfigError(ValueError):
 # schema classes
 
 @dataclass(frozen=True)
-class TileConfig:
-    """One crossbar group: ``group_size`` crossbars sharing one set of peripherals. In a
-    MoE-layer experiment the workload's grouping sets it (the experts of a group share their
-    peripheral sets): the loader replaces the tile file's value with the largest group's
-    size."""
+class TileConfig(TileSpec):
+    """The YAML's ``tile`` section: the tile's specification (:class:`TileSpec`: its fields,
+    defaults and checks, declared there once) and the build options of one crossbar group:
+    ``group_size`` crossbars sharing one set of peripherals. In a MoE-layer experiment the
+    workload's grouping sets it (the experts of a group share their peripheral sets): the
+    loader replaces the tile file's value with the largest group's size."""
 
-    n_rows: int = 256
-    n_columns: int = 256
-    bits_per_cell: int = 8
-    weight_bits: int = 8
-    input_bits: int = 8
-    n_adcs: int = 32
-    adc_bits: int = 8
-    adc_shift: int | None = None
-    # signed weights: offset (w + 2**(weight_bits-1), the paper's), differential (positive and
-    # negative columns subtracted before the ADC) or reference_column (a mid-scale column
-    # subtracted before the ADC); see moepim.models.tile
-    weight_encoding: Literal["offset", "differential", "reference_column"] = "offset"
-    # fixed: adc_shift for every matrix; calibrated: a run-time shift per matrix from a
-    # seeded calibration batch (moepim.models.pim.calibrate_shift)
-    adc_range: Literal["fixed", "calibrated"] = "fixed"
     group_size: int = 1
     core: Literal["macro", "logic"] = "macro"
     counter_bits: int = 48
@@ -70,15 +58,10 @@ class TileConfig:
 
     def shape_kwargs(self) -> dict:
         """The golden model's arguments (the tile shape, without grouping and build options)."""
-        d = dataclasses.asdict(self)
-        for k in ("group_size", "core", "counter_bits"):
-            d.pop(k)
-        return d
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TileSpec)}
 
-    def spec(self):
-        """The tile's specification (``moepim.spec.tile.TileSpec``)."""
-        from moepim.spec.tile import TileSpec
-
+    def spec(self) -> TileSpec:
+        """The tile's specification: a plain :class:`TileSpec` (what caches key on)."""
         return TileSpec(**self.shape_kwargs())
 
     def build_kwargs(self) -> dict:
@@ -331,7 +314,11 @@ def _build(cls, raw, file, key):
             raise ConfigError(file, sub, "(missing)", f"a value: {_describe(hints[name])}")
     if cls is Constant:
         _check_constant(kwargs["value"], file, key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParameterError as e:         # the class's own checks (``TileSpec.__post_init__``)
+        raise ConfigError(file, f"{key}.{e.name}" if key else e.name, e.value,
+                          e.allowed) from None
 
 
 def _check_constant(value: float, file, key: str) -> None:
@@ -532,12 +519,14 @@ def load_tech(path) -> TechConfig:
 
 
 def _check_tile(tile: TileConfig, file, prefix: str) -> None:
-    """Cross-key rules, checked by the hardware constructors themselves (one source of truth)."""
-    from moepim.hw.params import check_tile_group
-    from moepim.spec.checks import ParameterError
+    """The build options' rules, checked by the hardware's own checks (one source of truth);
+    the specification's were checked by its constructor (:func:`_build`), ``core`` by its
+    type."""
+    from moepim.hw.params import check_counter_bits, check_group_size
 
     try:
-        check_tile_group(**tile.hw_kwargs())
+        check_group_size(tile.group_size)
+        check_counter_bits(tile.counter_bits)
     except ParameterError as e:
         raise ConfigError(file, prefix + e.name, e.value, e.allowed) from None
 

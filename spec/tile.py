@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 from . import timing
 from .checks import need, need_positive, signed_bits
@@ -10,8 +11,15 @@ from .checks import need, need_positive, signed_bits
 __all__ = ["TileSpec", "BITS_PER_CELL_ALLOWED", "WEIGHT_ENCODINGS", "ADC_RANGES"]
 
 BITS_PER_CELL_ALLOWED = (1, 2, 4, 8)
-WEIGHT_ENCODINGS = ("offset", "differential", "reference_column")
-ADC_RANGES = ("fixed", "calibrated")
+# signed weights: offset (w + 2**(weight_bits-1), the paper's), differential (positive and
+# negative columns subtracted before the ADC) or reference_column (a mid-scale column
+# subtracted before the ADC); see moepim.models.tile
+WeightEncoding = Literal["offset", "differential", "reference_column"]
+# fixed: adc_shift for every matrix; calibrated: a run-time shift per matrix from a seeded
+# calibration batch (moepim.models.pim.calibrate_shift)
+AdcRange = Literal["fixed", "calibrated"]
+WEIGHT_ENCODINGS = get_args(WeightEncoding)
+ADC_RANGES = get_args(AdcRange)
 
 
 @dataclass(frozen=True)
@@ -19,10 +27,11 @@ class TileSpec:
     """One crossbar tile: validated parameters and every count and width derived from them.
 
     The one declaration of the tile's parameters: the YAML's ``tile`` keys
-    (``moepim.sim.config.TileConfig.spec``), the golden model (``moepim.models.tile``) and the
-    hardware (``moepim.hw``) all take this object. The arithmetic (signed weights encoded per
-    ``weight_encoding`` and sliced over ``weight_bits // bits_per_cell`` lines, bit-serial
-    signed inputs, ADC truncation then saturation) is documented in ``moepim.models.tile``.
+    (``moepim.sim.config.TileConfig``: this class plus the build options), the golden model
+    (``moepim.models.tile``) and the hardware (``moepim.hw``) all take this object. The
+    arithmetic (signed weights encoded per ``weight_encoding`` and sliced over
+    ``weight_bits // bits_per_cell`` lines, bit-serial signed inputs, ADC truncation then
+    saturation) is documented in ``moepim.models.tile``.
     With ``adc_range="calibrated"`` the ADC shift is a run-time input: every width covers any
     shift ``0 .. sum_bits``.
     """
@@ -33,10 +42,10 @@ class TileSpec:
     weight_bits: int = 8
     input_bits: int = 8
     n_adcs: int = 32
-    adc_bits: int = 16
+    adc_bits: int = 8
     adc_shift: int | None = None
-    weight_encoding: str = "offset"
-    adc_range: str = "fixed"
+    weight_encoding: WeightEncoding = "offset"
+    adc_range: AdcRange = "fixed"
 
     def __post_init__(self):
         for name in ("n_rows", "n_columns", "n_adcs"):
@@ -72,8 +81,10 @@ class TileSpec:
     @property
     def arithmetic(self) -> dict:
         """The fields that decide what the tile computes (every one but ``n_adcs``, which only
-        decides how long it takes): what a golden model or a calibrated window depends on."""
-        return {k: v for k, v in self.__dict__.items() if k != "n_adcs"}
+        decides how long it takes): what a golden model or a calibrated window depends on.
+        Only :class:`TileSpec`'s own fields, in their order: a subclass's (a config's build
+        options) never enter a cache key."""
+        return {f.name: getattr(self, f.name) for f in fields(TileSpec) if f.name != "n_adcs"}
 
     # geometry
     @property

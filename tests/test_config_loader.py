@@ -231,6 +231,67 @@ def test_missing_tile_section_is_an_error(tmp_path, capsys):
     _one_line(err, "layer.yaml", "tile", "missing")
 
 
+@pytest.mark.parametrize("tile, key, value, allowed", [
+    ({"n_adcs": 3}, "n_adcs", 3, "a divisor of the 16 ADC inputs per crossbar (n_columns)"),
+    ({"weight_encoding": "foo"}, "weight_encoding", "foo",
+     "one of 'offset', 'differential', 'reference_column'"),
+    ({"adc_range": "calibrated"}, "adc_range", "calibrated", "'fixed' with weight_encoding"),
+    ({"bits_per_cell": 3}, "bits_per_cell", 3, "one of (1, 2, 4, 8)"),
+    ({"group_size": 0}, "group_size", 0, "a positive integer"),
+    ({"counter_bits": 4}, "counter_bits", 4, "an integer from 8 to 64"),
+    ({"core": "spice"}, "core", "spice", "one of 'macro', 'logic'"),
+])
+def test_bad_tile_value_names_file_key_value_and_rule(tmp_path, capsys, tile, key, value,
+                                                      allowed):
+    """The tile's checks (``TileSpec``'s constructor, the build options' hardware checks) reach
+    the user as one ConfigError: the file, the key (``tile.`` inline), the value, the rule."""
+    raw = yaml.safe_load(_tile_text())
+    raw["tile"].update(tile)
+    path = tmp_path / "bad-tile.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    assert (e.value.file, e.value.key, e.value.value) == (path, f"tile.{key}", value)
+    assert allowed in e.value.allowed
+    code, err = _check(capsys, path)
+    assert code == 2
+    _one_line(err, "bad-tile.yaml", f"tile.{key}: {value!r} is not allowed", allowed)
+
+
+def test_bad_value_in_a_tile_file_names_that_file_and_key(tmp_path):
+    hw = yaml.safe_load((LAYER.parent / yaml.safe_load(LAYER.read_text())["tile"]).read_text())
+    hw["n_adcs"] = 5
+    (tmp_path / "hw.yaml").write_text(yaml.safe_dump(hw, sort_keys=False))
+    path = _layer(tmp_path, lambda r: r.update(tile=str(tmp_path / "hw.yaml")))
+    with pytest.raises(ConfigError) as e:
+        load_experiment(path)
+    assert (e.value.file, e.value.key, e.value.value) == (tmp_path / "hw.yaml", "n_adcs", 5)
+    assert "a divisor of the 64 ADC inputs" in e.value.allowed
+
+
+def test_tile_config_is_the_tile_spec_plus_the_build_options():
+    """The tile's schema is declared once (``TileSpec``): the config adds only the build
+    options, and hands the hardware and the caches a plain ``TileSpec``."""
+    import dataclasses
+    import typing
+
+    from moepim.sim.config import TileConfig
+    from moepim.spec.tile import TileSpec
+
+    spec_fields = [f.name for f in dataclasses.fields(TileSpec)]
+    assert issubclass(TileConfig, TileSpec)
+    assert [f.name for f in dataclasses.fields(TileConfig)] == \
+        spec_fields + ["group_size", "core", "counter_bits"]
+    hints, spec_hints = typing.get_type_hints(TileConfig), typing.get_type_hints(TileSpec)
+    assert {k: hints[k] for k in spec_fields} == spec_hints
+    assert {f.name: f.default for f in dataclasses.fields(TileConfig)
+            if f.name in spec_fields} == {f.name: f.default for f in dataclasses.fields(TileSpec)}
+    tile = load_experiment(SMALL).tile
+    assert type(tile.spec()) is TileSpec
+    assert tile.arithmetic == tile.spec().arithmetic
+    assert not {"group_size", "core", "counter_bits"} & set(tile.arithmetic)
+
+
 @pytest.mark.parametrize("key", ["model", "tile", "tech", "dram"])
 def test_missing_referenced_file_names_the_key(tmp_path, capsys, key):
     path = _layer(tmp_path, lambda r: r.update({key: "nowhere/gone.yaml"}))
