@@ -54,12 +54,13 @@ Window protocol (the host streams one window at a time: a prompt, or one decode 
    The host builds the plan from the routes (the ``reschedule`` policy runs offline).
 3. ``i_jobs``: the plan, one job per beat, ``last`` on the final one; a single beat with
    ``empty`` (and ``last``) means no expert work in this window.
-4. Timestamps, in lock step for all groups (one per scheduler slot):
-   SLOT (take the slot record and every group's job, 1 cycle), LOAD (each distinct token of
-   the slot read once from the token buffer and broadcast to every group that needs it:
-   ``d_model/lanes`` cycles per token, plus 1), START (1), WAIT (the engines' job latency),
-   COMBINE (per distinct token, ``d_model/lanes`` cycles, plus 1: the groups working on that
-   token add their outputs in an adder tree and accumulate into the token's output row).
+4. Timestamps, in lock step for all groups (one per record on the scheduler's
+   ``o_timestamps``): TIMESTAMP (take the timestamp record and every group's job, 1 cycle),
+   LOAD (each distinct token of the timestamp read once from the token buffer and broadcast
+   to every group that needs it: ``d_model/lanes`` cycles per token, plus 1), START (1),
+   WAIT (the engines' job latency), COMBINE (per distinct token, ``d_model/lanes`` cycles,
+   plus 1: the groups working on that token add their outputs in an adder tree and
+   accumulate into the token's output row).
 5. ``o_outputs``: every token of the window, ``lanes`` values per beat, in token then block
    order, ``clamp(requant(acc, combine_mult, combine_shift))``; rows are cleared as read.
 
@@ -318,10 +319,10 @@ class MoELayerAccelerator(wiring.Component):
                                            core=core)
         m.submodules.out_buf = ob = Sram(shape=acc_row, depth=self._n_tokens * B, core=core)
 
-        # slot state: per group, active, token and job operands
+        # timestamp state: per group, active, token and job operands
         active = Signal(G)
-        tokens = [Signal(range(self._n_tokens), name=f"slot_token{g}") for g in range(G)]
-        last_slot = Signal()
+        tokens = [Signal(range(self._n_tokens), name=f"timestamp_token{g}") for g in range(G)]
+        last_timestamp = Signal()
         pending = Signal(G)
         first_use = Signal(G)
         for g in range(G):
@@ -410,7 +411,7 @@ class MoELayerAccelerator(wiring.Component):
         # the datapath's signals, for the FSM's states (one method per phase)
         dp = SimpleNamespace(G=G, B=B, lanes=lanes, sched=sched, engines=engines, cnt=cnt,
                              tb=tb, ob=ob, active=active, tokens=tokens,
-                             last_slot=last_slot, pending=pending, first_use=first_use,
+                             last_timestamp=last_timestamp, pending=pending, first_use=first_use,
                              lowest=lowest, cur_tok=cur_tok, match=match, blk=blk,
                              n_window=n_window, ld_valid=ld_valid, cb_valid=cb_valid,
                              wr_blk=wr_blk, wr_mask=wr_mask, wr_row=wr_row, ru=ru,
@@ -432,7 +433,7 @@ class MoELayerAccelerator(wiring.Component):
         # timestamp cycles; the engines' counters summed
         running = Cat(fsm.ongoing(name) for name in ("LOAD_FIRST", "LOAD", "START", "WAIT",
                                                       "COMBINE"))
-        with m.If(running.any() | (fsm.ongoing("SLOT") & sched.o_slots.valid)):
+        with m.If(running.any() | (fsm.ongoing("TIMESTAMP") & sched.o_timestamps.valid)):
             m.d.sync += cnt.cycles.eq(cnt.cycles + 1)
         m.d.comb += [
             cnt.engine_busy_cycles.eq(tree_sum(e.counters.busy_cycles for e in engines)),
@@ -487,12 +488,12 @@ class MoELayerAccelerator(wiring.Component):
 
     def _timestamp_states(self, m, dp):
         """FSM states of the plan and its timestamps: the job beats into the scheduler, then
-        per timestamp its slot record, the loads of its distinct tokens into the engines,
-        the engines' start and wait, and the combine of their results into the tokens'
-        accumulator rows."""
+        per timestamp its record (the scheduler's ``o_timestamps``), the loads of its
+        distinct tokens into the engines, the engines' start and wait, and the combine of
+        their results into the tokens' accumulator rows."""
         G, B, lanes, sched, engines = dp.G, dp.B, dp.lanes, dp.sched, dp.engines
         cnt, tb, ob, active, tokens = dp.cnt, dp.tb, dp.ob, dp.active, dp.tokens
-        last_slot, pending, first_use = dp.last_slot, dp.pending, dp.first_use
+        last_timestamp, pending, first_use = dp.last_timestamp, dp.pending, dp.first_use
         lowest, cur_tok = dp.lowest, dp.cur_tok
         match, blk, ld_valid = dp.match, dp.blk, dp.ld_valid
         cb_valid, wr_blk = dp.cb_valid, dp.wr_blk
@@ -513,16 +514,16 @@ class MoELayerAccelerator(wiring.Component):
             with m.Else():
                 m.d.comb += [sj.valid.eq(j.valid), j.ready.eq(sj.ready)]
                 with m.If(j.valid & sj.ready & j.payload.last):
-                    m.next = "SLOT"
-        with m.State("SLOT"):
-            m.d.comb += sched.o_slots.ready.eq(1)
+                    m.next = "TIMESTAMP"
+        with m.State("TIMESTAMP"):
+            m.d.comb += sched.o_timestamps.ready.eq(1)
             m.d.comb += [sched.o_issue[g].ready.eq(1) for g in range(G)]
-            with m.If(sched.o_slots.valid):
-                m.d.sync += [active.eq(sched.o_slots.payload.active),
-                             last_slot.eq(sched.o_slots.payload.last),
+            with m.If(sched.o_timestamps.valid):
+                m.d.sync += [active.eq(sched.o_timestamps.payload.active),
+                             last_timestamp.eq(sched.o_timestamps.payload.last),
                              cnt.timestamps.eq(cnt.timestamps + 1),
                              cnt.token_loads.eq(cnt.token_loads
-                                                + sched.o_slots.payload.n_loads)]
+                                                + sched.o_timestamps.payload.n_loads)]
                 for g, e in enumerate(engines):
                     m.d.sync += tokens[g].eq(sched.o_issue[g].payload.token)
                     job = sched.o_issue[g].payload.data
@@ -574,11 +575,11 @@ class MoELayerAccelerator(wiring.Component):
                 with m.Else():
                     m.d.sync += blk.eq(blk + 1)
             with m.Else():
-                with m.If(last_slot):
+                with m.If(last_timestamp):
                     m.d.sync += rd_tok.eq(0)
                     m.next = "OUTPUT"
                 with m.Else():
-                    m.next = "SLOT"
+                    m.next = "TIMESTAMP"
 
     def _output_state(self, m, dp):
         """FSM state of the read-out: every token's accumulator row, requantised, one beat

@@ -7,12 +7,13 @@ plan in one FIFO per group and executes it in lock step:
 
 * LOAD: ``i_jobs`` writes one job per cycle into its group's FIFO; the job flagged ``last`` ends
   the window.
-* RUN: every timestamp, each group either idles (while it still owes idle slots to its head
-  job) or issues its head job on ``o_issue[g]``; the timestamp's record (tokens, experts,
+* RUN: every timestamp, each group either idles (while it still owes idle timestamps to its
+  head job) or issues its head job on ``o_issue[g]``; the timestamp's record (tokens, experts,
   which groups issued, and ``n_loads``, the number of distinct tokens, each loaded once and
-  broadcast) goes out on ``o_slots``. Each issue and the record transfer on their own
+  broadcast) goes out on ``o_timestamps``. Each issue and the record transfer on their own
   handshakes; the timestamp completes in the cycle the last of them goes (no group runs ahead:
-  timestamps stay aligned) and every other cycle of the timestamp is a stall cycle. After the last job the scheduler returns to LOAD.
+  timestamps stay aligned) and every other cycle of the timestamp is a stall cycle. After the
+  last job the scheduler returns to LOAD.
 
 ``job_data`` (optional layout) is carried with each job, unchanged, from ``i_jobs`` to
 ``o_issue`` (the operands the group needs for the job, e.g. its gate weight).
@@ -61,7 +62,7 @@ class GroupScheduler(wiring.Component):
             "i_jobs": In(stream.Signature(data.StructLayout({
                 "group": unsigned(index_bits(n_groups)), "job": self._job, "last": 1}))),
             "o_issue": Out(stream.Signature(data.StructLayout(issue))).array(n_groups),
-            "o_slots": Out(stream.Signature(data.StructLayout({
+            "o_timestamps": Out(stream.Signature(data.StructLayout({
                 "tokens": data.ArrayLayout(tok, n_groups),
                 "experts": data.ArrayLayout(exp, n_groups),
                 "active": n_groups,
@@ -104,21 +105,21 @@ class GroupScheduler(wiring.Component):
         has_work = Signal()
         m.d.comb += has_work.eq(Cat(f.r_rdy for f in fifos).any() & settled)
 
-        # slot record: distinct tokens among issuing groups = loads
-        slots = self.o_slots.payload
+        # timestamp record: distinct tokens among issuing groups = loads
+        record = self.o_timestamps.payload
         first_use = []
         for g in range(n_groups):
             seen = [issue[h] & (heads[h].token == heads[g].token) for h in range(g)]
             first_use.append(issue[g] & ~(Cat(*seen).any() if seen else 0))
         m.d.comb += [
-            slots.tokens.as_value().eq(Cat(heads[g].token for g in range(n_groups))),
-            slots.experts.as_value().eq(Cat(heads[g].expert for g in range(n_groups))),
-            slots.active.eq(issue),
-            slots.n_loads.eq(tree_sum(first_use)),
+            record.tokens.as_value().eq(Cat(heads[g].token for g in range(n_groups))),
+            record.experts.as_value().eq(Cat(heads[g].expert for g in range(n_groups))),
+            record.active.eq(issue),
+            record.n_loads.eq(tree_sum(first_use)),
         ]
         # the window's last timestamp: no group has anything after this one
         remaining = [fifos[g].level - issue[g] for g in range(n_groups)]
-        m.d.comb += slots.last.eq(Cat(*[r == 0 for r in remaining]).all())
+        m.d.comb += record.last.eq(Cat(*[r == 0 for r in remaining]).all())
         for g in range(n_groups):
             m.d.comb += [self.o_issue[g].payload.token.eq(heads[g].token),
                          self.o_issue[g].payload.expert.eq(heads[g].expert)]
@@ -137,24 +138,25 @@ class GroupScheduler(wiring.Component):
                 with m.If(j.valid & j.ready & j.payload.last):
                     m.next = "RUN"
             with m.State("RUN"):
-                # each issue and the slot record transfer on their own (valid never waits
-                # for ready); the timestamp completes once all of them have gone
+                # each issue and the timestamp record transfer on their own (valid never
+                # waits for ready); the timestamp completes once all of them have gone
                 sent = Signal(n_groups)
-                slot_sent = Signal()
+                record_sent = Signal()
                 gone = []
                 for g in range(n_groups):
                     out = self.o_issue[g]
                     m.d.comb += out.valid.eq(issue[g] & ~sent[g] & settled)
                     gone.append(~issue[g] | sent[g] | out.ready)
-                m.d.comb += self.o_slots.valid.eq(has_work & ~slot_sent)
+                m.d.comb += self.o_timestamps.valid.eq(has_work & ~record_sent)
                 done = Signal()
-                m.d.comb += done.eq(has_work & Cat(*gone).all() & (slot_sent | self.o_slots.ready))
+                m.d.comb += done.eq(has_work & Cat(*gone).all()
+                                    & (record_sent | self.o_timestamps.ready))
                 with m.If(~Cat(f.level != 0 for f in fifos).any()):
                     m.next = "LOAD"
                 with m.Elif(done):
-                    m.d.sync += [sent.eq(0), slot_sent.eq(0),
+                    m.d.sync += [sent.eq(0), record_sent.eq(0),
                                  cnt.timestamps.eq(cnt.timestamps + 1),
-                                 cnt.tokens_loaded.eq(cnt.tokens_loaded + slots.n_loads)]
+                                 cnt.tokens_loaded.eq(cnt.tokens_loaded + record.n_loads)]
                     for g in range(n_groups):
                         with m.If(issue[g]):
                             m.d.comb += fifos[g].r_en.eq(1)
@@ -168,6 +170,6 @@ class GroupScheduler(wiring.Component):
                     for g in range(n_groups):
                         with m.If(self.o_issue[g].valid & self.o_issue[g].ready):
                             m.d.sync += sent[g].eq(1)
-                    with m.If(self.o_slots.valid & self.o_slots.ready):
-                        m.d.sync += slot_sent.eq(1)
+                    with m.If(self.o_timestamps.valid & self.o_timestamps.ready):
+                        m.d.sync += record_sent.eq(1)
         return m

@@ -130,7 +130,7 @@ def cmd_check(args) -> int:
         check_layer_inputs(exp)
     if not isinstance(exp, TileExperiment):
         # the layer hardware's own parameter checks (constructors only: nothing elaborated or
-        # built); a tile's are made by the loader (moepim.hw.params.check_tile_group)
+        # built); a tile's are made by the loader (TileSpec's and the build options' checks)
         from .logic_estimate import estimate_layer_logic
         from .tops import make_top
 
@@ -435,7 +435,7 @@ def _plot_timeline(sched, path: Path, title: str) -> None:
     tokens = sched.tokens.T.astype(float)
     tokens[tokens < 0] = np.nan
     heatmap(tokens, path, xlabel="timestamp", ylabel="group", colorbar="token",
-            title=f"{title} ({sched.timestamps} slots, {sched.tokens_loaded} loads; "
+            title=f"{title} ({sched.timestamps} timestamps, {sched.tokens_loaded} loads; "
                   "blank = idle)", annotate=tokens.size <= 600, cell_width=0.35)
 
 

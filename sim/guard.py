@@ -18,8 +18,8 @@ __all__ = ["ResourceError", "mem_available", "memory_limit", "trace_limit_bytes"
 # Simulated cycles above which a run is refused without --allow-large: about an hour at the
 # slowest simulator's measured free-running speed (Amaranth's, ~40k cycles/s; README speed).
 MAX_SIM_CYCLES = 40_000 * 3600
-# Inner-loop steps of the scheduler (its exact alignment is one step per job and slot, pure
-# Python): ~1e6 steps/s measured here, so 1e9 steps is about a quarter of an hour.
+# Inner-loop steps of the scheduler (its exact alignment is one step per job and timestamp,
+# pure Python): ~1e6 steps/s measured here, so 1e9 steps is about a quarter of an hour.
 MAX_SCHEDULE_STEPS = 10**9
 # Python ints in the bench's argument lists: ~36 bytes each (list slot + int object)
 _PY_INT_BYTES = 36
@@ -122,7 +122,7 @@ def check_schedule(mask, groups, policy: str, *, source: str,
     table = 2 * 8 * (length + 1) * len(groups)
     steps = sum(queues)
     memory = table
-    if policy == "reschedule":      # exact alignment: a (jobs x slots) table per group, 4 rounds
+    if policy == "reschedule":      # exact alignment: a jobs x timestamps table per group, 4 rounds
         steps += 4 * sum(q * length for q in queues)
         memory += 2 * 8 * (length + 1) * (length + 1)
     if policy in ("reschedule", "reschedule_heuristic"):

@@ -1,8 +1,8 @@
 """Waveform regression: record compact signatures of watched signals, check them later.
 
 A scenario (``configs/waves/*.yaml``) names a block, its seeded stimulus and the signals to
-watch (top-level ports, e.g. ``o_slots__payload``). ``record`` runs it under Verilator with a
-VCD trace and stores, per signal, the SHA-256 of its value-change sequence (cycle, value) and
+watch (top-level ports, e.g. ``o_timestamps__payload``). ``record`` runs it under Verilator
+with a VCD trace and stores, per signal, the SHA-256 of its value-change sequence (cycle, value) and
 the changes themselves (hex values; the first ``HEAD`` as readable text, all of them for
 locating a divergence) in ``tests/golden/waves/<name>.json``. ``check`` re-runs and reports the first
 divergence of each differing signal: cycle, expected and actual value. Golden files change

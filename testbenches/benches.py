@@ -53,11 +53,11 @@ async def topk_windows(io, *, windows, gap_p, stall_p, seed):
 
 async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
     """Play a plan ``[[(token, expert, idle_before), ...] per group]`` ``windows`` times;
-    return the slot records, the issues per group, cycles per window and the counters."""
+    return the timestamp records, the issues per group, cycles per window and the counters."""
     rng = np.random.default_rng(seed)
     n_groups = len(plan)
     jobs = [(g, job) for g in range(n_groups) for job in plan[g]]
-    slots, issues, cycles = [], [[] for _ in range(n_groups)], []
+    records, issues, cycles = [], [[] for _ in range(n_groups)], []
 
     async def sample(ready):
         for g in range(n_groups):
@@ -69,29 +69,29 @@ async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
         "group": job[0], "job.token": job[1][0], "job.expert": job[1][1],
         "job.idle_before": job[1][2]})
     sinks = [StreamSink(io, f"o_issue.{g}", rng, stall_p) for g in range(n_groups)]
-    slot_sink = StreamSink(io, "o_slots", rng, stall_p)
+    record_sink = StreamSink(io, "o_timestamps", rng, stall_p)
     for _ in range(windows):
         start = None
         src.load(jobs)
         while True:
             src.offer()
-            ready = [int(sink.ready()) for sink in sinks + [slot_sink]]
+            ready = [int(sink.ready()) for sink in sinks + [record_sink]]
             took = await src.taken()
             await sample(ready)
-            last_slot = False
-            if await slot_sink.beat():
-                active = await io.get("o_slots.payload.active")
+            last_timestamp = False
+            if await record_sink.beat():
+                active = await io.get("o_timestamps.payload.active")
                 row_t, row_e = [], []
                 for g in range(n_groups):
                     on = active >> g & 1
-                    row_t.append(await io.get(f"o_slots.payload.tokens.{g}") if on else -1)
-                    row_e.append(await io.get(f"o_slots.payload.experts.{g}") if on else -1)
-                slots.append([row_t, row_e, await io.get("o_slots.payload.n_loads")])
-                last_slot = bool(await io.get("o_slots.payload.last"))
+                    row_t.append(await io.get(f"o_timestamps.payload.tokens.{g}") if on else -1)
+                    row_e.append(await io.get(f"o_timestamps.payload.experts.{g}") if on else -1)
+                records.append([row_t, row_e, await io.get("o_timestamps.payload.n_loads")])
+                last_timestamp = bool(await io.get("o_timestamps.payload.last"))
             if took:
                 start = io.cycle if start is None else start
             await io.tick()
-            if last_slot:
+            if last_timestamp:
                 break
             if io.cycle > 100_000:
                 raise TimeoutError("scheduler bench made no progress")
@@ -101,7 +101,7 @@ async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
         for _ in range(64):
             for g in range(n_groups):
                 io.set(f"o_issue.{g}.ready", 1)
-            io.set("o_slots.ready", 1)
+            io.set("o_timestamps.ready", 1)
             await sample([1] * n_groups)
             await io.tick()
     counters = {"timestamps": await io.get("counters.timestamps"),
@@ -110,7 +110,7 @@ async def scheduler_plan(io, *, plan, windows, gap_p, stall_p, seed):
                 "busy": [await io.get(f"counters.busy.{g}") for g in range(n_groups)],
                 "idle": [await io.get(f"counters.idle.{g}") for g in range(n_groups)]}
     await io.tick()
-    return {"slots": slots, "issues": issues, "cycles": cycles, "counters": counters}
+    return {"timestamps": records, "issues": issues, "cycles": cycles, "counters": counters}
 
 
 async def go_cache_commands(io, *, commands, score_bits, decide_op, latency_max, stall_p, seed):

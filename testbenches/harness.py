@@ -6,7 +6,7 @@ A bench is ``async def bench(io, **args) -> result`` that, every cycle, first se
 inputs unchanged until a 1-bit output reads 1, returning in that cycle's read phase: a bench
 with nothing to do but wait skips its per-cycle Python.
 Paths name ports and payload fields with dots: ``"i_items.valid"``,
-``"i_items.payload.score"``, ``"o_issue.2.ready"``, ``"o_slots.payload.tokens.3"``,
+``"i_items.payload.score"``, ``"o_issue.2.ready"``, ``"o_timestamps.payload.tokens.3"``,
 ``"counters.busy.1"``; a path ending at a whole payload or array reads/writes its raw bits.
 
 * :class:`AmaranthIO` resolves paths on the component (Amaranth testbench context).

@@ -107,8 +107,8 @@ def test_the_papers_ranking_holds_at_256_lanes_not_at_32_and_reschedule_wins_at_
 
 
 def test_balanced_expert_choice_loads_leave_nothing_to_reschedule():
-    """Every expert takes exactly C tokens: every group's queue is T long, no idle slot can
-    be placed, so reschedule is compact."""
+    """Every expert takes exactly C tokens: every group's queue is T long, no idle timestamp
+    can be placed, so reschedule is compact."""
     rng = np.random.default_rng(5)
     mask = np.zeros((32, 16), dtype=bool)
     for e in range(16):

@@ -1,4 +1,5 @@
-"""GroupScheduler RTL against the functional schedules, slot by slot, under back-pressure."""
+"""GroupScheduler RTL against the functional schedules, timestamp by timestamp, under
+back-pressure."""
 
 import pytest
 
@@ -46,7 +47,7 @@ def _check_policy(policy, grouping, seed, sim):
                    windows=2, sim=sim)
     want = [[sc.tokens[s].tolist(), sc.experts[s].tolist(), int(sc.loads_per_timestamp[s])]
             for s in range(sc.timestamps)]
-    assert out["slots"] == want * 2
+    assert out["timestamps"] == want * 2
     for g, jobs in enumerate(sc.plan()):
         assert out["issues"][g] == [[t, e] for t, e, _ in jobs] * 2
     stats = sc.group_stats()
@@ -63,8 +64,8 @@ def test_rtl_cycle_count_without_backpressure():
     sc = schedule(mask, make_groups("U2", 8), "reschedule")
     out = run_plan(sc.plan(), n_tokens=10, n_experts=8, gap_p=0.0, stall_p=0.0, seed=0)
     n_jobs = int(mask.sum())
-    assert len(out["slots"]) == sc.timestamps
-    # from the first job's handshake to the tick after the last slot record
+    assert len(out["timestamps"]) == sc.timestamps
+    # from the first job's handshake to the tick after the last timestamp record
     assert out["cycles"] == [GroupScheduler.window_cycles(n_jobs, sc.timestamps)]
     assert out["counters"]["stall_cycles"] == 0
 

@@ -27,7 +27,7 @@ def test_one_cycle_delay_is_reported_at_the_right_cycle():
     sc = load_scenario("scheduler")
     waves = capture(sc)
     assert check(sc, waves=waves) == []
-    for signal in ("o_slots__valid", "o_slots__payload"):
+    for signal in ("o_timestamps__valid", "o_timestamps__payload"):
         first = next(c for c, _ in waves[signal] if c > 0)
         diffs = check(sc, waves=delay_signal(waves, signal))
         assert len(diffs) == 1 and diffs[0]["signal"] == signal
