@@ -33,14 +33,16 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
               trace: str | None = None, trace_to: Path | None = None, setup=None,
               info: dict | None = None, progress=None, plusargs: list[str] | None = None,
               key_params: dict | None = None, build_estimate_s: float | None = None,
-              during_sim=None):
+              during_sim=None, preset: dict | None = None):
     """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
     ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
     macro models); ``plusargs`` go to the cocotb simulators (e.g. the matrix banks' cell
     images); ``info`` receives the build facts and the simulation's wall time.
     ``build_estimate_s``: a progress bar for a cold build (with ``progress``); ``during_sim``:
-    a context-manager factory entered around the simulation itself (its progress bar)."""
+    a context-manager factory entered around the simulation itself (its progress bar).
+    ``preset``: input ports (by their flattened Verilog name) set before the first clock
+    edge, e.g. a matrix bank's ``bank_id``."""
     during_sim = during_sim or nullcontext
     info = info if info is not None else {}
     fn = BENCHES[bench]
@@ -52,7 +54,10 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
         s.add_clock(1e-8)
 
         async def tb(ctx):
-            out["result"] = await fn(AmaranthIO(component, ctx), **args)
+            io = AmaranthIO(component, ctx)
+            for name, value in (preset or {}).items():
+                io.set(name.replace("__", "."), value)
+            out["result"] = await fn(io, **args)
 
         s.add_testbench(tb)
         if setup is not None:
@@ -75,7 +80,7 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
     with scratch_dir(build_root) as tmp:
         folder = Path(tmp)
         spec = {"bench": bench, "args": args, "ports": port_map(component),
-                "result": str(folder / "result.json")}
+                "preset": preset or {}, "result": str(folder / "result.json")}
         (folder / "bench.json").write_text(json.dumps(spec))
         t0 = time.monotonic()
         runner = build.runner()

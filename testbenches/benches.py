@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .route_benches import gate_front_end, route_stage
 from .streams import DramResponder, StreamSink, StreamSource, write_table
 
 __all__ = ["BENCHES"]
@@ -535,4 +536,5 @@ BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": 
            "gate_softmax": gate_softmax,
            "expert_router": expert_router, "topk_windows": topk_windows,
            "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,
-           "moe_layer": moe_layer}
+           "moe_layer": moe_layer, "gate_front_end": gate_front_end,
+           "route_stage": route_stage}

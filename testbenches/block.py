@@ -1,7 +1,9 @@
 """cocotb entry point for the benches of :mod:`moepim.testbenches.benches`.
 
 ``MOEPIM_BENCH`` names a JSON file: ``{"bench": name, "args": {...}, "ports": [...],
-"result": path}``; the result of the bench is written to ``result`` as JSON.
+"preset": {...}, "result": path}``; inputs start at 0, or at their ``preset`` value (set
+before the first clock edge: e.g. a matrix bank's ``bank_id``, which the macro reads then);
+the result of the bench is written to ``result`` as JSON.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ PERIOD_NS = 10          # the simulation clock (cycles are what the benches coun
 async def run_bench(dut):
     spec = json.loads(Path(os.environ["MOEPIM_BENCH"]).read_text())
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
+    preset = spec.get("preset", {})
     for port in spec["ports"]:
         if port["direction"] == "input" and port["name"] not in ("clk", "rst"):
-            getattr(dut, port["name"]).value = 0
+            getattr(dut, port["name"]).value = preset.get(port["name"], 0)
     dut.rst.value = 1
     for _ in range(2):
         await RisingEdge(dut.clk)
