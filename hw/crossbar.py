@@ -1,6 +1,6 @@
 """``CrossbarArray``: one resistive crossbar with its weight-programming port and analog core.
 
-The array is a macro in a real chip; here it has three interchangeable cores behind one port
+The array is a macro in a real chip; here it has two interchangeable cores behind one port
 (:class:`CrossbarPort`), cycle- and bit-identical:
 
 ``core="logic"``
@@ -9,12 +9,13 @@ The array is a macro in a real chip; here it has three interchangeable cores beh
 ``core="macro"``
     A black-box ``Instance`` of ``moepim_xbar_macro``. Exported netlists keep it a black box;
     Verilator and Icarus simulate it with the behavioural model ``hw/verilog/moepim_xbar_macro.v``.
-``core="python"``
-    No core logic at all: the core signals are left for a simulator process (the Python
-    behavioural model in ``moepim.sim.amaranth_macro``) to drive, so Amaranth's simulator can run
+    Under Amaranth's simulator (``moepim.hw.params.AmaranthSimulation``, the platform) the
+    macro is left out: its core signals are driven by a simulator process (the Python
+    behavioural model in ``moepim.sim.amaranth_macro``), so Amaranth's simulator can run
     full-size arrays.
 
-Core behaviour, per rising edge (all three implement exactly this):
+Core behaviour, per rising edge (the logic, the Verilog model and the Python model implement
+exactly this):
 
 * ``we``: row ``wrow`` of cells takes ``wdata`` (weight slices, encoded per
   ``weight_encoding``, see ``moepim.models.tile``).
@@ -50,7 +51,7 @@ from amaranth.lib.wiring import In, Out
 from moepim.spec.checks import index_bits
 from moepim.spec.tile import WEIGHT_ENCODINGS, TileSpec
 
-from .params import CORES, check_core, check_counter_bits, check_tile, tree_sum
+from .params import CORES, check_core, check_counter_bits, check_tile, simulating, tree_sum
 
 __all__ = ["CrossbarArray", "CrossbarPort", "weight_row_layout", "CORES"]
 
@@ -170,7 +171,7 @@ class CrossbarArray(wiring.Component):
         m.d.comb += self.analog.sums.as_value().eq(self.core_sums)
         if self._core == "logic":
             m.submodules.core = _LogicCore(self)
-        elif self._core == "macro":
+        elif not simulating(platform):
             m.submodules.core = Instance(
                 MACRO_NAME,
                 p_N_ROWS=g.n_rows, p_N_COLUMNS=g.n_columns, p_BITS_PER_CELL=g.bits_per_cell,
@@ -184,7 +185,7 @@ class CrossbarArray(wiring.Component):
                 i_drive=self.analog.drive, i_wl=self.analog.wl,
                 i_convert=self.analog.convert, i_col=self.analog.col,
                 o_sums=self.core_sums)
-        # core == "python": core_sums is driven by a simulator process
+        # a macro under Amaranth's simulator: core_sums is driven by a simulator process
 
         # event counters
         with m.If(self.analog.drive):

@@ -29,8 +29,7 @@ Sequence of one job (cycle 0 = ``start``; ``L`` = ``mvm_latency``, ``B1`` = ``d_
 so ``job_latency = 2*L + B1 + 2`` for both FFN kinds. ``bank_base`` (an input, constant during
 a run) names the cell images: ``bank_base + k`` for the ``k``-th name of ``bank_names``
 (``up``, ``down``, then ``gate_proj``). While ``ready``, ``rd_data`` (one cycle after
-``rd_addr``) is the gate-weighted output block ``rd_addr`` of the last job. ``core``: the
-banks' (``"python"``: driven by simulator models, for Amaranth's simulator).
+``rd_addr``) is the gate-weighted output block ``rd_addr`` of the last job.
 """
 
 from __future__ import annotations
@@ -44,7 +43,13 @@ from moepim.spec.checks import index_bits, need, need_positive, signed_bits
 from moepim.spec.tile import TileSpec
 
 from .matrix_bank import BANK_ID_BITS, MatrixBank
-from .params import check_counter_bits, check_multiplier_bits, check_tile, tree_sum
+from .params import (
+    check_counter_bits,
+    check_group_size,
+    check_multiplier_bits,
+    check_tile,
+    tree_sum,
+)
 
 __all__ = ["ExpertEngine", "engine_job_layout", "requantize", "SHIFT_BITS", "FFN_BANKS"]
 
@@ -86,10 +91,11 @@ def requantize(value, mult, shift, act_bits):
 class ExpertEngine(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, group_size: int, lanes: int,
                  tile: TileSpec, gate_bits: int = 8, multiplier_bits: int = 15,
-                 ffn: str = "relu", counter_bits=48, core="macro"):
+                 ffn: str = "relu", counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("lanes", lanes),
                             ("gate_bits", gate_bits)):
             need_positive(name, value)
+        check_group_size(group_size)
         check_multiplier_bits(multiplier_bits)
         _check_ffn(ffn)
         check_tile(tile)
@@ -97,7 +103,7 @@ class ExpertEngine(wiring.Component):
         input_bits = tile.input_bits
         shapes = {"up": (d_model, d_ff), "down": (d_ff, d_model), "gate_proj": (d_model, d_ff)}
         self._banks = {name: MatrixBank(n_in=shapes[name][0], n_out=shapes[name][1],
-                                        n_slots=group_size, lanes=lanes, core=core,
+                                        n_slots=group_size, lanes=lanes,
                                         tile=tile, counter_bits=counter_bits)
                        for name in FFN_BANKS[ffn]}
         self._up, self._down = self._banks["up"], self._banks["down"]

@@ -106,8 +106,7 @@ class SharedGate(wiring.Component):
 class GateFrontEnd(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  tile: TileSpec, gate_bits: int = 8, gate_hidden: int = 0,
-                 shared_gate: bool = False, multiplier_bits: int = 15, counter_bits=48,
-                 core="macro"):
+                 shared_gate: bool = False, multiplier_bits: int = 15, counter_bits=48):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
             need_positive(name, value)
@@ -123,7 +122,7 @@ class GateFrontEnd(wiring.Component):
                                                             bool(shared_gate))
         self._act_bits = input_bits
         n_cols = n_experts + self._shared       # the shared gate's column after the experts'
-        bank = dict(n_slots=1, lanes=lanes, tile=tile, counter_bits=counter_bits, core=core)
+        bank = dict(n_slots=1, lanes=lanes, tile=tile, counter_bits=counter_bits)
         # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
         self.bank = MatrixBank(n_in=d_model, n_out=gate_hidden or n_cols, **bank)
         self.bank2 = (MatrixBank(n_in=gate_hidden, n_out=n_cols, **bank)

@@ -2,8 +2,8 @@
 ``moepim.models.gocache.GoCacheModel``).
 
 It keeps one row of ``n_experts`` gate scores (``score_bits`` each) per earlier token: rows of
-tokens ``0 .. capacity-1`` in an on-chip SRAM (``lib.memory``), later rows spilled to DRAM
-through ``o_dram_req`` / ``i_dram_resp`` (row ``n`` at DRAM row ``n - capacity``).
+tokens ``0 .. go_cache_rows-1`` in an on-chip SRAM (``lib.memory``), later rows spilled to DRAM
+through ``o_dram_req`` / ``i_dram_resp`` (row ``n`` at DRAM row ``n - go_cache_rows``).
 
 Commands (``i_cmd``):
 
@@ -15,7 +15,7 @@ Commands (``i_cmd``):
   store the row.
 
 Timing without back-pressure: INSERT 1 cycle after acceptance (plus the DRAM write handshake
-when spilling); DECIDE ``min(n, capacity) + 1`` cycles of SRAM scan, then the DRAM rows at the
+when spilling); DECIDE ``min(n, go_cache_rows) + 1`` cycles of SRAM scan, then the DRAM rows at the
 DRAM's pace, then 1 cycle for the result. Counters as in the functional model.
 """
 
@@ -38,15 +38,15 @@ OP_CLEAR, OP_INSERT, OP_DECIDE = 0, 1, 2
 
 
 class GateOutputCache(wiring.Component):
-    def __init__(self, *, n_experts: int, score_bits: int = 16, capacity: int,
+    def __init__(self, *, n_experts: int, score_bits: int = 16, go_cache_rows: int,
                  max_tokens: int, counter_bits: int = 48):
         for name, value in (("n_experts", n_experts), ("score_bits", score_bits),
-                            ("capacity", capacity), ("max_tokens", max_tokens)):
+                            ("go_cache_rows", go_cache_rows), ("max_tokens", max_tokens)):
             need_positive(name, value)
-        need(capacity <= max_tokens, "capacity", capacity, f"at most max_tokens={max_tokens}")
+        need(go_cache_rows <= max_tokens, "go_cache_rows", go_cache_rows, f"at most max_tokens={max_tokens}")
         check_counter_bits(counter_bits)
         self._n_experts, self._score_bits = n_experts, score_bits
-        self._capacity, self._max_tokens = capacity, max_tokens
+        self._go_cache_rows, self._max_tokens = go_cache_rows, max_tokens
         row = data.ArrayLayout(unsigned(score_bits), n_experts)
         self._row = row
         count = unsigned(index_bits(max_tokens + 2))
@@ -65,7 +65,7 @@ class GateOutputCache(wiring.Component):
         })
 
     n_experts = property(lambda self: self._n_experts)
-    capacity = property(lambda self: self._capacity)
+    go_cache_rows = property(lambda self: self._go_cache_rows)
 
     @property
     def row_bits(self) -> int:
@@ -77,7 +77,7 @@ class GateOutputCache(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        n_exp, cap_rows = self._n_experts, self._capacity
+        n_exp, cap_rows = self._n_experts, self._go_cache_rows
         m.submodules.sram = sram = Memory(shape=self._row, depth=cap_rows, init=[])
         wp, rp = sram.write_port(), sram.read_port()
         cnt = self.counters

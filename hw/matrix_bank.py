@@ -17,9 +17,9 @@ the image also carries each slot's ADC window, a shift per weight slice:
 ``moepim.models.pim.bank_file_words``); ``bank_id`` is an input the parent
 ties to a constant, so identical banks (and engines) are one Verilog module.
 
-``core="python"`` leaves the macro out: its outputs are then driven by a simulator process
-(``moepim.sim.amaranth_macro.add_bank_model``), for Amaranth's simulator, which cannot run the
-Verilog model.
+Under Amaranth's simulator (``moepim.hw.params.AmaranthSimulation``, the platform), which
+cannot run the Verilog model, the macro is left out: the bank's outputs are then driven by a
+simulator process (``moepim.sim.amaranth_macro.add_bank_model``).
 
 Ports (all registered at the macro):
 
@@ -41,24 +41,21 @@ from amaranth.lib.wiring import In, Out
 from moepim.spec.checks import ceil_div, index_bits, need, need_positive
 from moepim.spec.tile import ADC_RANGES, WEIGHT_ENCODINGS, TileSpec
 
-from .params import check_counter_bits, check_tile
+from .params import check_counter_bits, check_tile, simulating
 
-__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "BANK_CORES", "ceil_div"]
+__all__ = ["MatrixBank", "MATRIX_MACRO_NAME", "BANK_ID_BITS", "ceil_div"]
 
 MATRIX_MACRO_NAME = "moepim_matrix_bank"
 BANK_ID_BITS = 16       # width of the macro's bank_id input
-BANK_CORES = ("macro", "python")
 
 
 class MatrixBank(wiring.Component):
     def __init__(self, *, tile: TileSpec, n_in: int, n_out: int, n_slots: int, lanes: int,
-                 counter_bits=48, core="macro"):
+                 counter_bits=48):
         check_tile(tile)
         for name, value in (("n_in", n_in), ("n_out", n_out), ("n_slots", n_slots),
                             ("lanes", lanes)):
             need_positive(name, value)
-        need(core in BANK_CORES, "core", core, f"one of {', '.join(BANK_CORES)}")
-        self._core = core
         need(tile.bits_per_cell <= 8, "bits_per_cell", tile.bits_per_cell,
              "at most 8 (a cell image holds one byte per cell)")
         check_counter_bits(counter_bits)
@@ -93,7 +90,6 @@ class MatrixBank(wiring.Component):
     in_blocks = property(lambda self: ceil_div(self._n_in, self._lanes))
     out_blocks = property(lambda self: ceil_div(self._n_out, self._lanes))
     mvm_latency = property(lambda self: self._geometry.mvm_latency)
-    core = property(lambda self: self._core)
 
     @property
     def n_crossbars(self) -> int:
@@ -110,7 +106,7 @@ class MatrixBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         g = self._geometry
-        if self._core == "python":
+        if simulating(platform):
             return m                        # outputs driven by the simulator's bank model
         m.submodules.macro = Instance(
             MATRIX_MACRO_NAME,

@@ -1,6 +1,8 @@
 """``MoELayerAccelerator``: the MoE layer's expert part, groups of experts sharing peripherals.
 
-Composition (no logic of its own beyond wiring and the control sequence below):
+Composition: the blocks below, wired together, and the layer's own controller (an FSM over
+the window protocol below: token input, routing, jobs, timestamps, read-out; it addresses the
+buffers and counts cycles). The arithmetic is the blocks'.
 
 * a token buffer (an SRAM macro, :class:`~moepim.hw.sram.Sram`: ``n_tokens`` token vectors,
   ``lanes`` values per row);
@@ -17,12 +19,13 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   (its expert index is the last, ``n_experts - 1``): a one-slot engine of width
   ``shared_d_ff`` (module ``SHARED_ENGINE_MODULE``), scheduled like any group (one token per
   timestamp); its gate weight is the shared gate (sigmoid table, or full scale);
-* a combine unit accumulating the gate-weighted expert outputs of each token into an output
-  buffer (an SRAM macro), and the final requantisation to ``act_bits`` on the way out.
+* a :class:`~moepim.hw.combine.CombineUnit`: the adder tree over the groups working on a
+  token, accumulated into the token's row of the output buffer (an SRAM macro), and the final
+  requantisation to ``act_bits`` on the way out;
 * the routing front end (``router``: ``"expert_choice"`` or ``"top_k"``,
   :class:`~moepim.hw.route_unit.RouteUnit`): the gate matrix on its own crossbars (cell image
   ``gate_bank_id``, after every group's banks), the softmax, the expert-choice router with
-  the GO cache (``go_rows`` SRAM rows, later rows spilled through ``o_dram_req`` /
+  the GO cache (``go_cache_rows`` SRAM rows, later rows spilled through ``o_dram_req`` /
   ``i_dram_resp``) or the top-k router. ``router=None``: the host supplies the routes. An
   MLP gate (``gate_hidden``: LLaMA-MoE's ``W_2 tanh(W_1 x)``) has its two layers on cell
   images ``gate_bank_id`` and ``gate_bank_id + 1``, the hidden requantisation on
@@ -32,9 +35,10 @@ Composition (no logic of its own beyond wiring and the control sequence below):
   requantised with ``gate_shared_mult``/``gate_shared_shift`` into the sigmoid table
   (``i_gate_lut`` table 1); its weight leaves as a route beat of the shared expert.
 
-``engine_core="python"`` (Amaranth's simulator, which cannot run the Verilog models) elaborates
-every group's engine in place, its banks driven by simulator processes
-(``moepim.sim.amaranth_macro.add_bank_model``); the default instantiates engines by name.
+Under Amaranth's simulator (``moepim.hw.params.AmaranthSimulation``, the platform), which
+cannot run the Verilog models, the layer elaborates every group's engine in place
+(:attr:`group_engines`, their banks driven by simulator processes,
+``moepim.sim.amaranth_macro.add_bank_model``); otherwise it instantiates engines by name.
 
 SwiGLU layers take the experts' SiLU tables on ``i_lut`` (group, address in that engine's
 table, value) before the first window; it is accepted between windows (state ``TOKENS``).
@@ -83,7 +87,6 @@ from amaranth import (
     ClockSignal,
     Instance,
     Module,
-    Mux,
     ResetSignal,
     Signal,
     Value,
@@ -96,8 +99,9 @@ from amaranth.lib.wiring import In, Out
 from moepim.spec.checks import index_bits, need, need_positive, signed_bits
 from moepim.spec.tile import TileSpec
 
-from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout, requantize
-from .params import check_counter_bits, check_tile, tree_sum
+from .combine import CombineUnit
+from .expert_engine import SHIFT_BITS, ExpertEngine, engine_job_layout
+from .params import check_counter_bits, check_tile, simulating, tree_sum
 from .route_unit import MODE_BITS, MODE_HOST, RouteUnit
 from .scheduler import GroupScheduler
 from .sram import Sram
@@ -112,9 +116,9 @@ class MoELayerAccelerator(wiring.Component):
     def __init__(self, *, d_model: int, d_ff: int, n_experts: int, n_groups: int,
                  group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
                  multiplier_bits: int = 15, ffn: str = "relu", shared_d_ff: int = 0,
-                 depth: int | None = None, engine_core: str = "macro",
+                 depth: int | None = None,
                  router: str | None = None, top_k: int = 1, renormalize: bool = False,
-                 c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
+                 c_max: int = 1, go_cache_rows: int = 0, max_sequence: int = 0,
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
                  tile: TileSpec, counter_bits=48):
         for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
@@ -146,32 +150,17 @@ class MoELayerAccelerator(wiring.Component):
                                      lanes=lanes, gate_bits=gate_bits,
                                      multiplier_bits=multiplier_bits, ffn=ffn, **self._tile)
                         if shared_d_ff else None)
-        need(engine_core in ("macro", "python"), "engine_core", engine_core,
-             "'macro' (engines by module name, banks as macros) or 'python' (for Amaranth's "
-             "simulator: every group's engine elaborated, banks driven by simulator models)")
-        self._engine_core = engine_core
-        # python core: one engine object per group, elaborated in place
+        # under Amaranth's simulator: one engine object per group, elaborated in place
         self._group_engines = []
-        if engine_core == "python":
-            for g in range(n_groups):
-                proto = self._shared if (self._shared is not None and g == n_groups - 1) \
-                    else self._engine
-                eng = ExpertEngine(d_model=d_model, d_ff=proto.d_ff,
-                                   group_size=proto.group_size, lanes=lanes,
-                                   gate_bits=gate_bits, multiplier_bits=multiplier_bits,
-                                   ffn=ffn, core="python", **self._tile)
-                eng._MustUse__silence = True
-                self._group_engines.append(eng)
         # routing front end: the gate on its own crossbars and the router (routed experts)
         self._route = None
         if router is not None:
             self._route = RouteUnit(
                 d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
                 router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
-                c_max=c_max, go_rows=go_rows, max_sequence=max_sequence,
+                c_max=c_max, go_cache_rows=go_cache_rows, max_sequence=max_sequence,
                 gate_hidden=gate_hidden, shared_gate=shared_gate, drop=drop,
-                multiplier_bits=multiplier_bits,
-                core="python" if engine_core == "python" else "macro", **self._tile)
+                multiplier_bits=multiplier_bits, **self._tile)
             self._route._MustUse__silence = True
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
                                            multiplier_bits=multiplier_bits, ffn=ffn)
@@ -278,13 +267,27 @@ class MoELayerAccelerator(wiring.Component):
             mods.append((self._shared, SHARED_ENGINE_MODULE))
         return tuple(mods)
 
-    group_engines = property(lambda self: list(self._group_engines))
+    group_engines = property(lambda self: list(self._group_engines),
+                             doc="The groups' engines elaborated in place (under Amaranth's "
+                             "simulator, after elaboration; empty otherwise).")
 
-    def _engine_port(self, g: int):
-        """Group ``g``'s engine: its ports as signals, and its ``Instance`` (python core: the
-        group's own engine object, both)."""
-        if self._group_engines:
-            return self._group_engines[g], self._group_engines[g]
+    def _engine_in_place(self, g: int) -> ExpertEngine:
+        """Group ``g``'s own engine object (Amaranth's simulator), made on first use."""
+        while len(self._group_engines) <= g:
+            proto, _ = self._engine_of(len(self._group_engines))
+            eng = ExpertEngine(d_model=self._d_model, d_ff=proto.d_ff,
+                               group_size=proto.group_size, lanes=self._lanes,
+                               gate_bits=self._gate_bits, multiplier_bits=self._multiplier_bits,
+                               ffn=proto.ffn, **self._tile)
+            self._group_engines.append(eng)
+        return self._group_engines[g]
+
+    def _engine_port(self, g: int, platform):
+        """Group ``g``'s engine: its ports as signals, and its ``Instance`` (under Amaranth's
+        simulator: the group's own engine object, both)."""
+        if simulating(platform):
+            eng = self._engine_in_place(g)
+            return eng, eng
         engine, module = self._engine_of(g)
         port = engine.signature.create(path=(f"engine{g}",))
         conns = {}
@@ -305,8 +308,8 @@ class MoELayerAccelerator(wiring.Component):
         m.submodules.scheduler = sched
         engines = []
         for g in range(G):
-            port, m.submodules[f"engine{g}"] = self._engine_port(g)
-            if self._group_engines:
+            port, m.submodules[f"engine{g}"] = self._engine_port(g, platform)
+            if simulating(platform):
                 m.d.comb += port.bank_base.eq(len(port.bank_names) * g)
             engines.append(port)
         cnt = self.counters
@@ -314,10 +317,8 @@ class MoELayerAccelerator(wiring.Component):
         acc_row = data.ArrayLayout(signed(self._acc_bits), lanes)
 
         # buffers: SRAM macros (Amaranth memories under Amaranth's simulator)
-        core = "macro" if self._engine_core == "macro" else "memory"
-        m.submodules.token_buf = tb = Sram(shape=unsigned(vec_bits), depth=self._n_tokens * B,
-                                           core=core)
-        m.submodules.out_buf = ob = Sram(shape=acc_row, depth=self._n_tokens * B, core=core)
+        m.submodules.token_buf = tb = Sram(shape=unsigned(vec_bits), depth=self._n_tokens * B)
+        m.submodules.out_buf = ob = Sram(shape=acc_row, depth=self._n_tokens * B)
 
         # timestamp state: per group, active, token and job operands
         active = Signal(G)
@@ -390,20 +391,21 @@ class MoELayerAccelerator(wiring.Component):
                 m.d.comb += [e.lut_we.eq(lw.valid & lw.ready & (lw.payload.group == g)),
                              e.lut_addr.eq(lw.payload.addr), e.lut_data.eq(lw.payload.data)]
 
-        # combine: the adder tree over the groups working on the current token
-        comb_sum = []
-        for i in range(lanes):
-            terms = [Mux(wr_mask[g], e.rd_data[i], 0) for g, e in enumerate(engines)]
-            comb_sum.append(tree_sum(terms))
-
-        # output: requantisation of the accumulators
+        # combine and read-out arithmetic: the adder tree over the groups working on the
+        # current token into its accumulator row, the requantised row as the output beat
+        cu = CombineUnit(n_groups=G, lanes=lanes,
+                         result_bits=max(e.rd_data.shape().elem_shape.width for e in engines),
+                         acc_bits=self._acc_bits, act_bits=ab,
+                         multiplier_bits=self._multiplier_bits)
+        m.submodules.combine = cu
         out = self.o_outputs
+        m.d.comb += [cu.mask.eq(wr_mask), cu.acc.eq(ob.r_data), cu.mult.eq(self.combine_mult),
+                     cu.shift.eq(self.combine_shift), out.payload.data.eq(cu.out)]
+        m.d.comb += [cu.results[g][i].eq(e.rd_data[i]) for g, e in enumerate(engines)
+                     for i in range(lanes)]
         out_tok = Signal.like(out.payload.token)
         out_blk = Signal.like(out.payload.block)
         out_last = Signal()
-        for i in range(lanes):
-            m.d.comb += out.payload.data[i].eq(
-                requantize(ob.r_data[i], self.combine_mult, self.combine_shift, ab))
         m.d.comb += [out.payload.token.eq(out_tok), out.payload.block.eq(out_blk),
                      out.payload.last.eq(out_last)]
         rd_tok = Signal(range(self._n_tokens + 1))
@@ -415,7 +417,7 @@ class MoELayerAccelerator(wiring.Component):
                              lowest=lowest, cur_tok=cur_tok, match=match, blk=blk,
                              n_window=n_window, ld_valid=ld_valid, cb_valid=cb_valid,
                              wr_blk=wr_blk, wr_mask=wr_mask, wr_row=wr_row, ru=ru,
-                             rl_valid=rl_valid, rtok=rtok, comb_sum=comb_sum, out=out,
+                             rl_valid=rl_valid, rtok=rtok, acc_next=cu.acc_next, out=out,
                              out_tok=out_tok, out_blk=out_blk, out_last=out_last,
                              rd_tok=rd_tok)
         with m.FSM(name="layer") as fsm:
@@ -491,13 +493,13 @@ class MoELayerAccelerator(wiring.Component):
         per timestamp its record (the scheduler's ``o_timestamps``), the loads of its
         distinct tokens into the engines, the engines' start and wait, and the combine of
         their results into the tokens' accumulator rows."""
-        G, B, lanes, sched, engines = dp.G, dp.B, dp.lanes, dp.sched, dp.engines
+        G, B, sched, engines = dp.G, dp.B, dp.sched, dp.engines
         cnt, tb, ob, active, tokens = dp.cnt, dp.tb, dp.ob, dp.active, dp.tokens
         last_timestamp, pending, first_use = dp.last_timestamp, dp.pending, dp.first_use
         lowest, cur_tok = dp.lowest, dp.cur_tok
         match, blk, ld_valid = dp.match, dp.blk, dp.ld_valid
         cb_valid, wr_blk = dp.cb_valid, dp.wr_blk
-        wr_mask, wr_row, comb_sum, rd_tok = dp.wr_mask, dp.wr_row, dp.comb_sum, dp.rd_tok
+        wr_mask, wr_row, acc_next, rd_tok = dp.wr_mask, dp.wr_row, dp.acc_next, dp.rd_tok
         with m.State("JOBS"):
             j, sj = self.i_jobs, sched.i_jobs
             m.d.comb += [sj.payload.group.eq(j.payload.group),
@@ -565,8 +567,7 @@ class MoELayerAccelerator(wiring.Component):
             m.d.sync += [cb_valid.eq(pending.any()), wr_mask.eq(match), wr_row.eq(row)]
             with m.If(cb_valid):
                 m.d.comb += [ob.w_en.eq(1), ob.w_addr.eq(wr_row)]
-                m.d.comb += [ob.w_data[i].eq(ob.r_data[i] + comb_sum[i])
-                             for i in range(lanes)]
+                m.d.comb += ob.w_data.eq(acc_next)
                 m.d.sync += cnt.out_writes.eq(cnt.out_writes + 1)
             with m.If(pending.any()):
                 m.d.sync += cnt.out_reads.eq(cnt.out_reads + 1)

@@ -10,7 +10,26 @@ from __future__ import annotations
 from moepim.spec.checks import need, need_positive
 from moepim.spec.tile import TileSpec
 
-CORES = ("logic", "macro", "python")
+CORES = ("logic", "macro")     # a crossbar's analog core: RTL cells or the macro
+
+
+class AmaranthSimulation:
+    """The platform a design is elaborated for when Amaranth's simulator runs it
+    (``elaborate(platform)``; ``moepim.sim.block_run.amaranth_simulator``). That simulator
+    cannot run the macros' Verilog models, so under this platform the crossbar and
+    matrix-bank macros are left out (their outputs driven by the simulator processes of
+    ``moepim.sim.amaranth_macro``), the SRAM macros are ``amaranth.lib.memory`` memories with
+    the same ports and timing, and the layer elaborates each group's engine in place of its
+    ``Instance``. Export, Verilator, Icarus and Yosys elaborate with no platform: the macros.
+    The RTL constructors take no simulator option."""
+
+
+SIMULATION = AmaranthSimulation()
+
+
+def simulating(platform) -> bool:
+    """Whether ``platform`` is Amaranth's simulator's (:class:`AmaranthSimulation`)."""
+    return isinstance(platform, AmaranthSimulation)
 
 
 def check_counter_bits(counter_bits) -> None:

@@ -143,17 +143,17 @@ class _RouterStage(wiring.Component):
 
 class ExpertChoiceBackEnd(_RouterStage):
     def __init__(self, *, n_experts: int, n_tokens: int, logit_bits: int, gate_bits: int = 8,
-                 c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
+                 c_max: int = 1, go_cache_rows: int = 0, max_sequence: int = 0,
                  shared_gate: bool = False, counter_bits=48):
-        need(go_rows >= 0, "go_rows", go_rows, "0 (no GO cache) or a row count")
+        need(go_cache_rows >= 0, "go_cache_rows", go_cache_rows, "0 (no GO cache) or a row count")
         self.softmax = GateSoftmax(n_experts=n_experts, logit_bits=logit_bits)
         self.ec = ExpertChoiceRouter(n_tokens=n_tokens, n_experts=n_experts, c_max=c_max)
         self.go = None
         ports, counters = {}, {}
-        if go_rows:
-            need(max_sequence >= go_rows, "max_sequence", max_sequence,
-                 f"at least go_rows={go_rows}")
-            self.go = GateOutputCache(n_experts=n_experts, capacity=go_rows,
+        if go_cache_rows:
+            need(max_sequence >= go_cache_rows, "max_sequence", max_sequence,
+                 f"at least go_cache_rows={go_cache_rows}")
+            self.go = GateOutputCache(n_experts=n_experts, go_cache_rows=go_cache_rows,
                                       max_tokens=max_sequence, counter_bits=counter_bits)
             members = self.go.signature.members
             ports = {"go_insert": In(1), "o_dram_req": members["o_dram_req"],

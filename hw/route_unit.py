@@ -9,7 +9,7 @@ Composition (wiring only):
    ``lut_table``/``lut_addr``/``lut_data`` before the run (table 0 tanh, 1 sigmoid).
 2. Stage 2, the router, by ``router`` (a build parameter):
    :class:`~moepim.hw.route_back_end.ExpertChoiceBackEnd` (``"expert_choice"``: the softmax,
-   the expert-choice router and, with ``go_rows``, the GO cache whose later rows spill
+   the expert-choice router and, with ``go_cache_rows``, the GO cache whose later rows spill
    through ``o_dram_req``/``i_dram_resp``) or
    :class:`~moepim.hw.route_back_end.TopKBackEnd` (``"top_k"``: the token-choice router,
    with ``drop`` the per-expert capacity counters).
@@ -62,15 +62,15 @@ ROUTERS = ("expert_choice", "top_k")
 class RouteUnit(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
-                 c_max: int = 1, go_rows: int = 0, max_sequence: int = 0,
+                 c_max: int = 1, go_cache_rows: int = 0, max_sequence: int = 0,
                  gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
                  multiplier_bits: int = 15,
-                 tile: TileSpec, counter_bits=48, core="macro"):
+                 tile: TileSpec, counter_bits=48):
         for name, value in (("d_model", d_model), ("n_experts", n_experts),
                             ("n_tokens", n_tokens), ("lanes", lanes)):
             need_positive(name, value)
         need(router in ROUTERS, "router", router, f"one of {', '.join(ROUTERS)}")
-        need(go_rows >= 0, "go_rows", go_rows, "0 (no GO cache) or a row count")
+        need(go_cache_rows >= 0, "go_cache_rows", go_cache_rows, "0 (no GO cache) or a row count")
         check_tile(tile)
         check_counter_bits(counter_bits)
         check_multiplier_bits(multiplier_bits)
@@ -80,14 +80,13 @@ class RouteUnit(wiring.Component):
         self.front = GateFrontEnd(d_model=d_model, n_experts=n_experts, n_tokens=n_tokens,
                                   lanes=lanes, tile=tile, gate_bits=gate_bits,
                                   gate_hidden=gate_hidden, shared_gate=shared_gate,
-                                  multiplier_bits=multiplier_bits, counter_bits=counter_bits,
-                                  core=core)
+                                  multiplier_bits=multiplier_bits, counter_bits=counter_bits)
         stage = dict(n_experts=n_experts, n_tokens=n_tokens,
                      logit_bits=self.front.logit_bits, gate_bits=gate_bits,
                      max_sequence=max_sequence, shared_gate=shared_gate,
                      counter_bits=counter_bits)
         if router == "expert_choice":
-            self.back = ExpertChoiceBackEnd(c_max=c_max, go_rows=go_rows, **stage)
+            self.back = ExpertChoiceBackEnd(c_max=c_max, go_cache_rows=go_cache_rows, **stage)
         else:
             self.back = TopKBackEnd(top_k=top_k, renormalize=renormalize, drop=drop, **stage)
         for sub in (self.front, self.back):     # a cached build never elaborates them

@@ -1,12 +1,13 @@
 """``Sram``: a one-write, one-read-port RAM (synchronous, non-transparent read: a read in the
 cycle of a write to the same row returns the old row), as an SRAM macro or as Amaranth memory.
 
-``core="macro"``: a black-box ``Instance`` of ``moepim_sram`` (behavioural model
+A black-box ``Instance`` of ``moepim_sram`` (behavioural model
 ``hw/verilog/moepim_sram.v``; Yosys prices it as SRAM from its ``WIDTH`` and ``DEPTH``). Large
 buffers are macros because Amaranth writes every bit of a memory's initial contents into its
 netlist (a 512-token layer's buffers: ~60 M bits, minutes of export), and because a compiled
-SRAM is what a chip would use. ``core="memory"``: ``amaranth.lib.memory.Memory`` with the same
-ports and timing, for Amaranth's simulator (which cannot run the Verilog model).
+SRAM is what a chip would use. Under Amaranth's simulator (``moepim.hw.params.AmaranthSimulation``,
+the platform), which cannot run the Verilog model: ``amaranth.lib.memory.Memory`` with the same
+ports and timing.
 
 Ports: ``w_en``/``w_addr``/``w_data`` (write at the clock edge), ``r_en``/``r_addr`` ->
 ``r_data`` (the row of ``r_addr`` one cycle later when ``r_en``; held while ``r_en`` is low).
@@ -19,19 +20,19 @@ from amaranth import ClockSignal, Instance, Module, Shape
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from moepim.spec.checks import index_bits, need, need_positive
+from moepim.spec.checks import index_bits, need_positive
 
-__all__ = ["Sram", "SRAM_MACRO_NAME", "SRAM_CORES"]
+from .params import simulating
+
+__all__ = ["Sram", "SRAM_MACRO_NAME"]
 
 SRAM_MACRO_NAME = "moepim_sram"
-SRAM_CORES = ("macro", "memory")
 
 
 class Sram(wiring.Component):
-    def __init__(self, *, shape, depth: int, core: str = "macro"):
+    def __init__(self, *, shape, depth: int):
         need_positive("depth", depth)
-        need(core in SRAM_CORES, "core", core, f"one of {', '.join(SRAM_CORES)}")
-        self._shape, self._depth, self._core = shape, depth, core
+        self._shape, self._depth = shape, depth
         addr = index_bits(depth)
         super().__init__({
             "w_en": In(1), "w_addr": In(addr), "w_data": In(shape),
@@ -39,7 +40,6 @@ class Sram(wiring.Component):
         })
 
     depth = property(lambda self: self._depth)
-    core = property(lambda self: self._core)
 
     @property
     def width(self) -> int:
@@ -51,7 +51,7 @@ class Sram(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        if self._core == "memory":
+        if simulating(platform):
             m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth,
                                                    init=[])
             wp, rp = mem.write_port(), mem.read_port()

@@ -5,8 +5,8 @@ What the expert-choice decode rule needs from earlier tokens is their gate score
 takes it iff fewer than ``C(L)`` earlier tokens score ``>=`` it on ``e``
 (:func:`moepim.models.routing.expert_choice_decode`). The cache keeps those rows.
 
-Storage: rows of tokens ``0 .. capacity-1`` live in the on-chip SRAM; later rows spill to DRAM
-(appended, row ``n`` at DRAM row ``n - capacity``). A decision scans every stored row once:
+Storage: rows of tokens ``0 .. go_cache_rows-1`` live in the on-chip SRAM; later rows spill to DRAM
+(appended, row ``n`` at DRAM row ``n - go_cache_rows``). A decision scans every stored row once:
 SRAM rows are hits, DRAM rows are read back. Then the new row is inserted.
 
 Event counts (what the hardware counters must report): ``sram_reads`` / ``sram_writes``
@@ -26,12 +26,12 @@ __all__ = ["GoCacheModel"]
 
 
 class GoCacheModel:
-    def __init__(self, *, n_experts: int, score_bits: int, capacity: int):
-        if capacity < 1:
-            raise ValueError(f"capacity={capacity} is not allowed: a positive integer")
+    def __init__(self, *, n_experts: int, score_bits: int, go_cache_rows: int):
+        if go_cache_rows < 1:
+            raise ValueError(f"go_cache_rows={go_cache_rows} is not allowed: a positive integer")
         if n_experts < 1:
             raise ValueError(f"n_experts={n_experts} is not allowed: a positive integer")
-        self.n_experts, self.score_bits, self.capacity = n_experts, score_bits, capacity
+        self.n_experts, self.score_bits, self.go_cache_rows = n_experts, score_bits, go_cache_rows
         self.rows: list[np.ndarray] = []
         self.counters = dict.fromkeys(("sram_reads", "sram_writes", "sram_bits", "hits",
                                        "spills", "dram_reads", "dram_bytes"), 0)
@@ -49,7 +49,7 @@ class GoCacheModel:
         if row.min() < 0 or row.max() >= 1 << self.score_bits:
             raise ValueError(f"scores must be unsigned {self.score_bits}-bit integers")
         c = self.counters
-        if len(self.rows) < self.capacity:
+        if len(self.rows) < self.go_cache_rows:
             c["sram_writes"] += 1
             c["sram_bits"] += self.row_bits
         else:
@@ -61,7 +61,7 @@ class GoCacheModel:
         """Experts that take the new token (``cap`` = C(L) for the window including it)."""
         new = np.asarray(scores, dtype=np.int64).reshape(self.n_experts)
         c = self.counters
-        n_sram = min(len(self.rows), self.capacity)
+        n_sram = min(len(self.rows), self.go_cache_rows)
         n_dram = len(self.rows) - n_sram
         c["sram_reads"] += n_sram
         c["hits"] += n_sram

@@ -1,7 +1,8 @@
 """Python behavioural models of the analog macros for Amaranth's simulator: the crossbar
 (``add_macro_model``) and the matrix bank (``add_bank_model``).
 
-A ``CrossbarArray(core="python")`` leaves its core signals undriven; :func:`add_macro_model`
+Elaborated for Amaranth's simulator (``moepim.hw.params.AmaranthSimulation``), a
+``CrossbarArray(core="macro")`` leaves its core signals undriven; :func:`add_macro_model`
 adds a simulator process that plays ``moepim_xbar_macro`` (see ``hw/verilog``): per rising edge
 it samples ``we``/``wrow``/``wdata``, ``convert``/``col`` and ``drive``/``wl`` and updates the
 cells, the sampled sums and the held plane exactly as the Verilog model does. Column sums are
@@ -51,7 +52,7 @@ def add_macro_model(sim, xbar) -> None:
 
 
 def add_bank_model(sim, bank, image: np.ndarray) -> None:
-    """Play ``moepim_matrix_bank`` (``hw/verilog``) for a ``MatrixBank(core="python")`` in
+    """Play ``moepim_matrix_bank`` (``hw/verilog``) for a ``MatrixBank`` (elaborated for it: its outputs undriven) in
     Amaranth's simulator, edge for edge as the Verilog model, with the cell ``image`` of
     ``moepim.models.pim.bank_image``."""
     g = bank.geometry

@@ -15,7 +15,26 @@ from moepim.testbenches.harness import AmaranthIO
 from .build import build_simulator, scratch_dir
 from .ports import port_map
 
-__all__ = ["run_bench", "no_pytest_env"]
+__all__ = ["run_bench", "no_pytest_env", "amaranth_simulator"]
+
+
+def amaranth_simulator(component):
+    """Amaranth's simulator for ``component``, elaborated for its platform
+    (``moepim.hw.params.SIMULATION``: the macros left to the simulator processes that
+    ``setup`` adds, the SRAMs as memories, the layer's engines in place), with a 10 ns clock.
+    The clock domain comes from a wrapper, so a block whose elaboration has no ``sync`` logic
+    (a matrix bank, an empty module under this platform) is simulated too."""
+    from amaranth.hdl import ClockDomain, Fragment, Module
+    from amaranth.sim import Simulator
+
+    from moepim.hw.params import SIMULATION
+
+    wrapper = Module()
+    wrapper.domains.sync = ClockDomain()
+    wrapper.submodules.dut = component
+    s = Simulator(Fragment.get(wrapper, SIMULATION))
+    s.add_clock(1e-8)
+    return s
 
 
 @contextmanager
@@ -42,19 +61,17 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
     ``build_estimate_s``: a progress bar for a cold build (with ``progress``); ``during_sim``:
     a context-manager factory entered around the simulation itself (its progress bar).
     ``preset``: input ports (by their flattened Verilog name) set before the first clock
-    edge, e.g. a matrix bank's ``bank_id``."""
+    edge, e.g. a matrix bank's ``bank_id``. Under Amaranth the block needs no ``sync`` logic
+    of its own (the simulation's clock domain is defined around it)."""
     during_sim = during_sim or nullcontext
     info = info if info is not None else {}
     fn = BENCHES[bench]
     if sim == "amaranth":
-        from amaranth.sim import Simulator
-
         out = {}
-        s = Simulator(component)
-        s.add_clock(1e-8)
+        s = amaranth_simulator(component)
 
         async def tb(ctx):
-            io = AmaranthIO(component, ctx)
+            io = AmaranthIO(component, ctx)        # the block's ports, not the wrapper's
             for name, value in (preset or {}).items():
                 io.set(name.replace("__", "."), value)
             out["result"] = await fn(io, **args)

@@ -132,7 +132,7 @@ def layer_spec(exp: LayerExperiment) -> tuple[LayerSpec, dict]:
         go = wl_cfg.go_cache and wl_cfg.n_generate > 0
         seq = wl_cfg.n_prompt + wl_cfg.n_generate
         route = {"c_max": expert_choice_capacity(n_tokens, m.n_experts, r.ec_capacity_factor),
-                 "go_rows": exp.go_cache_rows if go else 0,
+                 "go_cache_rows": exp.go_cache_rows if go else 0,
                  "max_sequence": seq if go else 0}
     elif router == "top_k":
         # the MLP gate's weights: softmax over the selected logits (``route_int``)
@@ -369,7 +369,7 @@ def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
     groups = layer_groups(make_groups(wl_cfg.grouping, m.n_experts, loads), m)
     # the layer routes on its own hardware unless the routes come from a trace
     hw_routing = spec.router is not None and trace is None
-    route_kw = {"hw_routing": hw_routing, "go_rows": spec.go_rows}
+    route_kw = {"hw_routing": hw_routing, "go_cache_rows": spec.go_cache_rows}
     windows = prepare_windows(wl, groups, wl_cfg.policy, go_cache=wl_cfg.go_cache, matmul=mm,
                               **route_kw)
     # the GO cache matters to expert choice only (a token-choice router decides alone)
@@ -397,7 +397,7 @@ def _go_cache_model(exp, wl, windows, nc_windows) -> dict:
     DRAM traffic (rows read back before the window's compute, rows spilled)."""
     m, P = exp.model, exp.workload.n_prompt
     rows = exp.go_cache_rows
-    cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, capacity=rows)
+    cache = GoCacheModel(n_experts=m.n_experts, score_bits=SCORE_BITS, go_cache_rows=rows)
     for t in range(P):
         cache.insert(wl.routing.scores[t])
     traffic = [{"read_rows": 0, "write_rows": cache.counters["spills"]}]
@@ -451,7 +451,7 @@ def simulate_layer(plan: LayerPlan, sim: str, *, out_folder: Path, waves: bool =
               ("no_cache", plan.nc_windows if plan.simulate_nc else [])] if switching else
              [("all", run_windows)])
     results, toggles, info = [], {}, {}
-    sim_dut, setup = dut, None
+    setup = None
     if sim == "model":
         say(f"timing level: {len(run_windows)} windows from the cycle and counter formulas")
         t_model = time.monotonic()
@@ -462,8 +462,7 @@ def simulate_layer(plan: LayerPlan, sim: str, *, out_folder: Path, waves: bool =
                  ("no_cache", run_windows[len(windows):])]
     elif sim == "amaranth":
         # Amaranth's simulator runs the engines in place, their banks as Python models
-        sim_dut = make_component(spec, plan.hw_tile, engine_core="python")
-        setup = _bank_models(sim_dut, dict(bank_images(wl, plan.groups, spec, plan.shape,
+        setup = _bank_models(dut, dict(bank_images(wl, plan.groups, spec, plan.shape,
                                                        plan.golden.matmul)))
     with scratch_dir(root) as tmp:
         plus = []
@@ -483,7 +482,7 @@ def simulate_layer(plan: LayerPlan, sim: str, *, out_folder: Path, waves: bool =
             expected = _expected_bench_cycles(part, spec, plan.timing, len(luts),
                                               wl_cfg.input_gaps, wl_cfg.backpressure)
             got = run_bench(
-                sim_dut, top="moe_layer", bench="moe_layer", setup=setup,
+                dut, top="moe_layer", bench="moe_layer", setup=setup,
                 args=bench_args(part, spec, wl.quant, gap_p=wl_cfg.input_gaps,
                                 stall_p=wl_cfg.backpressure, seed=wl_cfg.seed,
                                 progress_file=progress_file, luts=luts,
@@ -701,7 +700,7 @@ def _layer_area(plan, run, geo, synthesize: bool, info: dict, say) -> dict:
     exp, spec = plan.exp, plan.spec
     # the GO cache's SRAM: in the layer's RTL (its memories) when the layer routes
     go_cache_bits = (exp.go_cache_rows * exp.model.n_experts * SCORE_BITS
-                     if exp.workload.go_cache and not spec.go_rows else 0)
+                     if exp.workload.go_cache and not spec.go_cache_rows else 0)
     if not synthesize:
         area = layer_area_mm2(exp, geo, go_cache_bits, NO_SYNTHESIS)
         area["not_included"].append(NOT_SYNTHESISED)

@@ -26,7 +26,7 @@ constructors only: nothing is elaborated), in the units of ``moepim.sim.synth``:
 * **memory bits**: counted, not fitted: the token buffer (``n_tokens * d_model * act_bits``),
   the output buffer (``n_tokens * d_model * acc_bits``), the scheduler's job queues
   (``n_groups`` FIFOs of ``depth`` jobs), the expert-choice router's score rows and the GO
-  cache's rows (``n_tokens`` resp. ``go_rows`` rows of ``n_experts x score bits``) and the
+  cache's rows (``n_tokens`` resp. ``go_cache_rows`` rows of ``n_experts x score bits``) and the
   route unit's tables.
 
 The estimate is for the timing level's reports (and sweeps) of designs never synthesised;
@@ -89,7 +89,7 @@ def _memory_bits(dut) -> int:
         if route.ec is not None:
             bits += dut.n_tokens * route.ec._row.size
         if route.go is not None:
-            bits += route.go.capacity * route.go.row_bits
+            bits += route.go.go_cache_rows * route.go.row_bits
         if route.gate_hidden:                   # the tanh table: act_bits codes
             bits += (1 << dut._act_bits) * dut._act_bits
         if route.shared_gate:                   # the sigmoid table: gate weights

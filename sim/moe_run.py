@@ -66,20 +66,19 @@ class Window:
         return sorted([int(a), int(b), int(self.weights[a, b])] for a, b in zip(t, e))
 
 
-def make_component(spec: LayerSpec, tile_kwargs: dict,
-                   engine_core: str = "macro") -> MoELayerAccelerator:
+def make_component(spec: LayerSpec, tile_kwargs: dict) -> MoELayerAccelerator:
     """The layer's component for ``spec`` and the tile's arguments (``layer_spec``: the
     specification's fields and ``counter_bits``)."""
     tile_kwargs = dict(tile_kwargs)
     counter_bits = tile_kwargs.pop("counter_bits")
     dut = MoELayerAccelerator(
         tile=TileSpec(**tile_kwargs), counter_bits=counter_bits,
-        engine_core=engine_core, d_model=spec.d_model, d_ff=spec.d_ff,
+        d_model=spec.d_model, d_ff=spec.d_ff,
         n_experts=spec.n_experts, n_groups=spec.n_groups,
         group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
         gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
         shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
-        renormalize=spec.renormalize, c_max=spec.c_max, go_rows=spec.go_rows,
+        renormalize=spec.renormalize, c_max=spec.c_max, go_cache_rows=spec.go_cache_rows,
         max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden,
         shared_gate=spec.shared_gate, drop=spec.drop)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
@@ -130,7 +129,7 @@ def _jobs(sched, groups, weights, ql) -> list:
 
 def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
                     golden: str = "all", hw_routing: bool = False,
-                    go_rows: int = 0) -> list[Window]:
+                    go_cache_rows: int = 0) -> list[Window]:
     """The prompt window and one window per generated token (see the module docstring).
     ``groups``: :func:`layer_groups` (with a shared expert, every token is a job of its group,
     weighted by the shared gate).
@@ -141,7 +140,7 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
 
     ``hw_routing``: the layer routes every window itself (``moepim.hw.route_unit``): a window
     of the expert-choice router over its tokens (the prompt, and with ``go_cache`` its rows
-    stored in the GO cache of ``go_rows`` SRAM rows), a generated token decided by the GO cache
+    stored in the GO cache of ``go_cache_rows`` SRAM rows), a generated token decided by the GO cache
     from the earlier rows, a top-k router token by token (with capacity dropping, each
     expert's count carried from window to window: the generated tokens' windows continue the
     prompt's, ``MODE_CACHED``); otherwise the host supplies them."""
@@ -166,8 +165,8 @@ def prepare_windows(wl, groups, policy: str, *, go_cache: bool, matmul,
         if go_cache or not ec:
             windows.append(Window(
                 "decode", step + 1, wl.x_q[t:t + 1], r.mask[t:t + 1], r.weights[t:t + 1],
-                wl.y_q[t:t + 1], route_cap=cap(t + 1), go_rows_read=min(t, go_rows or t),
-                go_dram_rows=t - min(t, go_rows or t), dropped=r.dropped[t:t + 1],
+                wl.y_q[t:t + 1], route_cap=cap(t + 1), go_rows_read=min(t, go_cache_rows or t),
+                go_dram_rows=t - min(t, go_cache_rows or t), dropped=r.dropped[t:t + 1],
                 route_mode=MODE_CACHED if hw_routing else MODE_HOST))
             continue
         # no cache: every earlier token's hidden state and routing recomputed
@@ -308,7 +307,7 @@ def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p
             "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
             "stall_p": stall_p,
             "seed": seed, "progress_file": str(progress_file) if progress_file else None,
-            "dram": spec.go_rows > 0, "extra_counters": list(extra_counters),
+            "dram": spec.go_cache_rows > 0, "extra_counters": list(extra_counters),
             "route_stall_p": route_stall_p}
 
 

@@ -141,14 +141,11 @@ def run_scenario(exp: TileExperiment, sc: Scenario, sim: str, *, build_root=None
     from .amaranth_macro import add_macro_model
     from .block_run import run_bench
 
-    kwargs = exp.tile.build_kwargs()
-    if sim == "amaranth" and kwargs["core"] == "macro":
-        kwargs["core"] = "python"
-    group = TileGroup(**kwargs)
+    group = TileGroup(**exp.tile.build_kwargs())
 
-    def setup(simulator):
+    def setup(simulator):          # Amaranth's simulator: the macro cores' Python model
         for xb in group.crossbars:
-            if xb.core == "python":
+            if xb.core == "macro":
                 add_macro_model(simulator, xb)
 
     args = sc.bench_args(exp, group)

@@ -111,10 +111,10 @@ class _Drives:
 def _go_counters(windows, wl, spec) -> list[dict]:
     """Per window, the GO cache's counter increments (its model, driven as the RTL is: a
     prompt window with ``go_insert`` stores every row, a cached decode decides and stores)."""
-    if not spec.go_rows:
+    if not spec.go_cache_rows:
         return [{} for _ in windows]
     cache = GoCacheModel(n_experts=wl.cfg.n_experts, score_bits=SCORE_BITS,
-                         capacity=spec.go_rows)
+                         go_cache_rows=spec.go_cache_rows)
     factor = wl.cfg.router.ec_capacity_factor
     scores = wl.routing.scores
     out, t_next = [], 0

@@ -111,7 +111,7 @@ def _layer_top(exp, top: str):
     return block, params
 
 
-ROUTE_FIELDS = ("router", "top_k", "renormalize", "c_max", "go_rows", "max_sequence",
+ROUTE_FIELDS = ("router", "top_k", "renormalize", "c_max", "go_cache_rows", "max_sequence",
                 "gate_hidden", "shared_gate", "drop")
 ENGINE_FIELDS = ("d_ff", "n_groups", "group_size", "ffn")
 
@@ -144,7 +144,7 @@ def _routing_top(exp, top: str):
     if top == "gate_softmax":
         return block, {"n_experts": block.n_experts, "logit_bits": ru.logit_bits}
     if top == "go_cache":
-        return block, {"n_experts": block.n_experts, "capacity": block.capacity,
+        return block, {"n_experts": block.n_experts, "go_cache_rows": block.go_cache_rows,
                        "max_tokens": spec.max_sequence, "counter_bits": tile["counter_bits"]}
     if top == "router":
         if spec.router == "expert_choice":

@@ -97,7 +97,7 @@ def _go_cache(sc):
     commands += [[OP_INSERT, 0, row.tolist()] for row in scores[:n_prompt]]
     commands += [[OP_DECIDE, expert_choice_capacity(t + 1, n_exp, 2.0), scores[t].tolist()]
                  for t in range(n_prompt, n_prompt + n_gen)]
-    unit = GateOutputCache(n_experts=n_exp, capacity=int(p.get("capacity", 4)),
+    unit = GateOutputCache(n_experts=n_exp, go_cache_rows=int(p.get("go_cache_rows", 4)),
                            max_tokens=64)
     return (unit, "go_cache", "go_cache_commands",
             dict(commands=commands, score_bits=16, decide_op=OP_DECIDE, latency_max=4,

@@ -29,7 +29,7 @@ class LayerSpec:
     top_k: int = 1
     renormalize: bool = False
     c_max: int = 1
-    go_rows: int = 0
+    go_cache_rows: int = 0
     max_sequence: int = 0
     gate_hidden: int = 0            # MLP gate (LLaMA-MoE): its hidden width; 0 = linear gate
     shared_gate: bool = False       # the shared expert's sigmoid gate on the layer's router

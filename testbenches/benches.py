@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine_benches import expert_engine_jobs, matrix_bank_jobs
 from .route_benches import gate_front_end, route_stage
 from .streams import DramResponder, StreamSink, StreamSource, write_table
 
@@ -537,4 +538,5 @@ BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": 
            "expert_router": expert_router, "topk_windows": topk_windows,
            "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,
            "moe_layer": moe_layer, "gate_front_end": gate_front_end,
-           "route_stage": route_stage}
+           "route_stage": route_stage, "matrix_bank_jobs": matrix_bank_jobs,
+           "expert_engine_jobs": expert_engine_jobs}

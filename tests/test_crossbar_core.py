@@ -8,11 +8,11 @@ is checked against the logic core in ``test_tile_cocotb``.
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from moepim.hw import CrossbarArray
 from moepim.models.tile import encode_cells, line_sums
 from moepim.sim.amaranth_macro import add_macro_model
+from moepim.sim.block_run import amaranth_simulator
 from moepim.spec.tile import TileSpec
 from moepim.testbenches.bits import pack_array, unpack_array
 
@@ -21,7 +21,7 @@ SHAPE = dict(n_rows=6, n_columns=8, bits_per_cell=2, weight_bits=4, input_bits=3
 
 
 @pytest.mark.parametrize("encoding", ["offset", "differential", "reference_column"])
-@pytest.mark.parametrize("core", ["logic", "python"])
+@pytest.mark.parametrize("core", ["logic", "macro"])
 def test_analog_port_semantics(core, encoding):
     kw = dict(SHAPE, weight_encoding=encoding)
     xb = CrossbarArray(core=core, tile=TileSpec(**kw))
@@ -30,9 +30,8 @@ def test_analog_port_semantics(core, encoding):
     weights = rng.integers(-8, 8, size=(shape.n_rows, shape.n_outputs))
     cells = encode_cells(weights, shape)
     cpa = shape.columns_per_adc
-    sim = Simulator(xb)
-    sim.add_clock(1e-8)
-    if core == "python":
+    sim = amaranth_simulator(xb)
+    if core == "macro":            # the macro's Python model under Amaranth's simulator
         add_macro_model(sim, xb)
     seen = []
 
@@ -75,8 +74,7 @@ def test_analog_port_semantics(core, encoding):
 
 def test_weight_port_closes_while_selected():
     xb = CrossbarArray(core="logic", tile=TileSpec(**SHAPE))
-    sim = Simulator(xb)
-    sim.add_clock(1e-8)
+    sim = amaranth_simulator(xb)
 
     async def bench(ctx):
         ctx.set(xb.analog.select, 1)

@@ -33,7 +33,7 @@ def test_decode_with_go_cache_equals_full_recomputation(seed):
     wl = ec_workload(seed)
     cfg, scores = wl.cfg, wl.routing.scores
     factor = cfg.router.ec_capacity_factor
-    cache = GoCacheModel(n_experts=cfg.n_experts, score_bits=SCORE_BITS, capacity=6)
+    cache = GoCacheModel(n_experts=cfg.n_experts, score_bits=SCORE_BITS, go_cache_rows=6)
     for t in range(PROMPT):
         cache.insert(scores[t])
     for t in range(PROMPT, PROMPT + STEPS):
@@ -60,8 +60,8 @@ def test_rtl_go_cache_matches_model(sim, seed, capacity):
     wl = ec_workload(seed, n_prompt=10, n_generate=6)
     cfg, scores = wl.cfg, wl.routing.scores
     factor = cfg.router.ec_capacity_factor
-    cache = GateOutputCache(n_experts=cfg.n_experts, capacity=capacity, max_tokens=64)
-    model = GoCacheModel(n_experts=cfg.n_experts, score_bits=SCORE_BITS, capacity=capacity)
+    cache = GateOutputCache(n_experts=cfg.n_experts, go_cache_rows=capacity, max_tokens=64)
+    model = GoCacheModel(n_experts=cfg.n_experts, score_bits=SCORE_BITS, go_cache_rows=capacity)
     commands = [(OP_CLEAR, 0, np.zeros(cfg.n_experts, dtype=np.int64))]
     expected = []
     for t in range(10):
@@ -91,12 +91,12 @@ def test_go_cache_errors_and_export(tmp_path):
 
     from .conftest import need_icarus
 
-    with pytest.raises(ParameterError, match="capacity=0"):
-        GateOutputCache(n_experts=4, capacity=0, max_tokens=8)
+    with pytest.raises(ParameterError, match="go_cache_rows=0"):
+        GateOutputCache(n_experts=4, go_cache_rows=0, max_tokens=8)
     gc.collect()   # the half-built object warns here, under this test's filter
-    with pytest.raises(ValueError, match="capacity=0"):
-        GoCacheModel(n_experts=4, score_bits=16, capacity=0)
-    v, _ = export_component(GateOutputCache(n_experts=16, capacity=64, max_tokens=4096),
+    with pytest.raises(ValueError, match="go_cache_rows=0"):
+        GoCacheModel(n_experts=4, score_bits=16, go_cache_rows=0)
+    v, _ = export_component(GateOutputCache(n_experts=16, go_cache_rows=64, max_tokens=4096),
                             "go_cache", tmp_path)
     lint = lint_verilator(v, "go_cache")
     assert lint.returncode == 0, lint.stderr[-3000:]
@@ -116,6 +116,6 @@ def test_go_cache_rows_are_one_number_for_the_run_its_export_and_its_area():
     for rows, want in ((None, seq), (seq + 100, seq), (3, 3)):
         e = dataclasses.replace(exp, layer=dataclasses.replace(exp.layer, go_cache_rows=rows))
         assert e.go_cache_rows == want
-        assert layer_spec(e)[0].go_rows == want
+        assert layer_spec(e)[0].go_cache_rows == want
         _, params = make_top(e, "go_cache")
-        assert params["capacity"] == want and params["max_tokens"] == seq
+        assert params["go_cache_rows"] == want and params["max_tokens"] == seq

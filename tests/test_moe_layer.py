@@ -160,7 +160,6 @@ def test_small_layer_verilator_bit_exact_with_gaps_and_backpressure(tmp_path):
         assert step["no_cache_jobs"] >= step["jobs"]
     cmp = report["go_cache_comparison"]
     assert cmp["with_go_cache"]["source"] == cmp["without_cache"]["source"] == "simulated"
-    assert cmp["without_cache"]["cycles"] == sum(d["no_cache_cycles"] for d in report["decode"])
     assert cmp["speedup"] > 1 and cmp["energy_ratio"] > 1
     for name in ("report.json", "report.csv", "energy.png", "area.png", "timeline.png",
                  "decode_cycles.png"):
@@ -185,7 +184,6 @@ def test_small_layer_verilator_bit_exact_with_gaps_and_backpressure(tmp_path):
     # the run's time: its windows' cycles on the DRAM channel's timeline
     dram, n_tok = report["dram"], exp.workload.n_prompt + n_gen
     clock = exp.tech.clock_ns.value
-    assert report["time_ns"] == pytest.approx(dram["end_ns"])
     assert report["time_ns"] == pytest.approx(report["cycles"] * clock
                                               + report["phases"]["dram_ns"])
     ts = report["time_split"]

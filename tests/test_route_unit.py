@@ -113,8 +113,7 @@ def test_gate_front_end_logits_and_cycles(case, sim, tmp_path):
     x, mats, held, tables, logits, shared = _gate_golden(case, rng)
     fe = GateFrontEnd(d_model=case.d_model, n_experts=case.n_experts, n_tokens=8,
                       lanes=case.lanes, tile=TILE, gate_hidden=case.gate_hidden,
-                      shared_gate=case.shared_gate,
-                      core="python" if sim == "amaranth" else "macro")
+                      shared_gate=case.shared_gate)
     images = [bank_image([w], 1, w.shape[0], w.shape[1], TILE) for w in mats]
     plusargs = []
     for k, image in enumerate(images):
@@ -282,15 +281,15 @@ def test_route_unit_is_its_stages():
     assert ru.i_tokens.signature == ru.front.i_tokens.signature
     assert ru.tc is ru.back.tc and ru.bank is ru.front.bank and ru.drop
     ec = RouteUnit(d_model=32, n_experts=4, n_tokens=N_TOKENS, lanes=4,
-                   router="expert_choice", go_rows=2, max_sequence=8, tile=TILE)
+                   router="expert_choice", go_cache_rows=2, max_sequence=8, tile=TILE)
     assert ec.go is ec.back.go and ec.softmax is ec.back.softmax and ec.has_go_cache
     assert [n for n, _ in ec.counters.shape()][:2] == ["gate_mvms", "gate_dac_drives"]
 
 
 def test_router_stages_refuse_bad_parameters():
     with pytest.raises(ParameterError, match="max_sequence"):
-        ExpertChoiceBackEnd(n_experts=4, n_tokens=4, logit_bits=10, go_rows=4, max_sequence=2)
-    with pytest.raises(ParameterError, match="go_rows"):
-        ExpertChoiceBackEnd(n_experts=4, n_tokens=4, logit_bits=10, go_rows=-1)
+        ExpertChoiceBackEnd(n_experts=4, n_tokens=4, logit_bits=10, go_cache_rows=4, max_sequence=2)
+    with pytest.raises(ParameterError, match="go_cache_rows"):
+        ExpertChoiceBackEnd(n_experts=4, n_tokens=4, logit_bits=10, go_cache_rows=-1)
     with pytest.raises(ParameterError, match="n_experts"):
         TopKBackEnd(n_experts=0, n_tokens=4, logit_bits=10)

@@ -1,16 +1,17 @@
 """``moepim.hw.sram.Sram``, the buffers' one-write one-read-port RAM: one seeded scenario (with
 reads of the row being written, and reads held while ``r_en`` is low) run on a golden model,
-on Amaranth's simulator (``core="memory"``) and on the macro's Verilog model under Icarus
-(``core="macro"``, ``hw/verilog/moepim_sram.v``); every cycle's ``r_data`` is compared."""
+on Amaranth's simulator (an ``amaranth.lib.memory`` memory, under its platform) and on the
+macro's Verilog model under Icarus (the exported ``Instance``, ``hw/verilog/moepim_sram.v``);
+every cycle's ``r_data`` is compared."""
 
 import subprocess
 
 import numpy as np
 import pytest
 from amaranth import unsigned
-from amaranth.sim import Simulator
 
 from moepim.hw.sram import SRAM_MACRO_NAME, Sram
+from moepim.sim.block_run import amaranth_simulator
 from moepim.sim.config import REPO_ROOT
 
 from .conftest import need_icarus
@@ -52,9 +53,8 @@ def test_golden_model_by_hand():
 
 def test_sram_memory_core_on_amaranth():
     scenario = _scenario()
-    sram = Sram(shape=unsigned(WIDTH), depth=DEPTH, core="memory")
-    sim = Simulator(sram)
-    sim.add_clock(1e-8)
+    sram = Sram(shape=unsigned(WIDTH), depth=DEPTH)
+    sim = amaranth_simulator(sram)          # its memory under Amaranth's simulator
     got = []
 
     async def bench(ctx):
@@ -113,5 +113,3 @@ endmodule
 def test_sram_refuses_bad_parameters():
     with pytest.raises(ValueError, match="depth"):
         Sram(shape=unsigned(8), depth=0)
-    with pytest.raises(ValueError, match="core"):
-        Sram(shape=unsigned(8), depth=4, core="flops")

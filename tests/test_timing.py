@@ -18,7 +18,7 @@ TILE = TileSpec(n_rows=256, n_columns=256, bits_per_cell=8, weight_bits=8, input
                 n_adcs=32, adc_bits=8)
 LAYER = LayerSpec(d_model=64, d_ff=96, n_experts=5, n_groups=3, group_size=2, n_tokens=4,
                   lanes=16, gate_bits=8, multiplier_bits=15, shared_d_ff=32,
-                  router="expert_choice", c_max=2, go_rows=4, max_sequence=6,
+                  router="expert_choice", c_max=2, go_cache_rows=4, max_sequence=6,
                   shared_gate=True)
 
 
