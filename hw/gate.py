@@ -120,7 +120,7 @@ class GateFrontEnd(wiring.Component):
         input_bits = tile.input_bits
         self._n, self._lanes, self._hidden, self._shared = (n_experts, lanes, gate_hidden,
                                                             bool(shared_gate))
-        self._act_bits = input_bits
+        self._act_bits, self._gate_bits = input_bits, gate_bits
         n_cols = n_experts + self._shared       # the shared gate's column after the experts'
         bank = dict(n_slots=1, lanes=lanes, tile=tile, counter_bits=counter_bits)
         # bank: the gate (or the MLP gate's first layer); logit_bank: the one giving logits
@@ -162,6 +162,7 @@ class GateFrontEnd(wiring.Component):
         })
 
     logit_bits = property(lambda self: self._logit_bits)
+    gate_bits = property(lambda self: self._gate_bits)
     gate_hidden = property(lambda self: self._hidden)
     shared_gate = property(lambda self: self._shared)
     has_tables = property(lambda self: bool(self._hidden or self._shared))

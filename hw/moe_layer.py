@@ -96,7 +96,8 @@ from amaranth import (
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moepim.spec.checks import index_bits, need, need_positive, signed_bits
+from moepim.spec.checks import index_bits, need, signed_bits
+from moepim.spec.layer import LayerSpec
 from moepim.spec.tile import TileSpec
 
 from .combine import CombineUnit
@@ -113,27 +114,16 @@ SHARED_ENGINE_MODULE = "moepim_shared_engine"
 
 
 class MoELayerAccelerator(wiring.Component):
-    def __init__(self, *, d_model: int, d_ff: int, n_experts: int, n_groups: int,
-                 group_size: int, n_tokens: int, lanes: int, gate_bits: int = 8,
-                 multiplier_bits: int = 15, ffn: str = "relu", shared_d_ff: int = 0,
-                 depth: int | None = None,
-                 router: str | None = None, top_k: int = 1, renormalize: bool = False,
-                 c_max: int = 1, go_cache_rows: int = 0, max_sequence: int = 0,
-                 gate_hidden: int = 0, shared_gate: bool = False, drop: bool = False,
-                 tile: TileSpec, counter_bits=48):
-        for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts),
-                            ("n_groups", n_groups), ("group_size", group_size),
-                            ("n_tokens", n_tokens), ("lanes", lanes)):
-            need_positive(name, value)
-        need(shared_d_ff >= 0, "shared_d_ff", shared_d_ff, "0 (no shared expert) or a width")
-        n_sh = 1 if shared_d_ff else 0
-        need(n_groups > n_sh and n_experts > n_sh, "n_groups", n_groups,
-             "at least one routed group besides the shared expert's")
-        need((n_groups - n_sh) * group_size >= n_experts - n_sh, "n_groups", n_groups,
-             f"(routed groups) * group_size >= routed experts ({n_experts - n_sh})")
-        need(d_model % lanes == 0, "lanes", lanes, f"a divisor of d_model={d_model}")
-        need(not shared_gate or (n_sh and router is not None), "shared_gate", shared_gate,
-             "False without a shared expert (shared_d_ff) or a router")
+    def __init__(self, *, layer: LayerSpec, tile: TileSpec, counter_bits=48):
+        need(isinstance(layer, LayerSpec), "layer", layer,
+             "a moepim.spec.layer.LayerSpec (a config's: moepim.sim.layer_run.layer_spec)")
+        self._spec = layer
+        d_model, d_ff, n_experts, n_groups = (layer.d_model, layer.d_ff, layer.n_experts,
+                                              layer.n_groups)
+        group_size, n_tokens, lanes, gate_bits = (layer.group_size, layer.n_tokens,
+                                                  layer.lanes, layer.gate_bits)
+        multiplier_bits, ffn, shared_d_ff = layer.multiplier_bits, layer.ffn, layer.shared_d_ff
+        router = layer.router
         check_counter_bits(counter_bits)
         check_tile(tile)
         input_bits = tile.input_bits
@@ -142,7 +132,7 @@ class MoELayerAccelerator(wiring.Component):
         self._n_groups, self._group_size, self._n_tokens = n_groups, group_size, n_tokens
         self._lanes, self._gate_bits, self._multiplier_bits = lanes, gate_bits, multiplier_bits
         self._act_bits = input_bits
-        self._depth = depth if depth is not None else n_tokens * group_size
+        self._depth = layer.queue_depth
         self._engine = ExpertEngine(d_model=d_model, d_ff=d_ff, group_size=group_size,
                                     lanes=lanes, gate_bits=gate_bits,
                                     multiplier_bits=multiplier_bits, ffn=ffn, **self._tile)
@@ -156,10 +146,11 @@ class MoELayerAccelerator(wiring.Component):
         self._route = None
         if router is not None:
             self._route = RouteUnit(
-                d_model=d_model, n_experts=n_experts - n_sh, n_tokens=n_tokens, lanes=lanes,
-                router=router, gate_bits=gate_bits, top_k=top_k, renormalize=renormalize,
-                c_max=c_max, go_cache_rows=go_cache_rows, max_sequence=max_sequence,
-                gate_hidden=gate_hidden, shared_gate=shared_gate, drop=drop,
+                d_model=d_model, n_experts=layer.n_routed_experts, n_tokens=n_tokens,
+                lanes=lanes, router=router, gate_bits=gate_bits, top_k=layer.top_k,
+                renormalize=layer.renormalize, c_max=layer.c_max,
+                go_cache_rows=layer.go_cache_rows, max_sequence=layer.max_sequence,
+                gate_hidden=layer.gate_hidden, shared_gate=layer.shared_gate, drop=layer.drop,
                 multiplier_bits=multiplier_bits, **self._tile)
             self._route._MustUse__silence = True
         self._job_data = engine_job_layout(group_size=group_size, gate_bits=gate_bits,
@@ -229,6 +220,7 @@ class MoELayerAccelerator(wiring.Component):
         })
 
     # parameters and derived sizes
+    spec = property(lambda self: self._spec)
     d_model = property(lambda self: self._d_model)
     d_ff = property(lambda self: self._d_ff)
     n_experts = property(lambda self: self._n_experts)

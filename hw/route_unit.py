@@ -40,6 +40,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from moepim.spec.checks import need, need_positive
+from moepim.spec.layer import ROUTERS
 from moepim.spec.tile import TileSpec
 from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW
 
@@ -56,7 +57,6 @@ from .route_back_end import (
 __all__ = ["RouteUnit", "ROUTERS", "MODE_HOST", "MODE_WINDOW", "MODE_CACHED", "MODE_BITS",
            "INDEX_MULT_BITS", "INDEX_SHIFT_BITS"]
 
-ROUTERS = ("expert_choice", "top_k")
 
 
 class RouteUnit(wiring.Component):
@@ -119,6 +119,7 @@ class RouteUnit(wiring.Component):
     router = property(lambda self: self._router)
     n_experts = property(lambda self: self.back.n_experts)
     logit_bits = property(lambda self: self.front.logit_bits)
+    gate_bits = property(lambda self: self.front.gate_bits)
     has_go_cache = property(lambda self: self.go is not None)
     gate_hidden = property(lambda self: self.front.gate_hidden)
     shared_gate = property(lambda self: self.front.shared_gate)

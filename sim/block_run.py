@@ -53,7 +53,8 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
               info: dict | None = None, progress=None, plusargs: list[str] | None = None,
               key_params: dict | None = None, build_estimate_s: float | None = None,
               during_sim=None, preset: dict | None = None):
-    """The bench's result (plain data); raises if the simulation fails. ``trace`` (``"vcd"``
+    """The bench's result (plain data); raises if the simulation fails. ``args``: the bench's
+    keyword arguments, or a typed stimulus with ``to_json()``. ``trace`` (``"vcd"``
     or ``"saif"``, cocotb simulators only) keeps the run's value-change or toggle file at
     ``trace_to``. ``setup(simulator)`` adds processes to Amaranth's simulator (behavioural
     macro models); ``plusargs`` go to the cocotb simulators (e.g. the matrix banks' cell
@@ -65,6 +66,8 @@ def run_bench(component, *, top: str, bench: str, args: dict, sim: str, build_ro
     of its own (the simulation's clock domain is defined around it)."""
     during_sim = during_sim or nullcontext
     info = info if info is not None else {}
+    if hasattr(args, "to_json"):        # a typed stimulus (moepim.testbenches.stimulus)
+        args = args.to_json()
     fn = BENCHES[bench]
     if sim == "amaranth":
         out = {}

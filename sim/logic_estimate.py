@@ -93,7 +93,7 @@ def _memory_bits(dut) -> int:
         if route.gate_hidden:                   # the tanh table: act_bits codes
             bits += (1 << dut._act_bits) * dut._act_bits
         if route.shared_gate:                   # the sigmoid table: gate weights
-            bits += (1 << dut._act_bits) * route._gate_bits
+            bits += (1 << dut._act_bits) * route.gate_bits
     for eng, n in _engines(dut):
         if eng.ffn == "swiglu":
             bits += n * eng.lut_depth * dut._act_bits

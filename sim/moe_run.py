@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from moepim.hw.expert_engine import FFN_BANKS, FFN_REQUANTS
+from moepim.hw.gate import TABLE_SIGMOID, TABLE_TANH
 from moepim.hw.moe_layer import MoELayerAccelerator
 from moepim.hw.route_unit import INDEX_MULT_BITS, INDEX_SHIFT_BITS
 from moepim.models.moe import Routing
@@ -34,6 +35,12 @@ from moepim.models.schedule import IDLE, schedule
 from moepim.spec.layer import LayerSpec
 from moepim.spec.tile import TileSpec
 from moepim.spec.timing import MODE_CACHED, MODE_HOST, MODE_WINDOW, LayerTiming
+from moepim.testbenches.stimulus import (
+    LayerJob,
+    LayerStimulus,
+    LayerWindow,
+    RequantConstants,
+)
 
 __all__ = ["Window", "make_component", "prepare_windows", "write_bank_images",
            "bank_images", "layer_groups", "lut_writes", "bench_args", "route_counter_names",
@@ -71,16 +78,7 @@ def make_component(spec: LayerSpec, tile_kwargs: dict) -> MoELayerAccelerator:
     specification's fields and ``counter_bits``)."""
     tile_kwargs = dict(tile_kwargs)
     counter_bits = tile_kwargs.pop("counter_bits")
-    dut = MoELayerAccelerator(
-        tile=TileSpec(**tile_kwargs), counter_bits=counter_bits,
-        d_model=spec.d_model, d_ff=spec.d_ff,
-        n_experts=spec.n_experts, n_groups=spec.n_groups,
-        group_size=spec.group_size, n_tokens=spec.n_tokens, lanes=spec.lanes,
-        gate_bits=spec.gate_bits, multiplier_bits=spec.multiplier_bits, ffn=spec.ffn,
-        shared_d_ff=spec.shared_d_ff, router=spec.router, top_k=spec.top_k,
-        renormalize=spec.renormalize, c_max=spec.c_max, go_cache_rows=spec.go_cache_rows,
-        max_sequence=spec.max_sequence, gate_hidden=spec.gate_hidden,
-        shared_gate=spec.shared_gate, drop=spec.drop)
+    dut = MoELayerAccelerator(layer=spec, tile=TileSpec(**tile_kwargs), counter_bits=counter_bits)
     dut._MustUse__silence = True        # a cached build (keyed by parameters) never elaborates it
     return dut
 
@@ -113,7 +111,7 @@ def _prefix(exp: int, cfg) -> str:
     return "shared" if exp == cfg.n_experts else f"experts.{exp}"
 
 
-def _jobs(sched, groups, weights, ql) -> list:
+def _jobs(sched, groups, weights, ql) -> list[LayerJob]:
     jobs = []
     for g, plan in enumerate(sched.plan()):
         for tok, exp, idle in plan:
@@ -123,7 +121,8 @@ def _jobs(sched, groups, weights, ql) -> list:
                 rq = ql.requant[key]
                 fields[f"{name}_mult"] = rq.mult
                 fields[f"{name}_shift"] = _shift(rq, key)
-            jobs.append([g, tok, exp, idle, fields])
+            jobs.append(LayerJob(group=g, token=int(tok), expert=int(exp),
+                                 idle_before=int(idle), operands=fields))
     return jobs
 
 
@@ -274,41 +273,42 @@ def route_counter_names(dut) -> list[str]:
 
 def bench_args(windows: list[Window], spec: LayerSpec, ql, *, gap_p=0.0, stall_p=0.0,
                seed=0, progress_file=None, luts=(), extra_counters=(),
-               route_stall_p=0.0) -> dict:
-    """Arguments of the ``moe_layer`` bench; ``luts`` from :func:`lut_writes`;
+               route_stall_p=0.0) -> LayerStimulus:
+    """The ``moe_layer`` bench's stimulus; ``luts`` from :func:`lut_writes`;
     ``progress_file``: where the bench reports its simulated cycles (a progress bar);
     ``extra_counters``: :func:`route_counter_names`; ``route_stall_p``: back-pressure on the
     layer's routes (the routing formula is then an upper bound, see ``check_windows``)."""
     combine = ql.requant["combine"]
     gate_index = gate_hidden = gate_shared = None
-    gate_lut = []
+    gate_tables = []
     if spec.router is not None:
         rq = ql.gate_index
         if rq.mult >= 1 << INDEX_MULT_BITS or rq.shift >= 1 << INDEX_SHIFT_BITS:
             raise ValueError(f"the gate's softmax index requantisation (mult {rq.mult}, shift "
                              f"{rq.shift}) does not fit the router's {INDEX_MULT_BITS}-bit "
                              f"multiplier and {INDEX_SHIFT_BITS}-bit shift")
-        gate_index = [rq.mult, rq.shift]
+        gate_index = RequantConstants(rq.mult, rq.shift)
     if spec.gate_hidden:
         # the MLP gate's hidden requantisation and tanh table (address code + 2**(ab-1))
         rq = ql.requant["gate.fc1"]
-        gate_hidden = [rq.mult, _shift(rq, "gate.fc1")]
-        gate_lut += [[0, i, int(v)] for i, v in enumerate(ql.luts["tanh"])]
+        gate_hidden = RequantConstants(rq.mult, _shift(rq, "gate.fc1"))
+        gate_tables += [(TABLE_TANH, i, int(v)) for i, v in enumerate(ql.luts["tanh"])]
     if spec.shared_gate:
-        # the shared expert's gate requantisation and sigmoid table (table 1)
+        # the shared expert's gate requantisation and sigmoid table
         rq = ql.requant["shared_gate"]
-        gate_shared = [rq.mult, _shift(rq, "shared_gate")]
-        gate_lut += [[1, i, int(v)] for i, v in enumerate(ql.luts["sigmoid"])]
-    return {"windows": [{"tokens": w.x.tolist(), "jobs": w.jobs, "n_groups": spec.n_groups,
-                         "route": [w.route_mode, w.route_cap, int(w.go_insert)]}
-                        for w in windows], "luts": list(luts), "gate_index": gate_index,
-            "gate_hidden": gate_hidden, "gate_shared": gate_shared, "gate_lut": gate_lut,
-            "lanes": spec.lanes, "act_bits": ql.cfg.quant.act_bits,
-            "combine": [combine.mult, _shift(combine, "combine")], "gap_p": gap_p,
-            "stall_p": stall_p,
-            "seed": seed, "progress_file": str(progress_file) if progress_file else None,
-            "dram": spec.go_cache_rows > 0, "extra_counters": list(extra_counters),
-            "route_stall_p": route_stall_p}
+        gate_shared = RequantConstants(rq.mult, _shift(rq, "shared_gate"))
+        gate_tables += [(TABLE_SIGMOID, i, int(v)) for i, v in enumerate(ql.luts["sigmoid"])]
+    return LayerStimulus(
+        windows=[LayerWindow(tokens=w.x.tolist(), jobs=w.jobs, route_mode=w.route_mode,
+                             route_cap=w.route_cap, go_insert=int(w.go_insert))
+                 for w in windows],
+        lanes=spec.lanes, act_bits=ql.cfg.quant.act_bits, n_groups=spec.n_groups,
+        combine=RequantConstants(combine.mult, _shift(combine, "combine")), gap_p=gap_p,
+        stall_p=stall_p, seed=seed, silu_tables=[tuple(x) for x in luts],
+        gate_index=gate_index, gate_hidden=gate_hidden, gate_shared=gate_shared,
+        gate_tables=gate_tables, dram=spec.go_cache_rows > 0, route_stall_p=route_stall_p,
+        extra_counters=list(extra_counters),
+        progress_file=str(progress_file) if progress_file else None)
 
 
 def expected_compute_cycles(w: Window, timing: LayerTiming) -> int:

@@ -80,7 +80,8 @@ class _Drives:
         self.first_banks = 2 if cfg.ffn == "swiglu" else 1      # up (and gate_proj)
         rows: dict[int, dict[int, np.ndarray]] = {}
         for w, first in zip(windows, token_keys):
-            for _g, tok, exp, _idle, _f in w.jobs:
+            for job in w.jobs:
+                tok, exp = job.token, job.expert
                 rows.setdefault(exp, {}).setdefault(first + tok, w.x[tok])
         self.hidden_ones = {}
         for exp, by_token in rows.items():
@@ -164,7 +165,8 @@ def model_results(windows, restarts, spec, timing, dut, wl, shape, matmul) -> li
              "out_reads": (loads + n) * B, "out_writes": (loads + n) * B}
         busy = [0] * n_groups
         dac = busy_cycles = 0
-        for g, tok, exp, _idle, _fields in w.jobs:
+        for job in w.jobs:
+            g, tok, exp = job.group, job.token, job.expert
             busy[g] += 1
             busy_cycles += timing.group_latencies[g] - 1
             dac += drives.job(w.x[tok], first_token + tok, exp)
@@ -183,7 +185,7 @@ def model_results(windows, restarts, spec, timing, dut, wl, shape, matmul) -> li
         for k, v in d.items():
             total[k] += v
         total["busy"] = [a + b for a, b in zip(total["busy"], busy)]
-        settle = timing.settle_cycles([j[0] for j in w.jobs])
+        settle = timing.settle_cycles([j.group for j in w.jobs])
         cycles = timing.window_cycles(n, len(w.jobs), compute, route, settle)
         results.append({"outputs": w.golden, "routes": w.expected_routes(
             n_routed + int(spec.shared_gate)) if ru is not None and w.route_mode != MODE_HOST

@@ -16,6 +16,7 @@ import numpy as np
 
 from .engine_benches import expert_engine_jobs, matrix_bank_jobs
 from .route_benches import gate_front_end, route_stage
+from .stimulus import LayerStimulus
 from .streams import DramResponder, StreamSink, StreamSource, write_table
 
 __all__ = ["BENCHES"]
@@ -391,47 +392,39 @@ def report_progress(path, done: int) -> None:
 PROGRESS_EVERY = 2000       # cycles between progress reports
 
 
-async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, seed,
-                    luts=(), timeout=10_000_000, progress_file=None, gate_index=None,
-                    dram=False, extra_counters=(), route_stall_p=0.0, gate_hidden=None,
-                    gate_shared=None, gate_lut=()):
-    """Stream windows through ``MoELayerAccelerator``: each window is ``{"tokens": [[int] *
-    d_model, ...], "jobs": [[group, token, expert, idle_before, {field: int}], ...]}`` (the
-    fields of the layer's job operands). ``luts``: ``[group, addr, value]`` writes of the SiLU
-    tables (SwiGLU layers), streamed first with the same input gaps. ``progress_file``: where
-    the simulated cycles are reported (:func:`report_progress`).
+async def moe_layer(io, **stimulus):
+    """Stream windows through ``MoELayerAccelerator``, as a host does; ``stimulus``: a
+    :class:`~moepim.testbenches.stimulus.LayerStimulus` as JSON. The SwiGLU experts' SiLU
+    tables and the gate's tanh / sigmoid tables are streamed first, with the same input gaps.
 
-    Routing on the layer (``gate_index`` = the softmax index ``[mult, shift]``): each window's
-    ``"route": [mode, cap, go_insert]`` is set before its tokens; the routes the layer emits
-    are collected (the host takes each beat when offered; ``route_stall_p``: the probability it
-    refuses one in a cycle, to exercise the route stream's back-pressure) and the plan is
-    offered only after the window's closing route beat, as a host scheduling from the routes
-    would. ``dram``: the
-    layer has the GO cache's DRAM port; this bench's DRAM stores spilled rows and answers a
-    read the cycle after its request (the DRAM's timing is modelled by the run's timeline).
-    An MLP gate: ``gate_hidden`` = its hidden requantisation ``[mult, shift]``; a shared
-    expert's gate: ``gate_shared`` = its logit's requantisation; ``gate_lut`` = ``[table,
-    addr, value]`` writes of their tanh / sigmoid tables (streamed after ``luts``).
+    Routing on the layer (``gate_index`` set): each window's route inputs are set before its
+    tokens; the routes the layer emits are collected (the host takes each beat when offered;
+    ``route_stall_p``: the probability it refuses one in a cycle, to exercise the route
+    stream's back-pressure) and the plan is offered only after the window's closing route
+    beat, as a host scheduling from the routes would. ``dram``: this bench's DRAM stores the
+    GO cache's spilled rows and answers a read the cycle after its request (the DRAM's timing
+    is modelled by the run's timeline).
 
     Returns per window the outputs (``[[int] * d_model]`` per token), its routes
     (``[token, expert, weight]``), the cycles from its first token beat to its last output
-    beat, and the layer's counters after it (``extra_counters`` besides the basic ones)."""
+    beat, and the layer's counters after it (``extra_counters`` besides the basic ones);
+    the simulated cycles go to ``progress_file`` (:func:`report_progress`)."""
     from .bits import pack_array, unpack_array
 
-    rng = np.random.default_rng(seed)
-    io.set("combine_mult", combine[0])
-    io.set("combine_shift", combine[1])
-    if gate_index is not None:
-        io.set("gate_index_mult", gate_index[0])
-        io.set("gate_index_shift", gate_index[1])
-    for name, rq in (("gate_hidden", gate_hidden), ("gate_shared", gate_shared)):
+    st = LayerStimulus.from_json(stimulus)
+    lanes, act_bits, gap_p, stall_p = st.lanes, st.act_bits, st.gap_p, st.stall_p
+    progress_file, routing_hw = st.progress_file, st.gate_index is not None
+    rng = np.random.default_rng(st.seed)
+    for name, rq in (("combine", st.combine), ("gate_index", st.gate_index),
+                     ("gate_hidden", st.gate_hidden), ("gate_shared", st.gate_shared)):
         if rq is not None:
-            io.set(f"{name}_mult", rq[0])
-            io.set(f"{name}_shift", rq[1])
-    if luts:
-        await write_table(io, "i_lut", ("group", "addr", "data"), luts, rng, gap_p)
-    if gate_lut:
-        await write_table(io, "i_gate_lut", ("table", "addr", "data"), gate_lut, rng, gap_p)
+            io.set(f"{name}_mult", rq.mult)
+            io.set(f"{name}_shift", rq.shift)
+    if st.silu_tables:
+        await write_table(io, "i_lut", ("group", "addr", "data"), st.silu_tables, rng, gap_p)
+    if st.gate_tables:
+        await write_table(io, "i_gate_lut", ("table", "addr", "data"), st.gate_tables, rng,
+                          gap_p)
 
     # the host's streams, in the order they draw from ``rng`` each cycle
     window_tokens = []                    # the current window's token vectors
@@ -444,30 +437,29 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
     def job_beat(job):
         if job is None:
             return {"empty": 1}
-        g, tok, exp, idle, fields = job
-        return {"empty": 0, "group": g, "token": tok, "expert": exp, "idle_before": idle,
-                **{f"data.{name}": value for name, value in fields.items()}}
+        return {"empty": 0, "group": job.group, "token": job.token, "expert": job.expert,
+                "idle_before": job.idle_before,
+                **{f"data.{name}": value for name, value in job.operands.items()}}
 
     tokens_in = StreamSource(io, "i_tokens", rng, gap_p, token_beat)
     jobs_in = StreamSource(io, "i_jobs", rng, gap_p, job_beat)
     outputs_out = StreamSink(io, "o_outputs", rng, stall_p)
-    routes_out = StreamSink(io, "o_routes", rng, route_stall_p, draw_at_zero=False)
-    memory = DramResponder(io) if dram else None
+    routes_out = StreamSink(io, "o_routes", rng, st.route_stall_p, draw_at_zero=False)
+    memory = DramResponder(io) if st.dram else None
     results = []
     next_report = PROGRESS_EVERY
-    for w_index, window in enumerate(windows):
-        window_tokens[:] = window["tokens"]
+    for w_index, window in enumerate(st.windows):
+        window_tokens[:] = window.tokens
         d_model = len(window_tokens[0])
         blocks = d_model // lanes
         tokens_in.load((t, b) for t in range(len(window_tokens)) for b in range(blocks))
-        jobs_in.load(list(window["jobs"]) or [None])
+        jobs_in.load(list(window.jobs) or [None])
         outputs = [[0] * d_model for _ in window_tokens]
-        mode, cap, insert = window.get("route", (0, 0, 0))
-        routing = gate_index is not None and mode != 0
-        if gate_index is not None:
-            io.set("route_mode", mode)
-            io.set("route_cap", cap)
-            io.set("go_insert", insert)
+        routing = routing_hw and window.route_mode != 0
+        if routing_hw:
+            io.set("route_mode", window.route_mode)
+            io.set("route_cap", window.route_cap)
+            io.set("go_insert", window.go_insert)
         routes, routed = [], not routing
         start, done = None, False
         while not done:
@@ -511,20 +503,20 @@ async def moe_layer(io, *, windows, lanes, act_bits, combine, gap_p, stall_p, se
                 if progress_file:
                     report_progress(progress_file, io.cycle)
                 next_report = io.cycle + PROGRESS_EVERY
-            if start is not None and io.cycle - start > timeout:
-                raise TimeoutError(f"window {w_index}: no last output after {timeout} cycles")
+            if start is not None and io.cycle - start > st.timeout:
+                raise TimeoutError(f"window {w_index}: no last output after {st.timeout} "
+                                   "cycles")
         tokens_in.close()
         jobs_in.close()
         outputs_out.close()
-        if gate_index is not None:
+        if routing_hw:
             routes_out.close()
         if memory:
             memory.close()
         counters = {name: await io.get(f"counters.{name}") for name in (
             "cycles", "timestamps", "token_loads", "token_reads", "token_writes", "out_reads",
-            "out_writes", "engine_busy_cycles", "dac_drives", *extra_counters)}
-        counters["busy"] = [await io.get(f"counters.busy.{g}")
-                            for g in range(window.get("n_groups", 0))]
+            "out_writes", "engine_busy_cycles", "dac_drives", *st.extra_counters)}
+        counters["busy"] = [await io.get(f"counters.busy.{g}") for g in range(st.n_groups)]
         await io.tick()
         results.append({"outputs": outputs, "routes": routes, "cycles": io.cycle - 1 - start,
                         "counters": counters})
