@@ -59,6 +59,11 @@ __all__ = ["RouteUnit", "ROUTERS", "MODE_HOST", "MODE_WINDOW", "MODE_CACHED", "M
 
 
 
+# the gate front end's optional inputs (an MLP gate's, a shared gate's, their tables')
+TABLE_INPUTS = ("hidden_mult", "hidden_shift", "shared_mult", "shared_shift", "lut_we",
+                "lut_table", "lut_addr", "lut_data")
+
+
 class RouteUnit(wiring.Component):
     def __init__(self, *, d_model: int, n_experts: int, n_tokens: int, lanes: int,
                  router: str, gate_bits: int = 8, top_k: int = 1, renormalize: bool = False,
@@ -94,9 +99,7 @@ class RouteUnit(wiring.Component):
         fe, be = self.front.signature.members, self.back.signature.members
         go_ports = ({"o_dram_req": be["o_dram_req"], "i_dram_resp": be["i_dram_resp"]}
                     if self.go is not None else {})
-        tables = {name: fe[name] for name in ("hidden_mult", "hidden_shift", "shared_mult",
-                                               "shared_shift", "lut_we", "lut_table",
-                                               "lut_addr", "lut_data") if name in fe}
+        tables = {name: fe[name] for name in TABLE_INPUTS if name in fe}
         super().__init__({
             "bank_id": fe["bank_id"],
             **tables,
@@ -142,9 +145,7 @@ class RouteUnit(wiring.Component):
         m.submodules.gate = fe
         m.submodules.router = be
         fwd = ["bank_id", "in_we", "in_addr", "in_data"] + [
-            name for name in ("hidden_mult", "hidden_shift", "shared_mult", "shared_shift",
-                              "lut_we", "lut_table", "lut_addr", "lut_data")
-            if name in fe.signature.members]
+            name for name in TABLE_INPUTS if name in fe.signature.members]
         m.d.comb += [getattr(fe, name).eq(getattr(self, name)) for name in fwd]
         m.d.comb += [getattr(be, name).eq(getattr(self, name))
                      for name in ("mode", "cap", "index_mult", "index_shift")]

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .bits import pack_array
 from .streams import StreamSink, StreamSource
 
 __all__ = ["gate_front_end", "route_stage"]
 
 LIMIT = 200_000         # cycles a bench waits for progress before it gives up
-
-
-def _pack(values, bits: int) -> int:
-    mask = (1 << bits) - 1
-    return sum((int(v) & mask) << (bits * i) for i, v in enumerate(values))
 
 
 async def gate_front_end(io, *, tokens, lanes, input_bits, held, tables, n_experts,
@@ -42,7 +38,7 @@ async def gate_front_end(io, *, tokens, lanes, input_bits, held, tables, n_exper
         for b in range(len(vector) // lanes):
             io.set("in_we", 1)
             io.set("in_addr", b)
-            io.set("in_data", _pack(vector[b * lanes:(b + 1) * lanes], input_bits))
+            io.set("in_data", pack_array(vector[b * lanes:(b + 1) * lanes], input_bits))
             await io.tick()
         io.set("in_we", 0)
         io.set("i_tokens.valid", 1)
@@ -87,7 +83,7 @@ async def route_stage(io, *, windows, logit_bits, shared_gate, gap_p, stall_p, s
         for name, value in w["held"].items():
             io.set(name, value)
         src = StreamSource(io, "i_logits", rng, gap_p, lambda t: {
-            "token": t[0], "logits": _pack(t[1], logit_bits),
+            "token": t[0], "logits": pack_array(t[1], logit_bits),
             **({"shared_weight": t[2]} if shared_gate else {})})
         src.load(w["tokens"])
         routes, taken, closed = [], [], None
