@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from moepim.spec.numerics import SCORE_BITS
+from moepim.spec.numerics import NORM_FRAC_BITS, NORM_RECIP_BITS, ROPE_FRAC_BITS, SCORE_BITS
 
 from .moe import Routing, init_weights, moe_forward_float
 from .quant import (
@@ -62,12 +62,8 @@ from .zoo import ModelConfig
 
 __all__ = ["attention_shapes", "init_decoder_weights", "decoder_forward_float",
            "DecoderQuant", "quantize_decoder", "decoder_forward_int", "KVCache", "kv_row_bytes",
-           "attention_int",
+           "attention_int", "attend_int",
            "int_norm", "rope_tables", "NORM_FRAC_BITS", "NORM_RECIP_BITS", "ROPE_FRAC_BITS"]
-
-NORM_FRAC_BITS = 8          # fractional bits of the integer square root of the mean square
-NORM_RECIP_BITS = 30        # the per-token reciprocal 2**30 // r (r < 2**17 for 8-bit codes)
-ROPE_FRAC_BITS = 14         # cos/sin tables in Q1.14
 
 
 def attention_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -333,16 +329,26 @@ def attention_int(h_q, dq: DecoderQuant, cache: KVCache, matmul=int_matmul):
         proj[name] = _clamp(dq.requant[f"attn.{name}"].apply(acc), ab).reshape(T, heads, hd)
     q, k = _rope_int(proj["q"], pos, cfg), _rope_int(proj["k"], pos, cfg)
     cache = KVCache(np.concatenate([cache.k, k]), np.concatenate([cache.v, proj["v"]]))
-    L = len(cache)
     rep = H // G
     kk = np.repeat(cache.k, rep, axis=1)                          # (L, H, hd)
     vv = np.repeat(cache.v, rep, axis=1)
-    s = np.einsum("thd,lhd->htl", q, kk)                          # exact integers
-    causal = np.arange(L)[None, :] <= pos[:, None]                # (T, L)
-    p16 = int_softmax(s, dq.attn_index, np.broadcast_to(causal, s.shape))
-    acc = np.einsum("htl,lhd->thd", p16, vv)
-    a = _clamp((acc + (1 << (SCORE_BITS - 1))) >> SCORE_BITS, ab).reshape(T, H * hd)
-    return a, cache
+    a = attend_int(q, kk, vv, pos, dq.attn_index, ab)
+    return a.reshape(T, H * hd), cache
+
+
+def attend_int(q, k, v, pos, index: Requant, act_bits: int) -> np.ndarray:
+    """The attention core (``moepim.hw.attention.AttentionUnit``, one head and row at a time):
+    queries ``q`` (T, H, hd) at positions ``pos`` (T,) over keys and values ``k``, ``v``
+    (L, H, hd); row t attends to keys ``0 .. pos[t]``. Integer scores, the Q0.16 softmax
+    with the table-index requantisation ``index``, then
+    ``clamp((sum_j p16_j v_j + 2**15) >> 16)``: (T, H, hd) codes at V's scale."""
+    q, k, v = (np.asarray(t, dtype=np.int64) for t in (q, k, v))
+    L = k.shape[0]
+    s = np.einsum("thd,lhd->htl", q, k)                           # exact integers
+    causal = np.arange(L)[None, :] <= np.asarray(pos)[:, None]    # (T, L)
+    p16 = int_softmax(s, index, np.broadcast_to(causal, s.shape))
+    acc = np.einsum("htl,lhd->thd", p16, v)
+    return _clamp((acc + (1 << (SCORE_BITS - 1))) >> SCORE_BITS, act_bits)
 
 
 def decoder_forward_int(x_q: np.ndarray, dq: DecoderQuant, *, cache: KVCache | None = None,

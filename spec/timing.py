@@ -30,6 +30,11 @@ Routing (``RouteUnit``, a two-stage pipeline; ``route_cycles``)
   * the close (``close_cycles``): the expert-choice selection ``E (T + 1 + cap)``
     (``ExpertChoiceRouter``) and the closing beat, or the closing beat alone.
 
+Decoder units (streaming, one beat per cycle, fixed latency from a beat's handshake)
+  * ``ResidualUnit``: ``residual_latency = 2``; ``n`` beats ``n + 2`` (``residual_cycles``);
+  * ``RopeUnit``: ``rope_latency = 3``; a head vector is ``head_dim / (2 lanes)`` beats
+    (``rope_beats``), ``V`` vectors ``V * beats + 3`` (``rope_cycles``).
+
 This module imports nothing heavy (no numpy, torch or Amaranth).
 """
 
@@ -39,9 +44,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .checks import ceil_div
-from .numerics import RECIP_BITS
+from .numerics import NORM_FRAC_BITS, NORM_RECIP_BITS, RECIP_BITS
 
-__all__ = ["mvm_latency", "job_latency", "softmax_latency", "topk_router_latency",
+__all__ = ["attention_latency", "mvm_latency", "job_latency", "softmax_latency",
+           "topk_router_latency", "norm_latency",
+           "residual_latency", "residual_cycles", "rope_latency", "rope_beats", "rope_cycles",
            "ec_select_cycles", "topk_window_cycles", "scheduler_window_cycles",
            "compute_cycles", "RouteTiming", "LayerTiming", "WINDOW_OVERHEAD", "SETTLE_MAX",
            "MODE_HOST", "MODE_WINDOW", "MODE_CACHED"]
@@ -49,6 +56,14 @@ __all__ = ["mvm_latency", "job_latency", "softmax_latency", "topk_router_latency
 MODE_HOST, MODE_WINDOW, MODE_CACHED = 0, 1, 2     # a window's route mode (the RTL's values)
 WINDOW_OVERHEAD = 1         # the hand-over cycle after a window's last output beat
 SETTLE_MAX = 2              # most cycles the scheduler waits for its queues' heads
+
+
+def attention_latency(n_keys: int, blocks: int) -> int:
+    """``AttentionUnit``: cycles from the handshake of a query's last beat (cycle 0) to the
+    first cycle of its output, K and V offered every cycle: the scores (``L B``), the exp
+    pipeline (``L + 2``), the reciprocal (``RECIP_BITS + 1``), the probabilities (``L + 1``),
+    the read of ``p_0`` (1), the weighted sum (``L B``) and the hand-over (1)."""
+    return 2 * n_keys * blocks + 2 * n_keys + RECIP_BITS + 6
 
 
 def mvm_latency(input_bits: int, columns_per_adc: int) -> int:
@@ -65,6 +80,16 @@ def softmax_latency(n_experts: int) -> int:
     """``GateSoftmax``: the max scan, the exp lookups (pipelined), the reciprocal's
     ``RECIP_BITS + 1`` cycles, the normalisation, whatever the mask."""
     return 2 * n_experts + 4 + RECIP_BITS + 1
+
+
+def norm_latency(d_model: int, lanes: int, act_bits: int, center: bool) -> int:
+    """``NormUnit``: cycles from a row's first input handshake to its first output beat's
+    ``valid``: the ``d_model / lanes`` input beats, the mean (LayerNorm), the mean square, the
+    square root (``act_bits + 1 + NORM_FRAC_BITS`` bits, one per cycle), the reciprocal
+    (``NORM_RECIP_BITS + 1`` bits), the scale, the first buffer read and the output register.
+    A row follows the previous one ``norm_latency + d_model / lanes`` cycles after it."""
+    return (d_model // lanes + int(center) + act_bits + 1 + NORM_FRAC_BITS
+            + NORM_RECIP_BITS + 4)
 
 
 def topk_router_latency(n_experts: int, count: int) -> int:
@@ -88,6 +113,35 @@ def scheduler_window_cycles(n_jobs: int, timestamps: int) -> int:
     """``GroupScheduler`` alone (engines always ready): one cycle per job written, one per
     timestamp issued."""
     return n_jobs + timestamps
+
+
+def residual_latency() -> int:
+    """``ResidualUnit``: cycles from a beat's ``i_pairs`` handshake to its ``o_sums.valid``
+    (1 for both operands' requantisation, 1 for the sum and clamp); one beat per cycle."""
+    return 2
+
+
+def residual_cycles(n_beats: int) -> int:
+    """``ResidualUnit``, no input gaps or back-pressure: from the cycle of the first beat's
+    handshake to the cycle after the last output beat's handshake."""
+    return n_beats + residual_latency()
+
+
+def rope_latency() -> int:
+    """``RopeUnit``: cycles from a beat's ``i_vectors`` handshake to its ``o_vectors.valid``
+    (the table read, the four products, the rounding sums and clamp); one beat per cycle."""
+    return 3
+
+
+def rope_beats(head_dim: int, lanes: int) -> int:
+    """``RopeUnit``: beats of one head vector (``lanes`` pairs each)."""
+    return head_dim // (2 * lanes)
+
+
+def rope_cycles(n_vectors: int, head_dim: int, lanes: int) -> int:
+    """``RopeUnit``, no input gaps or back-pressure: from the cycle of the first beat's
+    handshake to the cycle after the last output beat's handshake."""
+    return n_vectors * rope_beats(head_dim, lanes) + rope_latency()
 
 
 def compute_cycles(loads_per_timestamp: Iterable[int], blocks: int,

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .attention_benches import attention_queries
+from .decoder_unit_benches import residual_pairs, rope_vectors
 from .engine_benches import expert_engine_jobs, matrix_bank_jobs
+from .norm_benches import norm_rows
 from .route_benches import gate_front_end, route_stage
 from .stimulus import LayerStimulus
 from .streams import DramResponder, StreamSink, StreamSource, write_table
@@ -527,8 +530,11 @@ async def moe_layer(io, **stimulus):
 BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": wait_pulses,
            "token_router": token_router,
            "gate_softmax": gate_softmax,
+           "norm_rows": norm_rows,
+           "residual_pairs": residual_pairs, "rope_vectors": rope_vectors,
            "expert_router": expert_router, "topk_windows": topk_windows,
            "scheduler_plan": scheduler_plan, "go_cache_commands": go_cache_commands,
            "moe_layer": moe_layer, "gate_front_end": gate_front_end,
            "route_stage": route_stage, "matrix_bank_jobs": matrix_bank_jobs,
-           "expert_engine_jobs": expert_engine_jobs}
+           "expert_engine_jobs": expert_engine_jobs,
+           "attention_queries": attention_queries}
