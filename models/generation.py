@@ -1,0 +1,292 @@
+"""Golden generation loop: token embedding, one decoder layer, the final norm, the LM head and a
+greedy argmax, each generated token fed back as the next input, under the four cache modes of
+the primary paper's comparison. Every mode computes the same tokens bit for bit; they differ in
+the work each step does (:class:`StepWork`), which the timing model prices.
+
+Steps: step 0 runs the prompt (``P`` tokens) as one window and gives the first generated
+token; decode step ``k`` (1 .. ``n_generate - 1``) runs with ``L = P + k`` tokens in the
+sequence and gives the next. ``n_generate = 8`` after a 32-token prompt is the paper's 7 decode
+steps at ``L = 33 .. 39``.
+
+What a decode step computes (``x`` the embeddings, the new token last):
+
+``none`` (the paper's baseline: no cache)
+    the whole sequence again: ``L`` embeddings, norms, Q/K/V/O projections, causal attention
+    (row ``t`` over ``t + 1`` keys), residuals, the MoE layer over the ``L``-token window.
+``kv`` (K and V of earlier tokens cached)
+    Q for every row, K/V for the new row only, every row's attention reading the earlier
+    keys and values from the KV store: expert-choice routing without the GO cache still
+    needs every token's MoE input (the gate ranks a column over the whole window), so the
+    earlier rows' attention, O projection, norms and the MoE window are recomputed.
+``go`` (earlier gate outputs cached)
+    the MoE layer for the new token only (its selection from the cached scores,
+    ``moepim.models.routing.expert_choice_decode``); attention for the new row only, but
+    without a KV cache every earlier token's K and V are projected again (their norms and
+    embeddings too).
+``kv_go``
+    the new token alone everywhere, the earlier keys and values read from the KV store.
+
+The prompt step is the same in every mode (its K/V written to the KV store in the ``kv``
+modes, its gate scores kept in the ``go`` modes). The LM head runs on the last row only.
+
+Routing: the prompt window routes as a window; each generated token is selected by the
+decode rule (expert choice: ``expert_choice_decode`` over the earlier scores, which equals
+its selection in a fresh window of the ``L`` tokens, earlier tokens winning ties; token
+choice: the token alone). A recomputing mode routes its window with those selections, so
+every mode's new row is the same computation.
+
+Embedding and LM head weights are seeded and generated in 256-entry blocks (a crossbar's
+width), so the full-size vocabulary (32,000 x 4,096) never exists in float: the embedding
+row of a token is ``N(0, 1)`` from the token's own seed; the LM head is
+``N(0, initializer_range)``, quantised with a fixed clip at ``LM_CLIP_SIGMA`` standard
+deviations (its weights are never all drawn at once, so no per-tensor maximum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .decoder import (
+    DecoderQuant,
+    KVCache,
+    NormQuant,
+    _clamp,
+    _norm_float,
+    _norm_quant,
+    _quant,
+    _rope_int,
+    _scale,
+    attend_int,
+    decoder_forward_float,
+    init_decoder_weights,
+    int_norm,
+    quantize_decoder,
+)
+from .quant import int_matmul, moe_forward_int, route_int
+from .routing import expert_choice_decode
+from .zoo import ModelConfig
+
+__all__ = ["MODES", "StepWork", "Generator", "GenerationResult", "build_generator",
+           "step_work", "generate", "LM_BLOCK", "LM_CLIP_SIGMA"]
+
+MODES = ("none", "kv", "go", "kv_go")
+LM_BLOCK = 256              # vocabulary entries generated (and projected) per block
+LM_CLIP_SIGMA = 4.0         # the LM head's quantisation clip, in standard deviations
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """The work of one step in one mode (rows are token rows; per-head counts are per query
+    head). ``kv_read_rows``: K/V rows read back from the KV store (each row one token's K
+    and V of every K/V head); ``kv_write_rows``: rows written to it; ``go_rows``: earlier
+    tokens whose gate scores the GO cache supplies."""
+
+    step: int
+    n_tokens: int               # L: tokens in the sequence (the new one included)
+    embed_rows: int
+    attn_norm_rows: int
+    q_rows: int
+    kv_rows: int                # rows whose K and V are projected
+    attn_rows: int              # query rows through attention (per head)
+    attn_keys: int              # keys attended over all those rows (per head)
+    o_rows: int
+    moe_rows: int               # MoE-norm rows, the MoE window, the second residual
+    moe_cached: bool            # the MoE layer decodes from the GO cache
+    lm_rows: int
+    kv_read_rows: int
+    kv_write_rows: int
+    go_rows: int
+
+
+def step_work(mode: str, step: int, n_prompt: int) -> StepWork:
+    """The work of ``step`` (0: the prompt) under ``mode`` (module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    kv, go = mode in ("kv", "kv_go"), mode in ("go", "kv_go")
+    L = n_prompt + step
+    if step == 0:
+        keys = L * (L + 1) // 2
+        return StepWork(0, L, L, L, L, L, L, keys, L, L, False, 1, 0, L if kv else 0, 0)
+    every = L if not (kv and go) else 1
+    q_rows = 1 if go else L
+    kv_rows = 1 if kv else L
+    keys = L * (L + 1) // 2 if q_rows == L else L
+    # cached keys (earlier steps') read per attention row: row t reads min(t + 1, L - 1)
+    if not kv:
+        kv_read = 0
+    elif q_rows == 1:
+        kv_read = L - 1
+    else:
+        kv_read = (L - 1) * L // 2 + (L - 1)
+    return StepWork(step, L, every, every, q_rows, kv_rows, q_rows, keys, q_rows, q_rows,
+                    go, 1, kv_read, 1 if kv else 0, L - 1 if go else 0)
+
+
+@dataclass
+class Generator:
+    """The integer model of generation: the decoder layer's quantisation ``dq``, the final
+    norm and the LM head (generated block by block, kept as int8 codes)."""
+
+    cfg: ModelConfig
+    dq: DecoderQuant
+    final_norm: NormQuant
+    seed: int
+    lm_head: np.ndarray             # (d_model, vocab) weight codes, int8
+    matmul: object = int_matmul
+
+    def embed(self, tokens) -> np.ndarray:
+        """Embedding codes of ``tokens`` (rows of ``d_model`` codes at the layer's input
+        scale)."""
+        return np.stack([_quant(_embedding_row(self.cfg, self.seed, int(t)), self.dq.s_x,
+                                self.cfg.quant.act_bits) for t in tokens])
+
+    def next_token(self, y_row: np.ndarray) -> tuple[int, int]:
+        """Greedy argmax of the LM head over the final norm of one output row (the lowest
+        index among equal logits), and its logit."""
+        h = int_norm(np.asarray(y_row)[None], self.final_norm, self.cfg.quant.act_bits)
+        logits = self.matmul(h, self.lm_head.astype(np.int64))[0]
+        best = int(np.argmax(logits))
+        return best, int(logits[best])
+
+
+def _embedding_row(cfg: ModelConfig, seed: int, token: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(token))
+    return torch.randn(cfg.d_model, generator=gen, dtype=torch.float32)
+
+
+def _lm_head_codes(cfg: ModelConfig, seed: int, s_w: float) -> np.ndarray:
+    d, V = cfg.d_model, cfg.vocab_size
+    out = np.empty((d, V), dtype=np.int8)
+    lim = (1 << (cfg.quant.weight_bits - 1)) - 1
+    if lim > 127:
+        raise ValueError("the LM head keeps int8 codes: weight_bits above 8 are not supported")
+    for b0 in range(0, V, LM_BLOCK):
+        gen = torch.Generator().manual_seed(seed * 7_919 + b0)
+        w = torch.randn(d, min(LM_BLOCK, V - b0), generator=gen, dtype=torch.float32)
+        q = np.rint(w.numpy().astype(np.float64) * cfg.initializer_range / s_w)
+        out[:, b0:b0 + w.shape[1]] = np.clip(q, -lim, lim)
+    return out
+
+
+def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
+                    matmul=int_matmul) -> Generator:
+    """Seeded decoder-layer weights (``moepim.models.decoder.init_decoder_weights``), the
+    layer calibrated on the prompt's embeddings, the final norm (gain ``1 + N(0, 0.1)``)
+    calibrated on the float layer's output, the LM head."""
+    w = init_decoder_weights(cfg, seed)
+    x = torch.stack([_embedding_row(cfg, seed, t) for t in prompt])
+    dq = quantize_decoder(w, cfg, x)
+    y, _ = decoder_forward_float(x, w, cfg)
+    gen = torch.Generator().manual_seed(seed + 2)
+    w["final_norm.weight"] = 1.0 + 0.1 * torch.randn(cfg.d_model, generator=gen)
+    if cfg.norm == "layernorm":
+        w["final_norm.bias"] = 0.1 * torch.randn(cfg.d_model, generator=gen)
+    ab, mb = cfg.quant.act_bits, cfg.quant.multiplier_bits
+    s_f = _scale(_norm_float(y, w, "final_norm", cfg), ab)
+    final = _norm_quant(w, "final_norm", cfg, dq.s_y, s_f, mb)
+    s_w = LM_CLIP_SIGMA * cfg.initializer_range / ((1 << (cfg.quant.weight_bits - 1)) - 1)
+    return Generator(cfg, dq, final, seed, _lm_head_codes(cfg, seed, s_w), matmul)
+
+
+@dataclass
+class GenerationResult:
+    """Per mode, the generated tokens, each step's new output row and its work."""
+
+    mode: str
+    tokens: list[int]
+    rows: list[np.ndarray] = field(default_factory=list)
+    work: list[StepWork] = field(default_factory=list)
+
+
+def _decode_selection(gen: Generator, h2_new: np.ndarray, prev_scores: np.ndarray):
+    """The new token's routing row by the decode rule, and its gate scores."""
+    cfg, ql = gen.cfg, gen.dq.moe
+    r = route_int(h2_new[None], ql, matmul=gen.matmul)
+    if cfg.router.kind == "expert_choice":
+        sel = expert_choice_decode(prev_scores, r.scores[0], cfg.router.ec_capacity_factor)
+        return sel, r.scores[0]
+    return r.mask[0], r.scores[0]
+
+
+def _project(gen, rows, name, heads, pos):
+    """Q/K/V projection of ``rows`` into (T, heads, head_dim) codes, rotated at ``pos``."""
+    dq, cfg = gen.dq, gen.cfg
+    acc = gen.matmul(rows, dq.tensors[f"attn.{name}.weight"])
+    t = _clamp(dq.requant[f"attn.{name}"].apply(acc), cfg.quant.act_bits)
+    t = t.reshape(len(rows), heads, cfg.head_size)
+    return t if name == "v" else _rope_int(t, pos, cfg)
+
+
+def _layer_rows(gen: Generator, x_rows, q_pos, kv_pos, x_kv, cache: KVCache, select):
+    """The layer for the query rows ``x_rows`` at positions ``q_pos``; K/V projected for
+    ``x_kv`` (positions ``kv_pos``) and appended to ``cache`` (the keys every row attends
+    over); the MoE window over the query rows with the selection ``select(h2)`` gives from
+    their MoE inputs (``None``: the window's own routing). Returns the output rows, the
+    grown cache and the routing."""
+    dq, cfg = gen.dq, gen.cfg
+    ab, H, G = cfg.quant.act_bits, cfg.n_heads, cfg.kv_heads
+    h_q = int_norm(x_rows, dq.norms["attn_norm"], ab)
+    h_kv = h_q if x_kv is x_rows else int_norm(x_kv, dq.norms["attn_norm"], ab)
+    q = _project(gen, h_q, "q", H, q_pos)
+    k, v = _project(gen, h_kv, "k", G, kv_pos), _project(gen, h_kv, "v", G, kv_pos)
+    cache = KVCache(np.concatenate([cache.k, k]), np.concatenate([cache.v, v]))
+    rep = H // G
+    a = attend_int(q, np.repeat(cache.k, rep, axis=1), np.repeat(cache.v, rep, axis=1),
+                   q_pos, dq.attn_index, ab).reshape(len(x_rows), -1)
+    o = dq.requant["attn.o"].apply(gen.matmul(a, dq.tensors["attn.o.weight"]))
+    x1 = _clamp(dq.requant["res1.x"].apply(x_rows) + o, ab)
+    h2 = int_norm(x1, dq.norms["moe_norm"], ab)
+    mask = select(h2) if select is not None else None
+    routing = route_int(h2, dq.moe, mask=mask, matmul=gen.matmul)
+    moe, routing = moe_forward_int(h2, dq.moe, routing=routing, matmul=gen.matmul)
+    y = _clamp(dq.requant["res2.x1"].apply(x1) + dq.requant["res2.moe"].apply(moe), ab)
+    return y, cache, routing
+
+
+def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> GenerationResult:
+    """``n_generate`` tokens after ``prompt`` under ``mode`` (module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if n_generate < 1:
+        raise ValueError(f"n_generate must be at least 1, got {n_generate}")
+    P = len(prompt)
+    if P < 1:
+        raise ValueError("the prompt needs at least one token")
+    x = gen.embed(prompt)
+    empty = KVCache.empty(gen.cfg)
+    pos = np.arange(P)
+    y, cache, routing = _layer_rows(gen, x, pos, pos, x, empty, None)
+    state = {"scores": routing.scores, "mask": routing.mask}
+    res = GenerationResult(mode, [])
+    nxt, _ = gen.next_token(y[-1])
+    res.tokens.append(nxt)
+    res.rows.append(y[-1])
+    res.work.append(step_work(mode, 0, P))
+    kv, go = mode in ("kv", "kv_go"), mode in ("go", "kv_go")
+    for step in range(1, n_generate):
+        L = P + step
+        x = np.vstack([x, gen.embed([nxt])])
+        new, every = np.array([L - 1]), np.arange(L)
+
+        def select(h2, window=not go):
+            # the new token's selection by the decode rule from its MoE input (the last
+            # row); a window keeps the earlier tokens' selections
+            sel, new_scores = _decode_selection(gen, h2[-1], state["scores"])
+            state["scores"] = np.vstack([state["scores"], new_scores[None]])
+            state["mask"] = np.vstack([state["mask"], sel[None]])
+            return state["mask"] if window else sel[None]
+
+        q_x, q_pos = (x[-1:], new) if go else (x, every)
+        kv_x, kv_pos = (x[-1:], new) if kv else (x, every)
+        y_rows, grown, _ = _layer_rows(gen, q_x, q_pos, kv_pos, kv_x,
+                                       cache if kv else empty, select)
+        if kv:
+            cache = grown
+        nxt, _ = gen.next_token(y_rows[-1])
+        res.tokens.append(nxt)
+        res.rows.append(y_rows[-1])
+        res.work.append(step_work(mode, step, P))
+    return res
