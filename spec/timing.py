@@ -34,6 +34,11 @@ Decoder units (streaming, one beat per cycle, fixed latency from a beat's handsh
   * ``ResidualUnit``: ``residual_latency = 2``; ``n`` beats ``n + 2`` (``residual_cycles``);
   * ``RopeUnit``: ``rope_latency = 3``; a head vector is ``head_dim / (2 lanes)`` beats
     (``rope_beats``), ``V`` vectors ``V * beats + 3`` (``rope_cycles``).
+  * ``ProjectionUnit`` (a dense matrix on one bank, ``IB``/``OB`` input/output beats, ``L``
+    the MVM): ``projection_latency = IB + L + 2``, an MVM every ``max(IB, L + OB)`` cycles
+    (``projection_interval``), ``n`` rows ``IB + L + OB + 2 + (n-1) max(IB, L + OB)``
+    (``projection_cycles``);
+  * ``ArgmaxUnit``: ``argmax_latency = 1`` after a vector's last beat; one beat per cycle.
 
 This module imports nothing heavy (no numpy, torch or Amaranth).
 """
@@ -46,9 +51,10 @@ from dataclasses import dataclass
 from .checks import ceil_div
 from .numerics import NORM_FRAC_BITS, NORM_RECIP_BITS, RECIP_BITS
 
-__all__ = ["attention_latency", "mvm_latency", "job_latency", "softmax_latency",
+__all__ = ["attention_latency", "attention_job_cycles", "norm_cycles", "mvm_latency", "job_latency", "softmax_latency",
            "topk_router_latency", "norm_latency",
            "residual_latency", "residual_cycles", "rope_latency", "rope_beats", "rope_cycles",
+           "projection_latency", "projection_interval", "projection_cycles", "argmax_latency",
            "ec_select_cycles", "topk_window_cycles", "scheduler_window_cycles",
            "compute_cycles", "RouteTiming", "LayerTiming", "WINDOW_OVERHEAD", "SETTLE_MAX",
            "MODE_HOST", "MODE_WINDOW", "MODE_CACHED"]
@@ -64,6 +70,20 @@ def attention_latency(n_keys: int, blocks: int) -> int:
     pipeline (``L + 2``), the reciprocal (``RECIP_BITS + 1``), the probabilities (``L + 1``),
     the read of ``p_0`` (1), the weighted sum (``L B``) and the hand-over (1)."""
     return 2 * n_keys * blocks + 2 * n_keys + RECIP_BITS + 6
+
+
+def attention_job_cycles(n_keys: int, blocks: int) -> int:
+    """``AttentionUnit``: cycles from a query's first beat to the next query's first beat,
+    queries back to back (``blocks`` query beats, :func:`attention_latency` from the last
+    one, ``blocks`` output beats; the next query is taken the cycle after the last)."""
+    return attention_latency(n_keys, blocks) + 2 * blocks - 1
+
+
+def norm_cycles(n_rows: int, d_model: int, lanes: int, act_bits: int, center: bool) -> int:
+    """``NormUnit``, rows back to back without gaps or back-pressure: from the first row's
+    first input handshake to the cycle after its last output beat; a row every
+    ``norm_latency + d_model / lanes`` cycles."""
+    return n_rows * (norm_latency(d_model, lanes, act_bits, center) + d_model // lanes)
 
 
 def mvm_latency(input_bits: int, columns_per_adc: int) -> int:
@@ -142,6 +162,35 @@ def rope_cycles(n_vectors: int, head_dim: int, lanes: int) -> int:
     """``RopeUnit``, no input gaps or back-pressure: from the cycle of the first beat's
     handshake to the cycle after the last output beat's handshake."""
     return n_vectors * rope_beats(head_dim, lanes) + rope_latency()
+
+
+def projection_latency(mvm: int, in_blocks: int) -> int:
+    """``ProjectionUnit``: cycles from a row's first input handshake to its first
+    ``o_rows.valid`` (input every cycle, the bank free): the ``in_blocks`` input beats, the
+    MVM's ``start`` and ``mvm`` cycles (the read of block 0 in its ``done`` cycle), the
+    reduction into the output register."""
+    return in_blocks + mvm + 2
+
+
+def projection_interval(mvm: int, in_blocks: int, out_blocks: int) -> int:
+    """``ProjectionUnit``: cycles between MVM starts with input offered every cycle and no
+    back-pressure: the next row's beats (taken from the ``start`` cycle on) or the MVM and the
+    read-out of the ``out_blocks`` (the bank's output buffer is replaced at ``start``)."""
+    return max(in_blocks, mvm + out_blocks)
+
+
+def projection_cycles(n_rows: int, mvm: int, in_blocks: int, out_blocks: int) -> int:
+    """``ProjectionUnit``, no input gaps or back-pressure: from the cycle of the first row's
+    first input handshake to the cycle after the last row's last output handshake."""
+    return (projection_latency(mvm, in_blocks) + out_blocks
+            + (n_rows - 1) * projection_interval(mvm, in_blocks, out_blocks))
+
+
+def argmax_latency() -> int:
+    """``ArgmaxUnit``: cycles from the handshake of a vector's last beat to its
+    ``o_index.valid`` (the lane tree and the running maximum in the handshake's cycle, then
+    the result register); one beat per cycle, vectors back to back."""
+    return 1
 
 
 def compute_cycles(loads_per_timestamp: Iterable[int], blocks: int,

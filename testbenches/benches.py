@@ -18,6 +18,7 @@ from .attention_benches import attention_queries
 from .decoder_unit_benches import residual_pairs, rope_vectors
 from .engine_benches import expert_engine_jobs, matrix_bank_jobs
 from .norm_benches import norm_rows
+from .projection_benches import argmax_vectors, projection_rows
 from .route_benches import gate_front_end, route_stage
 from .stimulus import LayerStimulus
 from .streams import DramResponder, StreamSink, StreamSource, write_table
@@ -537,4 +538,5 @@ BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": 
            "moe_layer": moe_layer, "gate_front_end": gate_front_end,
            "route_stage": route_stage, "matrix_bank_jobs": matrix_bank_jobs,
            "expert_engine_jobs": expert_engine_jobs,
-           "attention_queries": attention_queries}
+           "attention_queries": attention_queries,
+           "projection_rows": projection_rows, "argmax_vectors": argmax_vectors}
