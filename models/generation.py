@@ -40,6 +40,12 @@ width), so the full-size vocabulary (32,000 x 4,096) never exists in float: the 
 row of a token is ``N(0, 1)`` from the token's own seed; the LM head is
 ``N(0, initializer_range)``, quantised with a fixed clip at ``LM_CLIP_SIGMA`` standard
 deviations (its weights are never all drawn at once, so no per-tensor maximum).
+
+Arithmetic: the layer's crossbar matrices (Q, K, V, O, the gate, the experts) go through
+``matmul`` (``moepim.models.pim.CrossbarMatmul`` for the tile's ADC arithmetic); the
+embedding is an exact lookup of its codes (a one-hot input selects one cell row) and the LM
+head's logits are exact integer products (its argmax is not affected by ADC effects here: a
+crossbar model of a 4,096 x 32,000 matrix would hold half a gigabyte of cells).
 """
 
 from __future__ import annotations
@@ -80,9 +86,10 @@ LM_CLIP_SIGMA = 4.0         # the LM head's quantisation clip, in standard devia
 @dataclass(frozen=True)
 class StepWork:
     """The work of one step in one mode (rows are token rows; per-head counts are per query
-    head). ``kv_read_rows``: K/V rows read back from the KV store (each row one token's K
-    and V of every K/V head); ``kv_write_rows``: rows written to it; ``go_rows``: earlier
-    tokens whose gate scores the GO cache supplies."""
+    head). ``kv_read_rows``: K/V rows read back from the KV store, once per step (each row
+    one token's K and V of every K/V head; the step's attention rows read them on chip, as
+    a recomputing step reads the rows it projects); ``kv_write_rows``: rows written to it;
+    ``go_rows``: earlier tokens whose gate scores the GO cache supplies."""
 
     step: int
     n_tokens: int               # L: tokens in the sequence (the new one included)
@@ -114,13 +121,9 @@ def step_work(mode: str, step: int, n_prompt: int) -> StepWork:
     q_rows = 1 if go else L
     kv_rows = 1 if kv else L
     keys = L * (L + 1) // 2 if q_rows == L else L
-    # cached keys (earlier steps') read per attention row: row t reads min(t + 1, L - 1)
-    if not kv:
-        kv_read = 0
-    elif q_rows == 1:
-        kv_read = L - 1
-    else:
-        kv_read = (L - 1) * L // 2 + (L - 1)
+    # the earlier steps' K/V rows, read back once into the step's on-chip K/V rows (where a
+    # recomputing step keeps the rows it projects)
+    kv_read = L - 1 if kv else 0
     return StepWork(step, L, every, every, q_rows, kv_rows, q_rows, keys, q_rows, q_rows,
                     go, 1, kv_read, 1 if kv else 0, L - 1 if go else 0)
 
@@ -136,6 +139,7 @@ class Generator:
     seed: int
     lm_head: np.ndarray             # (d_model, vocab) weight codes, int8
     matmul: object = int_matmul
+    _argmax: dict = field(default_factory=dict, repr=False)
 
     def embed(self, tokens) -> np.ndarray:
         """Embedding codes of ``tokens`` (rows of ``d_model`` codes at the layer's input
@@ -145,11 +149,24 @@ class Generator:
 
     def next_token(self, y_row: np.ndarray) -> tuple[int, int]:
         """Greedy argmax of the LM head over the final norm of one output row (the lowest
-        index among equal logits), and its logit."""
-        h = int_norm(np.asarray(y_row)[None], self.final_norm, self.cfg.quant.act_bits)
-        logits = self.matmul(h, self.lm_head.astype(np.int64))[0]
-        best = int(np.argmax(logits))
-        return best, int(logits[best])
+        index among equal logits), and its logit. The LM head's products are exact integers
+        (its crossbar arithmetic is not modelled: see the module docstring)."""
+        key = np.asarray(y_row, dtype=np.int64).tobytes()
+        hit = self._argmax.get(key)
+        if hit is None:
+            h = self.final_hidden(y_row)
+            best, value = 0, None
+            for b0 in range(0, self.lm_head.shape[1], LM_BLOCK):
+                logits = int_matmul(h[None], self.lm_head[:, b0:b0 + LM_BLOCK])[0]
+                j = int(np.argmax(logits))
+                if value is None or logits[j] > value:
+                    best, value = b0 + j, int(logits[j])
+            hit = self._argmax[key] = (best, value)
+        return hit
+
+    def final_hidden(self, y_row: np.ndarray) -> np.ndarray:
+        """The final norm of one output row: the LM head's input codes."""
+        return int_norm(np.asarray(y_row)[None], self.final_norm, self.cfg.quant.act_bits)[0]
 
 
 def _embedding_row(cfg: ModelConfig, seed: int, token: int) -> torch.Tensor:
@@ -175,7 +192,10 @@ def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
                     matmul=int_matmul) -> Generator:
     """Seeded decoder-layer weights (``moepim.models.decoder.init_decoder_weights``), the
     layer calibrated on the prompt's embeddings, the final norm (gain ``1 + N(0, 0.1)``)
-    calibrated on the float layer's output, the LM head."""
+    calibrated on the float layer's output, the LM head. A crossbar ``matmul`` whose ADC
+    windows need calibration (``moepim.models.pim.CrossbarMatmul`` with ``adc_range:
+    calibrated``) gets them from the prompt: every crossbar matrix of the layer (Q, K, V, O,
+    the gate, every expert on every prompt token) through exact integer products."""
     w = init_decoder_weights(cfg, seed)
     x = torch.stack([_embedding_row(cfg, seed, t) for t in prompt])
     dq = quantize_decoder(w, cfg, x)
@@ -188,7 +208,26 @@ def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
     s_f = _scale(_norm_float(y, w, "final_norm", cfg), ab)
     final = _norm_quant(w, "final_norm", cfg, dq.s_y, s_f, mb)
     s_w = LM_CLIP_SIGMA * cfg.initializer_range / ((1 << (cfg.quant.weight_bits - 1)) - 1)
-    return Generator(cfg, dq, final, seed, _lm_head_codes(cfg, seed, s_w), matmul)
+    g = Generator(cfg, dq, final, seed, _lm_head_codes(cfg, seed, s_w), matmul)
+    if getattr(matmul, "needs_calibration", False):
+        matmul.calibrate(_calibration_products(g, prompt))
+    return g
+
+
+def _calibration_products(gen: Generator, prompt) -> list:
+    products = []
+
+    def record(a, b):
+        products.append((a, b))
+        return int_matmul(a, b)
+
+    exact = Generator(gen.cfg, gen.dq, gen.final_norm, gen.seed, gen.lm_head, record)
+    x = exact.embed(prompt)
+    pos = np.arange(len(prompt))
+    h2 = _layer_rows(exact, x, pos, pos, x, KVCache.empty(gen.cfg), None)["h2"]
+    every = np.ones((len(h2), gen.cfg.n_experts), dtype=bool)
+    moe_forward_int(h2, gen.dq.moe, mask=every, matmul=record)
+    return products
 
 
 @dataclass
@@ -199,6 +238,11 @@ class GenerationResult:
     tokens: list[int]
     rows: list[np.ndarray] = field(default_factory=list)
     work: list[StepWork] = field(default_factory=list)
+    moe_x: np.ndarray | None = None      # every processed token's MoE input, in order
+    attn_in: np.ndarray | None = None    # ... its attention norm's output (Q/K/V input)
+    attn_out: np.ndarray | None = None   # ... its attention output (O input)
+    scores: np.ndarray | None = None     # ... its gate scores
+    mask: np.ndarray | None = None       # ... its experts (prompt window, then decode rule)
 
 
 def _decode_selection(gen: Generator, h2_new: np.ndarray, prev_scores: np.ndarray):
@@ -225,7 +269,8 @@ def _layer_rows(gen: Generator, x_rows, q_pos, kv_pos, x_kv, cache: KVCache, sel
     ``x_kv`` (positions ``kv_pos``) and appended to ``cache`` (the keys every row attends
     over); the MoE window over the query rows with the selection ``select(h2)`` gives from
     their MoE inputs (``None``: the window's own routing). Returns the output rows, the
-    grown cache and the routing."""
+    grown cache, the routing and the query rows' inputs of the crossbar matrices (``h``:
+    the attention norm's output, ``a``: the attention output, ``h2``: the MoE input)."""
     dq, cfg = gen.dq, gen.cfg
     ab, H, G = cfg.quant.act_bits, cfg.n_heads, cfg.kv_heads
     h_q = int_norm(x_rows, dq.norms["attn_norm"], ab)
@@ -243,7 +288,7 @@ def _layer_rows(gen: Generator, x_rows, q_pos, kv_pos, x_kv, cache: KVCache, sel
     routing = route_int(h2, dq.moe, mask=mask, matmul=gen.matmul)
     moe, routing = moe_forward_int(h2, dq.moe, routing=routing, matmul=gen.matmul)
     y = _clamp(dq.requant["res2.x1"].apply(x1) + dq.requant["res2.moe"].apply(moe), ab)
-    return y, cache, routing
+    return {"y": y, "cache": cache, "routing": routing, "h2": h2, "h": h_q, "a": a}
 
 
 def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> GenerationResult:
@@ -258,8 +303,10 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
     x = gen.embed(prompt)
     empty = KVCache.empty(gen.cfg)
     pos = np.arange(P)
-    y, cache, routing = _layer_rows(gen, x, pos, pos, x, empty, None)
+    out = _layer_rows(gen, x, pos, pos, x, empty, None)
+    y, cache, routing = out["y"], out["cache"], out["routing"]
     state = {"scores": routing.scores, "mask": routing.mask}
+    rows = {k: list(out[k]) for k in ("h2", "h", "a")}
     res = GenerationResult(mode, [])
     nxt, _ = gen.next_token(y[-1])
     res.tokens.append(nxt)
@@ -281,12 +328,16 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
 
         q_x, q_pos = (x[-1:], new) if go else (x, every)
         kv_x, kv_pos = (x[-1:], new) if kv else (x, every)
-        y_rows, grown, _ = _layer_rows(gen, q_x, q_pos, kv_pos, kv_x,
-                                       cache if kv else empty, select)
+        out = _layer_rows(gen, q_x, q_pos, kv_pos, kv_x, cache if kv else empty, select)
+        y_rows, grown = out["y"], out["cache"]
+        for k in rows:
+            rows[k].append(out[k][-1])
         if kv:
             cache = grown
         nxt, _ = gen.next_token(y_rows[-1])
         res.tokens.append(nxt)
         res.rows.append(y_rows[-1])
         res.work.append(step_work(mode, step, P))
+    res.moe_x, res.attn_in, res.attn_out = (np.array(rows[k]) for k in ("h2", "h", "a"))
+    res.scores, res.mask = state["scores"], state["mask"]
     return res

@@ -43,7 +43,7 @@ from .traces import TraceError
 from .zoo import ModelConfig
 
 __all__ = ["Workload", "make_workload", "hidden_states", "calibrate_matmul", "datapath_accuracy",
-           "with_matmul"]
+           "with_matmul", "workload_of_inputs"]
 
 
 @dataclass
@@ -255,9 +255,31 @@ def make_workload(cfg: ModelConfig, *, n_prompt: int, n_generate: int = 0, seed:
     routing = route_int(x_q, ql, mask=mask, logits=logits)
     y_q, _ = moe_forward_int(x_q, ql, routing=routing, matmul=mm)
 
+    return _with_float_reference(cfg, seed, n_prompt, n_generate, x, w, ql, x_q, routing, y_q,
+                                 trace)
+
+
+def _with_float_reference(cfg, seed, n_prompt, n_generate, x, w, ql, x_q, routing, y_q,
+                          trace=None) -> Workload:
     # float reference, routed by the same rules
     f_routing = route_float(x, w, cfg)
     f_mask = trace if trace is not None else _select(f_routing.scores, cfg, n_prompt)
     y_f, f_routing = moe_forward_float(x, w, cfg, mask=f_mask if f_mask is not None else None)
     return Workload(cfg, seed, n_prompt, n_generate, x, w, ql, x_q, routing, y_q, f_routing,
                     y_f.numpy())
+
+
+def workload_of_inputs(cfg: ModelConfig, *, seed: int, n_prompt: int, x_q: np.ndarray,
+                       quant: QuantLayer, weights: dict, mask: np.ndarray,
+                       matmul=int_matmul) -> Workload:
+    """A workload whose integer inputs and selections are given (a decoder layer's MoE
+    inputs, the MoE norm's output codes, and their routing: the prompt window, then each
+    generated token by the decode rule): its golden routing and outputs through ``matmul``,
+    and the float reference on the dequantised inputs (``x_q * s_x``) routed by the float
+    gate under the same rules."""
+    x_q = np.asarray(x_q, dtype=np.int64)
+    routing = route_int(x_q, quant, mask=mask, matmul=matmul)
+    y_q, _ = moe_forward_int(x_q, quant, routing=routing, matmul=matmul)
+    x = torch.as_tensor(x_q * quant.s_x, dtype=torch.float32)
+    return _with_float_reference(cfg, seed, n_prompt, len(x_q) - n_prompt, x, weights, quant,
+                                 x_q, routing, y_q)

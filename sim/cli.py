@@ -34,7 +34,13 @@ from pathlib import Path
 
 from moepim.models.policies import POLICIES
 
-from .config import ConfigError, TileExperiment, load_experiment, resolved_dict
+from .config import (
+    ConfigError,
+    DecoderExperiment,
+    TileExperiment,
+    load_experiment,
+    resolved_dict,
+)
 from .toolchain import SIMULATORS, kill_children, supervised_children
 from .tops import EXPORT_TOPS
 
@@ -75,6 +81,8 @@ def cmd_run(args) -> int:
     sim = args.sim or exp.simulator
     say = _progress(args.quiet)
     check_out_dir(args.out, force=args.force)
+    if isinstance(exp, DecoderExperiment):
+        return _run_decoder(exp, sim, args, say)
     if not isinstance(exp, TileExperiment):
         return _run_layer(exp, sim, args, say)
     if sim == "model":
@@ -113,6 +121,27 @@ def _run_layer(exp, sim, args, say) -> int:
     return EXIT_OK if ok else EXIT_MISMATCH
 
 
+def _run_decoder(exp, sim, args, say) -> int:
+    from .generation_run import run_decoder_experiment, summary_line
+    from .layer_run import check_layer_resources
+    from .report import atomic_run_dir
+
+    if args.waves:
+        raise ConfigError(args.config, "--waves", True,
+                          "a moe_layer experiment (a decoder run keeps no waveforms)")
+    check_layer_resources(exp.moe_experiment(), allow_large=args.allow_large)
+    out = Path(args.out)
+    with atomic_run_dir(out, force=args.force) as folder:
+        report = run_decoder_experiment(exp, sim=sim, out_folder=folder, progress=say,
+                                        allow_large=args.allow_large,
+                                        synthesize=not args.no_synth,
+                                        plots=not args.no_plots)
+    print(summary_line(report, out))
+    ok = report["golden_match"] is not False and report["cycles_match_formula"] and \
+        report["go_cache_exact"] is not False
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
 def cmd_check(args) -> int:
     """Validate everything a run would read; print the resolved config and the estimate."""
     import yaml
@@ -120,6 +149,8 @@ def cmd_check(args) -> int:
     from .guard import check_tile_resources, tile_estimate
 
     exp = load_experiment(args.config)
+    if isinstance(exp, DecoderExperiment):
+        exp = exp.moe_experiment()      # its MoE layer: the part that is built and simulated
     if isinstance(exp, TileExperiment):
         est = tile_estimate(exp, exp.simulator)
         check_tile_resources(exp, exp.simulator, allow_large=args.allow_large)

@@ -23,7 +23,8 @@ from moepim.models.policies import POLICIES
 from moepim.spec.checks import ParameterError
 from moepim.spec.tile import TileSpec
 
-__all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment", "load_model",
+__all__ = ["ConfigError", "TileConfig", "TechConfig", "TileWorkload", "TileExperiment",
+           "DecoderExperiment", "DecoderHw", "DecoderWorkload", "GENERATION_MODES", "load_model",
            "load_experiment", "load_tech", "resolved_dict", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,9 @@ class TechConfig:
     adc_sample_rate_gsps: Constant
     peripheral_wakeup_energy_pj: Constant
     net_toggle_energy_fj: Constant
+    int8_add_energy_pj: Constant | None = None
+    int8_mult_energy_pj: Constant | None = None
+    digital_static_power_mw: Constant | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,82 @@ class LayerExperiment:
         rows could never be filled; ``null``: every token of the run)."""
         seq = self.workload.n_prompt + self.workload.n_generate
         return min(self.layer.go_cache_rows or seq, seq)
+
+
+GENERATION_MODES = ("none", "kv", "go", "kv_go")     # moepim.models.generation.MODES
+# tech entries a decoder experiment needs beyond a MoE layer's
+DECODER_TECH_KEYS = ("int8_add_energy_pj", "int8_mult_energy_pj", "digital_static_power_mw")
+
+
+@dataclass(frozen=True)
+class DecoderHw(LayerHw):
+    """A decoder layer's hardware beyond the MoE layer's (:class:`LayerHw`):
+    ``n_attention_units`` attention units working on different heads at once
+    (``moepim.hw.attention.AttentionUnit``, one head of one row each); ``kv_cache_rows``
+    tokens' K and V kept in an on-chip SRAM before DRAM (0: every cached row in DRAM)."""
+
+    n_attention_units: int = 4
+    kv_cache_rows: int = 0
+
+
+@dataclass(frozen=True)
+class DecoderWorkload:
+    """Generation: a ``n_prompt``-token prompt then ``n_generate`` tokens, each fed back
+    (``moepim.models.generation``); ``modes``: the cache modes run; ``embedding`` and
+    ``lm_head``: the token embedding and the vocabulary projection on crossbars counted in
+    each step (false: left out of the totals, as a study of the decoder layer alone)."""
+
+    seed: int = 1
+    n_prompt: int = 32
+    n_generate: int = 8
+    grouping: str | list[list[int]] = "S2"
+    policy: Literal[POLICIES] = "reschedule"
+    modes: list[Literal[GENERATION_MODES]] = field(
+        default_factory=lambda: list(GENERATION_MODES))
+    embedding: bool = True
+    lm_head: bool = True
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published figure beside ours: ``metric`` (a key of the report's ratios), its
+    ``value`` and the ``source`` it comes from, and what it compares (``scope``)."""
+
+    metric: str
+    value: float
+    source: str
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class DecoderExperiment:
+    version: int
+    kind: Literal["decoder"]
+    model: Any
+    tile: TileConfig
+    tech: TechConfig
+    dram: DramConfig
+    layer: DecoderHw = field(default_factory=DecoderHw)
+    workload: DecoderWorkload = field(default_factory=DecoderWorkload)
+    simulator: Literal["verilator", "icarus", "amaranth", "model"] = "verilator"
+    reference: list[Reference] = field(default_factory=list)
+    allow_large: bool = False
+    source: str = ""
+
+    def moe_experiment(self) -> LayerExperiment:
+        """The MoE layer inside the decoder layer, as a ``moe_layer`` experiment: the prompt
+        window, then one GO-cached window per decode step (``n_generate - 1``), the no-cache
+        windows by the cycle formula."""
+        wl = self.workload
+        layer = LayerHw(**{f.name: getattr(self.layer, f.name)
+                           for f in dataclasses.fields(LayerHw)})
+        return LayerExperiment(
+            version=self.version, kind="moe_layer", model=self.model, tile=self.tile,
+            tech=self.tech, dram=self.dram, layer=layer,
+            workload=LayerWorkload(seed=wl.seed, n_prompt=wl.n_prompt,
+                                   n_generate=wl.n_generate - 1, grouping=wl.grouping,
+                                   policy=wl.policy, go_cache=True, no_cache="model"),
+            simulator=self.simulator, allow_large=self.allow_large, source=self.source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,18 +611,20 @@ def _check_tile(tile: TileConfig, file, prefix: str) -> None:
         raise ConfigError(file, prefix + e.name, e.value, e.allowed) from None
 
 
-def load_experiment(path) -> TileExperiment | LayerExperiment:
+def load_experiment(path) -> TileExperiment | LayerExperiment | DecoderExperiment:
     path = Path(path)
     raw = _read_yaml(path)
     if raw.get("kind") == "moe_layer":
         return _load_layer_experiment(path, raw)
+    if raw.get("kind") == "decoder":
+        return _load_decoder_experiment(path, raw)
     allowed = [f.name for f in dataclasses.fields(TileExperiment) if f.name != "source"]
     for k in raw:
         if k not in allowed:
             raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
     kind = raw.get("kind")
     if kind != "tile":
-        raise ConfigError(path, "kind", kind, "'tile' or 'moe_layer'")
+        raise ConfigError(path, "kind", kind, "'tile', 'moe_layer' or 'decoder'")
     if "tile" not in raw:
         raise ConfigError(path, "tile", "(missing)", "a tile section: a mapping of "
                           f"{', '.join(f.name for f in dataclasses.fields(TileConfig))}, or a "
@@ -665,6 +747,53 @@ def _load_layer_experiment(path: Path, raw: dict) -> LayerExperiment:
                            allow_large=allow_large, source=str(path))
 
 
+def _load_decoder_experiment(path: Path, raw: dict) -> DecoderExperiment:
+    """A ``kind: decoder`` experiment: its MoE part is checked as the ``moe_layer``
+    experiment it contains (:meth:`DecoderExperiment.moe_experiment`), with the same keys."""
+    allowed = [f.name for f in dataclasses.fields(DecoderExperiment) if f.name != "source"]
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(path, k, raw[k], f"no such key; allowed keys: {', '.join(allowed)}")
+    layer = _build(DecoderHw, raw.get("layer", {}), path, "layer")
+    wl = _build(DecoderWorkload, raw.get("workload", {}), path, "workload")
+    reference = _convert(raw.get("reference", []), list[Reference], path, "reference")
+    moe_raw = {k: v for k, v in raw.items() if k in ("model", "tile", "tech", "dram",
+                                                     "simulator", "allow_large")}
+    moe_raw["layer"] = {f.name: getattr(layer, f.name) for f in dataclasses.fields(LayerHw)}
+    moe_raw["workload"] = {"seed": wl.seed, "n_prompt": wl.n_prompt,
+                           "n_generate": max(0, wl.n_generate - 1), "grouping": wl.grouping,
+                           "policy": wl.policy}
+    moe = _load_layer_experiment(path, {"kind": "moe_layer", **moe_raw})
+    if wl.n_generate < 1:
+        raise ConfigError(path, "workload.n_generate", wl.n_generate, "a positive integer")
+    tech_path = _referenced(raw.get("tech"), path, "tech", "a configs/tech/*.yaml file")
+    for key in DECODER_TECH_KEYS:
+        if getattr(moe.tech, key) is None:
+            raise ConfigError(tech_path, key, "(missing)",
+                              "a {value, source} entry: decoder experiments price their "
+                              "digital units with it")
+    if not wl.modes or len(set(wl.modes)) != len(wl.modes):
+        raise ConfigError(path, "workload.modes", wl.modes,
+                          f"a non-empty list of distinct modes from {list(GENERATION_MODES)}")
+    if layer.n_attention_units < 1:
+        raise ConfigError(path, "layer.n_attention_units", layer.n_attention_units,
+                          "a positive integer")
+    m = moe.model
+    for key, dim in (("head_dim", m.head_size), ("d_model", m.d_model)):
+        if dim % layer.lanes:
+            raise ConfigError(path, "layer.lanes", layer.lanes,
+                              f"a divisor of the model's {key} ({dim}): the attention and "
+                              "norm units take lanes codes per beat")
+    if m.rope_theta is not None and (m.head_size // 2) % layer.lanes:
+        raise ConfigError(path, "layer.lanes", layer.lanes,
+                          f"a divisor of half the model's head_dim ({m.head_size // 2}): "
+                          "the rotary unit takes lanes pairs per beat")
+    return DecoderExperiment(version=CONFIG_VERSION, kind="decoder", model=m, tile=moe.tile,
+                             tech=moe.tech, dram=moe.dram, layer=layer, workload=wl,
+                             simulator=moe.simulator, reference=reference,
+                             allow_large=moe.allow_large, source=str(path))
+
+
 # ``moepim.hw.softmax.GateSoftmax`` (the softmax of both routers of the layer) takes at most
 # this many experts (its own check; tests/test_config_loader.py asserts the two agree)
 MAX_SOFTMAX_EXPERTS = 256
@@ -697,6 +826,8 @@ def resolved_dict(obj) -> Any:
         return {f.name: resolved_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {k: resolved_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [resolved_dict(v) for v in obj]
     return obj
 
 

@@ -342,11 +342,16 @@ class LayerPlan:
 
 
 def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
-               allow_large: bool = False, build_root=None, say=lambda msg: None) -> LayerPlan:
+               allow_large: bool = False, build_root=None, say=lambda msg: None,
+               golden=None, compare_any_router: bool = False) -> LayerPlan:
     """Config -> the layer's specification and timing model, the golden workload (computed
     once, kept in the process and on disk), its grouping and windows, and the GO cache's
     model check. ``check_resources``: refuse a layer this machine cannot build or simulate
-    (``allow_large`` overrides)."""
+    (``allow_large`` overrides). ``golden``: the workload's golden model given by the caller
+    (a decoder layer's MoE inputs, ``moepim.sim.generation_run``) instead of the config's
+    seeded one; ``compare_any_router``: the decode steps without the GO cache are planned
+    for a token-choice router too (a decoder's recomputing modes run the MoE layer over the
+    whole sequence whatever the router)."""
     m, tile, wl_cfg = exp.model, exp.tile, exp.workload
     spec, hw_tile = layer_spec(exp)
     shape = tile.spec()
@@ -358,9 +363,10 @@ def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
     say(f"workload: {m.name}, {wl_cfg.n_prompt} prompt + {wl_cfg.n_generate} generated tokens")
     weights, trace, profile = _load_inputs(exp)
     root = Path(build_root) if build_root else default_build_root()
-    golden = golden_for(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
-                        seed=wl_cfg.seed, weights=weights, trace=trace,
-                        trace_source=str(wl_cfg.trace), shape=shape, root=root)
+    if golden is None:
+        golden = golden_for(m, n_prompt=wl_cfg.n_prompt, n_generate=wl_cfg.n_generate,
+                            seed=wl_cfg.seed, weights=weights, trace=trace,
+                            trace_source=str(wl_cfg.trace), shape=shape, root=root)
     wl, mm = golden.wl, golden.matmul
     if golden.source != "computed":
         say(f"golden model: kept from an earlier run ({golden.source})")
@@ -374,7 +380,7 @@ def plan_layer(exp: LayerExperiment, *, check_resources: bool = True,
                               **route_kw)
     # the GO cache matters to expert choice only (a token-choice router decides alone)
     compare = (wl_cfg.go_cache and wl_cfg.no_cache != "off" and wl_cfg.n_generate > 0
-               and m.router.kind == "expert_choice")
+               and (m.router.kind == "expert_choice" or compare_any_router))
     simulate_nc = compare and wl_cfg.no_cache == "simulate"
     nc_windows = (prepare_windows(wl, groups, wl_cfg.policy, go_cache=False, matmul=mm,
                                   golden="all" if simulate_nc else "last", **route_kw)[1:]
@@ -948,12 +954,17 @@ def _decode_comparison(exp, geo, spec, acc_bits, per, windows, nc_windows, timin
                "tokens_loaded": w.sched.tokens_loaded,
                "cycles": expected_window_cycles(w, timing)}
               for w in nc_windows]
-    with_cache = mode(cached, n_gen, go["counters"]["sram_bits"] if go else 0, "simulated",
-                      "decode")
-    without = mode(nc, sum(e["tokens"] for e in nc), 0,
-                   "simulated" if simulated else "cycle formula + estimated events",
-                   "no_cache")
+    go_bits = go["counters"]["sram_bits"] if go else 0
+    with_cache = mode(cached, n_gen, go_bits, "simulated", "decode")
+    nc_source = "simulated" if simulated else "cycle formula + estimated events"
+    without = mode(nc, sum(e["tokens"] for e in nc), 0, nc_source, "no_cache")
+    # per decode step (a decoder layer prices each step): the GO cache's bits split evenly
+    with_cache["steps"] = [mode([e], 1, go_bits / max(1, n_gen), "simulated", "decode")
+                           for e in cached]
+    without["steps"] = [mode([e], e["tokens"], 0, nc_source, "no_cache") for e in nc]
+    prompt = mode(per[:1], per[0]["tokens"], 0, "simulated", "prefill")
     return {"decode_steps": n_gen, "with_go_cache": with_cache, "without_cache": without,
+            "prompt": prompt,
             "speedup": without["cycles"] / max(1, with_cache["cycles"]),
             "energy_ratio": without["energy_pj"] / max(1e-30, with_cache["energy_pj"])}
 

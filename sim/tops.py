@@ -8,7 +8,10 @@ run simulates (the router, softmax, top-k and GO-cache blocks at this model's si
   and ``matrix_bank`` (group 0's), ``group_scheduler``, ``route_unit`` (the layer's routing
   front end) and the blocks of that front end, the very objects the layer instantiates:
   ``router`` (``ExpertChoiceRouter`` or ``TokenChoiceRouter``), ``gate_softmax``, ``topk``
-  (the router's top-k unit) and ``go_cache``, where the layer has them.
+  (the router's top-k unit) and ``go_cache``, where the layer has them;
+* decoder experiments: their MoE layer's, and the decoder's digital units
+  (``attention_unit``, ``norm_unit``, ``residual_unit``, ``rope_unit``, ``projection_<matrix>``,
+  ``argmax_unit``: ``moepim.sim.generation_run.decoder_unit_specs``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from .build import silence_unused
-from .config import ConfigError, TileExperiment
+from .config import ConfigError, DecoderExperiment, TileExperiment
 
 __all__ = ["TILE_TOPS", "LAYER_TOPS", "ROUTING_TOPS", "EXPORT_TOPS", "export_tops", "make_top",
            "top_parameters"]
@@ -27,9 +30,22 @@ ROUTING_TOPS = ("router", "gate_softmax", "topk", "go_cache")
 EXPORT_TOPS = TILE_TOPS + LAYER_TOPS + ROUTING_TOPS
 
 
+def _decoder_units(exp) -> dict:
+    from .generation_run import decoder_unit_specs
+
+    return {name: (cls, kw) for name, cls, kw, _ in decoder_unit_specs(exp)}
+
+
+def _plain(kw: dict) -> dict:
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in kw.items()}
+
+
 def export_tops(exp) -> tuple[str, ...]:
     """The tops of ``exp``: a tile experiment's, or every block of a layer experiment's
-    layer (the routing blocks its route unit has)."""
+    layer (the routing blocks its route unit has), and a decoder's units."""
+    if isinstance(exp, DecoderExperiment):
+        return export_tops(exp.moe_experiment()) + tuple(_decoder_units(exp))
     if isinstance(exp, TileExperiment):
         return TILE_TOPS
     blocks = _routing_blocks(exp)[3]
@@ -39,6 +55,16 @@ def export_tops(exp) -> tuple[str, ...]:
 def make_top(exp, top: str):
     """``(component, parameters)`` of block ``top`` of experiment ``exp``; parameters are the
     constructor arguments written into the export's JSON."""
+    if isinstance(exp, DecoderExperiment):
+        units = _decoder_units(exp)
+        if top in units:
+            cls, kw = units[top]
+            block = cls(**kw)
+            silence_unused(block)
+            return block, _plain(kw)
+        if top not in export_tops(exp):
+            raise ConfigError("--top", "--top", top, "one of " + ", ".join(export_tops(exp)))
+        exp = exp.moe_experiment()
     allowed = TILE_TOPS if isinstance(exp, TileExperiment) else EXPORT_TOPS
     if top not in allowed:
         raise ConfigError("--top", "--top", top, "one of " + ", ".join(export_tops(exp)))
@@ -75,6 +101,11 @@ def _tile_top(exp, top: str):
 def top_parameters(exp, top: str) -> dict:
     """The parameters :func:`make_top` writes for ``top``, without building the block (a
     layer's blocks are built from the whole layer)."""
+    if isinstance(exp, DecoderExperiment):
+        units = _decoder_units(exp)
+        if top in units:
+            return _plain(units[top][1])
+        exp = exp.moe_experiment()
     if top in export_tops(exp):
         if top in TILE_TOPS:
             return _tile_params(exp, top)

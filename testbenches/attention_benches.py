@@ -18,8 +18,9 @@ LIMIT = 200_000         # cycles a bench waits for progress before it gives up
 async def attention_queries(io, *, queries, lanes, act_bits, gap_p, stall_p, seed):
     """Per query ``{"q", "k", "v", "mult", "shift"}`` (``q`` a vector, ``k``/``v`` lists of
     rows): every stream fed beat by beat (``lanes`` codes each) until the output's last beat.
-    Returns per query its output codes, the cycle of the query's last handshake and the
-    first cycle ``o_outputs.valid`` is high."""
+    Returns per query its output codes, the cycles of the query's first and last
+    handshakes and the first cycle ``o_outputs.valid`` is high (the next query is offered
+    from the cycle after the last output beat)."""
     rng = np.random.default_rng(seed)
     sink = StreamSink(io, "o_outputs", rng, stall_p)
     result = []
@@ -40,15 +41,17 @@ async def attention_queries(io, *, queries, lanes, act_bits, gap_p, stall_p, see
         qs.load(beats([query["q"]]))
         ks.load(beats(query["k"]))
         vs.load(beats(query["v"]))
-        codes, handed, valid_at, done = [], None, None, False
+        codes, first, handed, valid_at, done = [], None, None, None, False
         start = io.cycle
         while not done:
             qs.offer()
             ks.offer()
             vs.offer()
             sink.ready()
-            if await qs.taken() and not qs.items:
-                handed = io.cycle
+            if await qs.taken():
+                first = io.cycle if first is None else first
+                if not qs.items:
+                    handed = io.cycle
             await ks.taken()
             await vs.taken()
             if valid_at is None and await io.get("o_outputs.valid"):
@@ -65,5 +68,6 @@ async def attention_queries(io, *, queries, lanes, act_bits, gap_p, stall_p, see
         sink.close()
         if ks.items or vs.items:
             raise RuntimeError(f"the unit left {len(ks.items)} K and {len(vs.items)} V beats")
-        result.append({"codes": codes, "handed": handed, "valid_at": valid_at})
+        result.append({"codes": codes, "first": first, "handed": handed,
+                       "valid_at": valid_at})
     return result

@@ -22,7 +22,7 @@ from moepim.sim.block_run import run_bench
 from moepim.sim.config import REPO_ROOT, load_model
 from moepim.spec.checks import ParameterError
 from moepim.spec.numerics import RECIP_BITS
-from moepim.spec.timing import attention_latency
+from moepim.spec.timing import attention_job_cycles, attention_latency
 from moepim.testbenches.bits import unpack_array
 
 from .conftest import need_simulator
@@ -107,6 +107,9 @@ def _check(unit: Unit, au, queries, got, *, timed: bool):
         if timed:
             assert res["valid_at"] - res["handed"] == au.latency(len(query["k"])), \
                 f"query {n}: cycles"
+            if n + 1 < len(got):        # back to back: the next query's first beat
+                assert got[n + 1]["first"] - res["first"] == attention_job_cycles(
+                    len(query["k"]), unit.head_dim // unit.lanes), f"query {n}: period"
 
 
 @TIME

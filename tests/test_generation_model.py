@@ -62,14 +62,14 @@ def test_modes_agree_on_random_small_configs(seed, heads, n_prompt, norm):
 
 def test_step_work_by_hand():
     """A 3-token prompt, decode step 2 (L = 5): ``none`` recomputes every row and every
-    key (5 * 6 / 2 = 15); ``kv`` projects K/V for the new row only and reads the cached
-    rows each attention row needs (rows 0..4 read 1, 2, 3, 4, 4: 14); ``go`` attends from
-    the new row only (5 keys) but projects K/V for all 5; ``kv_go`` does one row and reads
-    the 4 cached ones."""
+    key (5 * 6 / 2 = 15); ``kv`` projects K/V for the new row only and reads the 4 cached
+    rows back once for every row's attention (15 keys); ``go`` attends from the new row only
+    (5 keys) but projects K/V for all 5; ``kv_go`` does one row and reads the 4 cached
+    ones."""
     none, kv, go, kvgo = (step_work(m, 2, 3) for m in MODES)
     assert (none.q_rows, none.kv_rows, none.attn_keys, none.moe_rows) == (5, 5, 15, 5)
     assert (kv.q_rows, kv.kv_rows, kv.attn_keys, kv.kv_read_rows, kv.kv_write_rows) == \
-        (5, 1, 15, 14, 1)
+        (5, 1, 15, 4, 1)
     assert (go.q_rows, go.kv_rows, go.attn_keys, go.moe_rows, go.go_rows) == (1, 5, 5, 1, 4)
     assert (kvgo.embed_rows, kvgo.q_rows, kvgo.kv_rows, kvgo.attn_keys, kvgo.kv_read_rows,
             kvgo.moe_cached) == (1, 1, 1, 5, 4, True)

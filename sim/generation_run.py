@@ -1,0 +1,778 @@
+"""A decoder experiment (``kind: decoder``, ``moepim run``): generation through one decoder
+layer under the cache modes ``none`` / ``kv`` / ``go`` / ``kv_go``, and the primary paper's
+comparison of them.
+
+What is simulated and what is computed:
+
+* **values**: the golden generation loop (``moepim.models.generation``) in every mode, on the
+  tile's crossbar arithmetic; every mode must generate the same tokens and output rows (the
+  KV- and GO-cached decode equal to recomputation), a failed check is a mismatch;
+* **the MoE layer**: its RTL (``moepim.hw.moe_layer``, under the experiment's simulator) on
+  the decoder's own MoE inputs (the MoE norm's output codes of every token, routed by the
+  prompt window and the decode rule): the prompt window and one GO-cached window per decode
+  step, bit-exact against the golden model; the windows without the GO cache (``none``,
+  ``kv``: the whole sequence again) by the layer's cycle formula, which the tests check
+  against the RTL;
+* **the rest of the layer** (embedding, norms, Q/K/V/O projections, RoPE, attention, the
+  residual adds, the final norm, the LM head and the argmax): the cycle formulas of their
+  RTL units (``moepim.spec.timing``; each unit's RTL is tested bit- and cycle-exact against
+  them: ``tests/test_attention_unit.py``, ``test_norm_unit.py``, ``test_projection_unit.py``,
+  ``test_residual_unit.py``, ``test_rope_unit.py``, ``test_argmax_unit.py``), composed by the
+  decoder controller's documented order below; the decoder top is not yet one RTL design.
+
+A step's phases, one after another (rows pipelined inside each unit): embedding (one crossbar
+row tile per token: a one-hot input), attention norm, the Q and K/V projections (separate
+crossbars, in parallel), RoPE on Q and K (one unit each), attention (``n_attention_units``
+units, each a head of a row at a time; the K/V rows of earlier steps stream from the KV store,
+so the phase lasts at least their DRAM transfer), the O projection, the first residual add,
+the MoE norm, the MoE layer (after the GO-cache rows it reads back from DRAM), the second
+residual add, then the final norm, the LM head and the argmax on the new row.
+
+Energy per step: crossbar events of every dense matrix (cells, ADC conversions, shift-adds,
+DAC drives counted from the golden inputs' bits, the ADCs' leakage over their MVMs), the
+digital units' operations (Horowitz's per-operation figures), the KV store's SRAM bits, the
+MoE layer's energy (its own events, without its DRAM term), DRAM active power over the KV and
+GO-cache transfers and idle power over the rest of the step, and the digital units' static
+power over the step (the figure and the way Gao & Yang's simulator charges it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moepim.models.decoder import init_decoder_weights, kv_row_bytes
+from moepim.models.generation import build_generator, generate
+from moepim.models.pim import CrossbarMatmul, MemoMatmul, tiles_of
+from moepim.models.quant import int_matmul
+from moepim.models.workload import workload_of_inputs
+from moepim.spec import timing as T
+from moepim.spec.numerics import RECIP_BITS, SCORE_BITS
+
+from .config import DecoderExperiment, resolved_dict
+from .golden import Golden
+from .layer_report import adc_split
+from .layer_run import _headline as moe_headline
+from .layer_run import check_layer, plan_layer, simulate_layer, summarize_layer
+from .report import REPORT_VERSION, write_report
+from .timing_run import bit_ones
+
+__all__ = ["run_decoder_experiment", "dense_cycles", "decoder_unit_specs", "summary_line",
+           "steps_csv", "PHASES"]
+
+PHASES = ("embedding", "attn_norm", "qkv_projection", "rope", "attention", "o_projection",
+          "residual", "moe_norm", "moe", "final_norm", "lm_head")
+RATIO_PAIRS = (("none", "kv_go"), ("kv", "kv_go"), ("go", "kv_go"), ("none", "kv"))
+
+
+class _DecoderGolden(Golden):
+    """The MoE part's golden model, made from the decoder's generation: never written to the
+    golden cache (the decoder's own inputs are not a seeded workload of its key)."""
+
+    def save(self, root: Path) -> None:
+        pass
+
+
+def _prompt(exp: DecoderExperiment) -> list[int]:
+    rng = np.random.default_rng(exp.workload.seed)
+    return rng.integers(0, exp.model.vocab_size, exp.workload.n_prompt).tolist()
+
+
+def _golden(exp: DecoderExperiment, say):
+    """The generation in every mode on the tile's arithmetic, and whether they agree."""
+    cfg, wl = exp.model, exp.workload
+    mm = CrossbarMatmul(exp.tile.spec())
+    prompt = _prompt(exp)
+    say(f"golden generation: {cfg.name}, {wl.n_prompt}-token prompt + {wl.n_generate} "
+        f"tokens, modes {', '.join(wl.modes)}")
+    gen = build_generator(cfg, prompt, wl.seed, matmul=mm)
+    results = {m: generate(gen, prompt, wl.n_generate, m) for m in wl.modes}
+    base = results[wl.modes[0]]
+    disagree = []
+    for m, r in results.items():
+        same = (r.tokens == base.tokens
+                and all(np.array_equal(a, b) for a, b in zip(r.rows, base.rows))
+                and np.array_equal(r.moe_x, base.moe_x))
+        if not same:
+            disagree.append(m)
+    return gen, prompt, results, base, disagree
+
+
+def _moe_golden(exp: DecoderExperiment, gen, base) -> Golden:
+    cfg, wl = exp.model, exp.workload
+    weights = {k: v for k, v in init_decoder_weights(cfg, wl.seed).items()
+               if not k.startswith(("attn", "moe_norm"))}
+    work = workload_of_inputs(cfg, seed=wl.seed, n_prompt=wl.n_prompt, x_q=base.moe_x,
+                              quant=gen.dq.moe, weights=weights, mask=base.mask,
+                              matmul=gen.matmul)
+    key = hashlib.sha256(repr(("decoder", resolved_dict(exp.model), wl.seed, wl.n_prompt,
+                               wl.n_generate, exp.tile.spec().arithmetic)).encode()).hexdigest()
+    return _DecoderGolden(dataclasses.replace(work, weights={}), gen.matmul,
+                          MemoMatmul(int_matmul), key, "computed")
+
+
+# ---------------------------------------------------------------------------------------------
+# the dense part of a step: cycles and events from the unit formulas
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    d: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    lanes: int
+    units: int
+    act_bits: int
+    mvm: int
+    center: bool
+    rope: bool
+
+    @property
+    def blocks(self) -> int:
+        return self.d // self.lanes
+
+
+def _shapes(exp: DecoderExperiment) -> _Shapes:
+    m = exp.model
+    return _Shapes(d=m.d_model, heads=m.n_heads, kv_heads=m.kv_heads, head_dim=m.head_size,
+                   vocab=m.vocab_size, lanes=exp.layer.lanes, units=exp.layer.n_attention_units,
+                   act_bits=m.quant.act_bits, mvm=exp.tile.spec().mvm_latency,
+                   center=m.norm == "layernorm", rope=m.rope_theta is not None)
+
+
+def _matrices(exp: DecoderExperiment) -> dict:
+    """``(n_in, n_out)`` of every dense crossbar matrix; the embedding's is one row tile."""
+    m, spec = exp.model, exp.tile.spec()
+    hd = m.head_size
+    return {"q": (m.d_model, m.n_heads * hd), "k": (m.d_model, m.kv_heads * hd),
+            "v": (m.d_model, m.kv_heads * hd), "o": (m.n_heads * hd, m.d_model),
+            "embedding": (spec.n_rows, m.d_model), "lm_head": (m.d_model, m.vocab_size)}
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _query_positions(work) -> list[int]:
+    """Positions of the rows a step sends through attention (all, or the new one)."""
+    L = work.n_tokens
+    return list(range(L - work.attn_rows, L))
+
+
+def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: bool) -> dict:
+    """Per phase, the cycles of a step's dense units (everything but the MoE layer and the
+    DRAM), from the unit formulas of ``moepim.spec.timing`` in the controller's order
+    (module docstring). ``work``: the step's :class:`moepim.models.generation.StepWork`."""
+    lanes, hd = sh.lanes, sh.head_dim
+
+    def proj(rows, name):
+        n_in, n_out = mats[name]
+        return T.projection_cycles(rows, sh.mvm, _ceil(n_in, lanes),
+                                   _ceil(n_out, lanes)) if rows else 0
+
+    def norm(rows):
+        return T.norm_cycles(rows, sh.d, lanes, sh.act_bits, sh.center) if rows else 0
+
+    rounds = _ceil(sh.heads, sh.units)
+    attention = rounds * sum(T.attention_job_cycles(t + 1, hd // lanes)
+                             for t in _query_positions(work))
+    rope = 0
+    if sh.rope:
+        rope = max(T.rope_cycles(work.q_rows * sh.heads, hd, lanes),
+                   T.rope_cycles(work.kv_rows * sh.kv_heads, hd, lanes))
+    return {
+        "embedding": proj(work.embed_rows, "embedding") if embedding else 0,
+        "attn_norm": norm(work.attn_norm_rows),
+        "qkv_projection": max(proj(work.q_rows, "q"), proj(work.kv_rows, "k")),
+        "rope": rope,
+        "attention": attention,
+        "o_projection": proj(work.o_rows, "o"),
+        "residual": (T.residual_cycles(work.o_rows * sh.blocks)
+                     + T.residual_cycles(work.moe_rows * sh.blocks)),
+        "moe_norm": norm(work.moe_rows),
+        "final_norm": norm(1) if lm_head else 0,
+        "lm_head": proj(1, "lm_head") + T.argmax_latency() if lm_head else 0,
+    }
+
+
+def _kv_traffic(exp: DecoderExperiment, work, mode: str) -> dict:
+    """K/V rows of the step through DRAM: the earlier steps' rows read back once, the new
+    rows written (rows of tokens at or beyond ``kv_cache_rows`` are in DRAM; earlier ones
+    stay in the on-chip KV SRAM)."""
+    if mode not in ("kv", "kv_go"):
+        return {"read_rows": 0, "write_rows": 0}
+    C, L = exp.layer.kv_cache_rows, work.n_tokens
+    read = range(L - 1 - work.kv_read_rows, L - 1)      # the earlier steps' rows, once
+    new = range(L - work.kv_write_rows, L)
+    return {"read_rows": sum(1 for t in read if t >= C),
+            "write_rows": sum(1 for t in new if t >= C)}
+
+
+def dense_crossbars(exp: DecoderExperiment) -> dict:
+    """Per dense matrix the experiment includes, ``(crossbars, peripheral sets)``: one set
+    per crossbar, but the embedding's row tiles share their column's set (a one-hot input
+    drives one row tile at a time, as the experts of a group share theirs)."""
+    shape = exp.tile.spec()
+    out = {}
+    for name, (n_in, n_out) in _matrices(exp).items():
+        if name == "embedding":
+            if exp.workload.embedding:
+                ct = _ceil(n_out, shape.n_outputs)
+                out[name] = (_ceil(exp.model.vocab_size, shape.n_rows) * ct, ct)
+        elif name != "lm_head" or exp.workload.lm_head:
+            n = math.prod(tiles_of(n_in, n_out, shape))
+            out[name] = (n, n)
+    return out
+
+
+def _matrix_energy(exp, name, n_in, n_out, rows, drives, *, requant: bool) -> dict:
+    """Crossbar events and the partial-sum/requantisation arithmetic of ``rows`` MVMs of one
+    dense matrix (``drives``: DAC pulses)."""
+    tech, tile = exp.tech, exp.tile
+    shape = tile.spec()
+    rt, ct = tiles_of(n_in, n_out, shape) if name != "embedding" else (1, _ceil(n_out,
+                                                                                 shape.n_outputs))
+    mvms = rows * rt * ct
+    planes = mvms * tile.input_bits
+    adc, leak_mw = adc_split(tech, tile.adc_bits)
+    crossbar = (planes * shape.cells_per_crossbar * tech.cell_read_energy_fj.value * 1e-3
+                + planes * shape.n_lines * (adc + tech.shift_add_energy_pj.value)
+                + drives * tech.dac_drive_energy_pj.value)
+    digital = rows * ((rt - 1) * n_out * tech.int_add_energy_pj.value
+                      + (n_out * tech.int_mult_energy_pj.value if requant else 0))
+    leakage = 0.0
+    if exp.layer.power_gating == "idle":
+        leakage = mvms * shape.mvm_latency * tech.clock_ns.value * tile.n_adcs * leak_mw
+    return {"crossbar": crossbar, "digital": digital, "leakage": leakage, "tile_mvms": mvms}
+
+
+def _digital_energy(exp, sh: _Shapes, work, lm_head: bool) -> dict:
+    """The digital units' operations in pJ (Horowitz's per-operation figures, as the tech
+    file's sources say which operation each prices)."""
+    t = exp.tech
+    m8, a8 = t.int8_mult_energy_pj.value, t.int8_add_energy_pj.value
+    m32, a32 = t.int_mult_energy_pj.value, t.int_add_energy_pj.value
+    sram = t.sram_energy_pj_per_bit.value
+    d, hd, ab = sh.d, sh.head_dim, sh.act_bits
+    from moepim.spec.numerics import NORM_FRAC_BITS, NORM_RECIP_BITS
+
+    serial = (ab + 1 + NORM_FRAC_BITS) + (NORM_RECIP_BITS + 1)
+    norm_row = d * (2 * m8 + 2 * m32 + 3 * a32 + (a8 if sh.center else 0)) + serial * a32
+    norm_rows = work.attn_norm_rows + work.moe_rows + (1 if lm_head else 0)
+    residual = (work.o_rows + work.moe_rows) * d * (2 * m32 + a8)
+    rope = 0.0
+    if sh.rope:
+        rope = (work.q_rows * sh.heads + work.kv_rows * sh.kv_heads) * hd * (4 * m8 + a32)
+    lim = (1 << (ab - 1)) - 1
+    from moepim.spec.checks import signed_bits
+
+    entry_bits = max(signed_bits(-lim * lim * hd, lim * lim * hd), SCORE_BITS + 1) + 1
+    keys = sum(t_ + 1 for t_ in _query_positions(work)) * sh.heads      # (head, key) pairs
+    jobs = work.attn_rows * sh.heads
+    attention = (keys * hd * (m8 + a32)                      # scores
+                 + keys * (a32 + (SCORE_BITS + 1) * sram)    # exp table read, the sum
+                 + jobs * RECIP_BITS * a32                   # the reciprocal
+                 + keys * (2 * m32 + a32)                    # the probabilities
+                 + keys * hd * (2 * m8 + a32)                # the weighted sum
+                 + keys * 6 * entry_bits * sram              # score buffer: 3 writes, 3 reads
+                 + jobs * hd * a32)                          # the output rounding
+    row_bits = 2 * sh.kv_heads * hd * ab
+    # the step's K/V rows (projected, or read back from DRAM) written once, read per key
+    kv_sram = ((work.kv_rows + work.kv_read_rows) * row_bits + keys * 2 * hd * ab) * sram
+    argmax = sh.vocab * a32 if lm_head else 0.0
+    return {"norms": norm_rows * norm_row, "residual": residual, "rope": rope,
+            "attention": attention, "kv_sram": kv_sram, "argmax": argmax}
+
+
+MOE_EXPERT_KEYS = ("crossbar", "dac", "adc", "shift_add", "digital_arithmetic", "wakeup",
+                   "digital_switching")
+
+
+def _price_step(exp: DecoderExperiment, sh: _Shapes, mats: dict, mode: str, work, bits: dict,
+                moe: dict, go_read_rows: int, go_row_bytes: int) -> dict:
+    """One step of one mode: its phases' cycles, time (compute and DRAM stalls) and energy
+    with its breakdown (module docstring)."""
+    wl, tech, dram = exp.workload, exp.tech, exp.dram
+    clock = tech.clock_ns.value
+    shape = exp.tile.spec()
+    L = work.n_tokens
+    cycles = dense_cycles(sh, mats, work, embedding=wl.embedding, lm_head=wl.lm_head)
+    cycles["moe"] = moe["cycles"]
+    # DRAM: K/V rows (the attention streams them: the phase lasts at least their transfer),
+    # GO-cache rows read back before the MoE layer
+    kv = _kv_traffic(exp, work, mode)
+    row_bytes = kv_row_bytes(exp.model)
+    bw, lat = dram.bandwidth_gbps.value, dram.latency_ns.value
+    kv_read_ns = kv["read_rows"] * row_bytes / bw + (lat if kv["read_rows"] else 0.0)
+    go_bytes = go_read_rows * go_row_bytes
+    go_read_ns = go_bytes / bw + (lat if go_read_rows else 0.0)
+    attention_ns = cycles["attention"] * clock
+    stall_ns = max(0.0, kv_read_ns - attention_ns) + go_read_ns
+    compute_ns = sum(cycles.values()) * clock
+    time_ns = compute_ns + stall_ns
+    dram_bytes = (kv["read_rows"] + kv["write_rows"]) * row_bytes + go_bytes
+    busy_ns = dram_bytes / bw
+    # crossbar matrices: DAC pulses from the golden inputs' '1' bits
+    q_tok = range(L - work.q_rows, L)
+    kv_tok = range(L - work.kv_rows, L)
+    col_tiles = {k: tiles_of(*mats[k], shape)[1] for k in mats}
+    col_tiles["embedding"] = _ceil(mats["embedding"][1], shape.n_outputs)
+    rows = {"q": (work.q_rows, sum(bits["h"][t] for t in q_tok)),
+            "k": (work.kv_rows, sum(bits["h"][t] for t in kv_tok)),
+            "v": (work.kv_rows, sum(bits["h"][t] for t in kv_tok)),
+            "o": (work.o_rows, sum(bits["a"][t] for t in q_tok))}
+    if wl.embedding:
+        rows["embedding"] = (work.embed_rows, work.embed_rows)     # one '1' bit: one-hot
+    if wl.lm_head:
+        rows["lm_head"] = (1, bits["f"][work.step])
+    mat = {k: _matrix_energy(exp, k, *mats[k], r, ones * col_tiles[k],
+                             requant=k not in ("embedding", "lm_head"))
+           for k, (r, ones) in rows.items()}
+    dig = _digital_energy(exp, sh, work, wl.lm_head)
+    leak = sum(x["leakage"] for x in mat.values())
+    if exp.layer.power_gating == "none":
+        adc_leak = adc_split(tech, exp.tile.adc_bits)[1]
+        sets = sum(n for _, n in dense_crossbars(exp).values())
+        leak = sets * exp.tile.n_adcs * adc_leak * time_ns
+    mb = moe["breakdown"]
+    breakdown = {
+        "attention": dig["attention"],
+        "projections": sum(mat[k]["crossbar"] + mat[k]["digital"] for k in ("q", "k", "v", "o")),
+        "embedding": (mat["embedding"]["crossbar"] + mat["embedding"]["digital"]
+                      if "embedding" in mat else 0.0),
+        "lm_head": (mat["lm_head"]["crossbar"] + mat["lm_head"]["digital"] + dig["argmax"]
+                    if "lm_head" in mat else 0.0),
+        "experts": sum(mb.get(k, 0.0) for k in MOE_EXPERT_KEYS),
+        "router": mb.get("router", 0.0),
+        "norms_adds": dig["norms"] + dig["residual"] + dig["rope"],
+        "buffers": dig["kv_sram"] + mb.get("buffers", 0.0) + mb.get("go_cache", 0.0),
+        "kv_dram": dram.active_power_w.value * (dram_bytes - go_bytes) / bw * 1e3,
+        "go_dram": dram.active_power_w.value * go_bytes / bw * 1e3,
+        "dram_idle": dram.idle_power_w.value * max(0.0, time_ns - busy_ns) * 1e3,
+        "leakage": leak + mb.get("leakage", 0.0),
+        "static": tech.digital_static_power_mw.value * time_ns,
+    }
+    return {"step": work.step, "n_tokens": L, "cycles": sum(cycles.values()),
+            "time_ns": time_ns, "compute_ns": compute_ns, "stall_ns": stall_ns,
+            "energy_pj": sum(breakdown.values()), "breakdown_pj": breakdown,
+            "phase_cycles": cycles, "kv_dram_rows": kv, "go_dram_rows": go_read_rows,
+            "dense_tile_mvms": sum(x["tile_mvms"] for x in mat.values()),
+            "moe_source": moe["source"]}
+
+
+def _totals(steps: list[dict]) -> dict:
+    keys = steps[0]["breakdown_pj"] if steps else {}
+    return {"steps": len(steps), "cycles": sum(s["cycles"] for s in steps),
+            "time_ns": sum(s["time_ns"] for s in steps),
+            "compute_ns": sum(s["compute_ns"] for s in steps),
+            "stall_ns": sum(s["stall_ns"] for s in steps),
+            "energy_pj": sum(s["energy_pj"] for s in steps),
+            "breakdown_pj": {k: sum(s["breakdown_pj"][k] for s in steps) for k in keys}}
+
+
+def _moe_steps(moe_report: dict, n_generate: int) -> dict:
+    """The MoE layer's cycles and energy per step: the prompt window, then per decode step
+    the GO-cached window (the RTL's) and the window without the cache (the formula's)."""
+    comp = moe_report["go_cache_comparison"]
+    windows = moe_report["windows"]
+    clean = lambda e: {k: v for k, v in e["breakdown"].items() if k != "dram"}  # noqa: E731
+    if comp is None:          # a single generated token: the prompt window alone
+        e = moe_report["energy_pj"]
+        prompt = {"cycles": windows[0]["cycles"], "breakdown": {
+            k: v for k, v in e["breakdown"].items() if k != "dram"},
+            "source": moe_report["sim"]}
+        return {"prompt": prompt, "cached": [], "recomputed": []}
+    src_c = f"{moe_report['sim']} (RTL)" if moe_report["values_simulated"] else \
+        "timing level (moepim.sim.timing_run)"
+    prompt = {"cycles": windows[0]["cycles"], "breakdown": clean(comp["prompt"]),
+              "source": src_c}
+    cached = [{"cycles": e["cycles"], "breakdown": clean(e), "source": src_c}
+              for e in comp["with_go_cache"]["steps"]]
+    recomputed = [{"cycles": e["cycles"], "breakdown": clean(e),
+                   "source": "the layer's cycle formula (moepim.spec.timing), checked against "
+                             "the RTL in tests/test_moe_layer.py"}
+                  for e in comp["without_cache"]["steps"]]
+    assert len(cached) == len(recomputed) == n_generate - 1
+    return {"prompt": prompt, "cached": cached, "recomputed": recomputed}
+
+
+def _ratios(modes: dict) -> dict:
+    out = {}
+    for a, b in RATIO_PAIRS:
+        if a in modes and b in modes:
+            A, B = modes[a], modes[b]
+            r = lambda x, y: x / y if y else None    # noqa: E731
+            out[f"{a}_vs_{b}"] = {
+                "time": r(A["decode"]["time_ns"], B["decode"]["time_ns"]),
+                "energy": r(A["decode"]["energy_pj"], B["decode"]["energy_pj"]),
+                "time_with_prompt": r(A["with_prompt"]["time_ns"], B["with_prompt"]["time_ns"]),
+                "energy_with_prompt": r(A["with_prompt"]["energy_pj"],
+                                        B["with_prompt"]["energy_pj"])}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# area: the dense crossbars and their peripherals from the tech file, the digital units from
+# Yosys, the MoE layer's from its run
+
+def decoder_unit_specs(exp: DecoderExperiment) -> list:
+    """``(name, class, constructor arguments, count)`` of the decoder's digital units at the
+    experiment's size (one norm, residual and argmax unit serve every phase; RoPE: one for
+    Q, one for K; a projection unit per dense matrix, its crossbars a black box)."""
+    from moepim.hw.argmax import ArgmaxUnit
+    from moepim.hw.attention import AttentionUnit
+    from moepim.hw.norm import NormUnit
+    from moepim.hw.projection import ProjectionUnit
+    from moepim.hw.residual import ResidualUnit
+    from moepim.hw.rope import RopeUnit
+
+    m, lanes = exp.model, exp.layer.lanes
+    ab, mb = m.quant.act_bits, m.quant.multiplier_bits
+    n_seq = exp.workload.n_prompt + exp.workload.n_generate
+    spec = exp.tile.spec()
+    units = [("attention_unit", AttentionUnit,
+              dict(head_dim=m.head_size, lanes=lanes, act_bits=ab, n_keys_max=n_seq,
+                   multiplier_bits=mb), exp.layer.n_attention_units),
+             ("norm_unit", NormUnit, dict(d_model=m.d_model, lanes=lanes, act_bits=ab,
+                                          center=m.norm == "layernorm", multiplier_bits=mb), 1),
+             ("residual_unit", ResidualUnit, dict(lanes=lanes, a_bits=ab, b_bits=2 * ab + 8,
+                                                  act_bits=ab, multiplier_bits=mb), 1)]
+    if m.rope_theta is not None:
+        units.append(("rope_unit", RopeUnit, dict(head_dim=m.head_size, lanes=lanes,
+                                                  act_bits=ab, n_positions=n_seq), 2))
+    for name, (n_in, n_out) in _matrices(exp).items():
+        if (name == "embedding" and not exp.workload.embedding) or \
+                (name == "lm_head" and not exp.workload.lm_head):
+            continue
+        units.append((f"projection_{name}", ProjectionUnit,
+                      dict(tile=spec, n_in=n_in, n_out=n_out, lanes=lanes, multiplier_bits=mb,
+                           act_bits=ab, requant=name not in ("embedding", "lm_head")), 1))
+    if exp.workload.lm_head:
+        kw = units[-1][2]
+        lm_bits = ProjectionUnit.raw_bits(kw["tile"], kw["n_in"])
+        units.append(("argmax_unit", ArgmaxUnit, dict(lanes=lanes, value_bits=lm_bits,
+                                                      max_items=m.vocab_size), 1))
+    return units
+
+
+def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say) -> dict:
+    from .digital import component_area
+
+    tech, tile = exp.tech, exp.tile
+    shape = tile.spec()
+    dense = dense_crossbars(exp)
+    n = sum(c for c, _ in dense.values())
+    sets = sum(p for _, p in dense.values())
+    um2 = {"dense_arrays": n * shape.cells_per_crossbar * tech.cell_area_um2.value,
+           "dense_adcs": sets * tile.n_adcs * tech.adc_area_um2[tile.adc_bits].value,
+           "dense_dacs": sets * tile.n_rows * tech.dac_area_um2.value,
+           "dense_shift_adds": sets * tile.n_adcs * tech.shift_add_area_um2.value}
+    crossbars = {k: {"crossbars": c, "peripheral_sets": p} for k, (c, p) in dense.items()}
+    breakdown = {k: v * 1e-6 for k, v in um2.items()}
+    units, synthesized = {}, {}
+    if synthesize:
+        for name, cls, kw, count in decoder_unit_specs(exp):
+            # same-shape projection units are one design (one Yosys run)
+            top = (f"projection_{kw['n_in']}x{kw['n_out']}{'' if kw['requant'] else '_raw'}"
+                   if name.startswith("projection_") else name)
+            if top not in synthesized:
+                say(f"digital logic area: yosys on the {top} (cached after the first run)")
+                synthesized[top] = component_area(cls(**kw), top, tech, sim="model",
+                                                  build_root=root)
+            a = synthesized[top]
+            units[name] = {"count": count, "design": top, "area_mm2_each": a["area_mm2"],
+                           "transistors_each": a["transistors"],
+                           "memory_bits_each": a["memory_bits"]}
+        breakdown["decoder_digital_units"] = sum(u["count"] * u["area_mm2_each"]
+                                                 for u in units.values())
+    breakdown["moe_layer"] = moe_report["area_mm2"]["total"]
+    not_included = list(moe_report["area_mm2"].get("not_included", []))
+    if not synthesize:
+        not_included.append("the decoder's digital units: synthesis skipped (--no-synth)")
+    not_included.append("activation buffers between the decoder's units and the KV store's "
+                        "SRAM (kv_cache_rows) as area")
+    return {"total": sum(breakdown.values()), "breakdown": breakdown,
+            "dense_crossbars": crossbars, "digital_units": units,
+            "method": "dense crossbars and their peripheral sets (one per crossbar; the "
+                      "embedding's row tiles share one per column) from the tech file; the decoder's digital units from Yosys on their RTL "
+                      "(crossbar macros black boxes); the MoE layer's from its run",
+            "not_included": not_included}
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper block
+
+def _paper_block(exp: DecoderExperiment, modes: dict, ratios: dict) -> list[dict]:
+    """Each reference figure of the experiment beside ours, with what explains the
+    difference (a sentence per component, from our breakdown and the authors' accounting,
+    ``reference/paper_moe_pim.md`` sections 4.4-4.5)."""
+    rows = []
+    for ref in exp.reference:
+        pair, _, kind = ref.metric.rpartition(".")
+        ours = ratios.get(pair, {}).get(kind)
+        rows.append({"metric": ref.metric, "ours": ours, "reference": ref.value,
+                     "ours_over_reference": ours / ref.value if ours else None,
+                     "source": ref.source, "scope": ref.scope})
+    return rows
+
+
+def _shares(total: dict) -> dict:
+    e = total["energy_pj"] or 1.0
+    return {k: v / e for k, v in total["breakdown_pj"].items()}
+
+
+def _explanations(modes: dict, ratios: dict, kv_read_ns: float | None) -> list[str]:
+    """A sentence per component on why our ratios differ from the authors' (their
+    accounting and re-runs: reference/paper_moe_pim.md sections 4.4-4.5), from our numbers."""
+    out = []
+    pct = lambda x: f"{100 * x:.1f} %"          # noqa: E731
+    if "kv_go" in modes:
+        kg = modes["kv_go"]["decode"]
+        sh = _shares(kg)
+        if kv_read_ns is not None and kg["time_ns"]:
+            bound = (f"; none / kv_go could not exceed "
+                     f"{modes['none']['decode']['time_ns'] / kv_read_ns:.2f}x even if the rest "
+                     "of a KV+GO step were free (the authors' bound: 5.3x)"
+                     if "none" in modes else "")
+            out.append(
+                f"KV-cache reads: {pct(kv_read_ns / kg['time_ns'])} of our KV+GO decode "
+                "time (the authors': 78.5 %; both read 2 L d bytes of 8-bit K and V per step "
+                f"at the same 5.332 GB/s){bound}. Our other phases are shorter than theirs "
+                "(a 256x256 MVM takes the tile's mvm_latency cycles at 1 ns, theirs 130 ns), "
+                "so the DRAM bound weighs more in ours and the time ratio is lower.")
+        out.append(
+            f"Crossbar MVMs: projections {pct(sh.get('projections', 0))}, experts "
+            f"{pct(sh.get('experts', 0))}, router {pct(sh.get('router', 0))}, LM head "
+            f"{pct(sh.get('lm_head', 0))}, embedding {pct(sh.get('embedding', 0))} of our "
+            "KV+GO decode energy (the authors: 12.5 nJ per MVM whatever its inputs, 63.6 % "
+            "of their KV+GO energy, the LM head 2,000 of a step's 3,440 MVMs); ours are priced "
+            "per bit plane, ADC conversion and DAC pulse from the tech file, and the "
+            "no-cache steps, made of MVMs, weigh accordingly.")
+        out.append(
+            f"DRAM: KV transfers {pct(sh.get('kv_dram', 0))} and idle power "
+            f"{pct(sh.get('dram_idle', 0))} of our KV+GO decode energy; the authors charge "
+            "DRAM idle power only when the GO cache is on (13.5 % of their KV+GO energy, "
+            "none in their no-cache run) and never charge GO-cache traffic; we charge idle "
+            "power in every mode and GO-cache read-backs on the channel.")
+        out.append(
+            f"Attention: {pct(sh.get('attention', 0))} of our KV+GO decode energy, from "
+            "per-operation energies (Horowitz, ISSCC 2014) of the attention unit's integer "
+            "datapath (the authors: L^2 x 0.557 d pJ fitted to a 3D-CiM table, about 280 nJ "
+            "of their 473,555 nJ).")
+    if "none" in modes:
+        n = modes["none"]
+        att = sum(st["phase_cycles"]["attention"] for st in n["steps"][1:])
+        cyc = max(1, n["decode"]["cycles"])
+        out.append(
+            f"No cache: attention is {pct(att / cyc)} of our no-cache decode cycles (the "
+            "authors: 56.6 % of their no-cache time, 0.5 L^2 (1.064e-4 d + 1.521e-5 d^2) ns "
+            "per step on the critical path); ours is the RTL unit's cycle formula, 4 units "
+            "working on different heads.")
+    if "kv_vs_kv_go" in ratios:
+        r = ratios["kv_vs_kv_go"]
+        out.append(
+            f"KV only vs KV+GO: ours {r['time']:.2f}x time, {r['energy']:.2f}x energy (the "
+            "authors': 2.654x, 10.245x). With expert-choice routing and no GO cache every "
+            "earlier token's MoE input is needed again, so our kv mode recomputes every row's "
+            "Q, attention, O and MoE window and saves only the earlier K/V projections, then "
+            "reads the cached K/V back; the authors charge every row's projections and "
+            "experts but the attention of the new row only.")
+    if "go_vs_kv_go" in ratios:
+        r = ratios["go_vs_kv_go"]
+        out.append(
+            f"GO only vs KV+GO: ours {r['time']:.2f}x time, {r['energy']:.2f}x energy (the "
+            "authors': 2.507x, 1.061x). Without a KV cache our go mode projects the earlier "
+            "tokens' K and V again on crossbars instead of reading them from DRAM: faster "
+            "than the 5.332 GB/s read, dearer in energy; the authors' GO-only run charges no "
+            "K/V recomputation and no read, but the whole L x L attention of every step.")
+    if "kv_go" in modes:
+        sh = _shares(modes["kv_go"]["decode"])
+        out.append(
+            f"Norms, residual adds and RoPE: {pct(sh.get('norms_adds', 0))} of our KV+GO "
+            "decode energy, our RTL units' cycles and per-operation energies (the authors: "
+            "LayerNorm ceil(50 d/256) ns, Add 9.43 d/256 pJ from the same 3D-CiM table).")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path,
+                           progress=None, allow_large: bool = False, build_root=None,
+                           synthesize: bool = True, plots: bool = True) -> dict:
+    """Run, check and report a decoder experiment into ``out_folder`` (an empty staging
+    folder; the MoE layer's own report in its ``moe`` folder); return the report."""
+    say = progress or (lambda msg: None)
+    t0 = time.monotonic()
+    wl = exp.workload
+    gen, prompt, results, base, disagree = _golden(exp, say)
+    t_golden = time.monotonic() - t0
+
+    # the MoE layer on the decoder's MoE inputs
+    moe_exp = exp.moe_experiment()
+    plan = plan_layer(moe_exp, check_resources=sim != "model", allow_large=allow_large,
+                      build_root=build_root, say=say, golden=_moe_golden(exp, gen, base),
+                      compare_any_router=True)
+    moe_dir = out_folder / "moe"
+    moe_dir.mkdir()
+    run = simulate_layer(plan, sim, out_folder=moe_dir, say=say,
+                         progress_bars=progress is not None)
+    checked = check_layer(plan, run)
+    moe_report = summarize_layer(plan, run, checked, synthesize=synthesize, say=say,
+                                 t0=time.monotonic())
+    write_report(moe_dir, moe_report, moe_exp, moe_headline(moe_report))
+    moe = _moe_steps(moe_report, wl.n_generate)
+
+    # every mode, step by step
+    sh, mats = _shapes(exp), _matrices(exp)
+    ab = exp.model.quant.act_bits
+    bits = {"h": bit_ones(base.attn_in, ab).tolist(), "a": bit_ones(base.attn_out, ab).tolist(),
+            "f": [int(bit_ones(gen.final_hidden(r)[None], ab)[0]) for r in base.rows]}
+    go = plan.go
+    go_rows = [t["read_rows"] for t in go["dram_traffic"]] if go else [0] * wl.n_generate
+    go_row_bytes = go["row_bytes"] if go else 0
+    modes = {}
+    for mode in wl.modes:
+        r = results[mode]
+        steps = []
+        for work in r.work:
+            if work.step == 0:
+                m = moe["prompt"]
+            else:
+                m = moe["cached" if work.moe_cached else "recomputed"][work.step - 1]
+            go_read = go_rows[work.step] if work.moe_cached or work.step == 0 else 0
+            steps.append(_price_step(exp, sh, mats, mode, work, bits, m, go_read,
+                                     go_row_bytes))
+        modes[mode] = {"steps": steps, "decode": _totals(steps[1:]),
+                       "with_prompt": _totals(steps), "tokens": r.tokens}
+    ratios = _ratios(modes)
+    kv_read_ns = None
+    if "kv_go" in modes:
+        bw = exp.dram.bandwidth_gbps.value
+        kv_read_ns = sum(st["kv_dram_rows"]["read_rows"] * kv_row_bytes(exp.model) / bw
+                         for st in modes["kv_go"]["steps"][1:])
+    values_ok = not disagree and moe_report["golden_match"] is not False
+    area = _area(exp, moe_report, synthesize, plan.root, say)
+    head = modes.get("kv_go") or modes[wl.modes[-1]]
+    report = {
+        "report_version": REPORT_VERSION, "kind": "decoder", "sim": sim,
+        "generation": {"prompt": prompt, "tokens": base.tokens,
+                       "modes_agree": not disagree, "disagreeing_modes": disagree,
+                       "decode_steps": wl.n_generate - 1,
+                       "sequence_lengths": [w.n_tokens for w in base.work[1:]]},
+        "golden_match": values_ok if moe_report["golden_match"] is not None else (
+            None if not disagree else False),
+        "cycles_match_formula": moe_report["cycles_match_formula"],
+        "go_cache_exact": moe_report["go_cache_exact"],
+        "cache_comparison": {"modes": modes, "ratios": ratios},
+        "paper": {"figures": _paper_block(exp, modes, ratios),
+                  "explanations": _explanations(modes, ratios, kv_read_ns)},
+        "time_ns": head["with_prompt"]["time_ns"],
+        "energy_pj": head["with_prompt"]["energy_pj"],
+        "area_mm2": area,
+        "moe": {"sim": moe_report["sim"], "golden_match": moe_report["golden_match"],
+                "n_mismatches": moe_report["n_mismatches"],
+                "cycles_match_formula": moe_report["cycles_match_formula"],
+                "go_cache_exact": moe_report["go_cache_exact"],
+                "accuracy": moe_report["accuracy"], "report": "moe/report.json"},
+        "levels": {
+            "values": "golden generation in every mode (moepim.models.generation) on the "
+                      "tile's crossbar arithmetic; the MoE layer's outputs and routes from "
+                      f"its RTL under {sim}" if sim != "model" else
+                      "golden generation in every mode; the MoE layer at the timing level "
+                      "(values not simulated)",
+            "moe_layer": f"the prompt window and each GO-cached decode window: {sim}; the "
+                         "windows without the GO cache: the layer's cycle formula",
+            "dense_units": "cycle formulas of the RTL units (moepim.spec.timing; each unit "
+                           "tested bit- and cycle-exact on Amaranth, Verilator and Icarus), "
+                           "composed in the decoder controller's order (not yet one RTL "
+                           "design)",
+            "dram": "KV rows and GO-cache rows at the DRAM preset's bandwidth; the attention "
+                    "phase lasts at least its KV transfer"},
+        "not_included": [
+            "contention between the KV cache's DRAM traffic and the MoE layer's (each step "
+            "prices them one after the other)",
+            "activation buffers between the decoder's units (their SRAM bits)",
+            "the LM head's ADC arithmetic (its logits are exact integer products)"],
+        "wall_s": {"golden": t_golden, "total": time.monotonic() - t0},
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "config": resolved_dict(exp),
+    }
+    report["plots"] = write_generation_plots(out_folder, report) if plots else []
+    write_report(out_folder, report, exp, _headline(report))
+    (out_folder / "steps.csv").write_text(steps_csv(report))
+    return report
+
+
+def summary_line(report: dict, out: Path) -> str:
+    """The line ``moepim run`` prints for a decoder experiment."""
+    g = report["generation"]
+    status = ("bit-exact" if report["golden_match"] else
+              "MoE values not simulated (timing level)" if report["golden_match"] is None
+              else f"MISMATCH (modes disagreeing: {g['disagreeing_modes']}, MoE mismatches: "
+                   f"{report['moe']['n_mismatches']})")
+    r = report["cache_comparison"]["ratios"].get("none_vs_kv_go")
+    ratio = (f"; none/kv_go: {r['time']:.2f}x time, {r['energy']:.2f}x energy"
+             if r and r["time"] else "")
+    return (f"{report['sim']}: {len(g['tokens'])} tokens in "
+            f"{len(report['cache_comparison']['modes'])} modes, {status}{ratio}; report in "
+            f"{out / 'report.json'} ({report['wall_s']['total']:.1f} s)")
+
+
+def _headline(report: dict) -> dict:
+    ratios = report["cache_comparison"]["ratios"].get("none_vs_kv_go", {})
+    return {"sim": report["sim"], "time_ns": report["time_ns"],
+            "energy_pj": report["energy_pj"], "area_mm2": report["area_mm2"]["total"],
+            "none_vs_kv_go_time": ratios.get("time"), "none_vs_kv_go_energy":
+            ratios.get("energy"), "golden_match": report["golden_match"],
+            "modes_agree": report["generation"]["modes_agree"],
+            "wall_s": report["wall_s"]["total"]}
+
+
+def steps_csv(report: dict) -> str:
+    """One row per mode and step: cycles, time, energy and its breakdown."""
+    buf = io.StringIO()
+    modes = report["cache_comparison"]["modes"]
+    keys = next(iter(modes.values()))["steps"][0]["breakdown_pj"].keys()
+    w = csv.writer(buf)
+    w.writerow(["mode", "step", "n_tokens", "cycles", "time_ns", "stall_ns", "energy_pj",
+                *(f"{k}_pj" for k in keys)])
+    for mode, m in modes.items():
+        for s in m["steps"]:
+            w.writerow([mode, s["step"], s["n_tokens"], s["cycles"], f"{s['time_ns']:.1f}",
+                        f"{s['stall_ns']:.1f}", f"{s['energy_pj']:.1f}",
+                        *(f"{s['breakdown_pj'][k]:.1f}" for k in keys)])
+    return buf.getvalue()
+
+
+def write_generation_plots(folder: Path, report: dict) -> list[str]:
+    """Per-step latency and energy of every mode (``generation.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = report["cache_comparison"]["modes"]
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, m in modes.items():
+        steps = [s["step"] for s in m["steps"]]
+        ax_t.plot(steps, [s["time_ns"] / 1e3 for s in m["steps"]], marker="o", label=mode)
+        ax_e.plot(steps, [s["energy_pj"] / 1e6 for s in m["steps"]], marker="o", label=mode)
+    ax_t.set(xlabel="step (0: prompt)", ylabel="latency (us)", yscale="log",
+             title="latency per step")
+    ax_e.set(xlabel="step (0: prompt)", ylabel="energy (uJ)", yscale="log",
+             title="energy per step")
+    ax_t.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "generation.png", dpi=120)
+    plt.close(fig)
+    return ["generation.png"]

@@ -1,0 +1,197 @@
+"""Decoder experiments (``kind: decoder``, ``moepim.sim.generation_run``): the reduced
+generation experiment end to end, its MoE layer on Verilator and Icarus (every output and
+route bit-exact, cycles equal to the formula, the GO cache exact), every mode generating the
+same tokens; the step's cycles equal to the unit formulas; the four modes' ordering; a
+grouped-query and a LayerNorm model; the config's errors named by key."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moepim.models.generation import MODES, step_work
+from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment
+from moepim.sim.generation_run import _Shapes, dense_cycles, run_decoder_experiment
+from moepim.spec import timing as T
+
+from .conftest import need_simulator
+
+SMALL = REPO_ROOT / "configs" / "experiments" / "generation-small.yaml"
+TIME = pytest.mark.xdist_group("generation_run")
+
+
+def _run(tmp_path, sim, exp=None, synthesize=False):
+    exp = exp or load_experiment(SMALL)
+    out = tmp_path / "run"
+    out.mkdir()
+    return exp, run_decoder_experiment(exp, sim=sim, out_folder=out, synthesize=synthesize), out
+
+
+def _check_report(exp, r, out):
+    wl = exp.workload
+    modes = r["cache_comparison"]["modes"]
+    assert set(modes) == set(wl.modes)
+    assert r["generation"]["modes_agree"] and len(r["generation"]["tokens"]) == wl.n_generate
+    assert r["generation"]["sequence_lengths"] == list(range(wl.n_prompt + 1,
+                                                             wl.n_prompt + wl.n_generate))
+    moe = json.loads((out / "moe" / "report.json").read_text())
+    sh = _Shapes(d=exp.model.d_model, heads=exp.model.n_heads, kv_heads=exp.model.kv_heads,
+                 head_dim=exp.model.head_size, vocab=exp.model.vocab_size,
+                 lanes=exp.layer.lanes, units=exp.layer.n_attention_units,
+                 act_bits=exp.model.quant.act_bits, mvm=exp.tile.spec().mvm_latency,
+                 center=exp.model.norm == "layernorm", rope=exp.model.rope_theta is not None)
+    for mode, m in modes.items():
+        assert [s["step"] for s in m["steps"]] == list(range(wl.n_generate))
+        for s in m["steps"]:
+            # the energy is its breakdown; the time its compute plus its stalls
+            assert math.isclose(s["energy_pj"], sum(s["breakdown_pj"].values()))
+            assert math.isclose(s["time_ns"], s["compute_ns"] + s["stall_ns"])
+            assert s["cycles"] == sum(s["phase_cycles"].values())
+            # the MoE layer's cycles: the RTL's window (cached) or the formula's
+            if s["step"] == 0:
+                want = moe["windows"][0]["cycles"]
+            elif mode in ("go", "kv_go"):
+                want = moe["decode"][s["step"] - 1]["cycles"]
+            else:
+                want = moe["decode"][s["step"] - 1]["no_cache_cycles"]
+            assert s["phase_cycles"]["moe"] == want, (mode, s["step"])
+        # the new row's attention in a cached step, by the unit's formula
+        if mode == "kv_go":
+            s = m["steps"][1]
+            rounds = -(-sh.heads // sh.units)
+            assert s["phase_cycles"]["attention"] == rounds * T.attention_job_cycles(
+                s["n_tokens"], sh.head_dim // sh.lanes)
+    for s in range(1, wl.n_generate):        # cycles: none >= kv >= kv_go, none >= go >= kv_go
+        c = {mode: modes[mode]["steps"][s]["cycles"] for mode in modes}
+        assert c["none"] >= c["kv"] >= c["kv_go"] and c["none"] >= c["go"] >= c["kv_go"]
+    ratios = r["cache_comparison"]["ratios"]
+    none, kvgo = modes["none"]["decode"], modes["kv_go"]["decode"]
+    assert ratios["none_vs_kv_go"]["time"] == pytest.approx(none["time_ns"] / kvgo["time_ns"])
+    assert ratios["none_vs_kv_go"]["energy"] == pytest.approx(none["energy_pj"]
+                                                              / kvgo["energy_pj"])
+    assert ratios["none_vs_kv_go"]["energy"] > 1
+    rows = list(csv.reader((out / "steps.csv").open()))
+    assert len(rows) == 1 + len(modes) * wl.n_generate
+    assert (out / "generation.png").stat().st_size > 0
+    assert r["paper"]["explanations"]
+
+
+@TIME
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_reduced_generation_on_the_rtl(sim, tmp_path):
+    need_simulator(sim)
+    exp, r, out = _run(tmp_path, sim)
+    assert r["golden_match"] is True and r["moe"]["golden_match"] is True
+    assert r["moe"]["n_mismatches"] == 0
+    assert r["cycles_match_formula"] and r["go_cache_exact"]
+    _check_report(exp, r, out)
+
+
+@TIME
+def test_reduced_generation_timing_level_with_area(tmp_path):
+    """The timing level: the same cycles and energy without the RTL (the MoE layer's
+    values not simulated), and the decoder's digital units' area from Yosys."""
+    exp, r, out = _run(tmp_path, "model", synthesize=True)
+    assert r["golden_match"] is None and r["generation"]["modes_agree"]
+    _check_report(exp, r, out)
+    area = r["area_mm2"]
+    assert area["breakdown"]["decoder_digital_units"] > 0
+    assert {"attention_unit", "norm_unit", "residual_unit", "argmax_unit"} <= \
+        set(area["digital_units"])
+    assert math.isclose(area["total"], sum(area["breakdown"].values()))
+    # the embedding's row tiles share their column's peripheral set
+    emb = area["dense_crossbars"]["embedding"]
+    assert emb["crossbars"] > emb["peripheral_sets"]
+
+
+def _variant(tmp_path, **model_changes):
+    raw = yaml.safe_load(SMALL.read_text())
+    model = yaml.safe_load((SMALL.parent / raw["model"]).read_text())
+    model.update(model_changes)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model))
+    raw["model"] = str(tmp_path / "model.yaml")
+    for key in ("tile", "tech", "dram"):
+        raw[key] = str((SMALL.parent / raw[key]).resolve())
+    raw["workload"]["n_generate"] = 3
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    return load_experiment(tmp_path / "exp.yaml")
+
+
+@TIME
+@pytest.mark.parametrize("changes", [{"n_kv_heads": 2}, {"norm": "layernorm", "n_kv_heads": 1}],
+                         ids=["gqa", "layernorm-mqa"])
+def test_grouped_query_and_layernorm_models(changes, tmp_path):
+    exp = _variant(tmp_path, **changes)
+    assert exp.model.kv_heads == changes["n_kv_heads"]
+    exp, r, out = _run(tmp_path, "model", exp=exp)
+    _check_report(exp, r, out)
+    # fewer K/V heads: fewer K/V bytes per cached row read back
+    kv = r["cache_comparison"]["modes"]["kv_go"]["steps"][1]
+    assert kv["kv_dram_rows"]["read_rows"] == kv["n_tokens"] - 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([(4, 4), (4, 2), (8, 1)]), lanes=st.sampled_from([4, 8]),
+       units=st.integers(1, 4), n_prompt=st.integers(1, 20), step=st.integers(1, 20),
+       center=st.booleans(), rope=st.booleans())
+def test_mode_ordering_on_random_shapes(heads, lanes, units, n_prompt, step, center, rope):
+    """Every dense phase of a step: none >= kv >= kv_go and none >= go >= kv_go in cycles
+    (the MoE layer's recomputed window against its cached one is the layer's own test)."""
+    d, hd = 64, 16
+    sh = _Shapes(d=d, heads=heads[0], kv_heads=heads[1], head_dim=hd, vocab=100, lanes=lanes,
+                 units=units, act_bits=8, mvm=20, center=center, rope=rope)
+    mats = {"q": (d, heads[0] * hd), "k": (d, heads[1] * hd), "v": (d, heads[1] * hd),
+            "o": (heads[0] * hd, d), "embedding": (64, d), "lm_head": (d, 100)}
+    c = {m: dense_cycles(sh, mats, step_work(m, step, n_prompt), embedding=True, lm_head=True)
+         for m in MODES}
+    for phase in c["none"]:
+        assert c["none"][phase] >= c["kv"][phase] >= c["kv_go"][phase], phase
+        assert c["none"][phase] >= c["go"][phase] >= c["kv_go"][phase], phase
+
+
+def _bad(tmp_path, edit):
+    raw = yaml.safe_load(SMALL.read_text())
+    for key in ("model", "tile", "tech", "dram"):
+        raw[key] = str((SMALL.parent / raw[key]).resolve())
+    edit(raw)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as e:
+        load_experiment(p)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["workload"].update(modes=["none", "cache"]), "workload.modes[1]"),
+    (lambda r: r["workload"].update(modes=[]), "workload.modes"),
+    (lambda r: r["workload"].update(n_generate=0), "workload.n_generate"),
+    (lambda r: r["layer"].update(n_attention_units=0), "layer.n_attention_units"),
+    (lambda r: r["layer"].update(lanes=24), "layer.lanes"),
+    (lambda r: r.update(reference=[{"metric": "x"}]), "reference[0].value"),
+    (lambda r: r.update(colour="blue"), "colour"),
+])
+def test_decoder_config_errors_name_the_key(edit, key, tmp_path):
+    assert f": {key}:" in _bad(tmp_path, edit)
+
+
+def test_decoder_tech_needs_the_digital_unit_entries(tmp_path):
+    tech = yaml.safe_load((REPO_ROOT / "configs" / "tech" / "isaac-32nm.yaml").read_text())
+    del tech["int8_mult_energy_pj"]
+    (tmp_path / "tech.yaml").write_text(yaml.safe_dump(tech))
+    msg = _bad(tmp_path, lambda r: r.update(tech=str(tmp_path / "tech.yaml")))
+    assert "int8_mult_energy_pj" in msg and "tech.yaml" in msg
+
+
+def test_the_moe_part_is_the_layer_experiment_it_contains():
+    exp = load_experiment(SMALL)
+    moe = exp.moe_experiment()
+    assert moe.kind == "moe_layer" and moe.workload.n_generate == exp.workload.n_generate - 1
+    assert moe.workload.go_cache and moe.workload.no_cache == "model"
+    assert dataclasses.asdict(moe.tile) == dataclasses.asdict(exp.tile)
