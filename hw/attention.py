@@ -31,13 +31,15 @@ Sequence (``L = n_keys``; one handshake per cycle on every stream when offered):
   * PROB: per key, ``p_j = min((e_j << 16) // sum, 2**16 - 1)`` exactly from ``R`` (one
     multiply and one compare, as ``GateSoftmax``) written back: ``L + 1`` cycles, then one
     cycle that reads ``p_0`` for the next phase;
-  * SUM: one V beat per cycle, ``lanes`` multiply-accumulates into ``head_dim`` accumulators:
-    ``L * B`` cycles;
+  * SUM: one V beat per cycle, ``lanes`` multiply-accumulates into ``head_dim`` accumulators
+    (a register file of ``B`` words, read asynchronously; the first row's products start
+    the sums): ``L * B`` cycles;
   * OUT: ``B`` output beats (back-pressure holds the unit here).
 
 Latency (``moepim.spec.timing.attention_latency``), from the handshake of the query's last
 beat (cycle 0) to the first cycle ``o_outputs.valid`` is high, with K and V offered every
-cycle: ``2 L B + 2 L + RECIP_BITS + 6``; ``n_keys`` from 1 to ``n_keys_max``. The unit takes the next query after its last output beat.
+cycle: ``2 L B + 2 L + RECIP_BITS + 6``; ``n_keys`` from 1 to ``n_keys_max``. The unit takes
+the next query after its last output beat.
 """
 
 from __future__ import annotations
@@ -115,7 +117,13 @@ class AttentionUnit(wiring.Component):
                                             depth=EXP_ENTRIES, init=exp_table())
         rp = rom.read_port()
 
-        query = Signal(data.ArrayLayout(data.ArrayLayout(signed(ab), lanes), nb))
+        # the query and the accumulators: register files of B words (asynchronous reads)
+        word = data.ArrayLayout(signed(ab), lanes)
+        acc_word = data.ArrayLayout(signed(self._acc_bits), lanes)
+        m.submodules.query_file = qfile = Memory(shape=word, depth=nb, init=[])
+        m.submodules.acc_file = afile = Memory(shape=acc_word, depth=nb, init=[])
+        q_wr, q_rd = qfile.write_port(), qfile.read_port(domain="comb")
+        a_wr, a_rd = afile.write_port(), afile.read_port(domain="comb")
         n_keys = Signal.like(q_in.payload.n_keys)
         mult = Signal.like(q_in.payload.index_mult)
         shift = Signal.like(q_in.payload.index_shift)
@@ -124,7 +132,6 @@ class AttentionUnit(wiring.Component):
         score = Signal(signed(self._score_bits))          # the current key's partial sum
         top = Signal(signed(self._score_bits))
         total = Signal(SCORE_BITS + 1 + index_bits(self._n_keys_max + 1))
-        accs = Signal(data.ArrayLayout(data.ArrayLayout(signed(self._acc_bits), lanes), nb))
         step = Signal(range(RECIP_BITS + 1))
         recip = Signal(RECIP_BITS)
         rem = Signal(len(total) + 1)
@@ -134,7 +141,9 @@ class AttentionUnit(wiring.Component):
         prob_valid = Signal()
 
         # the query's beat against a K or V beat: lanes products (the current beat's words)
-        q_word = query[beat]
+        m.d.comb += [q_rd.addr.eq(beat), a_rd.addr.eq(beat), q_wr.addr.eq(beat),
+                     a_wr.addr.eq(beat), q_wr.data.eq(q_in.payload.codes)]
+        q_word = q_rd.data
         dot = tree_sum([q_word[i] * k_in.payload.codes[i] for i in range(lanes)])
 
         # table index of the entry the buffer answers: min(((top - s) * mult + half) >> shift,
@@ -164,7 +173,7 @@ class AttentionUnit(wiring.Component):
         out_codes = []
         for i in range(lanes):
             r = Signal(signed(self._acc_bits - SCORE_BITS + 1), name=f"out{i}")
-            m.d.comb += r.eq((accs[beat][i] + (1 << (SCORE_BITS - 1))) >> SCORE_BITS)
+            m.d.comb += r.eq((a_rd.data[i] + (1 << (SCORE_BITS - 1))) >> SCORE_BITS)
             out_codes.append(Mux(r > lim, lim, Mux(r < -lim, -lim, r)))
 
         with m.FSM(name="attention"):
@@ -172,14 +181,14 @@ class AttentionUnit(wiring.Component):
                 # the query's beats; the first one's key count and index requantisation hold
                 m.d.comb += q_in.ready.eq(1)
                 with m.If(q_in.valid):
-                    m.d.sync += [query[beat].eq(q_in.payload.codes), beat.eq(beat + 1)]
+                    m.d.comb += q_wr.en.eq(1)
+                    m.d.sync += beat.eq(beat + 1)
                     with m.If(beat == 0):
                         m.d.sync += [n_keys.eq(q_in.payload.n_keys),
                                      mult.eq(q_in.payload.index_mult),
                                      shift.eq(q_in.payload.index_shift)]
                     with m.If(beat == nb - 1):
-                        m.d.sync += [beat.eq(0), j.eq(0), score.eq(0),
-                                     accs.eq(0)]
+                        m.d.sync += [beat.eq(0), j.eq(0), score.eq(0)]
                         m.next = "SCORE"
             with m.State("SCORE"):
                 # one K beat per cycle; a key's score into the buffer on its last beat
@@ -243,9 +252,11 @@ class AttentionUnit(wiring.Component):
                 row_done = v_in.valid & (beat == nb - 1)
                 m.d.comb += buf.r_addr.eq(j + row_done)
                 with m.If(v_in.valid):
+                    # the first row starts the sums (no clearing pass)
+                    m.d.comb += a_wr.en.eq(1)
                     for i in range(lanes):
-                        m.d.sync += accs[beat][i].eq(accs[beat][i]
-                                                     + p_now * v_in.payload.codes[i])
+                        prior = Mux(j == 0, 0, a_rd.data[i])
+                        m.d.comb += a_wr.data[i].eq(prior + p_now * v_in.payload.codes[i])
                     m.d.sync += beat.eq(beat + 1)
                     with m.If(beat == nb - 1):
                         m.d.sync += [beat.eq(0), j.eq(j + 1)]
