@@ -48,6 +48,8 @@ from .params import (
     check_group_size,
     check_multiplier_bits,
     check_tile,
+    clamp_symmetric,
+    requantize_unclamped,
     tree_sum,
 )
 
@@ -79,13 +81,8 @@ def engine_job_layout(*, group_size: int, gate_bits: int, multiplier_bits: int,
 
 def requantize(value, mult, shift, act_bits):
     """``clamp((value * mult + 2**(shift-1)) >> shift)`` (``shift`` 0: no rounding), exactly
-    ``Requant.apply`` followed by the symmetric clamp of ``moepim.models.quant``. Rounding
-    uses ``floor((x + 2**(s-1)) / 2**s) == (floor(x / 2**(s-1)) + 1) >> 1``, so no shifter
-    is wider than the product."""
-    lim = (1 << (act_bits - 1)) - 1
-    prod = value * mult
-    rounded = Mux(shift == 0, prod, ((prod >> (shift - 1)[:len(shift)]) + 1) >> 1)
-    return Mux(rounded > lim, lim, Mux(rounded < -lim, -lim, rounded))
+    ``Requant.apply`` followed by the symmetric clamp of ``moepim.models.quant``."""
+    return clamp_symmetric(requantize_unclamped(value, mult, shift), act_bits)
 
 
 class ExpertEngine(wiring.Component):

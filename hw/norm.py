@@ -58,10 +58,10 @@ from moepim.spec import timing
 from moepim.spec.checks import index_bits, need, need_positive
 from moepim.spec.numerics import NORM_FRAC_BITS, NORM_RECIP_BITS
 
-from .params import check_multiplier_bits, tree_sum
+from .params import check_multiplier_bits, requantize_unclamped, tree_sum
 
 __all__ = ["NormUnit", "norm_row_layout", "norm_param_layout", "const_divider",
-           "requantize_rounded", "NORM_SHIFT_BITS"]
+           "NORM_SHIFT_BITS"]
 
 NORM_SHIFT_BITS = 6     # requantisation shifts 0..63 (the norm's are ~40: inv is ~2**17)
 
@@ -88,13 +88,6 @@ def const_divider(divisor: int, n_bits: int) -> tuple[int, int]:
     mult = -(-(1 << k) // divisor)
     assert mult * divisor - (1 << k) < 1 << (k - n_bits)
     return mult, k
-
-
-def requantize_rounded(value, mult, shift):
-    """``(value * mult + 2**(shift-1)) >> shift`` (``shift`` 0: the product), unclamped:
-    ``Requant.apply``; the rounding of ``moepim.hw.expert_engine.requantize`` (which clamps)."""
-    prod = value * mult
-    return Mux(shift == 0, prod, ((prod >> (shift - 1)[:len(shift)]) + 1) >> 1)
 
 
 class NormUnit(wiring.Component):
@@ -211,7 +204,7 @@ class NormUnit(wiring.Component):
         ys = []
         for i in range(lanes):
             c = row_rp.data[i] - mean
-            y = requantize_rounded(c * par_rp.data.gamma[i], scale, self.shift)
+            y = requantize_unclamped(c * par_rp.data.gamma[i], scale, self.shift)
             if center:
                 y = y + par_rp.data.beta[i]
             yc = Signal(signed(ab), name=f"y{i}")

@@ -7,6 +7,8 @@ what is allowed, so a constructor fails at once with a message the user can act 
 
 from __future__ import annotations
 
+from amaranth import Mux
+
 from moepim.spec.checks import need, need_positive
 from moepim.spec.tile import TileSpec
 
@@ -69,3 +71,18 @@ def tree_sum(values):
         pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
         values = pairs + ([values[-1]] if len(values) % 2 else [])
     return values[0]
+
+
+def requantize_unclamped(value, mult, shift):
+    """``(value * mult + 2**(shift-1)) >> shift`` (``shift`` 0: ``value * mult``), exactly
+    ``Requant.apply`` of ``moepim.models.quant``, without a clamp. Rounding uses
+    ``floor((x + 2**(s-1)) / 2**s) == (floor(x / 2**(s-1)) + 1) >> 1``, so no shifter is
+    wider than the product."""
+    prod = value * mult
+    return Mux(shift == 0, prod, ((prod >> (shift - 1)[:len(shift)]) + 1) >> 1)
+
+
+def clamp_symmetric(value, bits: int):
+    """``value`` clamped to ``+-(2**(bits-1) - 1)`` (the models' symmetric clamp)."""
+    lim = (1 << (bits - 1)) - 1
+    return Mux(value > lim, lim, Mux(value < -lim, -lim, value))

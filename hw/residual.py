@@ -29,31 +29,16 @@ Streams: ``i_pairs`` (``a``, ``b``: ``lanes`` lanes each, ``last``) in, ``o_sums
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moepim.spec.checks import need, need_positive
 
 from .expert_engine import SHIFT_BITS
-from .params import check_multiplier_bits
+from .params import check_multiplier_bits, clamp_symmetric, requantize_unclamped
 
-__all__ = ["ResidualUnit", "requantize_unclamped", "clamp_symmetric"]
-
-
-def requantize_unclamped(value, mult, shift):
-    """``(value * mult + 2**(shift-1)) >> shift`` (``shift`` 0: ``value * mult``), exactly
-    ``Requant.apply``, without a clamp. The rounding trick of
-    ``moepim.hw.expert_engine.requantize``: ``floor((x + 2**(s-1)) / 2**s) ==
-    (floor(x / 2**(s-1)) + 1) >> 1``, so no shifter is wider than the product."""
-    prod = value * mult
-    return Mux(shift == 0, prod, ((prod >> (shift - 1)[:len(shift)]) + 1) >> 1)
-
-
-def clamp_symmetric(value, bits: int):
-    """``value`` clamped to ``+-(2**(bits-1) - 1)`` (the models' ``_clamp``)."""
-    lim = (1 << (bits - 1)) - 1
-    return Mux(value > lim, lim, Mux(value < -lim, -lim, value))
+__all__ = ["ResidualUnit"]
 
 
 class ResidualUnit(wiring.Component):

@@ -45,7 +45,7 @@ from moepim.spec import timing
 from moepim.spec.checks import index_bits, need, need_positive
 from moepim.spec.numerics import ROPE_FRAC_BITS
 
-from .residual import clamp_symmetric
+from .params import clamp_symmetric
 
 __all__ = ["RopeUnit", "COEF_BITS", "table_rows"]
 
