@@ -171,8 +171,18 @@ def _query_positions(work) -> list[int]:
 def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: bool) -> dict:
     """Per phase, the cycles of a step's dense units (everything but the MoE layer and the
     DRAM), from the unit formulas of ``moepim.spec.timing`` in the controller's order
-    (module docstring). ``work``: the step's :class:`moepim.models.generation.StepWork`."""
+    (module docstring). ``work``: the step's :class:`moepim.models.generation.StepWork`.
+
+    The attention half (``attn_norm`` .. the first residual) is ``AttentionBlock``'s
+    (``moepim.hw.attention_block``, RTL): each phase its units' formula, plus
+    ``ATTENTION_BLOCK_PHASE_OVERHEAD`` for a buffer-fed phase; for a window whose query and
+    K/V rows are the same (the prompt, ``none``, ``kv_go``) this is exactly
+    ``moepim.spec.timing.attention_block_phases``, the block's tested formula; ``kv`` and
+    ``go`` steps (different query and K/V rows) compose the same units the same way. The
+    rest follows the same rule (a phase fed from a buffer starts one cycle after its
+    predecessor ends)."""
     lanes, hd = sh.lanes, sh.head_dim
+    over = T.ATTENTION_BLOCK_PHASE_OVERHEAD
 
     def proj(rows, name):
         n_in, n_out = mats[name]
@@ -181,6 +191,9 @@ def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: boo
 
     def norm(rows):
         return T.norm_cycles(rows, sh.d, lanes, sh.act_bits, sh.center) if rows else 0
+
+    def fed(cycles):
+        return cycles + over if cycles else 0
 
     rounds = _ceil(sh.heads, sh.units)
     attention = rounds * sum(T.attention_job_cycles(t + 1, hd // lanes)
@@ -191,16 +204,16 @@ def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: boo
                    T.rope_cycles(work.kv_rows * sh.kv_heads, hd, lanes))
     return {
         "embedding": proj(work.embed_rows, "embedding") if embedding else 0,
-        "attn_norm": norm(work.attn_norm_rows),
-        "qkv_projection": max(proj(work.q_rows, "q"), proj(work.kv_rows, "k")),
-        "rope": rope,
-        "attention": attention,
-        "o_projection": proj(work.o_rows, "o"),
-        "residual": (T.residual_cycles(work.o_rows * sh.blocks)
-                     + T.residual_cycles(work.moe_rows * sh.blocks)),
-        "moe_norm": norm(work.moe_rows),
-        "final_norm": norm(1) if lm_head else 0,
-        "lm_head": proj(1, "lm_head") + T.argmax_latency() if lm_head else 0,
+        "attn_norm": fed(norm(work.attn_norm_rows)) if embedding else norm(work.attn_norm_rows),
+        "qkv_projection": fed(max(proj(work.q_rows, "q"), proj(work.kv_rows, "k"))),
+        "rope": fed(rope),
+        "attention": fed(attention),
+        "o_projection": fed(proj(work.o_rows, "o")),
+        "residual": (fed(T.residual_cycles(work.o_rows * sh.blocks))
+                     + fed(T.residual_cycles(work.moe_rows * sh.blocks))),
+        "moe_norm": fed(norm(work.moe_rows)),
+        "final_norm": fed(norm(1)) if lm_head else 0,
+        "lm_head": fed(proj(1, "lm_head") + T.argmax_latency()) if lm_head else 0,
     }
 
 

@@ -332,3 +332,48 @@ class LayerTiming:
         beats = n_tokens * self.blocks
         return (beats + (route or 0) + max(1, n_jobs) + compute + beats + WINDOW_OVERHEAD
                 + settle)
+
+
+# ---------------------------------------------------------------------------------------------
+# ``AttentionBlock`` (moepim.hw.attention_block): the attention half of a decoder layer
+
+ATTENTION_BLOCK_PHASE_OVERHEAD = 1   # the buffer read before a buffer-fed phase's first beat
+
+
+def attention_block_phases(n_rows: int, first_position: int, *, d_model: int, n_heads: int,
+                           n_kv_heads: int, head_dim: int, lanes: int, act_bits: int,
+                           center: bool, mvm: int, rope: bool = True,
+                           n_attention_units: int = 1) -> dict[str, int]:
+    """``AttentionBlock``, a window of ``n_rows`` rows at positions ``first_position ..``
+    without input gaps or back-pressure, per phase (one after another): ``attn_norm`` from the
+    first input handshake; every later phase from the cycle after the previous one's last
+    output handshake to the cycle after its own, i.e. its units' formula (as
+    ``moepim.sim.generation_run.dense_cycles`` composes them) plus
+    ``ATTENTION_BLOCK_PHASE_OVERHEAD``. ``rope`` is 0 without RoPE. The window's cycles are
+    the sum (:func:`attention_block_cycles`)."""
+    T, blocks, hb = n_rows, d_model // lanes, head_dim // lanes
+    q_blocks = ceil_div(n_heads * head_dim, lanes)
+    kv_blocks = ceil_div(n_kv_heads * head_dim, lanes)
+    over = ATTENTION_BLOCK_PHASE_OVERHEAD
+    rounds = ceil_div(n_heads, n_attention_units)
+    return {
+        "attn_norm": norm_cycles(T, d_model, lanes, act_bits, center),
+        "qkv_projection": over + max(projection_cycles(T, mvm, blocks, q_blocks),
+                                     projection_cycles(T, mvm, blocks, kv_blocks)),
+        "rope": over + max(rope_cycles(T * n_heads, head_dim, lanes),
+                           rope_cycles(T * n_kv_heads, head_dim, lanes)) if rope else 0,
+        "attention": over + rounds * sum(attention_job_cycles(first_position + t + 1, hb)
+                                         for t in range(T)),
+        "o_projection": over + projection_cycles(T, mvm, q_blocks, blocks),
+        "residual": over + residual_cycles(T * blocks),
+    }
+
+
+def attention_block_cycles(n_rows: int, first_position: int, **shape) -> int:
+    """``AttentionBlock``: a window's cycles from its first ``i_rows`` handshake to the cycle
+    after its last ``o_rows`` handshake (:func:`attention_block_phases`, summed)."""
+    return sum(attention_block_phases(n_rows, first_position, **shape).values())
+
+
+__all__ += ["ATTENTION_BLOCK_PHASE_OVERHEAD", "attention_block_phases",
+            "attention_block_cycles"]

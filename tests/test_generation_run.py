@@ -195,3 +195,29 @@ def test_the_moe_part_is_the_layer_experiment_it_contains():
     assert moe.kind == "moe_layer" and moe.workload.n_generate == exp.workload.n_generate - 1
     assert moe.workload.go_cache and moe.workload.no_cache == "model"
     assert dataclasses.asdict(moe.tile) == dataclasses.asdict(exp.tile)
+
+
+@settings(max_examples=20, deadline=None)
+@given(heads=st.sampled_from([(4, 4), (4, 2), (8, 1)]), lanes=st.sampled_from([4, 8]),
+       units=st.integers(1, 4), n_prompt=st.integers(1, 12), step=st.integers(0, 6),
+       mode=st.sampled_from(["none", "kv_go"]), center=st.booleans(), rope=st.booleans())
+def test_attention_half_is_the_attention_block(heads, lanes, units, n_prompt, step, mode,
+                                               center, rope):
+    """Where a step's query and K/V rows are the same window (the prompt, ``none``,
+    ``kv_go``), the attention half of ``dense_cycles`` is ``AttentionBlock``'s tested
+    formula (``tests/test_attention_block.py``) phase by phase."""
+    d, hd = 64, 16
+    sh = _Shapes(d=d, heads=heads[0], kv_heads=heads[1], head_dim=hd, vocab=100, lanes=lanes,
+                 units=units, act_bits=8, mvm=20, center=center, rope=rope)
+    mats = {"q": (d, heads[0] * hd), "k": (d, heads[1] * hd), "v": (d, heads[1] * hd),
+            "o": (heads[0] * hd, d), "embedding": (64, d), "lm_head": (d, 100)}
+    w = step_work(mode, step, n_prompt)
+    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False)
+    block = T.attention_block_phases(
+        w.q_rows, w.n_tokens - w.q_rows, d_model=d, n_heads=heads[0], n_kv_heads=heads[1],
+        head_dim=hd, lanes=lanes, act_bits=8, center=center, mvm=20, rope=rope,
+        n_attention_units=units)
+    for phase in ("attn_norm", "qkv_projection", "rope", "attention", "o_projection"):
+        assert got[phase] == block[phase], phase
+    second = T.residual_cycles(w.moe_rows * (d // lanes)) + T.ATTENTION_BLOCK_PHASE_OVERHEAD
+    assert got["residual"] - second == block["residual"]
