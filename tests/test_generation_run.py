@@ -66,8 +66,8 @@ def _check_report(exp, r, out):
         if mode == "kv_go":
             s = m["steps"][1]
             rounds = -(-sh.heads // sh.units)
-            assert s["phase_cycles"]["attention"] == rounds * T.attention_job_cycles(
-                s["n_tokens"], sh.head_dim // sh.lanes)
+            assert s["phase_cycles"]["attention"] == T.ATTENTION_BLOCK_PHASE_OVERHEAD + \
+                rounds * T.attention_job_cycles(s["n_tokens"], sh.head_dim // sh.lanes)
     for s in range(1, wl.n_generate):        # cycles: none >= kv >= kv_go, none >= go >= kv_go
         c = {mode: modes[mode]["steps"][s]["cycles"] for mode in modes}
         assert c["none"] >= c["kv"] >= c["kv_go"] and c["none"] >= c["go"] >= c["kv_go"]
@@ -86,8 +86,12 @@ def _check_report(exp, r, out):
 @TIME
 @pytest.mark.parametrize("sim", ["verilator", "icarus"])
 def test_reduced_generation_on_the_rtl(sim, tmp_path):
+    """Icarus simulates the MoE layer ~10x slower than Verilator: a shorter generation
+    (a 3-token prompt, 3 tokens) on it."""
     need_simulator(sim)
-    exp, r, out = _run(tmp_path, sim)
+    exp = None if sim == "verilator" else _variant(tmp_path, workload={"n_prompt": 3,
+                                                                       "n_generate": 3})
+    exp, r, out = _run(tmp_path, sim, exp=exp)
     assert r["golden_match"] is True and r["moe"]["golden_match"] is True
     assert r["moe"]["n_mismatches"] == 0
     assert r["cycles_match_formula"] and r["go_cache_exact"]
@@ -111,7 +115,7 @@ def test_reduced_generation_timing_level_with_area(tmp_path):
     assert emb["crossbars"] > emb["peripheral_sets"]
 
 
-def _variant(tmp_path, **model_changes):
+def _variant(tmp_path, workload=None, **model_changes):
     raw = yaml.safe_load(SMALL.read_text())
     model = yaml.safe_load((SMALL.parent / raw["model"]).read_text())
     model.update(model_changes)
@@ -119,7 +123,7 @@ def _variant(tmp_path, **model_changes):
     raw["model"] = str(tmp_path / "model.yaml")
     for key in ("tile", "tech", "dram"):
         raw[key] = str((SMALL.parent / raw[key]).resolve())
-    raw["workload"]["n_generate"] = 3
+    raw["workload"].update(workload or {"n_generate": 3})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
     return load_experiment(tmp_path / "exp.yaml")
 

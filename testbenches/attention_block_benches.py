@@ -1,0 +1,92 @@
+"""Bench of the attention half of the decoder layer (``moepim.hw.attention_block.AttentionBlock``):
+the run-time constants and tables written once, then windows of rows (each started on
+``i_windows``, its rows offered with seeded input gaps, its ``x1`` rows taken with seeded
+back-pressure), the KV store carrying over from window to window. Plain data in and out; the
+golden model stays with the test (``tests/test_attention_block.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bits import pack_array, unpack_array
+from .streams import StreamSink, StreamSource
+
+__all__ = ["attention_block_windows"]
+
+LIMIT = 200_000         # cycles a window may take before the bench gives up
+
+
+async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, held, windows,
+                                  lanes, act_bits, seed):
+    """``norm_params``: per parameter word ``[gamma]`` or ``[gamma, beta]`` (``lanes`` codes
+    each); ``rope_table``: ``(address, [cos_0, sin_0, ...])`` rows (empty without RoPE);
+    ``held``: the constant inputs by name (``norm_eps``, ``q_mult``, ...); ``windows``: each
+    ``{"first_position", "rows", "gap_p", "stall_p"}`` (``rows``: ``d_model`` codes each).
+    Returns per window: the output codes per row (``outputs``), each output beat's ``last``
+    (``lasts``), the cycle of the first ``i_rows`` handshake (``first_in``), the cycle after
+    the last ``o_rows`` handshake (``end``) and every change of ``phase`` as ``[cycle,
+    phase]`` (``phases``)."""
+    rng = np.random.default_rng(seed)
+    for addr, word in enumerate(norm_params):
+        io.set("norm_param_we", 1)
+        io.set("norm_param_addr", addr)
+        io.set("norm_param_data.gamma", pack_array(word[0], act_bits))
+        if len(word) > 1:
+            io.set("norm_param_data.beta", pack_array(word[1], act_bits))
+        await io.tick()
+    io.set("norm_param_we", 0)
+    for addr, values in rope_table:
+        io.set("rope_lut_we", 1)
+        io.set("rope_lut_addr", addr)
+        io.set("rope_lut_data", pack_array(values, coef_bits))
+        await io.tick()
+    if rope_table:
+        io.set("rope_lut_we", 0)
+    for name, value in held.items():
+        io.set(name, value)
+    result = []
+    for window in windows:
+        rows = window["rows"]
+        n_beats = len(rows[0]) // lanes
+        # the window's start
+        io.set("i_windows.valid", 1)
+        io.set("i_windows.payload.n_rows", len(rows))
+        io.set("i_windows.payload.first_position", window["first_position"])
+        start = io.cycle
+        while not await io.get("i_windows.ready"):
+            await io.tick()
+            if io.cycle - start > LIMIT:
+                raise TimeoutError("attention block took no window")
+        await io.tick()
+        io.set("i_windows.valid", 0)
+        # rows in, x1 rows out
+        src = StreamSource(io, "i_rows", rng, window["gap_p"],
+                           lambda beat: {"codes": beat, "last": 0}, mark_last=False)
+        sink = StreamSink(io, "o_rows", rng, window["stall_p"])
+        src.load(pack_array(row[b * lanes:(b + 1) * lanes], act_bits)
+                 for row in rows for b in range(n_beats))
+        codes, lasts, first_in, phases, phase = [], [], None, [], None
+        start = io.cycle
+        while len(lasts) < len(rows) * n_beats:
+            src.offer()
+            sink.ready()
+            if await src.taken() and first_in is None:
+                first_in = io.cycle
+            now = await io.get("phase")
+            if now != phase:
+                phases.append([io.cycle, now])
+                phase = now
+            if await sink.beat():
+                codes += unpack_array(await sink.get("codes"), act_bits, lanes, True).tolist()
+                lasts.append(await sink.get("last"))
+            await io.tick()
+            if io.cycle - start > LIMIT:
+                raise TimeoutError("attention block made no progress")
+        end = io.cycle
+        src.close()
+        sink.close()
+        width = n_beats * lanes
+        result.append({"outputs": [codes[r * width:(r + 1) * width] for r in range(len(rows))],
+                       "lasts": [lasts[r * n_beats:(r + 1) * n_beats] for r in range(len(rows))],
+                       "first_in": first_in, "end": end, "phases": phases})
+    return result
