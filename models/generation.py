@@ -50,7 +50,10 @@ crossbar model of a 4,096 x 32,000 matrix would hold half a gigabyte of cells).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -189,13 +192,14 @@ def _lm_head_codes(cfg: ModelConfig, seed: int, s_w: float) -> np.ndarray:
 
 
 def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
-                    matmul=int_matmul) -> Generator:
+                    matmul=int_matmul, calibration_cache: Path | None = None) -> Generator:
     """Seeded decoder-layer weights (``moepim.models.decoder.init_decoder_weights``), the
     layer calibrated on the prompt's embeddings, the final norm (gain ``1 + N(0, 0.1)``)
     calibrated on the float layer's output, the LM head. A crossbar ``matmul`` whose ADC
     windows need calibration (``moepim.models.pim.CrossbarMatmul`` with ``adc_range:
     calibrated``) gets them from the prompt: every crossbar matrix of the layer (Q, K, V, O,
-    the gate, every expert on every prompt token) through exact integer products."""
+    the gate, every expert on every prompt token) through exact integer products, kept in
+    ``calibration_cache`` (a folder) when given."""
     w = init_decoder_weights(cfg, seed)
     x = torch.stack([_embedding_row(cfg, seed, t) for t in prompt])
     dq = quantize_decoder(w, cfg, x)
@@ -210,8 +214,57 @@ def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
     s_w = LM_CLIP_SIGMA * cfg.initializer_range / ((1 << (cfg.quant.weight_bits - 1)) - 1)
     g = Generator(cfg, dq, final, seed, _lm_head_codes(cfg, seed, s_w), matmul)
     if getattr(matmul, "needs_calibration", False):
-        matmul.calibrate(_calibration_products(g, prompt))
+        _calibrate(g, prompt, calibration_cache)
     return g
+
+
+def _crossbar_tensors(dq: DecoderQuant) -> dict:
+    """The layer's crossbar matrices by name (the MoE layer's prefixed ``moe.``)."""
+    out = {k: v for k, v in dq.tensors.items() if k.endswith(".weight")}
+    out.update({f"moe.{k}": v for k, v in dq.moe.tensors.items() if k.endswith(".weight")})
+    return out
+
+
+def _calibrate(gen: Generator, prompt, cache_dir) -> None:
+    """The ADC windows of every crossbar matrix, fitted on the prompt's exact products, or
+    read from ``cache_dir`` (one JSON file per SHA-256 of everything they depend on: the tile
+    shape, the clip fraction, the prompt's embedding codes, every integer tensor, norm and
+    requantisation of the layer, the source of the modules that compute them)."""
+    from .pim import CALIBRATION_CLIP_FRACTION
+    from .workload import _write_windows
+
+    tensors = _crossbar_tensors(gen.dq)
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256()
+        h.update(repr((gen.matmul.shape.arithmetic, CALIBRATION_CLIP_FRACTION,
+                       sorted(gen.dq.requant.items()), sorted(gen.dq.moe.requant.items()),
+                       gen.dq.attn_index)).encode())
+        parts = [gen.embed(prompt), *(tensors[k] for k in sorted(tensors)),
+                 *(gen.dq.moe.luts[k] for k in sorted(gen.dq.moe.luts))]
+        for nq in gen.dq.norms.values():
+            parts += [nq.gamma, nq.beta if nq.beta is not None else np.zeros(0)]
+            h.update(repr((nq.eps, nq.requant, nq.center)).encode())
+        for part in parts:
+            a = np.ascontiguousarray(part)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        here = Path(__file__).parent
+        for module in ("generation.py", "decoder.py", "quant.py", "pim.py", "tile.py"):
+            h.update((here / module).read_bytes())
+        path = Path(cache_dir) / f"decoder-{h.hexdigest()}.json"
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(cached, dict) and set(cached) == set(tensors):
+                for name, shifts in cached.items():
+                    gen.matmul.set_shifts(tensors[name], shifts)
+                return
+        except (OSError, ValueError, TypeError):
+            pass                  # absent or damaged: fitted again and rewritten
+    windows = gen.matmul.calibrate(_calibration_products(gen, prompt))
+    if path is not None:
+        names = {id(t): k for k, t in tensors.items()}
+        _write_windows(path, {names[k]: list(v) for k, v in windows.items() if k in names})
 
 
 def _calibration_products(gen: Generator, prompt) -> list:
@@ -241,6 +294,7 @@ class GenerationResult:
     moe_x: np.ndarray | None = None      # every processed token's MoE input, in order
     attn_in: np.ndarray | None = None    # ... its attention norm's output (Q/K/V input)
     attn_out: np.ndarray | None = None   # ... its attention output (O input)
+    x1: np.ndarray | None = None         # ... its first residual (the attention half's output)
     scores: np.ndarray | None = None     # ... its gate scores
     mask: np.ndarray | None = None       # ... its experts (prompt window, then decode rule)
 
@@ -270,7 +324,8 @@ def _layer_rows(gen: Generator, x_rows, q_pos, kv_pos, x_kv, cache: KVCache, sel
     over); the MoE window over the query rows with the selection ``select(h2)`` gives from
     their MoE inputs (``None``: the window's own routing). Returns the output rows, the
     grown cache, the routing and the query rows' inputs of the crossbar matrices (``h``:
-    the attention norm's output, ``a``: the attention output, ``h2``: the MoE input)."""
+    the attention norm's output, ``a``: the attention output, ``h2``: the MoE input) and
+    their first residual ``x1`` (the attention half's output)."""
     dq, cfg = gen.dq, gen.cfg
     ab, H, G = cfg.quant.act_bits, cfg.n_heads, cfg.kv_heads
     h_q = int_norm(x_rows, dq.norms["attn_norm"], ab)
@@ -288,7 +343,7 @@ def _layer_rows(gen: Generator, x_rows, q_pos, kv_pos, x_kv, cache: KVCache, sel
     routing = route_int(h2, dq.moe, mask=mask, matmul=gen.matmul)
     moe, routing = moe_forward_int(h2, dq.moe, routing=routing, matmul=gen.matmul)
     y = _clamp(dq.requant["res2.x1"].apply(x1) + dq.requant["res2.moe"].apply(moe), ab)
-    return {"y": y, "cache": cache, "routing": routing, "h2": h2, "h": h_q, "a": a}
+    return {"y": y, "cache": cache, "routing": routing, "h2": h2, "h": h_q, "a": a, "x1": x1}
 
 
 def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> GenerationResult:
@@ -306,7 +361,7 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
     out = _layer_rows(gen, x, pos, pos, x, empty, None)
     y, cache, routing = out["y"], out["cache"], out["routing"]
     state = {"scores": routing.scores, "mask": routing.mask}
-    rows = {k: list(out[k]) for k in ("h2", "h", "a")}
+    rows = {k: list(out[k]) for k in ("h2", "h", "a", "x1")}
     res = GenerationResult(mode, [])
     nxt, _ = gen.next_token(y[-1])
     res.tokens.append(nxt)
@@ -338,6 +393,7 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
         res.tokens.append(nxt)
         res.rows.append(y_rows[-1])
         res.work.append(step_work(mode, step, P))
-    res.moe_x, res.attn_in, res.attn_out = (np.array(rows[k]) for k in ("h2", "h", "a"))
+    res.moe_x, res.attn_in, res.attn_out, res.x1 = (np.array(rows[k])
+                                                    for k in ("h2", "h", "a", "x1"))
     res.scores, res.mask = state["scores"], state["mask"]
     return res

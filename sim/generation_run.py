@@ -13,12 +13,23 @@ What is simulated and what is computed:
   step, bit-exact against the golden model; the windows without the GO cache (``none``,
   ``kv``: the whole sequence again) by the layer's cycle formula, which the tests check
   against the RTL;
-* **the rest of the layer** (embedding, norms, Q/K/V/O projections, RoPE, attention, the
-  residual adds, the final norm, the LM head and the argmax): the cycle formulas of their
-  RTL units (``moepim.spec.timing``; each unit's RTL is tested bit- and cycle-exact against
-  them: ``tests/test_attention_unit.py``, ``test_norm_unit.py``, ``test_projection_unit.py``,
-  ``test_residual_unit.py``, ``test_rope_unit.py``, ``test_argmax_unit.py``), composed by the
-  decoder controller's documented order below; the decoder top is not yet one RTL design.
+* **the attention half** (attention norm, Q/K/V projections, RoPE, attention over the KV
+  store, O projection, first residual): one RTL design, ``moepim.hw.attention_block``
+  (``AttentionBlock``), under the experiment's simulator (not with ``--sim model``): the
+  ``kv_go`` generation's windows in one simulation, the prompt (``P`` rows at position 0)
+  then each decode step's new row (position ``P + k - 1``), the KV store carrying over, on
+  the tokens' embedding codes with the generator's own weights and constants (the Q/K/V/O
+  cell images with the golden ``CrossbarMatmul``'s ADC windows); every output code
+  bit-exact against the golden first residual ``x1`` of every token, every window's cycles
+  against ``moepim.spec.timing.attention_block_cycles`` (report: ``attention_block``). Every
+  step of every mode is priced by that block's formula (``dense_cycles``), which the
+  simulated windows equal for the prompt and the ``kv_go`` steps; the ``none``, ``kv`` and
+  ``go`` steps (other windows) use the same formula, not simulated;
+* **the rest of the layer** (embedding, MoE norm, second residual add, final norm, LM head,
+  argmax): the cycle formulas of their RTL units (``moepim.spec.timing``; each unit's RTL is
+  tested bit- and cycle-exact against them: ``tests/test_norm_unit.py``,
+  ``test_projection_unit.py``, ``test_residual_unit.py``, ``test_argmax_unit.py``), composed
+  by the decoder controller's documented order below; the decoder top is not one RTL design.
 
 A step's phases, one after another (rows pipelined inside each unit): embedding (one crossbar
 row tile per token: a one-hot input), attention norm, the Q and K/V projections (separate
@@ -43,6 +54,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -57,6 +69,7 @@ from moepim.models.workload import workload_of_inputs
 from moepim.spec import timing as T
 from moepim.spec.numerics import RECIP_BITS, SCORE_BITS
 
+from .build import default_build_root, silence_unused
 from .config import DecoderExperiment, resolved_dict
 from .golden import Golden
 from .layer_report import adc_split
@@ -65,8 +78,8 @@ from .layer_run import check_layer, plan_layer, simulate_layer, summarize_layer
 from .report import REPORT_VERSION, write_report
 from .timing_run import bit_ones
 
-__all__ = ["run_decoder_experiment", "dense_cycles", "decoder_unit_specs", "summary_line",
-           "steps_csv", "PHASES"]
+__all__ = ["run_decoder_experiment", "simulate_attention_block", "dense_cycles",
+           "decoder_unit_specs", "summary_line", "steps_csv", "PHASES"]
 
 PHASES = ("embedding", "attn_norm", "qkv_projection", "rope", "attention", "o_projection",
           "residual", "moe_norm", "moe", "final_norm", "lm_head")
@@ -86,14 +99,16 @@ def _prompt(exp: DecoderExperiment) -> list[int]:
     return rng.integers(0, exp.model.vocab_size, exp.workload.n_prompt).tolist()
 
 
-def _golden(exp: DecoderExperiment, say):
-    """The generation in every mode on the tile's arithmetic, and whether they agree."""
+def _golden(exp: DecoderExperiment, say, root: Path):
+    """The generation in every mode on the tile's arithmetic, and whether they agree (the
+    ADC windows kept under the build root ``root``)."""
     cfg, wl = exp.model, exp.workload
     mm = CrossbarMatmul(exp.tile.spec())
     prompt = _prompt(exp)
     say(f"golden generation: {cfg.name}, {wl.n_prompt}-token prompt + {wl.n_generate} "
         f"tokens, modes {', '.join(wl.modes)}")
-    gen = build_generator(cfg, prompt, wl.seed, matmul=mm)
+    gen = build_generator(cfg, prompt, wl.seed, matmul=mm,
+                          calibration_cache=Path(root) / "cache" / "calibration")
     results = {m: generate(gen, prompt, wl.n_generate, m) for m in wl.modes}
     base = results[wl.modes[0]]
     disagree = []
@@ -104,6 +119,140 @@ def _golden(exp: DecoderExperiment, say):
         if not same:
             disagree.append(m)
     return gen, prompt, results, base, disagree
+
+
+# ---------------------------------------------------------------------------------------------
+# the attention half on its RTL (``moepim.hw.attention_block.AttentionBlock``)
+
+ATTENTION_BANK_BASE = 0       # the block's Q, K, V and O cell images: banks 0 .. 3
+
+
+def attention_block_kwargs(exp: DecoderExperiment) -> dict:
+    """``AttentionBlock``'s constructor arguments at the experiment's size (positions for
+    the whole generation)."""
+    m, wl = exp.model, exp.workload
+    return dict(tile=exp.tile.spec(), d_model=m.d_model, n_heads=m.n_heads,
+                n_kv_heads=m.kv_heads, head_dim=m.head_size, lanes=exp.layer.lanes,
+                act_bits=m.quant.act_bits, multiplier_bits=m.quant.multiplier_bits,
+                n_positions=wl.n_prompt + wl.n_generate,
+                n_attention_units=exp.layer.n_attention_units,
+                center=m.norm == "layernorm", rope=m.rope_theta is not None)
+
+
+def _attention_block(exp: DecoderExperiment):
+    """``AttentionBlock`` at the experiment's size and its constructor arguments (the build
+    cache's key)."""
+    from moepim.hw.attention_block import AttentionBlock
+
+    kw = attention_block_kwargs(exp)
+    return AttentionBlock(**kw), {**kw, "tile": dataclasses.asdict(kw["tile"])}
+
+
+def _attention_block_args(exp: DecoderExperiment, gen, x_rows: np.ndarray) -> tuple:
+    """The bench's arguments: the attention norm's gains (and biases), the RoPE table, the
+    requantisation constants of ``gen.dq`` and the ``kv_go`` windows (the prompt at position
+    0, then each decode step's new row at ``P + k - 1``; ``x_rows``: every token's embedding
+    codes). Returns the arguments and the windows as ``(first_position, rows)``."""
+    from moepim.hw.rope import COEF_BITS, table_rows
+    from moepim.models.decoder import rope_tables
+
+    m, wl, dq = exp.model, exp.workload, gen.dq
+    lanes, ab = exp.layer.lanes, m.quant.act_bits
+    nq = dq.norms["attn_norm"]
+    params = [[nq.gamma[i:i + lanes].tolist()]
+              + ([nq.beta[i:i + lanes].tolist()] if nq.center else [])
+              for i in range(0, m.d_model, lanes)]
+    held = {"norm_eps": int(nq.eps), "norm_mult": nq.requant.mult,
+            "norm_shift": nq.requant.shift, "index_mult": dq.attn_index.mult,
+            "index_shift": dq.attn_index.shift}
+    for name, key in (("q", "attn.q"), ("k", "attn.k"), ("v", "attn.v"), ("o", "attn.o"),
+                      ("res", "res1.x")):
+        held[f"{name}_mult"], held[f"{name}_shift"] = dq.requant[key].mult, \
+            dq.requant[key].shift
+    held = {k: int(v) for k, v in held.items()}
+    rope = []
+    if m.rope_theta is not None:
+        cos, sin = rope_tables(m, wl.n_prompt + wl.n_generate)
+        rope = table_rows(cos, sin, lanes=lanes)
+    P = wl.n_prompt
+    spans = [(0, P)] + [(P + k - 1, 1) for k in range(1, wl.n_generate)]
+    windows = [{"first_position": p0, "rows": x_rows[p0:p0 + n].tolist(), "gap_p": 0.0,
+                "stall_p": 0.0} for p0, n in spans]
+    args = dict(norm_params=params, rope_table=rope, coef_bits=COEF_BITS, held=held,
+                windows=windows, lanes=lanes, act_bits=ab, seed=exp.workload.seed)
+    return args, spans
+
+
+def simulate_attention_block(exp: DecoderExperiment, gen, prompt: list[int], base, sim: str,
+                             *, build_root=None, say=lambda msg: None) -> dict:
+    """The attention half of the ``kv_go`` generation on ``AttentionBlock``'s RTL in one
+    simulation: the prompt window, then each decode step's new row, the KV store carrying
+    over; inputs the tokens' embedding codes, weights and constants the generator's own
+    (``gen.dq``; the Q/K/V/O cell images with ``gen.matmul``'s ADC windows). Every output
+    code is checked against the golden first residual (``base.x1``), each window's cycles
+    against ``attention_block_cycles``."""
+    from moepim.models.pim import bank_file_words, bank_image
+
+    from .amaranth_macro import add_bank_model
+    from .block_run import run_bench
+    from .build import scratch_dir
+
+    t0 = time.monotonic()
+    build_root = Path(build_root) if build_root is not None else None
+    wl, shape = exp.workload, exp.tile.spec()
+    block, key = _attention_block(exp)
+    silence_unused(block)           # a cached build does not elaborate it
+    x_rows = gen.embed(list(prompt) + list(base.tokens[:wl.n_generate - 1]))
+    want = np.asarray(base.x1)
+    assert len(x_rows) == len(want) == wl.n_prompt + wl.n_generate - 1
+    args, spans = _attention_block_args(exp, gen, x_rows)
+    calibrated = shape.adc_range == "calibrated"
+    mm = gen.matmul if getattr(gen.matmul, "shape", None) is not None and \
+        gen.matmul.shape.arithmetic == shape.arithmetic else None
+    images = {}
+    for name, unit in block.projections.items():
+        w = gen.dq.tensors[f"attn.{name}.weight"]
+        images[name] = bank_image([w], 1, unit.n_in, unit.n_out, shape,
+                                  [gen.matmul.shift_for(w)] if calibrated else None, mm)
+
+    def setup(s):
+        for name, unit in block.projections.items():
+            add_bank_model(s, unit.bank, images[name])
+
+    say(f"attention block ({sim}): {len(spans)} windows ({wl.n_prompt}-row prompt, "
+        f"{len(spans) - 1} decode rows)")
+    info: dict = {}
+    with scratch_dir(build_root) as tmp:
+        plusargs = []
+        for k, name in enumerate(block.projections):
+            path = Path(tmp) / f"bank{ATTENTION_BANK_BASE + k}.bin"
+            bank_file_words(images[name], shape, 1).tofile(path)
+            plusargs.append(f"+MOEPIM_BANK{ATTENTION_BANK_BASE + k}={path}")
+        got = run_bench(block, top="attention_block", bench="attention_block_windows",
+                        sim=sim, args=args, setup=setup, plusargs=plusargs,
+                        preset={"bank_base": ATTENTION_BANK_BASE}, build_root=build_root,
+                        key_params=None if sim == "amaranth" else key, info=info,
+                        progress=say)
+    shape_t = dict(d_model=block.d_model, n_heads=block.n_heads, n_kv_heads=block.n_kv_heads,
+                   head_dim=block.head_dim, lanes=block.lanes, act_bits=block.act_bits,
+                   center=block.center, mvm=shape.mvm_latency, rope=block.rope,
+                   n_attention_units=block.n_attention_units)
+    mismatches, windows = 0, []
+    for (p0, n), res in zip(spans, got):
+        out = np.asarray(res["outputs"], dtype=np.int64).reshape(n, -1)
+        mismatches += int(np.count_nonzero(out != want[p0:p0 + n]))
+        windows.append({"first_position": p0, "rows": n, "cycles": res["end"] - res["first_in"],
+                        "formula_cycles": T.attention_block_cycles(n, p0, **shape_t)})
+    ok = mismatches == 0 and len(got) == len(spans)
+    cycles_ok = all(w["cycles"] == w["formula_cycles"] for w in windows)
+    say(f"attention block ({sim}): {'bit-exact' if ok else f'{mismatches} MISMATCHES'}, "
+        f"cycles {'equal to' if cycles_ok else 'DIFFER from'} the formula "
+        f"({time.monotonic() - t0:.1f} s)")
+    return {"sim": sim, "golden_match": ok, "n_mismatches": mismatches,
+            "cycles_match_formula": cycles_ok, "windows": windows,
+            "wall_s": {"build": info.get("build_s", 0.0), "build_cached": info.get("cached"),
+                       "simulation": info.get("sim_s", 0.0),
+                       "total": time.monotonic() - t0}}
 
 
 def _moe_golden(exp: DecoderExperiment, gen, base) -> Golden:
@@ -438,48 +587,80 @@ def _ratios(modes: dict) -> dict:
 # Yosys, the MoE layer's from its run
 
 def decoder_unit_specs(exp: DecoderExperiment) -> list:
-    """``(name, class, constructor arguments, count)`` of the decoder's digital units at the
-    experiment's size (one norm, residual and argmax unit serve every phase; RoPE: one for
-    Q, one for K; a projection unit per dense matrix, its crossbars a black box)."""
+    """``(name, class, constructor arguments, count)`` of the decoder's digital designs at
+    the experiment's size: the attention half as one block (``AttentionBlock``: its norm,
+    the Q/K/V/O projections' digital logic, RoPE, the attention units, the first residual,
+    its buffers and KV store), a norm unit for the MoE norm and the final norm, a residual
+    unit for the second residual add, the embedding's and the LM head's projection units
+    (their crossbars a black box) and the argmax unit."""
     from moepim.hw.argmax import ArgmaxUnit
-    from moepim.hw.attention import AttentionUnit
+    from moepim.hw.attention_block import AttentionBlock
     from moepim.hw.norm import NormUnit
     from moepim.hw.projection import ProjectionUnit
     from moepim.hw.residual import ResidualUnit
-    from moepim.hw.rope import RopeUnit
 
     m, lanes = exp.model, exp.layer.lanes
     ab, mb = m.quant.act_bits, m.quant.multiplier_bits
-    n_seq = exp.workload.n_prompt + exp.workload.n_generate
     spec = exp.tile.spec()
-    units = [("attention_unit", AttentionUnit,
-              dict(head_dim=m.head_size, lanes=lanes, act_bits=ab, n_keys_max=n_seq,
-                   multiplier_bits=mb), exp.layer.n_attention_units),
+    units = [("attention_block", AttentionBlock, attention_block_kwargs(exp), 1),
              ("norm_unit", NormUnit, dict(d_model=m.d_model, lanes=lanes, act_bits=ab,
                                           center=m.norm == "layernorm", multiplier_bits=mb), 1),
-             ("residual_unit", ResidualUnit, dict(lanes=lanes, a_bits=ab, b_bits=2 * ab + 8,
+             ("residual_unit", ResidualUnit, dict(lanes=lanes, a_bits=ab, b_bits=ab,
                                                   act_bits=ab, multiplier_bits=mb), 1)]
-    if m.rope_theta is not None:
-        units.append(("rope_unit", RopeUnit, dict(head_dim=m.head_size, lanes=lanes,
-                                                  act_bits=ab, n_positions=n_seq), 2))
-    for name, (n_in, n_out) in _matrices(exp).items():
-        if (name == "embedding" and not exp.workload.embedding) or \
-                (name == "lm_head" and not exp.workload.lm_head):
-            continue
-        units.append((f"projection_{name}", ProjectionUnit,
-                      dict(tile=spec, n_in=n_in, n_out=n_out, lanes=lanes, multiplier_bits=mb,
-                           act_bits=ab, requant=name not in ("embedding", "lm_head")), 1))
+    mats = _matrices(exp)
+    for name in ("embedding", "lm_head"):
+        if getattr(exp.workload, name):
+            n_in, n_out = mats[name]
+            units.append((f"projection_{name}", ProjectionUnit,
+                          dict(tile=spec, n_in=n_in, n_out=n_out, lanes=lanes,
+                               multiplier_bits=mb, act_bits=ab, requant=False), 1))
     if exp.workload.lm_head:
         kw = units[-1][2]
-        lm_bits = ProjectionUnit.raw_bits(kw["tile"], kw["n_in"])
-        units.append(("argmax_unit", ArgmaxUnit, dict(lanes=lanes, value_bits=lm_bits,
-                                                      max_items=m.vocab_size), 1))
+        units.append(("argmax_unit", ArgmaxUnit,
+                      dict(lanes=lanes, value_bits=ProjectionUnit.raw_bits(kw["tile"],
+                                                                           kw["n_in"]),
+                           max_items=m.vocab_size), 1))
     return units
 
 
-def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say) -> dict:
+def _unit_area(cls, kw: dict, top: str, tech, root) -> dict:
+    """Yosys's area of one decoder unit, kept by its parameters (``<root>/cache/unit-area``:
+    the SHA-256 of the unit, its arguments, the RTL's source and the tech figures applied):
+    a repeated run neither exports nor synthesises it again (Yosys's own cache keys on the
+    exported Verilog, which takes seconds to write at full size)."""
+    import json
+
+    import moepim.hw
+
+    from .build import source_digest
     from .digital import component_area
 
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+             for k, v in kw.items()}
+    key = hashlib.sha256(repr((top, cls.__name__, sorted(plain.items()),
+                               source_digest(moepim.hw), tech.transistor_area_um2.value,
+                               tech.sram_area_um2_per_bit.value)).encode()).hexdigest()[:24]
+    path = Path(root) / "cache" / "unit-area" / f"{key}.json"
+    fields = ("area_mm2", "transistors", "memory_bits")
+    try:
+        hit = json.loads(path.read_text())
+        if all(isinstance(hit.get(f), (int, float)) for f in fields):
+            return hit
+    except (OSError, ValueError):
+        pass
+    a = component_area(cls(**kw), top, tech, sim="model", build_root=root)
+    out = {f: a[f] for f in fields}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, path)
+    except OSError:
+        pass                  # a cache that cannot be written only costs time
+    return out
+
+
+def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say) -> dict:
     tech, tile = exp.tech, exp.tile
     shape = tile.spec()
     dense = dense_crossbars(exp)
@@ -499,8 +680,7 @@ def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say)
                    if name.startswith("projection_") else name)
             if top not in synthesized:
                 say(f"digital logic area: yosys on the {top} (cached after the first run)")
-                synthesized[top] = component_area(cls(**kw), top, tech, sim="model",
-                                                  build_root=root)
+                synthesized[top] = _unit_area(cls, kw, top, tech, root)
             a = synthesized[top]
             units[name] = {"count": count, "design": top, "area_mm2_each": a["area_mm2"],
                            "transistors_each": a["transistors"],
@@ -511,8 +691,14 @@ def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say)
     not_included = list(moe_report["area_mm2"].get("not_included", []))
     if not synthesize:
         not_included.append("the decoder's digital units: synthesis skipped (--no-synth)")
-    not_included.append("activation buffers between the decoder's units and the KV store's "
-                        "SRAM (kv_cache_rows) as area")
+    not_included.append("the on-chip KV SRAM of kv_cache_rows as area")
+    if synthesize:
+        not_included.append(
+            "part of the digital units' logic: the synthesis flow (moepim.sim.synth) deletes "
+            "amaranth lib.memory cells (register files, tables, FIFOs) before mapping, so "
+            "logic that only feeds them or is only fed by them is dropped and the units' "
+            "logic area is underestimated (e.g. the attention unit at head_dim 64: 2,968 "
+            "transistors counted, about 202,600 with the memories' connections kept)")
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
             "dense_crossbars": crossbars, "digital_units": units,
             "method": "dense crossbars and their peripheral sets (one per crossbar; the "
@@ -627,7 +813,8 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
     say = progress or (lambda msg: None)
     t0 = time.monotonic()
     wl = exp.workload
-    gen, prompt, results, base, disagree = _golden(exp, say)
+    root = Path(build_root) if build_root else default_build_root()
+    gen, prompt, results, base, disagree = _golden(exp, say, root)
     t_golden = time.monotonic() - t0
 
     # the MoE layer on the decoder's MoE inputs
@@ -644,6 +831,12 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
                                  t0=time.monotonic())
     write_report(moe_dir, moe_report, moe_exp, moe_headline(moe_report))
     moe = _moe_steps(moe_report, wl.n_generate)
+
+    # the attention half of the kv_go generation on its RTL
+    attention = None
+    if sim != "model":
+        attention = simulate_attention_block(exp, gen, prompt, base, sim,
+                                             build_root=plan.root, say=say)
 
     # every mode, step by step
     sh, mats = _shapes(exp), _matrices(exp)
@@ -673,7 +866,11 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
         bw = exp.dram.bandwidth_gbps.value
         kv_read_ns = sum(st["kv_dram_rows"]["read_rows"] * kv_row_bytes(exp.model) / bw
                          for st in modes["kv_go"]["steps"][1:])
-    values_ok = not disagree and moe_report["golden_match"] is not False
+    values_ok = (not disagree and moe_report["golden_match"] is not False
+                 and (attention is None or attention["golden_match"]))
+    cycles_ok = moe_report["cycles_match_formula"]
+    if attention is not None and cycles_ok is not None:
+        cycles_ok = cycles_ok and attention["cycles_match_formula"]
     area = _area(exp, moe_report, synthesize, plan.root, say)
     head = modes.get("kv_go") or modes[wl.modes[-1]]
     report = {
@@ -684,7 +881,7 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
                        "sequence_lengths": [w.n_tokens for w in base.work[1:]]},
         "golden_match": values_ok if moe_report["golden_match"] is not None else (
             None if not disagree else False),
-        "cycles_match_formula": moe_report["cycles_match_formula"],
+        "cycles_match_formula": cycles_ok,
         "go_cache_exact": moe_report["go_cache_exact"],
         "cache_comparison": {"modes": modes, "ratios": ratios},
         "paper": {"figures": _paper_block(exp, modes, ratios),
@@ -697,17 +894,31 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
                 "cycles_match_formula": moe_report["cycles_match_formula"],
                 "go_cache_exact": moe_report["go_cache_exact"],
                 "accuracy": moe_report["accuracy"], "report": "moe/report.json"},
+        "attention_block": attention,
         "levels": {
             "values": "golden generation in every mode (moepim.models.generation) on the "
-                      "tile's crossbar arithmetic; the MoE layer's outputs and routes from "
-                      f"its RTL under {sim}" if sim != "model" else
-                      "golden generation in every mode; the MoE layer at the timing level "
-                      "(values not simulated)",
+                      "tile's crossbar arithmetic; the attention half's first residual (x1) "
+                      "of every token and the MoE layer's outputs and routes from their RTL "
+                      f"under {sim}" if sim != "model" else
+                      "golden generation in every mode; the attention half and the MoE "
+                      "layer at the timing level (values not simulated)",
+            "attention_half": (
+                "AttentionBlock (moepim.hw.attention_block: norm, Q/K/V projections, RoPE, "
+                "attention over the on-chip KV store, O projection, first residual) on its "
+                f"RTL under {sim}: the prompt window and every KV+GO decode step's new row in "
+                "one simulation, the KV store carrying over, every x1 code checked against "
+                "the golden model and every window's cycles against "
+                "moepim.spec.timing.attention_block_cycles; the other modes' steps by the "
+                "same block's formula (dense_cycles)" if sim != "model" else
+                "not simulated (--sim model): every step's attention half by AttentionBlock's "
+                "cycle formula (moepim.spec.timing.attention_block_phases, tested against its "
+                "RTL in tests/test_attention_block.py)"),
             "moe_layer": f"the prompt window and each GO-cached decode window: {sim}; the "
                          "windows without the GO cache: the layer's cycle formula",
-            "dense_units": "cycle formulas of the RTL units (moepim.spec.timing; each unit "
-                           "tested bit- and cycle-exact on Amaranth, Verilator and Icarus), "
-                           "composed in the decoder controller's order (not yet one RTL "
+            "dense_units": "the rest (embedding, MoE norm, second residual, final norm, LM "
+                           "head, argmax): cycle formulas of the RTL units (moepim.spec.timing; "
+                           "each unit tested bit- and cycle-exact on Amaranth, Verilator and "
+                           "Icarus), composed in the decoder controller's order (not one RTL "
                            "design)",
             "dram": "KV rows and GO-cache rows at the DRAM preset's bandwidth; the attention "
                     "phase lasts at least its KV transfer"},
@@ -716,7 +927,9 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
             "prices them one after the other)",
             "activation buffers between the decoder's units (their SRAM bits)",
             "the LM head's ADC arithmetic (its logits are exact integer products)"],
-        "wall_s": {"golden": t_golden, "total": time.monotonic() - t0},
+        "wall_s": {"golden": t_golden,
+                   "attention_block": attention["wall_s"]["total"] if attention else 0.0,
+                   "total": time.monotonic() - t0},
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "config": resolved_dict(exp),
     }
@@ -732,7 +945,8 @@ def summary_line(report: dict, out: Path) -> str:
     status = ("bit-exact" if report["golden_match"] else
               "MoE values not simulated (timing level)" if report["golden_match"] is None
               else f"MISMATCH (modes disagreeing: {g['disagreeing_modes']}, MoE mismatches: "
-                   f"{report['moe']['n_mismatches']})")
+                   f"{report['moe']['n_mismatches']}, attention block mismatches: "
+                   f"{(report.get('attention_block') or {}).get('n_mismatches', 0)})")
     r = report["cache_comparison"]["ratios"].get("none_vs_kv_go")
     ratio = (f"; none/kv_go: {r['time']:.2f}x time, {r['energy']:.2f}x energy"
              if r and r["time"] else "")

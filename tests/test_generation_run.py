@@ -1,7 +1,9 @@
 """Decoder experiments (``kind: decoder``, ``moepim.sim.generation_run``): the reduced
 generation experiment end to end, its MoE layer on Verilator and Icarus (every output and
-route bit-exact, cycles equal to the formula, the GO cache exact), every mode generating the
-same tokens; the step's cycles equal to the unit formulas; the four modes' ordering; a
+route bit-exact, cycles equal to the formula, the GO cache exact) and its attention half on
+``AttentionBlock``'s RTL (the prompt and every KV+GO step's row: every ``x1`` code bit-exact,
+every window's cycles equal to the formula and to the priced step's), every mode generating
+the same tokens; the step's cycles equal to the unit formulas; the four modes' ordering; a
 grouped-query and a LayerNorm model; the config's errors named by key."""
 
 from __future__ import annotations
@@ -95,6 +97,28 @@ def test_reduced_generation_on_the_rtl(sim, tmp_path):
     assert r["golden_match"] is True and r["moe"]["golden_match"] is True
     assert r["moe"]["n_mismatches"] == 0
     assert r["cycles_match_formula"] and r["go_cache_exact"]
+    # the attention half of the prompt and of every KV+GO step on AttentionBlock's RTL
+    ab = r["attention_block"]
+    assert ab["sim"] == sim and ab["golden_match"] is True and ab["n_mismatches"] == 0
+    assert ab["cycles_match_formula"]
+    wl = exp.workload
+    assert [(w["first_position"], w["rows"]) for w in ab["windows"]] == \
+        [(0, wl.n_prompt)] + [(wl.n_prompt + k - 1, 1) for k in range(1, wl.n_generate)]
+    kv_go = r["cache_comparison"]["modes"]["kv_go"]["steps"]
+    for w, s in zip(ab["windows"], kv_go):
+        assert w["cycles"] == w["formula_cycles"]
+        # the step's priced attention half is the simulated window's cycles
+        half = sum(s["phase_cycles"][p] for p in ("attn_norm", "qkv_projection", "rope",
+                                                  "attention", "o_projection"))
+        second = T.residual_cycles(exp.model.d_model // exp.layer.lanes) \
+            + T.ATTENTION_BLOCK_PHASE_OVERHEAD
+        if s["step"] == 0:
+            second = T.residual_cycles(wl.n_prompt * exp.model.d_model // exp.layer.lanes) \
+                + T.ATTENTION_BLOCK_PHASE_OVERHEAD
+        # (the norm fed from the embedding's buffer: one cycle more than from i_rows)
+        fed = T.ATTENTION_BLOCK_PHASE_OVERHEAD if wl.embedding else 0
+        assert half - fed + s["phase_cycles"]["residual"] - second == w["cycles"], s["step"]
+    assert "AttentionBlock" in r["levels"]["attention_half"]
     _check_report(exp, r, out)
 
 
@@ -104,10 +128,11 @@ def test_reduced_generation_timing_level_with_area(tmp_path):
     values not simulated), and the decoder's digital units' area from Yosys."""
     exp, r, out = _run(tmp_path, "model", synthesize=True)
     assert r["golden_match"] is None and r["generation"]["modes_agree"]
+    assert r["attention_block"] is None and "not simulated" in r["levels"]["attention_half"]
     _check_report(exp, r, out)
     area = r["area_mm2"]
     assert area["breakdown"]["decoder_digital_units"] > 0
-    assert {"attention_unit", "norm_unit", "residual_unit", "argmax_unit"} <= \
+    assert {"attention_block", "norm_unit", "residual_unit", "argmax_unit"} <= \
         set(area["digital_units"])
     assert math.isclose(area["total"], sum(area["breakdown"].values()))
     # the embedding's row tiles share their column's peripheral set
