@@ -377,3 +377,59 @@ def attention_block_cycles(n_rows: int, first_position: int, **shape) -> int:
 
 __all__ += ["ATTENTION_BLOCK_PHASE_OVERHEAD", "attention_block_phases",
             "attention_block_cycles"]
+
+
+# ---------------------------------------------------------------------------------------------
+# ``DecoderLayer`` (moepim.hw.decoder_layer): the whole decoder layer
+
+DECODER_LAYER_PHASE_OVERHEAD = 1    # the buffer read before a buffer-fed phase's first beat
+
+
+def decoder_layer_phases(n_rows: int, first_position: int, *, d_model: int, n_heads: int,
+                         n_kv_heads: int, head_dim: int, lanes: int, act_bits: int,
+                         center: bool, mvm: int, rope: bool = True, n_attention_units: int = 1,
+                         route: int | None, n_jobs: int, compute: int,
+                         settle: int = 0) -> dict[str, int]:
+    """``DecoderLayer``, a window of ``n_rows`` rows at positions ``first_position ..``, per
+    phase (one after another), under no input gaps, no back-pressure on ``o_rows`` or on the
+    routes, and a host that offers the window's job plan from the cycle after the closing
+    route beat's handshake (after the last token beat when the host routes). Counted: the
+    attention block's phases (:func:`attention_block_phases`, ``attn_norm`` from the first
+    ``i_rows`` handshake); then, each from the cycle after the previous phase's end to the
+    cycle after its own last handshake:
+
+    * ``moe_norm``: the ``x1`` buffer's rows through the MoE norm into the MoE layer,
+      ``norm_cycles(T) + DECODER_LAYER_PHASE_OVERHEAD`` (the buffer read before the first
+      beat);
+    * ``route``: ``route``, the MoE layer's routing phase (``LayerTiming.route_cycles``; 0
+      for ``None``, the host's routes), to the cycle after the closing route beat;
+    * ``jobs``: ``max(1, n_jobs)`` plan beats (an empty plan is one beat);
+    * ``experts``: the MoE layer's timestamps, ``compute`` (``LayerTiming.compute_cycles``)
+      plus the scheduler's ``settle`` (``LayerTiming.settle_cycles``), to the cycle its
+      read-out starts;
+    * ``moe_residual``: the MoE layer's read-out paired with the ``x1`` rows through the
+      second ResidualUnit to ``o_rows``: ``residual_cycles(T d_model / lanes) +
+      DECODER_LAYER_PHASE_OVERHEAD`` (the output buffer's read before the first beat).
+
+    The window (first ``i_rows`` handshake to the cycle after the last ``o_rows`` handshake)
+    is their sum (:func:`decoder_layer_cycles`)."""
+    over = DECODER_LAYER_PHASE_OVERHEAD
+    phases = attention_block_phases(
+        n_rows, first_position, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
+        head_dim=head_dim, lanes=lanes, act_bits=act_bits, center=center, mvm=mvm, rope=rope,
+        n_attention_units=n_attention_units)
+    return {**phases,
+            "moe_norm": over + norm_cycles(n_rows, d_model, lanes, act_bits, center),
+            "route": route or 0,
+            "jobs": max(1, n_jobs),
+            "experts": compute + settle,
+            "moe_residual": over + residual_cycles(n_rows * (d_model // lanes))}
+
+
+def decoder_layer_cycles(n_rows: int, first_position: int, **shape) -> int:
+    """``DecoderLayer``: a window's cycles from its first ``i_rows`` handshake to the cycle
+    after its last ``o_rows`` handshake (:func:`decoder_layer_phases`, summed)."""
+    return sum(decoder_layer_phases(n_rows, first_position, **shape).values())
+
+
+__all__ += ["DECODER_LAYER_PHASE_OVERHEAD", "decoder_layer_phases", "decoder_layer_cycles"]

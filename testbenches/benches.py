@@ -16,6 +16,7 @@ import numpy as np
 
 from .attention_benches import attention_queries
 from .attention_block_benches import attention_block_windows
+from .decoder_layer_benches import decoder_layer_windows
 from .decoder_unit_benches import residual_pairs, rope_vectors
 from .engine_benches import expert_engine_jobs, matrix_bank_jobs
 from .norm_benches import norm_rows
@@ -541,4 +542,5 @@ BENCHES = {"tile_scenario": tile_scenario, "free_run": free_run, "wait_pulses": 
            "expert_engine_jobs": expert_engine_jobs,
            "attention_queries": attention_queries,
            "attention_block_windows": attention_block_windows,
+           "decoder_layer_windows": decoder_layer_windows,
            "projection_rows": projection_rows, "argmax_vectors": argmax_vectors}
