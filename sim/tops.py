@@ -48,8 +48,27 @@ def export_tops(exp) -> tuple[str, ...]:
         return export_tops(exp.moe_experiment()) + tuple(_decoder_units(exp))
     if isinstance(exp, TileExperiment):
         return TILE_TOPS
-    blocks = _routing_blocks(exp)[3]
-    return LAYER_TOPS + tuple(t for t in ROUTING_TOPS if blocks[t] is not None)
+    spec, tile, _ = _layer_params(exp, "route_unit")
+    return LAYER_TOPS + _routing_tops(spec, tile)
+
+
+_ROUTING_PARAMS: dict[str, dict] = {}
+
+
+def _routing_params(spec, tile) -> dict:
+    """Per routing top the layer of ``spec`` has, its parameters (building the route unit
+    tells; kept by the specs' text, so listing the tops of many experiments builds each
+    layer once)."""
+    key = repr((spec, tile))
+    if key not in _ROUTING_PARAMS:
+        ru, blocks = _routing_blocks_of(spec, tile)
+        _ROUTING_PARAMS[key] = {t: _block_params(spec, tile, ru, t, blocks[t])
+                                for t in ROUTING_TOPS if blocks[t] is not None}
+    return _ROUTING_PARAMS[key]
+
+
+def _routing_tops(spec, tile) -> tuple[str, ...]:
+    return tuple(_routing_params(spec, tile))
 
 
 def make_top(exp, top: str):
@@ -111,6 +130,8 @@ def top_parameters(exp, top: str) -> dict:
             return _tile_params(exp, top)
         if top in LAYER_TOPS:
             return _layer_params(exp, top)[2]
+        spec, tile, _ = _layer_params(exp, "route_unit")
+        return _routing_params(spec, tile)[top]
     return make_top(exp, top)[1]
 
 
@@ -150,14 +171,18 @@ ENGINE_FIELDS = ("d_ff", "n_groups", "group_size", "ffn")
 def _routing_blocks(exp):
     """The routing blocks inside the experiment's layer (its route unit's), by top name;
     ``None`` for a block this layer does not have."""
+    spec, tile, _ = _layer_params(exp, "route_unit")
+    return (spec, tile) + _routing_blocks_of(spec, tile)
+
+
+def _routing_blocks_of(spec, tile):
     from .moe_run import make_component
 
-    spec, tile, _ = _layer_params(exp, "route_unit")
     ru = make_component(spec, tile).route_unit
     router = ru.ec if ru.ec is not None else ru.tc
     softmax = ru.softmax if ru.softmax is not None else getattr(ru.tc, "softmax", None)
-    return spec, tile, ru, {"router": router, "gate_softmax": softmax, "go_cache": ru.go,
-                      "topk": router.topk if router is not None else None}
+    return ru, {"router": router, "gate_softmax": softmax, "go_cache": ru.go,
+                "topk": router.topk if router is not None else None}
 
 
 def _routing_top(exp, top: str):
@@ -172,17 +197,22 @@ def _routing_top(exp, top: str):
                              "and n_generate > 0" if top == "go_cache" else
                              f"its router ({spec.router}) has no {top}") + "; one of "
                           + ", ".join(export_tops(exp)))
+    return block, _block_params(spec, tile, ru, top, block)
+
+
+def _block_params(spec, tile, ru, top: str, block) -> dict:
+    """The arguments routing block ``top`` of route unit ``ru`` was built with."""
     if top == "gate_softmax":
-        return block, {"n_experts": block.n_experts, "logit_bits": ru.logit_bits}
+        return {"n_experts": block.n_experts, "logit_bits": ru.logit_bits}
     if top == "go_cache":
-        return block, {"n_experts": block.n_experts, "go_cache_rows": block.go_cache_rows,
-                       "max_tokens": spec.max_sequence, "counter_bits": tile["counter_bits"]}
+        return {"n_experts": block.n_experts, "go_cache_rows": block.go_cache_rows,
+                "max_tokens": spec.max_sequence, "counter_bits": tile["counter_bits"]}
     if top == "router":
         if spec.router == "expert_choice":
             params = {"n_tokens": spec.n_tokens, "n_experts": ru.n_experts, "c_max": spec.c_max}
         else:
             params = {"n_experts": ru.n_experts, "k": spec.top_k, "logit_bits": ru.logit_bits,
                       "renormalize": spec.renormalize, "gate_bits": spec.gate_bits}
-        return block, {"kind": type(block).__name__, **params}
-    return block, {"n_items": block.n_items, "k": block.k, "score_bits": block.score_bits,
-                   "signed_scores": block.signed_scores}
+        return {"kind": type(block).__name__, **params}
+    return {"n_items": block.n_items, "k": block.k, "score_bits": block.score_bits,
+            "signed_scores": block.signed_scores}
