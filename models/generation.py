@@ -79,7 +79,7 @@ from .routing import expert_choice_decode
 from .zoo import ModelConfig
 
 __all__ = ["MODES", "StepWork", "Generator", "GenerationResult", "build_generator",
-           "step_work", "generate", "LM_BLOCK", "LM_CLIP_SIGMA"]
+           "step_work", "generate", "decoder_accuracy", "LM_BLOCK", "LM_CLIP_SIGMA"]
 
 MODES = ("none", "kv", "go", "kv_go")
 LM_BLOCK = 256              # vocabulary entries generated (and projected) per block
@@ -177,6 +177,24 @@ def _embedding_row(cfg: ModelConfig, seed: int, token: int) -> torch.Tensor:
     return torch.randn(cfg.d_model, generator=gen, dtype=torch.float32)
 
 
+def _lm_head_block(cfg: ModelConfig, seed: int, b0: int) -> np.ndarray:
+    """The float LM head's columns ``b0 .. b0 + LM_BLOCK - 1`` (d_model, block), seeded per
+    block."""
+    gen = torch.Generator().manual_seed(seed * 7_919 + b0)
+    w = torch.randn(cfg.d_model, min(LM_BLOCK, cfg.vocab_size - b0), generator=gen,
+                    dtype=torch.float32)
+    return w.numpy().astype(np.float64) * cfg.initializer_range
+
+
+def _final_norm_weights(cfg: ModelConfig, seed: int) -> dict:
+    """The final norm's float gain ``1 + N(0, 0.1)`` (and LayerNorm's bias ``N(0, 0.1)``)."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    w = {"final_norm.weight": 1.0 + 0.1 * torch.randn(cfg.d_model, generator=gen)}
+    if cfg.norm == "layernorm":
+        w["final_norm.bias"] = 0.1 * torch.randn(cfg.d_model, generator=gen)
+    return w
+
+
 def _lm_head_codes(cfg: ModelConfig, seed: int, s_w: float) -> np.ndarray:
     d, V = cfg.d_model, cfg.vocab_size
     out = np.empty((d, V), dtype=np.int8)
@@ -184,9 +202,8 @@ def _lm_head_codes(cfg: ModelConfig, seed: int, s_w: float) -> np.ndarray:
     if lim > 127:
         raise ValueError("the LM head keeps int8 codes: weight_bits above 8 are not supported")
     for b0 in range(0, V, LM_BLOCK):
-        gen = torch.Generator().manual_seed(seed * 7_919 + b0)
-        w = torch.randn(d, min(LM_BLOCK, V - b0), generator=gen, dtype=torch.float32)
-        q = np.rint(w.numpy().astype(np.float64) * cfg.initializer_range / s_w)
+        w = _lm_head_block(cfg, seed, b0)
+        q = np.rint(w / s_w)
         out[:, b0:b0 + w.shape[1]] = np.clip(q, -lim, lim)
     return out
 
@@ -204,10 +221,7 @@ def build_generator(cfg: ModelConfig, prompt: list[int], seed: int,
     x = torch.stack([_embedding_row(cfg, seed, t) for t in prompt])
     dq = quantize_decoder(w, cfg, x)
     y, _ = decoder_forward_float(x, w, cfg)
-    gen = torch.Generator().manual_seed(seed + 2)
-    w["final_norm.weight"] = 1.0 + 0.1 * torch.randn(cfg.d_model, generator=gen)
-    if cfg.norm == "layernorm":
-        w["final_norm.bias"] = 0.1 * torch.randn(cfg.d_model, generator=gen)
+    w.update(_final_norm_weights(cfg, seed))
     ab, mb = cfg.quant.act_bits, cfg.quant.multiplier_bits
     s_f = _scale(_norm_float(y, w, "final_norm", cfg), ab)
     final = _norm_quant(w, "final_norm", cfg, dq.s_y, s_f, mb)
@@ -295,6 +309,7 @@ class GenerationResult:
     attn_in: np.ndarray | None = None    # ... its attention norm's output (Q/K/V input)
     attn_out: np.ndarray | None = None   # ... its attention output (O input)
     x1: np.ndarray | None = None         # ... its first residual (the attention half's output)
+    y: np.ndarray | None = None          # ... the layer's output row
     scores: np.ndarray | None = None     # ... its gate scores
     mask: np.ndarray | None = None       # ... its experts (prompt window, then decode rule)
 
@@ -361,7 +376,7 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
     out = _layer_rows(gen, x, pos, pos, x, empty, None)
     y, cache, routing = out["y"], out["cache"], out["routing"]
     state = {"scores": routing.scores, "mask": routing.mask}
-    rows = {k: list(out[k]) for k in ("h2", "h", "a", "x1")}
+    rows = {k: list(out[k]) for k in ("h2", "h", "a", "x1", "y")}
     res = GenerationResult(mode, [])
     nxt, _ = gen.next_token(y[-1])
     res.tokens.append(nxt)
@@ -393,7 +408,56 @@ def generate(gen: Generator, prompt: list[int], n_generate: int, mode: str) -> G
         res.tokens.append(nxt)
         res.rows.append(y_rows[-1])
         res.work.append(step_work(mode, step, P))
-    res.moe_x, res.attn_in, res.attn_out, res.x1 = (np.array(rows[k])
-                                                    for k in ("h2", "h", "a", "x1"))
+    res.moe_x, res.attn_in, res.attn_out, res.x1, res.y = (
+        np.array(rows[k]) for k in ("h2", "h", "a", "x1", "y"))
     res.scores, res.mask = state["scores"], state["mask"]
     return res
+
+
+def decoder_accuracy(gen: Generator, prompt: list[int], res: GenerationResult) -> dict:
+    """The integer decoder's outputs against the float decoder (``decoder_forward_float``,
+    the same seeded weights, float norms, attention and MoE layer), teacher-forced on the
+    sequence ``res`` processed (the prompt, then every generated token but the last):
+
+    * ``relative_l2_error_x1`` / ``_y``: the first residual and the layer output, dequantised,
+      against the float layer routed by its float gate (every row of the sequence);
+    * ``relative_l2_error_y_same_routing``: the output against the float layer given our
+      routing (what the integer arithmetic alone costs);
+    * per step, whether the greedy next token of the float final norm and float LM head
+      equals ours, and our token's rank among the float logits (0: the float argmax)."""
+    cfg = gen.cfg
+    seq = list(prompt) + list(res.tokens[:-1])
+    if res.y is None or len(res.y) != len(seq):
+        raise ValueError("res must be a finished generate() result over this prompt")
+    w = init_decoder_weights(cfg, gen.seed)
+    w.update(_final_norm_weights(cfg, gen.seed))
+    x = torch.stack([_embedding_row(cfg, gen.seed, t) for t in seq])
+    y_f, f = decoder_forward_float(x, w, cfg)
+    y_same, _ = decoder_forward_float(x, w, cfg, mask=torch.as_tensor(res.mask))
+
+    def rel(ours: np.ndarray, ref) -> float:
+        ref = np.asarray(ref, dtype=np.float64)
+        return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
+
+    dq = gen.dq
+    y_deq = res.y.astype(np.float64) * dq.s_y
+    x1_deq = res.x1.astype(np.float64) * dq.tensors["x1.scale"]
+    P = len(prompt)
+    h = _norm_float(y_f[P - 1:], w, "final_norm", cfg).to(torch.float64).numpy()
+    logits = np.concatenate([h @ _lm_head_block(cfg, gen.seed, b0)
+                             for b0 in range(0, cfg.vocab_size, LM_BLOCK)], axis=1)
+    ours = np.asarray(res.tokens)
+    theirs = logits.argmax(axis=1)
+    rank = (logits > logits[np.arange(len(ours)), ours][:, None]).sum(axis=1)
+    return {
+        "tokens_compared": len(ours),
+        "relative_l2_error_x1": rel(x1_deq, f["x1"]),
+        "relative_l2_error_y": rel(y_deq, y_f),
+        "relative_l2_error_y_same_routing": rel(y_deq, y_same),
+        "next_token_agreement": float(np.mean(theirs == ours)),
+        "float_tokens": [int(t) for t in theirs],
+        "our_token_rank_in_float_logits": [int(r) for r in rank],
+        "note": "teacher-forced on the generated sequence; the float decoder has the same "
+                "seeded weights, float norms, RoPE, softmax and MoE layer (its own routing "
+                "for relative_l2_error_y, ours for _same_routing), the float final norm "
+                "and LM head"}

@@ -29,7 +29,14 @@ What is simulated and what is computed:
   argmax): the cycle formulas of their RTL units (``moepim.spec.timing``; each unit's RTL is
   tested bit- and cycle-exact against them: ``tests/test_norm_unit.py``,
   ``test_projection_unit.py``, ``test_residual_unit.py``, ``test_argmax_unit.py``), composed
-  by the decoder controller's documented order below; the decoder top is not one RTL design.
+  in the order below. From the attention norm to the second residual this is ``DecoderLayer``
+  (``moepim.hw.decoder_layer``: the attention block, the MoE norm, the MoE layer and the
+  second residual as one RTL design, tested bit- and cycle-exact against
+  ``decoder_layer_phases`` in ``tests/test_decoder_layer.py``): the MoE layer's share of a
+  step is its window less the token and output beats the MoE norm and the second residual
+  stream (``moe_phase_cycles``), so a KV+GO step's layer cycles are
+  ``decoder_layer_cycles`` (a property test). The embedding before it and the final norm,
+  LM head and argmax after it are not in that design.
 
 A step's phases, one after another (rows pipelined inside each unit): embedding (one crossbar
 row tile per token: a one-hot input), attention norm, the Q and K/V projections (separate
@@ -37,13 +44,16 @@ crossbars, in parallel), RoPE on Q and K (one unit each), attention (``n_attenti
 units, each a head of a row at a time; the K/V rows of earlier steps stream from the KV store,
 so the phase lasts at least their DRAM transfer), the O projection, the first residual add,
 the MoE norm, the MoE layer (after the GO-cache rows it reads back from DRAM), the second
-residual add, then the final norm, the LM head and the argmax on the new row.
+residual add, then the final norm, the LM head and the argmax on the new row. Every DRAM
+transfer of a mode's run (the prompt's tokens, K/V rows written and read back, GO-cache rows
+read back and spilled, the generated tokens) goes on one channel model
+(``moepim.models.dram``, first come first served), so they contend: ``_step_timeline``.
 
 Energy per step: crossbar events of every dense matrix (cells, ADC conversions, shift-adds,
 DAC drives counted from the golden inputs' bits, the ADCs' leakage over their MVMs), the
 digital units' operations (Horowitz's per-operation figures), the KV store's SRAM bits, the
-MoE layer's energy (its own events, without its DRAM term), DRAM active power over the KV and
-GO-cache transfers and idle power over the rest of the step, and the digital units' static
+MoE layer's energy (its own events, without its DRAM term), DRAM active power over the KV,
+GO-cache and token transfers and idle power over the rest of the step, and the digital units' static
 power over the step (the figure and the way Gao & Yang's simulator charges it).
 """
 
@@ -62,7 +72,8 @@ from pathlib import Path
 import numpy as np
 
 from moepim.models.decoder import init_decoder_weights, kv_row_bytes
-from moepim.models.generation import build_generator, generate
+from moepim.models.dram import DramChannel
+from moepim.models.generation import build_generator, decoder_accuracy, generate
 from moepim.models.pim import CrossbarMatmul, MemoMatmul, tiles_of
 from moepim.models.quant import int_matmul
 from moepim.models.workload import workload_of_inputs
@@ -82,7 +93,7 @@ __all__ = ["run_decoder_experiment", "simulate_attention_block", "dense_cycles",
            "decoder_unit_specs", "summary_line", "steps_csv", "PHASES"]
 
 PHASES = ("embedding", "attn_norm", "qkv_projection", "rope", "attention", "o_projection",
-          "residual", "moe_norm", "moe", "final_norm", "lm_head")
+          "residual", "moe_norm", "moe", "moe_residual", "final_norm", "lm_head")
 RATIO_PAIRS = (("none", "kv_go"), ("kv", "kv_go"), ("go", "kv_go"), ("none", "kv"))
 
 
@@ -115,7 +126,7 @@ def _golden(exp: DecoderExperiment, say, root: Path):
     for m, r in results.items():
         same = (r.tokens == base.tokens
                 and all(np.array_equal(a, b) for a, b in zip(r.rows, base.rows))
-                and np.array_equal(r.moe_x, base.moe_x))
+                and np.array_equal(r.moe_x, base.moe_x) and np.array_equal(r.y, base.y))
         if not same:
             disagree.append(m)
     return gen, prompt, results, base, disagree
@@ -358,12 +369,22 @@ def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: boo
         "rope": fed(rope),
         "attention": fed(attention),
         "o_projection": fed(proj(work.o_rows, "o")),
-        "residual": (fed(T.residual_cycles(work.o_rows * sh.blocks))
-                     + fed(T.residual_cycles(work.moe_rows * sh.blocks))),
+        "residual": fed(T.residual_cycles(work.o_rows * sh.blocks)),
         "moe_norm": fed(norm(work.moe_rows)),
+        "moe_residual": fed(T.residual_cycles(work.moe_rows * sh.blocks)),
         "final_norm": fed(norm(1)) if lm_head else 0,
         "lm_head": fed(proj(1, "lm_head") + T.argmax_latency()) if lm_head else 0,
     }
+
+
+def moe_phase_cycles(window_cycles: int, n_rows: int, blocks: int) -> int:
+    """The MoE layer's share of a decoder step: its routing, plan and timestamps
+    (``route + jobs + experts`` of ``moepim.spec.timing.decoder_layer_phases``, as
+    ``DecoderLayer`` composes it). A stand-alone MoE window (``window_cycles``: token
+    beats, routing, plan, timestamps, output beats, hand-over; ``LayerTiming.window_cycles``)
+    less its ``n_rows * blocks`` token beats (the MoE norm's phase streams them), its output
+    beats (the second residual's phase reads them) and its hand-over."""
+    return window_cycles - 2 * n_rows * blocks - T.WINDOW_OVERHEAD
 
 
 def _kv_traffic(exp: DecoderExperiment, work, mode: str) -> dict:
@@ -459,30 +480,95 @@ MOE_EXPERT_KEYS = ("crossbar", "dac", "adc", "shift_add", "digital_arithmetic", 
                    "digital_switching")
 
 
+def _host_bytes(exp: DecoderExperiment, rows: int) -> int:
+    """Bytes of ``rows`` tokens between the host and the accelerator: token ids with the
+    embedding on chip, else their ``d_model`` input codes."""
+    m = exp.model
+    if exp.workload.embedding:
+        return rows * _ceil(max(1, (m.vocab_size - 1).bit_length()), 8)
+    return rows * m.d_model * _ceil(m.quant.act_bits, 8)
+
+
+def _step_timeline(exp: DecoderExperiment, channel: DramChannel, t0: float, cycles: dict,
+                   work, kv: dict, go: dict, *, last: bool) -> dict:
+    """Lay one step's phases out in time from ``t0`` (ns), its DRAM transfers on the mode's
+    one ``channel`` (``moepim.models.dram``: first come, first served, so a transfer waits
+    for every one queued before it, whatever its kind):
+
+    * the step's new tokens from the host (``tokens_in``) before the embedding;
+    * the new K/V rows (``kv_write``, posted) when RoPE (or the K/V projection) ends;
+    * the earlier K/V rows (``kv_read``) when attention starts: attention ends no earlier
+      than their transfer;
+    * the GO-cache rows the router reads back (``go_cache_read``) and the rows it spills
+      (``go_cache_spill``, posted) when the MoE phase starts: the MoE layer starts on them;
+    * the generated token (or the output row) to the host (``token_out``, posted) at the end.
+
+    A posted write does not hold the step up but occupies the channel, so later reads queue
+    behind it; the last step also waits for the channel to drain. Returns the step's start
+    and end, its stall (time beyond its phases' cycles) and its requests."""
+    clock, m = exp.tech.clock_ns.value, exp.model
+    row_bytes = kv_row_bytes(m)
+    reqs = []
+
+    def submit(kind, n_bytes, at):
+        if not n_bytes:
+            return None
+        r = channel.submit(kind, n_bytes, at)
+        reqs.append(r)
+        return r
+
+    t = t0
+    if work.step == 0 or not exp.workload.embedding:
+        r = submit("tokens_in", _host_bytes(exp, work.embed_rows or 1), t)
+        t = r.done_ns if r else t
+    kv_written_after = "rope" if cycles["rope"] else "qkv_projection"
+    for phase in PHASES:
+        n = cycles.get(phase, 0)
+        if phase == "attention":
+            r = submit("kv_read", kv["read_rows"] * row_bytes, t)
+            t = max(t + n * clock, r.done_ns if r else t)
+            continue
+        if phase == "moe":
+            r = submit("go_cache_read", go["read_rows"] * go["row_bytes"], t)
+            submit("go_cache_spill", go["write_rows"] * go["row_bytes"], t)
+            t = r.done_ns if r else t
+        t += n * clock
+        if phase == kv_written_after:
+            submit("kv_write", kv["write_rows"] * row_bytes, t)
+    submit("token_out", _host_bytes(exp, 1), t)
+    if last:
+        t = max([t] + [r.done_ns for r in channel.requests])
+    by_kind: dict = {}
+    for r in reqs:
+        k = by_kind.setdefault(r.kind, {"bytes": 0, "queue_ns": 0.0})
+        k["bytes"] += r.n_bytes
+        k["queue_ns"] += r.queue_ns
+    return {"start_ns": t0, "end_ns": t, "compute_ns": sum(cycles.values()) * clock,
+            "dram": by_kind}
+
+
 def _price_step(exp: DecoderExperiment, sh: _Shapes, mats: dict, mode: str, work, bits: dict,
-                moe: dict, go_read_rows: int, go_row_bytes: int) -> dict:
-    """One step of one mode: its phases' cycles, time (compute and DRAM stalls) and energy
-    with its breakdown (module docstring)."""
+                moe: dict, go: dict, channel: DramChannel, t0: float, *, last: bool) -> dict:
+    """One step of one mode from ``t0`` (ns) on the mode's DRAM ``channel``: its phases'
+    cycles, time (compute and DRAM stalls, :func:`_step_timeline`) and energy with its
+    breakdown (module docstring). ``go``: the GO-cache rows the step's MoE window reads back
+    and spills, and the row's bytes."""
     wl, tech, dram = exp.workload, exp.tech, exp.dram
-    clock = tech.clock_ns.value
     shape = exp.tile.spec()
     L = work.n_tokens
     cycles = dense_cycles(sh, mats, work, embedding=wl.embedding, lm_head=wl.lm_head)
-    cycles["moe"] = moe["cycles"]
-    # DRAM: K/V rows (the attention streams them: the phase lasts at least their transfer),
-    # GO-cache rows read back before the MoE layer
+    cycles["moe"] = moe_phase_cycles(moe["cycles"], work.moe_rows, sh.blocks)
     kv = _kv_traffic(exp, work, mode)
-    row_bytes = kv_row_bytes(exp.model)
-    bw, lat = dram.bandwidth_gbps.value, dram.latency_ns.value
-    kv_read_ns = kv["read_rows"] * row_bytes / bw + (lat if kv["read_rows"] else 0.0)
-    go_bytes = go_read_rows * go_row_bytes
-    go_read_ns = go_bytes / bw + (lat if go_read_rows else 0.0)
-    attention_ns = cycles["attention"] * clock
-    stall_ns = max(0.0, kv_read_ns - attention_ns) + go_read_ns
-    compute_ns = sum(cycles.values()) * clock
-    time_ns = compute_ns + stall_ns
-    dram_bytes = (kv["read_rows"] + kv["write_rows"]) * row_bytes + go_bytes
-    busy_ns = dram_bytes / bw
+    tl = _step_timeline(exp, channel, t0, cycles, work, kv, go, last=last)
+    time_ns = tl["end_ns"] - t0
+    compute_ns = tl["compute_ns"]
+    stall_ns = time_ns - compute_ns
+    bw = dram.bandwidth_gbps.value
+    moved = {k: v["bytes"] for k, v in tl["dram"].items()}
+    kv_bytes = moved.get("kv_read", 0) + moved.get("kv_write", 0)
+    go_bytes = moved.get("go_cache_read", 0) + moved.get("go_cache_spill", 0)
+    host_bytes = moved.get("tokens_in", 0) + moved.get("token_out", 0)
+    busy_ns = sum(moved.values()) / bw
     # crossbar matrices: DAC pulses from the golden inputs' '1' bits
     q_tok = range(L - work.q_rows, L)
     kv_tok = range(L - work.kv_rows, L)
@@ -506,6 +592,7 @@ def _price_step(exp: DecoderExperiment, sh: _Shapes, mats: dict, mode: str, work
         sets = sum(n for _, n in dense_crossbars(exp).values())
         leak = sets * exp.tile.n_adcs * adc_leak * time_ns
     mb = moe["breakdown"]
+    active = dram.active_power_w.value / bw * 1e3           # pJ per byte
     breakdown = {
         "attention": dig["attention"],
         "projections": sum(mat[k]["crossbar"] + mat[k]["digital"] for k in ("q", "k", "v", "o")),
@@ -517,16 +604,19 @@ def _price_step(exp: DecoderExperiment, sh: _Shapes, mats: dict, mode: str, work
         "router": mb.get("router", 0.0),
         "norms_adds": dig["norms"] + dig["residual"] + dig["rope"],
         "buffers": dig["kv_sram"] + mb.get("buffers", 0.0) + mb.get("go_cache", 0.0),
-        "kv_dram": dram.active_power_w.value * (dram_bytes - go_bytes) / bw * 1e3,
-        "go_dram": dram.active_power_w.value * go_bytes / bw * 1e3,
+        "kv_dram": active * kv_bytes,
+        "go_dram": active * go_bytes,
+        "token_dram": active * host_bytes,
         "dram_idle": dram.idle_power_w.value * max(0.0, time_ns - busy_ns) * 1e3,
         "leakage": leak + mb.get("leakage", 0.0),
         "static": tech.digital_static_power_mw.value * time_ns,
     }
     return {"step": work.step, "n_tokens": L, "cycles": sum(cycles.values()),
-            "time_ns": time_ns, "compute_ns": compute_ns, "stall_ns": stall_ns,
+            "start_ns": t0, "time_ns": time_ns, "compute_ns": compute_ns, "stall_ns": stall_ns,
             "energy_pj": sum(breakdown.values()), "breakdown_pj": breakdown,
-            "phase_cycles": cycles, "kv_dram_rows": kv, "go_dram_rows": go_read_rows,
+            "phase_cycles": cycles, "kv_dram_rows": kv,
+            "go_dram_rows": {"read_rows": go["read_rows"], "write_rows": go["write_rows"]},
+            "dram": tl["dram"],
             "dense_tile_mvms": sum(x["tile_mvms"] for x in mat.values()),
             "moe_source": moe["source"]}
 
@@ -756,6 +846,18 @@ def _explanations(modes: dict, ratios: dict, kv_read_ns: float | None) -> list[s
             "of their KV+GO energy, the LM head 2,000 of a step's 3,440 MVMs); ours are priced "
             "per bit plane, ADC conversion and DAC pulse from the tech file, and the "
             "no-cache steps, made of MVMs, weigh accordingly.")
+        queued = {}
+        for st in modes["kv_go"]["steps"][1:]:
+            for kind, v in st["dram"].items():
+                queued[kind] = queued.get(kind, 0.0) + v["queue_ns"]
+        if any(queued.values()):
+            waits = ", ".join(f"{kind} {ns * 1e-3:.2f} us" for kind, ns in queued.items() if ns)
+            out.append(
+                "DRAM contention: KV, GO-cache and token transfers share one channel, first "
+                f"come first served; over the KV+GO decode steps requests queued ({waits}) "
+                "behind transfers submitted before them (e.g. a step's K/V reads behind its "
+                "own new row's write). The authors' simulator adds each transfer's time "
+                "without a shared queue.")
         out.append(
             f"DRAM: KV transfers {pct(sh.get('kv_dram', 0))} and idle power "
             f"{pct(sh.get('dram_idle', 0))} of our KV+GO decode energy; the authors charge "
@@ -815,6 +917,7 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
     wl = exp.workload
     root = Path(build_root) if build_root else default_build_root()
     gen, prompt, results, base, disagree = _golden(exp, say, root)
+    accuracy = decoder_accuracy(gen, prompt, base)
     t_golden = time.monotonic() - t0
 
     # the MoE layer on the decoder's MoE inputs
@@ -844,27 +947,34 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
     bits = {"h": bit_ones(base.attn_in, ab).tolist(), "a": bit_ones(base.attn_out, ab).tolist(),
             "f": [int(bit_ones(gen.final_hidden(r)[None], ab)[0]) for r in base.rows]}
     go = plan.go
-    go_rows = [t["read_rows"] for t in go["dram_traffic"]] if go else [0] * wl.n_generate
-    go_row_bytes = go["row_bytes"] if go else 0
+    no_go = {"read_rows": 0, "write_rows": 0, "row_bytes": 0}
     modes = {}
     for mode in wl.modes:
         r = results[mode]
         steps = []
+        # one DRAM channel over the mode's whole run: KV, GO-cache and token transfers contend
+        channel = DramChannel(bandwidth_gbps=exp.dram.bandwidth_gbps.value,
+                              latency_ns=exp.dram.latency_ns.value)
+        t = 0.0
         for work in r.work:
             if work.step == 0:
                 m = moe["prompt"]
             else:
                 m = moe["cached" if work.moe_cached else "recomputed"][work.step - 1]
-            go_read = go_rows[work.step] if work.moe_cached or work.step == 0 else 0
-            steps.append(_price_step(exp, sh, mats, mode, work, bits, m, go_read,
-                                     go_row_bytes))
+            uses_go = go and (work.moe_cached or (work.step == 0 and mode in ("go", "kv_go")))
+            g = {**go["dram_traffic"][work.step], "row_bytes": go["row_bytes"]} \
+                if uses_go else no_go
+            steps.append(_price_step(exp, sh, mats, mode, work, bits, m, g, channel, t,
+                                     last=work is r.work[-1]))
+            t += steps[-1]["time_ns"]
         modes[mode] = {"steps": steps, "decode": _totals(steps[1:]),
-                       "with_prompt": _totals(steps), "tokens": r.tokens}
+                       "with_prompt": _totals(steps), "tokens": r.tokens,
+                       "dram": {k: v for k, v in channel.summary().items()}}
     ratios = _ratios(modes)
     kv_read_ns = None
     if "kv_go" in modes:
         bw = exp.dram.bandwidth_gbps.value
-        kv_read_ns = sum(st["kv_dram_rows"]["read_rows"] * kv_row_bytes(exp.model) / bw
+        kv_read_ns = sum(st["dram"].get("kv_read", {}).get("bytes", 0) / bw
                          for st in modes["kv_go"]["steps"][1:])
     values_ok = (not disagree and moe_report["golden_match"] is not False
                  and (attention is None or attention["golden_match"]))
@@ -883,6 +993,7 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
             None if not disagree else False),
         "cycles_match_formula": cycles_ok,
         "go_cache_exact": moe_report["go_cache_exact"],
+        "accuracy": accuracy,
         "cache_comparison": {"modes": modes, "ratios": ratios},
         "paper": {"figures": _paper_block(exp, modes, ratios),
                   "explanations": _explanations(modes, ratios, kv_read_ns)},
@@ -918,13 +1029,18 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
             "dense_units": "the rest (embedding, MoE norm, second residual, final norm, LM "
                            "head, argmax): cycle formulas of the RTL units (moepim.spec.timing; "
                            "each unit tested bit- and cycle-exact on Amaranth, Verilator and "
-                           "Icarus), composed in the decoder controller's order (not one RTL "
-                           "design)",
-            "dram": "KV rows and GO-cache rows at the DRAM preset's bandwidth; the attention "
-                    "phase lasts at least its KV transfer"},
+                           "Icarus); from the attention norm to the second residual composed as "
+                           "the DecoderLayer RTL top composes them (decoder_layer_phases, "
+                           "tested against it in tests/test_decoder_layer.py); the embedding, "
+                           "final norm, LM head and argmax around it in the documented order",
+            "dram": "one DRAM channel per mode over the whole run (moepim.models.dram: first "
+                    "come, first served, latency pipelined): the prompt's tokens in, each "
+                    "step's new K/V rows written after RoPE and the earlier rows read when "
+                    "attention starts (attention ends no earlier than their transfer), the "
+                    "GO-cache rows read back and spilled when the MoE layer starts (it starts "
+                    "on them), the generated token out; KV, GO-cache and token transfers "
+                    "contend (per step: dram, the queueing per kind)"},
         "not_included": [
-            "contention between the KV cache's DRAM traffic and the MoE layer's (each step "
-            "prices them one after the other)",
             "activation buffers between the decoder's units (their SRAM bits)",
             "the LM head's ADC arithmetic (its logits are exact integer products)"],
         "wall_s": {"golden": t_golden,
@@ -950,8 +1066,13 @@ def summary_line(report: dict, out: Path) -> str:
     r = report["cache_comparison"]["ratios"].get("none_vs_kv_go")
     ratio = (f"; none/kv_go: {r['time']:.2f}x time, {r['energy']:.2f}x energy"
              if r and r["time"] else "")
+    acc = report.get("accuracy") or {}
+    vs_float = (f"; vs float: {100 * acc['relative_l2_error_y']:.1f} % output error, "
+                f"{100 * acc['next_token_agreement']:.0f} % same next token"
+                if acc else "")
     return (f"{report['sim']}: {len(g['tokens'])} tokens in "
-            f"{len(report['cache_comparison']['modes'])} modes, {status}{ratio}; report in "
+            f"{len(report['cache_comparison']['modes'])} modes, {status}{ratio}{vs_float}; "
+            f"report in "
             f"{out / 'report.json'} ({report['wall_s']['total']:.1f} s)")
 
 
@@ -962,6 +1083,8 @@ def _headline(report: dict) -> dict:
             "none_vs_kv_go_time": ratios.get("time"), "none_vs_kv_go_energy":
             ratios.get("energy"), "golden_match": report["golden_match"],
             "modes_agree": report["generation"]["modes_agree"],
+            "relative_l2_error_vs_float": report["accuracy"]["relative_l2_error_y"],
+            "next_token_agreement": report["accuracy"]["next_token_agreement"],
             "wall_s": report["wall_s"]["total"]}
 
 

@@ -18,9 +18,18 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moepim.models.decoder import kv_row_bytes
+from moepim.models.dram import DramChannel
 from moepim.models.generation import MODES, step_work
 from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment
-from moepim.sim.generation_run import _Shapes, dense_cycles, run_decoder_experiment
+from moepim.sim.generation_run import (
+    PHASES,
+    _Shapes,
+    _step_timeline,
+    dense_cycles,
+    moe_phase_cycles,
+    run_decoder_experiment,
+)
 from moepim.spec import timing as T
 
 from .conftest import need_simulator
@@ -49,8 +58,34 @@ def _check_report(exp, r, out):
                  lanes=exp.layer.lanes, units=exp.layer.n_attention_units,
                  act_bits=exp.model.quant.act_bits, mvm=exp.tile.spec().mvm_latency,
                  center=exp.model.norm == "layernorm", rope=exp.model.rope_theta is not None)
+    # the accuracy block: the integer decoder against the float one, teacher-forced
+    acc = r["accuracy"]
+    assert acc["tokens_compared"] == wl.n_generate
+    assert len(acc["float_tokens"]) == len(acc["our_token_rank_in_float_logits"]) == wl.n_generate
+    for key in ("relative_l2_error_x1", "relative_l2_error_y", "relative_l2_error_y_same_routing"):
+        assert 0.0 < acc[key] < 1.0, (key, acc[key])
+    same = [f == t for f, t in zip(acc["float_tokens"], r["generation"]["tokens"])]
+    assert acc["next_token_agreement"] == sum(same) / len(same)
+    assert all((rank == 0) == s for rank, s in zip(acc["our_token_rank_in_float_logits"], same))
+    row_bytes = kv_row_bytes(exp.model)
     for mode, m in modes.items():
         assert [s["step"] for s in m["steps"]] == list(range(wl.n_generate))
+        # one DRAM channel over the mode's run: the steps follow each other on it, it moved
+        # exactly the steps' transfers, and the run ends when the channel has drained
+        steps = m["steps"]
+        for a, b in zip(steps, steps[1:]):
+            assert math.isclose(b["start_ns"], a["start_ns"] + a["time_ns"])
+        moved = sum(v["bytes"] for s in steps for v in s["dram"].values())
+        assert m["dram"]["bytes"] == moved
+        end = steps[-1]["start_ns"] + steps[-1]["time_ns"]
+        assert end >= m["dram"]["last_done_ns"] - 1e-6
+        for s in steps:
+            want = (s["kv_dram_rows"]["read_rows"] * row_bytes,
+                    s["kv_dram_rows"]["write_rows"] * row_bytes)
+            assert (s["dram"].get("kv_read", {}).get("bytes", 0),
+                    s["dram"].get("kv_write", {}).get("bytes", 0)) == want
+            if mode in ("none", "go"):
+                assert want == (0, 0)
         for s in m["steps"]:
             # the energy is its breakdown; the time its compute plus its stalls
             assert math.isclose(s["energy_pj"], sum(s["breakdown_pj"].values()))
@@ -63,6 +98,9 @@ def _check_report(exp, r, out):
                 want = moe["decode"][s["step"] - 1]["cycles"]
             else:
                 want = moe["decode"][s["step"] - 1]["no_cache_cycles"]
+            # ... less its token and output beats and hand-over (DecoderLayer's composition)
+            rows = step_work(mode, s["step"], wl.n_prompt).moe_rows
+            want -= 2 * rows * sh.blocks + T.WINDOW_OVERHEAD
             assert s["phase_cycles"]["moe"] == want, (mode, s["step"])
         # the new row's attention in a cached step, by the unit's formula
         if mode == "kv_go":
@@ -110,14 +148,9 @@ def test_reduced_generation_on_the_rtl(sim, tmp_path):
         # the step's priced attention half is the simulated window's cycles
         half = sum(s["phase_cycles"][p] for p in ("attn_norm", "qkv_projection", "rope",
                                                   "attention", "o_projection"))
-        second = T.residual_cycles(exp.model.d_model // exp.layer.lanes) \
-            + T.ATTENTION_BLOCK_PHASE_OVERHEAD
-        if s["step"] == 0:
-            second = T.residual_cycles(wl.n_prompt * exp.model.d_model // exp.layer.lanes) \
-                + T.ATTENTION_BLOCK_PHASE_OVERHEAD
         # (the norm fed from the embedding's buffer: one cycle more than from i_rows)
         fed = T.ATTENTION_BLOCK_PHASE_OVERHEAD if wl.embedding else 0
-        assert half - fed + s["phase_cycles"]["residual"] - second == w["cycles"], s["step"]
+        assert half - fed + s["phase_cycles"]["residual"] == w["cycles"], s["step"]
     assert "AttentionBlock" in r["levels"]["attention_half"]
     _check_report(exp, r, out)
 
@@ -248,5 +281,69 @@ def test_attention_half_is_the_attention_block(heads, lanes, units, n_prompt, st
         n_attention_units=units)
     for phase in ("attn_norm", "qkv_projection", "rope", "attention", "o_projection"):
         assert got[phase] == block[phase], phase
-    second = T.residual_cycles(w.moe_rows * (d // lanes)) + T.ATTENTION_BLOCK_PHASE_OVERHEAD
-    assert got["residual"] - second == block["residual"]
+    assert got["residual"] == block["residual"]
+    assert got["moe_residual"] == \
+        T.residual_cycles(w.moe_rows * (d // lanes)) + T.ATTENTION_BLOCK_PHASE_OVERHEAD
+
+
+def test_step_timeline_queues_transfers_on_one_channel():
+    """A KV+GO step on one DRAM channel: the new row's K/V write (posted when RoPE ends)
+    holds the channel, so the earlier rows' read, submitted when attention starts, queues
+    behind it; attention ends no earlier than that read; the GO-cache read at the MoE phase
+    waits for nothing left; the last step drains the channel."""
+    exp = load_experiment(SMALL)
+    clock = exp.tech.clock_ns.value
+    bw, lat = exp.dram.bandwidth_gbps.value, exp.dram.latency_ns.value
+    row = kv_row_bytes(exp.model)
+    work = step_work("kv_go", 3, exp.workload.n_prompt)
+    cycles = dict.fromkeys(PHASES, 10)
+    cycles["attention"] = 1          # shorter than the K/V read: the read bounds the phase
+    kv = {"read_rows": work.n_tokens - 1, "write_rows": 1}
+    go = {"read_rows": 2, "write_rows": 0, "row_bytes": 16}
+    ch = DramChannel(bandwidth_gbps=bw, latency_ns=lat)
+    tl = _step_timeline(exp, ch, 100.0, cycles, work, kv, go, last=True)
+    kinds = [r.kind for r in ch.requests]
+    assert kinds == ["kv_write", "kv_read", "go_cache_read", "token_out"]
+    write, read, go_read, out = ch.requests
+    # the write arrives when RoPE ends: after the phases before attention
+    before = PHASES[:PHASES.index("attention")]
+    assert math.isclose(write.arrival_ns, 100.0 + sum(cycles[p] for p in before) * clock)
+    assert math.isclose(read.arrival_ns, write.arrival_ns)
+    assert math.isclose(read.queue_ns, row / bw)          # behind the whole write
+    assert math.isclose(tl["dram"]["kv_read"]["queue_ns"], row / bw)
+    assert read.done_ns > read.arrival_ns + cycles["attention"] * clock
+    after = PHASES[PHASES.index("attention") + 1:PHASES.index("moe")]
+    assert math.isclose(go_read.arrival_ns, read.done_ns + sum(cycles[p] for p in after)
+                        * clock)
+    assert go_read.queue_ns == 0
+    assert math.isclose(tl["end_ns"], max(r.done_ns for r in ch.requests))
+    assert tl["end_ns"] - tl["start_ns"] > tl["compute_ns"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([(4, 4), (4, 2), (8, 1)]), lanes=st.sampled_from([4, 8]),
+       units=st.integers(1, 4), n_prompt=st.integers(1, 12), step=st.integers(0, 6),
+       route=st.one_of(st.none(), st.integers(1, 500)), n_jobs=st.integers(0, 40),
+       compute=st.integers(0, 5000), settle=st.integers(0, 1), rope=st.booleans())
+def test_a_kv_go_step_is_the_decoder_layer_formula(heads, lanes, units, n_prompt, step, route,
+                                                    n_jobs, compute, settle, rope):
+    """A KV+GO step (or the prompt) from the attention norm to the second residual, priced
+    from a stand-alone MoE window's cycles, is ``DecoderLayer``'s window
+    (``decoder_layer_cycles``, tested against its RTL in tests/test_decoder_layer.py)."""
+    d, hd = 64, 16
+    sh = _Shapes(d=d, heads=heads[0], kv_heads=heads[1], head_dim=hd, vocab=100, lanes=lanes,
+                 units=units, act_bits=8, mvm=20, center=False, rope=rope)
+    mats = {"q": (d, heads[0] * hd), "k": (d, heads[1] * hd), "v": (d, heads[1] * hd),
+            "o": (heads[0] * hd, d), "embedding": (64, d), "lm_head": (d, 100)}
+    w = step_work("kv_go", step, n_prompt)
+    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False)
+    timing = T.LayerTiming(blocks=d // lanes, group_latencies=(1,), queue_depth=2)
+    window = timing.window_cycles(w.moe_rows, n_jobs, compute, route, settle)
+    got["moe"] = moe_phase_cycles(window, w.moe_rows, d // lanes)
+    want = T.decoder_layer_cycles(
+        w.q_rows, w.n_tokens - w.q_rows, d_model=d, n_heads=heads[0], n_kv_heads=heads[1],
+        head_dim=hd, lanes=lanes, act_bits=8, center=False, mvm=20, rope=rope,
+        n_attention_units=units, route=route, n_jobs=n_jobs, compute=compute, settle=settle)
+    layer = ("attn_norm", "qkv_projection", "rope", "attention", "o_projection", "residual",
+             "moe_norm", "moe", "moe_residual")
+    assert sum(got[p] for p in layer) == want
