@@ -25,7 +25,7 @@ run: setup
 	$(VENV)/bin/moepim run $(RUN_CONFIG) --out $(RUN_OUT)
 
 test: setup
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check spec hw sim models testbenches tests benchmarks tools
