@@ -7,7 +7,14 @@ Flow (``synth_script``):
 2. Memories are SRAM macros, not logic: each is listed (``dump -m t:$mem_v2``, and the
    black-box SRAM macros ``moepim_sram`` of :mod:`moepim.hw.sram`: width x depth, per
    instance) and removed before gate mapping; their area is ``bits x sram_area_um2_per_bit``
-   of the technology file.
+   of the technology file. The logic around a removed memory stays, as it does around a
+   black-box macro: the wires on its write data, write address, write enable, read address
+   and read enable are kept (``setattr -set keep``), and the wires of its read data,
+   undriven once it is gone, become free inputs (``setundef -undriven -anyseq`` on them
+   alone), so the logic they feed is not
+   folded to constants. (Without this, Yosys removed every gate that only fed a memory or
+   was only fed by one: an attention unit's datapath around its register files counted
+   2,968 transistors instead of about 200,000.)
 3. ``synth -run fine:`` maps the logic to Yosys's internal gates, ``dfflegalize`` to plain D
    flip-flops, and ``stat -tech cmos`` estimates the CMOS transistors. ``flow="gates"``
    (default) stops at the technology-mapped gates (``-noabc``); ``flow="abc"`` adds ABC's
@@ -44,6 +51,8 @@ from .toolchain import ToolchainError
 __all__ = ["synthesize", "synth_script", "FLOWS"]
 
 FLOWS = ("gates", "abc")
+# the ports of a ``$mem_v2`` cell that logic drives (their wires are kept when it is removed)
+MEMORY_INPUT_PORTS = ("WR_DATA", "WR_ADDR", "WR_EN", "RD_ADDR", "RD_EN")
 
 
 def synth_script(top: str, *, flow: str = "gates", blackbox: tuple[str, ...] = ()) -> str:
@@ -54,7 +63,12 @@ def synth_script(top: str, *, flow: str = "gates", blackbox: tuple[str, ...] = (
         steps.append("blackbox " + " ".join(blackbox))
     steps += [f"synth -top {top} -run :fine",
               "tee -q -o memories.txt dump -m t:$mem_v2 t:moepim_sram",
+              # keep the logic on the memories' ports, then free their read data
+              "setattr -set keep 1 t:$mem_v2 %ci1:+[" + ",".join(MEMORY_INPUT_PORTS)
+              + "] t:$mem_v2 %d",
+              "select -set memory_reads t:$mem_v2 %co1:+[RD_DATA] t:$mem_v2 %d",
               "delete t:$mem_v2",
+              "setundef -undriven -anyseq @memory_reads",
               f"synth -top {top} -run fine:" + (" -noabc" if flow == "gates" else ""),
               "dfflegalize -cell $_DFF_P_ 01"]
     if flow == "abc":
