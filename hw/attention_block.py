@@ -1,6 +1,6 @@
 """``AttentionBlock``: the attention half of a decoder layer as one design, composed of the
 tested units, bit-exact with the attention half of ``moepim.models.decoder.decoder_forward_int``
-(the KV cache on chip) and cycle-exact with ``moepim.spec.timing.attention_block_phases``.
+(the KV cache on chip, or beyond ``kv_cache_rows`` positions in DRAM) and cycle-exact with ``moepim.spec.timing.attention_block_phases``.
 
 For a window of ``T`` rows ``x`` at positions ``p0 .. p0 + T - 1`` (the KV store already holds
 K and V of positions ``0 .. p0 - 1``, written by earlier windows)::
@@ -38,6 +38,29 @@ requantises it unclamped (``b_mult``/``b_shift`` = ``o_mult``/``o_shift``), as t
    O buffer;
 6. ``residual``: ``x`` and O beats (read together) through the ResidualUnit to ``o_rows``.
 
+With ``kv_cache_rows = C`` (not ``None``), two KV DRAM phases run between ``rope`` (the
+projections without RoPE) and ``attention``, each skipped when it moves nothing:
+
+* ``kv_spill``: the window's new rows at positions ``max(p0, C) .. p0 + T - 1`` (K rotated)
+  read from the store (a reader, as a buffer-fed phase) and written to DRAM, a word a cycle;
+* ``kv_fetch``: the rows of positions ``C .. p0 - 1`` read back from DRAM, the read
+  requests back to back from the phase's first cycle, each response written into the store
+  as it comes; the phase ends the cycle after the last response.
+
+**The KV cache in DRAM** (``kv_cache_rows = C``; ``None``, the default: every position on
+chip, no DRAM port). The store stays the window's working buffer (``n_positions`` rows, so a
+window's attention reads every key on chip); only positions ``0 .. C - 1`` are kept across
+windows (the on-chip KV SRAM), positions ``>= C`` live in DRAM: written once by their window
+(``kv_spill``), read back once by every later window (``kv_fetch``), overwriting the store's
+rows. A DRAM word is one store word: one (position, K or V, beat) of every K/V head
+(:attr:`kv_word_layout`: head ``g``'s ``lanes`` codes at elements ``g lanes ..``), a
+position ``W = 2 head_dim / lanes`` words. Address map (:meth:`kv_dram_address`): word ``(p - C) W + b`` holds
+K beat ``b`` of position ``p``, ``(p - C) W + head_dim / lanes + b`` its V beat ``b`` (``b``
+the head-dim beat; with RoPE ``b = h hb + k``, half ``h``, word ``k``); positions in order,
+each its K beats then its V beats, the order of both phases' requests. Counters
+``kv_counters`` (cumulative): ``words_written``/``words_read`` (handshakes of writes and of
+read responses) and ``rows_written``/``rows_read`` (positions completed).
+
 Buffer layouts: a head vector is ``HB = head_dim / lanes`` words; with RoPE the Q buffer and the
 K store are two memories each (the first and the second half of every head vector, ``hb =
 HB / 2`` words each), so a RoPE beat reads its pair ``(t_i, t_{i + head_dim/2})`` in one cycle;
@@ -55,8 +78,12 @@ plus ``ATTENTION_BLOCK_PHASE_OVERHEAD = 1`` cycle (the buffer read before its fi
 ``qkv_projection`` ``max(projection_cycles(T, q), projection_cycles(T, kv))``, ``rope``
 ``max(rope_cycles(T H), rope_cycles(T G))``, ``attention`` ``ceil(H / U) * sum over rows
 of attention_job_cycles(pos + 1)``, ``o_projection`` ``projection_cycles(T, o)``, ``residual``
-``residual_cycles(T d_model / lanes)``, each ``+ 1``. The window (first ``i_rows`` handshake
-to the cycle after the last ``o_rows`` handshake) is their sum.
+``residual_cycles(T d_model / lanes)``, each ``+ 1``; with ``kv_cache_rows``, under a DRAM
+that takes every request and answers a read the cycle after it (``DramResponder``'s; the
+DRAM's own timing is modelled outside the RTL, ``moepim.models.dram``): ``kv_spill`` ``1 +
+S W`` (``S`` rows written), ``kv_fetch`` ``F W + KV_DRAM_READ_LATENCY`` (``F`` rows read,
+``KV_DRAM_READ_LATENCY = 1``), 0 when they move nothing. The window (first ``i_rows``
+handshake to the cycle after the last ``o_rows`` handshake) is their sum.
 
 **Ports.**
 
@@ -73,12 +100,17 @@ to the cycle after the last ``o_rows`` handshake) is their sum.
   requantisation, unclamped, in the residual), ``res_mult``/``res_shift`` (``x``'s),
   ``index_mult``/``index_shift`` (the softmax table index).
 * ``bank_base``: the Q, K, V and O banks' cell images are ``bank_base + 0 .. 3``.
-* ``phase``: the running phase (0 idle, then the phases above 1 .. 6).
+* with ``kv_cache_rows``: ``o_kv_dram_req`` (stream: ``write``, ``addr``, ``data`` a KV
+  word) and ``i_kv_dram_resp`` (stream: ``data``), the GO cache's protocol (reads answered
+  in order, any latency; the phases wait for every handshake); ``kv_counters``
+  (``counter_bits`` each).
+* ``phase``: the running phase (:data:`PHASES`: 0 idle, then ``norm`` .. ``residual``,
+  ``kv_spill``/``kv_fetch`` between ``rope`` and ``attention``).
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -90,16 +122,19 @@ from .attention import AttentionUnit
 from .expert_engine import SHIFT_BITS
 from .matrix_bank import BANK_ID_BITS
 from .norm import NORM_SHIFT_BITS, NormUnit, norm_param_layout, norm_row_layout
-from .params import check_multiplier_bits, check_tile
+from .params import check_counter_bits, check_multiplier_bits, check_tile
 from .projection import ProjectionUnit
 from .residual import ResidualUnit
 from .rope import RopeUnit, coef_layout
 from .sram import Sram
 
-__all__ = ["AttentionBlock", "PHASES"]
+__all__ = ["AttentionBlock", "PHASES", "KV_COUNTERS"]
 
-PHASES = ("idle", "norm", "qkv_projection", "rope", "attention", "o_projection", "residual")
-IDLE, NORM, QKV, ROPE, ATTN, OPROJ, RES = range(len(PHASES))
+PHASES = ("idle", "norm", "qkv_projection", "rope", "kv_spill", "kv_fetch", "attention",
+          "o_projection", "residual")
+IDLE, NORM, QKV, ROPE, SPILL, FETCH, ATTN, OPROJ, RES = range(len(PHASES))
+# the KV DRAM counters (``kv_counters``, cumulative over windows)
+KV_COUNTERS = ("words_written", "words_read", "rows_written", "rows_read")
 
 
 def _step(m, counters):
@@ -122,7 +157,8 @@ class AttentionBlock(wiring.Component):
     def __init__(self, *, tile: TileSpec, d_model: int, n_heads: int, n_kv_heads: int,
                  head_dim: int, lanes: int, act_bits: int = 8, multiplier_bits: int = 15,
                  n_positions: int, n_attention_units: int = 1, center: bool = False,
-                 rope: bool = True, max_rows: int | None = None):
+                 rope: bool = True, max_rows: int | None = None,
+                 kv_cache_rows: int | None = None, counter_bits: int = 48):
         check_tile(tile)
         for name, value in (("d_model", d_model), ("n_heads", n_heads),
                             ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
@@ -146,6 +182,14 @@ class AttentionBlock(wiring.Component):
              f"at most n_heads={n_heads}")
         need(tile.input_bits >= act_bits, "tile", tile,
              f"a tile with input_bits >= act_bits={act_bits} (the projections' inputs)")
+        need(kv_cache_rows is None or (isinstance(kv_cache_rows, int)
+                                       and not isinstance(kv_cache_rows, bool)
+                                       and 0 <= kv_cache_rows < n_positions),
+             "kv_cache_rows", kv_cache_rows,
+             f"None (every position on chip) or an integer from 0 to n_positions - 1 = "
+             f"{n_positions - 1}")
+        check_counter_bits(counter_bits)
+        self._kv_rows, self._counter_bits = kv_cache_rows, counter_bits
         self._tile, self._d, self._h, self._g, self._hd = tile, d_model, n_heads, n_kv_heads, \
             head_dim
         self._lanes, self._ab, self._mb = lanes, act_bits, multiplier_bits
@@ -191,7 +235,15 @@ class AttentionBlock(wiring.Component):
         for name in ("q", "k", "v", "o", "res", "index"):
             ports[f"{name}_mult"] = rq()["mult"]
             ports[f"{name}_shift"] = rq()["shift"]
-        ports["phase"] = Out(unsigned(3))
+        if kv_cache_rows is not None:
+            word = self.kv_word_layout
+            c = unsigned(counter_bits)
+            ports.update({
+                "o_kv_dram_req": Out(stream.Signature(data.StructLayout({
+                    "write": 1, "addr": unsigned(self.kv_dram_addr_bits), "data": word}))),
+                "i_kv_dram_resp": In(stream.Signature(data.StructLayout({"data": word}))),
+                "kv_counters": Out(data.StructLayout({name: c for name in KV_COUNTERS}))})
+        ports["phase"] = Out(unsigned(index_bits(len(PHASES))))
         super().__init__(ports)
 
     tile = property(lambda self: self._tile)
@@ -210,6 +262,41 @@ class AttentionBlock(wiring.Component):
     beats = property(lambda self: self._d // self._lanes)
     head_beats = property(lambda self: self._hd // self._lanes)
     rope_beats = property(lambda self: timing.rope_beats(self._hd, self._lanes))
+    kv_cache_rows = property(lambda self: self._kv_rows,
+                             doc="Positions kept on chip across windows (``None``: all).")
+    counter_bits = property(lambda self: self._counter_bits)
+    kv_dram_words_per_row = property(
+        lambda self: timing.kv_dram_words_per_row(self._hd, self._lanes),
+        doc="KV DRAM words of one position: its K beats, then its V beats.")
+
+    @property
+    def kv_word_layout(self) -> data.ArrayLayout:
+        """A KV DRAM word (a KV-store word): ``n_kv_heads * lanes`` signed ``act_bits``
+        codes, K/V head ``g``'s ``lanes`` codes at elements ``g lanes ..`` (bits ``g lanes
+        act_bits ..``)."""
+        return data.ArrayLayout(signed(self._ab), self._g * self._lanes)
+
+    @property
+    def kv_dram_words(self) -> int:
+        """KV DRAM words the block addresses: positions ``kv_cache_rows .. n_positions - 1``
+        (0 with every position on chip)."""
+        if self._kv_rows is None:
+            return 0
+        return (self._np - self._kv_rows) * self.kv_dram_words_per_row
+
+    @property
+    def kv_dram_addr_bits(self) -> int:
+        return index_bits(max(1, self.kv_dram_words))
+
+    def kv_dram_address(self, position: int, beat: int, value: bool) -> int:
+        """The KV DRAM word of ``position`` (``>= kv_cache_rows``), head-dim beat ``beat``
+        (``0 .. head_dim / lanes - 1``), K (``value`` False) or V: ``(position -
+        kv_cache_rows) * 2 HB + (HB if value else 0) + beat``, ``HB = head_dim / lanes``."""
+        need(self._kv_rows is not None and self._kv_rows <= position < self._np, "position",
+             position, f"a position in DRAM (kv_cache_rows={self._kv_rows} .. "
+             f"{self._np - 1})")
+        HB = self.head_beats
+        return (position - self._kv_rows) * 2 * HB + (HB if value else 0) + beat
 
     @property
     def projections(self) -> dict[str, ProjectionUnit]:
@@ -221,7 +308,8 @@ class AttentionBlock(wiring.Component):
         return timing.attention_block_phases(
             n_rows, first_position, d_model=self._d, n_heads=self._h, n_kv_heads=self._g,
             head_dim=self._hd, lanes=self._lanes, act_bits=self._ab, center=self._center,
-            mvm=self._tile.mvm_latency, rope=self._rope, n_attention_units=self._u)
+            mvm=self._tile.mvm_latency, rope=self._rope, n_attention_units=self._u,
+            kv_cache_rows=self._kv_rows)
 
     def elaborate(self, platform):
         m = Module()
@@ -294,6 +382,13 @@ class AttentionBlock(wiring.Component):
         total = Signal(range(MR * B + 1))           # x / h / O beats of the window
         m.d.comb += total.eq(n_rows * B)
         counters = []
+        C = self._kv_rows
+        if C is not None:
+            # the window's KV DRAM rows: spilled (positions max(p0, C) .. p0 + T - 1, from
+            # sp_first, at DRAM word sp_base) and fetched (C .. p0 - 1)
+            sp_rows, fe_rows = Signal(range(MR + 1)), Signal(range(NP + 1))
+            sp_first = Signal(range(NP))
+            sp_base = Signal(range(max(1, self.kv_dram_words)))
 
         def counter(name, top):
             c = Signal(range(top + 1), name=name)
@@ -372,10 +467,7 @@ class AttentionBlock(wiring.Component):
         v_out = v_p.o_rows.valid
         with m.If(v_out):
             _step(m, [(vw_b, HB), (vw_g, G), (vw_r, None)])
-        for g in range(G):
-            m.d.comb += [vmem[g].w_en.eq(v_out & (vw_g == g)),
-                         vmem[g].w_addr.eq((p0 + vw_r) * HB + vw_b),
-                         vmem[g].w_data.eq(v_p.o_rows.payload.codes)]
+        v_writes = []          # the V store's write branches after the projection's
         qkv_done = (qw_r == n_rows) & (kw_r == n_rows) & (vw_r == n_rows)
 
         # ---- RoPE: Q buffer and the window's K rows, in place
@@ -438,9 +530,84 @@ class AttentionBlock(wiring.Component):
             prev_attn, prev_attn_done = ROPE, rope_done
         else:
             prev_attn, prev_attn_done = QKV, qkv_done
+        pre_end = (phase == prev_attn) & prev_attn_done      # the cycle the phase ends
+
+        # ---- the KV DRAM: the new rows at positions >= C written (kv_spill), then the rows
+        # C .. p0 - 1 read back into the store (kv_fetch); a word (position, K/V, half h,
+        # beat k): every K/V head's beat (the store word); DRAM word address (pos - C) W +
+        # (HB if V) + h hb + k
+        k_reads, v_reads, k_writes = [], [], []     # the store ports' branches, later on
+        if C is not None:
+            W = 2 * HB
+            req, resp = self.o_kv_dram_req, self.i_kv_dram_resp
+            cnt = self.kv_counters
+            # spill: the store read (reader), then the write request
+            spill_end = Signal()
+            run_spill = (phase == SPILL) | (pre_end & (sp_rows != 0))
+            sr_k, sr_h, sr_v, sr_r = (counter("sr_k", hb), counter("sr_h", NH),
+                                      counter("sr_v", 2), counter("sr_r", NP))
+            sr_valid, sr_adv, sr_fetch = reader("sr", req.ready, run_spill & (sr_r < sp_rows))
+            sr_pos = Signal(range(NP))
+            m.d.comb += sr_pos.eq(sp_first + sr_r)
+            sr_h_reg, sr_v_reg, sr_last = Signal(range(NH)), Signal(), Signal()
+            with m.If(sr_fetch):
+                m.d.sync += [sr_h_reg.eq(sr_h), sr_v_reg.eq(sr_v),
+                             sr_last.eq((sr_v == 1) & (sr_h == NH - 1) & (sr_k == hb - 1))]
+                _step(m, [(sr_k, hb), (sr_h, NH), (sr_v, 2), (sr_r, None)])
+            k_reads.append((run_spill, sr_adv, sr_pos * hb + sr_k))
+            v_reads.append((run_spill, sr_adv, sr_pos * HB + sr_h * hb + sr_k))
+            k_word = pick(sr_h_reg, [Cat(*[kmem[g][h].r_data for g in range(G)])
+                                     for h in range(NH)], layout=self.kv_word_layout,
+                          name="spill_k_word")
+            v_word = Signal(self.kv_word_layout, name="spill_v_word")
+            m.d.comb += v_word.eq(Cat(*[vmem[g].r_data for g in range(G)]))
+            sw = counter("sw", NP * W)              # write handshakes: the next word's index
+            sp_words = Signal(range(NP * W + 1))
+            m.d.comb += [sp_words.eq(sp_rows * W), spill_end.eq(sw == sp_words)]
+            with m.If(sr_valid):
+                m.d.comb += [req.valid.eq(1), req.payload.write.eq(1),
+                             req.payload.addr.eq(sp_base + sw),
+                             req.payload.data.eq(Mux(sr_v_reg, v_word, k_word))]
+                with m.If(req.ready):
+                    m.d.sync += [sw.eq(sw + 1), cnt.words_written.eq(cnt.words_written + 1)]
+                    with m.If(sr_last):
+                        m.d.sync += cnt.rows_written.eq(cnt.rows_written + 1)
+            spill_done = (phase == SPILL) & spill_end
+            # fetch: read requests from the phase's first cycle, responses into the store
+            run_fetch = (phase == FETCH) | (pre_end & (sp_rows == 0) & (fe_rows != 0)) | \
+                (spill_done & (fe_rows != 0))
+            fe_words = Signal(range(NP * W + 1))
+            m.d.comb += fe_words.eq(fe_rows * W)
+            fq = counter("fq", NP * W)
+            with m.If(run_fetch & (fq < fe_words)):
+                m.d.comb += [req.valid.eq(1), req.payload.write.eq(0), req.payload.addr.eq(fq)]
+                with m.If(req.ready):
+                    m.d.sync += fq.eq(fq + 1)
+            fr_k, fr_h, fr_v, fr_r = (counter("fr_k", hb), counter("fr_h", NH),
+                                      counter("fr_v", 2), counter("fr_r", NP))
+            fr = counter("fr", NP * W)              # responses
+            m.d.comb += resp.ready.eq(phase == FETCH)
+            f_in = resp.valid & resp.ready
+            with m.If(f_in):
+                m.d.sync += [fr.eq(fr + 1), cnt.words_read.eq(cnt.words_read + 1)]
+                with m.If((fr_v == 1) & (fr_h == NH - 1) & (fr_k == hb - 1)):
+                    m.d.sync += cnt.rows_read.eq(cnt.rows_read + 1)
+                _step(m, [(fr_k, hb), (fr_h, NH), (fr_v, 2), (fr_r, None)])
+            fr_pos = Signal(range(NP))
+            m.d.comb += fr_pos.eq(C + fr_r)
+            wbits = lanes * ab                      # a bank's word in the KV word
+            f_words = [resp.payload.data.as_value()[g * wbits:(g + 1) * wbits]
+                       for g in range(G)]
+            k_writes.append((f_in & (fr_v == 0), fr_h, fr_pos * hb + fr_k, f_words))
+            v_writes.append((f_in & (fr_v == 1), fr_pos * HB + fr_h * hb + fr_k, f_words))
+            fetch_done = (phase == FETCH) & (fr == fe_words)
+            to_attn = (pre_end & (sp_rows == 0) & (fe_rows == 0)) | \
+                (spill_done & (fe_rows == 0)) | fetch_done
+        else:
+            to_attn = pre_end
 
         # ---- attention: rounds of U heads in lockstep on one K and one V read stream
-        run_attn = (phase == ATTN) | ((phase == prev_attn) & prev_attn_done)
+        run_attn = (phase == ATTN) | to_attn
         u0 = units[0]
         # queries: (round, row), beat (half, k)
         qa_k, qa_h, qa_r, qa_rd = (counter("qa_k", hb), counter("qa_h", NH),
@@ -471,7 +638,18 @@ class AttentionBlock(wiring.Component):
             m.d.sync += va_rd_reg.eq(va_rd)
             _step(m, [(va_b, HB), (va_j, p0 + va_r + 1), (va_r, n_rows), (va_rd, None)])
         for g in range(G):
+            with m.If(v_out):
+                m.d.comb += [vmem[g].w_en.eq(vw_g == g),
+                             vmem[g].w_addr.eq((p0 + vw_r) * HB + vw_b),
+                             vmem[g].w_data.eq(v_p.o_rows.payload.codes)]
+            for en, addr, words in v_writes:
+                with m.Elif(en):
+                    m.d.comb += [vmem[g].w_en.eq(1), vmem[g].w_addr.eq(addr),
+                                 vmem[g].w_data.eq(words[g])]
             m.d.comb += [vmem[g].r_en.eq(va_adv), vmem[g].r_addr.eq(va_j * HB + va_b)]
+            for run, adv, addr in v_reads:
+                with m.If(run & ~run_attn):
+                    m.d.comb += [vmem[g].r_en.eq(adv), vmem[g].r_addr.eq(addr)]
         for u, au in enumerate(units):
             # unit u's K/V head in round rd: group(rd, u); its slice of the store word
             k_word = pick(ka_rd_reg * NH + ka_h_reg,
@@ -532,10 +710,17 @@ class AttentionBlock(wiring.Component):
                                      mem.w_addr.eq((p0 + rkw_r) * hb + rkw_k),
                                      mem.w_data.eq(rope_k.o_vectors.payload.a if h == 0
                                                    else rope_k.o_vectors.payload.b)]
+                for en, wh, addr, words in k_writes:
+                    with m.Elif(en):
+                        m.d.comb += [mem.w_en.eq(wh == h), mem.w_addr.eq(addr),
+                                     mem.w_data.eq(words[g])]
                 m.d.comb += [mem.r_en.eq(ka_adv), mem.r_addr.eq(ka_addr)]
                 if self._rope:
                     with m.If(run_rope & ~run_attn):
                         m.d.comb += [mem.r_en.eq(rk_adv), mem.r_addr.eq(rk_addr)]
+                for run, adv, addr in k_reads:
+                    with m.If(run & ~run_attn):
+                        m.d.comb += [mem.r_en.eq(adv), mem.r_addr.eq(addr)]
 
         # ---- O projection: A rows (row, head = round * U + unit, beat b; the busy units),
         # raw accumulators
@@ -592,15 +777,31 @@ class AttentionBlock(wiring.Component):
                     m.d.sync += [n_rows.eq(win.payload.n_rows),
                                  p0.eq(win.payload.first_position), phase.eq(NORM)]
                     m.d.sync += [c.eq(0) for c in counters]
+                    if C is not None:
+                        wp0, wn = win.payload.first_position, win.payload.n_rows
+                        first = Mux(wp0 > C, wp0, C)
+                        m.d.sync += [sp_first.eq(first),
+                                     sp_rows.eq(Mux(wp0 + wn > first, wp0 + wn - first, 0)),
+                                     fe_rows.eq(Mux(wp0 > C, wp0 - C, 0)),
+                                     sp_base.eq((first - C) * W)]
             with m.Case(NORM):
                 with m.If(norm_done):
                     m.d.sync += phase.eq(QKV)
+            after_rope = ATTN if C is None else \
+                Mux(sp_rows != 0, SPILL, Mux(fe_rows != 0, FETCH, ATTN))
             with m.Case(QKV):
                 with m.If(qkv_done):
-                    m.d.sync += phase.eq(ROPE if self._rope else ATTN)
+                    m.d.sync += phase.eq(ROPE if self._rope else after_rope)
             if self._rope:
                 with m.Case(ROPE):
                     with m.If(rope_done):
+                        m.d.sync += phase.eq(after_rope)
+            if C is not None:
+                with m.Case(SPILL):
+                    with m.If(spill_end):
+                        m.d.sync += phase.eq(Mux(fe_rows != 0, FETCH, ATTN))
+                with m.Case(FETCH):
+                    with m.If(fetch_done):
                         m.d.sync += phase.eq(ATTN)
             with m.Case(ATTN):
                 with m.If(attn_done):

@@ -21,21 +21,22 @@ controller only sequences the phases and addresses the ``x1`` buffer.
 
 **Phases** (``phase``, :data:`PHASES`), one after another over the window:
 
-1. .. 6. the attention block's (``attn_norm`` .. ``residual``; ``phase`` shows the block's);
-7. ``moe_norm``: the ``x1`` buffer's rows through the MoE norm into the MoE layer's
+1. .. 8. the attention block's (``attn_norm`` .. ``residual``, its KV DRAM phases
+   ``kv_spill``/``kv_fetch`` with ``kv_cache_rows``; ``phase`` shows the block's);
+9. ``moe_norm``: the ``x1`` buffer's rows through the MoE norm into the MoE layer's
    ``i_tokens`` (``last`` on the window's final beat);
-8. ``route``: the MoE layer's routing (``route_mode`` != ``MODE_HOST``): from the cycle
+10. ``route``: the MoE layer's routing (``route_mode`` != ``MODE_HOST``): from the cycle
    after the last token beat to the cycle after the closing route beat's handshake
    (skipped when the host routes);
-9. ``jobs``: the plan's beats into the MoE layer (``i_jobs``), to the cycle after the last;
-10. ``experts``: the MoE layer's timestamps (its scheduler's settle included);
-11. ``moe_residual``: the MoE layer's read-out (its output buffer's first read, then a beat
+11. ``jobs``: the plan's beats into the MoE layer (``i_jobs``), to the cycle after the last;
+12. ``experts``: the MoE layer's timestamps (its scheduler's settle included);
+13. ``moe_residual``: the MoE layer's read-out (its output buffer's first read, then a beat
     per cycle), each beat paired with the ``x1`` buffer's beat (read ahead) through the
     ResidualUnit to ``o_rows``.
 
 **Cycles** (``decoder_layer_phases``; no input gaps, no back-pressure on ``o_rows`` or
 ``o_routes``, the plan offered from the cycle after the closing route beat): the attention
-block's phases (``attention_block_phases``); ``moe_norm`` ``norm_cycles(T) + 1`` (the buffer
+block's phases (``attention_block_phases`` with ``kv_cache_rows``); ``moe_norm`` ``norm_cycles(T) + 1`` (the buffer
 read before the first beat, ``DECODER_LAYER_PHASE_OVERHEAD``), ``route`` the MoE layer's
 ``LayerTiming.route_cycles`` (0 when the host routes), ``jobs`` ``max(1, J)``, ``experts``
 ``LayerTiming.compute_cycles`` plus the scheduler's settle (``LayerTiming.settle_cycles``),
@@ -56,11 +57,25 @@ buffer-fed phase issues its first read in the cycle its predecessor ends).
   and ``res2_moe_mult``/``_shift`` (the MoE output's), all held during a window;
 * the MoE layer's host ports, by its names: ``route_mode``, ``route_cap``, ``go_insert``,
   ``gate_index_*`` (and ``gate_hidden_*``, ``gate_shared_*``, ``i_gate_lut``), ``o_routes``,
-  ``o_dram_req``/``i_dram_resp`` (GO cache), ``i_lut`` (SwiGLU), ``i_jobs``,
+  ``o_dram_req``/``i_dram_resp`` (GO cache; with ``kv_cache_rows`` the layer's one DRAM
+  port, below), ``i_lut`` (SwiGLU), ``i_jobs``,
   ``combine_mult``/``_shift``, ``counters``; its window protocol (``MoELayerAccelerator``'s
   docstring) with the tokens supplied on chip: the host holds ``route_mode``/``route_cap``/
   ``go_insert`` for the window, takes the routes, then offers the plan on ``i_jobs``;
 * ``phase``: the running phase (0 idle).
+
+**The DRAM port** (``kv_cache_rows`` in ``attention``, the attention block's KV cache in
+DRAM): one port for the layer, ``o_dram_req`` (``write``, ``addr``, ``data``) and
+``i_dram_resp`` (``data``), the GO cache's protocol. The KV cache's requests come only while
+the attention block runs (its ``kv_spill``/``kv_fetch`` phases), the GO cache's only in the
+MoE layer's routing, and each phase ends after its last response, so the port is muxed by
+the controller's state (the attention block's while it runs, else the MoE layer's) with no
+arbitration. Address map: the GO region at ``0 .. 2^a - 1`` (``a`` the GO cache's address
+bits; its DRAM row ``n`` at ``n``), the KV region from :attr:`kv_dram_base` ``= 2^a`` (0
+without a GO cache), word ``kv_dram_base + AttentionBlock.kv_dram_address(p, b, v)``;
+``data`` is ``max(GO row bits, KV word bits)`` wide (a GO row ``n_experts * score_bits``, a
+KV word ``n_kv_heads * lanes * act_bits``), the narrower zero-extended on writes and
+truncated on read responses. The attention block's ``kv_counters`` pass through.
 
 Cell images: the MoE layer's banks are ``0 .. gate_bank_id`` (its groups', then its gate's),
 the attention block's Q, K, V and O banks :attr:`attention_bank_base` ``+ 0 .. 3`` after them.
@@ -90,15 +105,23 @@ from .sram import Sram
 
 __all__ = ["DecoderLayer", "PHASES"]
 
-PHASES = ("idle", "attn_norm", "qkv_projection", "rope", "attention", "o_projection",
-          "residual", "moe_norm", "route", "jobs", "experts", "moe_residual")
-(IDLE, _A_NORM, _A_QKV, _A_ROPE, _A_ATTN, _A_OPROJ, _A_RES, MNORM, ROUTE, JOBS, EXPERTS,
- RES2) = range(len(PHASES))
+PHASES = ("idle", "attn_norm", "qkv_projection", "rope", "kv_spill", "kv_fetch", "attention",
+          "o_projection", "residual", "moe_norm", "route", "jobs", "experts", "moe_residual")
+(IDLE, _A_NORM, _A_QKV, _A_ROPE, _A_SPILL, _A_FETCH, _A_ATTN, _A_OPROJ, _A_RES, MNORM, ROUTE,
+ JOBS, EXPERTS, RES2) = range(len(PHASES))
 ATTN = _A_NORM          # the controller's state while the attention block runs
 
 # ports of the blocks that are the top's own (the rest pass through by name)
-_ATTENTION_INTERNAL = ("i_windows", "i_rows", "o_rows", "bank_base", "phase")
+_ATTENTION_INTERNAL = ("i_windows", "i_rows", "o_rows", "bank_base", "phase",
+                       "o_kv_dram_req", "i_kv_dram_resp")
 _MOE_INTERNAL = ("i_tokens", "o_outputs")
+_DRAM_PORTS = ("o_dram_req", "i_dram_resp")     # the layer's one DRAM port (KV and GO)
+
+
+def _dram_widths(member) -> tuple[int, int]:
+    """``(address bits, data bits)`` of a DRAM request stream's signature member."""
+    layout = member.signature.members["payload"].shape
+    return layout["addr"].width, layout["data"].width
 
 
 class DecoderLayer(wiring.Component):
@@ -129,6 +152,7 @@ class DecoderLayer(wiring.Component):
              "max_rows", max_rows, f"at most the MoE layer's n_tokens={layer.n_tokens} (a "
              "window's rows are its tokens)")
         att["max_rows"] = max_rows
+        att.setdefault("counter_bits", counter_bits)
         self._attention = AttentionBlock(tile=tile, **att)
         self._attention._MustUse__silence = True        # elaborated with the layer
         self._moe = MoELayerAccelerator(layer=layer, tile=tile, counter_bits=counter_bits)
@@ -141,8 +165,24 @@ class DecoderLayer(wiring.Component):
 
         a_ports = {n: m for n, m in self._attention.signature.members.items()
                    if n not in _ATTENTION_INTERNAL}
-        m_ports = {n: m for n, m in self._moe.signature.members.items()
-                   if n not in _MOE_INTERNAL}
+        # the DRAM port: the GO cache's alone, or the GO cache's and the KV cache's muxed by
+        # phase (GO region at 0, KV region from kv_dram_base)
+        moe_sig = self._moe.signature.members
+        self._kv = self._attention.kv_cache_rows is not None
+        self._go = "o_dram_req" in moe_sig
+        go_addr, go_data = _dram_widths(moe_sig["o_dram_req"]) if self._go else (0, 0)
+        self._kv_dram_base = (1 << go_addr) if self._go else 0
+        dram = {}
+        if self._kv:
+            kv_data = data.Layout.cast(self._attention.kv_word_layout).size
+            width = max(go_data, kv_data)
+            addr = index_bits(self._kv_dram_base + self._attention.kv_dram_words)
+            dram = {"o_dram_req": Out(stream.Signature(data.StructLayout({
+                        "write": 1, "addr": unsigned(addr), "data": unsigned(width)}))),
+                    "i_dram_resp": In(stream.Signature(data.StructLayout({
+                        "data": unsigned(width)})))}
+        m_ports = {n: m for n, m in moe_sig.items()
+                   if n not in _MOE_INTERNAL and not (self._kv and n in _DRAM_PORTS)}
         row = stream.Signature(norm_row_layout(act_bits=ab, lanes=lanes))
         att_sig = self._attention.signature.members
         super().__init__({
@@ -162,6 +202,7 @@ class DecoderLayer(wiring.Component):
             "res2_moe_mult": In(unsigned(mb)),
             "res2_moe_shift": In(unsigned(SHIFT_BITS)),
             **m_ports,
+            **dram,
             "phase": Out(unsigned(index_bits(len(PHASES)))),
         })
 
@@ -175,6 +216,9 @@ class DecoderLayer(wiring.Component):
     attention_bank_base = property(lambda self: self._bank_base,
                                    doc="The attention block's first cell image: after the "
                                    "MoE layer's groups' and gate's banks.")
+    kv_dram_base = property(lambda self: self._kv_dram_base,
+                            doc="The KV region's first DRAM word address on ``o_dram_req`` "
+                            "(after the GO cache's region; 0 without a GO cache).")
     verilog_modules = property(lambda self: self._moe.verilog_modules,
                                doc="Modules instantiated by name, exported beside the top "
                                "(the MoE layer's expert engines).")
@@ -194,7 +238,7 @@ class DecoderLayer(wiring.Component):
             n_kv_heads=a.n_kv_heads, head_dim=a.head_dim, lanes=a.lanes, act_bits=a.act_bits,
             center=a.center, mvm=self._tile.mvm_latency, rope=a.rope,
             n_attention_units=a.n_attention_units, route=route, n_jobs=n_jobs,
-            compute=compute, settle=settle)
+            compute=compute, settle=settle, kv_cache_rows=a.kv_cache_rows)
 
     def elaborate(self, platform):
         m = Module()
@@ -206,7 +250,8 @@ class DecoderLayer(wiring.Component):
         codes = data.ArrayLayout(signed(act), lanes)
 
         # the pass-through ports of both blocks
-        for sub, internal in ((ab_, _ATTENTION_INTERNAL), (moe, _MOE_INTERNAL)):
+        moe_internal = _MOE_INTERNAL + (_DRAM_PORTS if self._kv else ())
+        for sub, internal in ((ab_, _ATTENTION_INTERNAL), (moe, moe_internal)):
             for name, member in sub.signature.members.items():
                 if name in internal:
                     continue
@@ -256,6 +301,26 @@ class DecoderLayer(wiring.Component):
         m.d.comb += [ab_.i_windows.payload.eq(win.payload),
                      ab_.i_windows.valid.eq(win.valid & (state == IDLE)),
                      win.ready.eq(ab_.i_windows.ready & (state == IDLE))]
+
+        # ---- the DRAM port: the KV cache's while the attention block runs, else the GO
+        # cache's (their requests and responses never overlap: a phase ends after its last
+        # response)
+        if self._kv:
+            req, resp = self.o_dram_req, self.i_dram_resp
+
+            def serve(s_req, s_resp, base):
+                m.d.comb += [req.valid.eq(s_req.valid), s_req.ready.eq(req.ready),
+                             req.payload.write.eq(s_req.payload.write),
+                             req.payload.addr.eq(base + s_req.payload.addr),
+                             req.payload.data.eq(s_req.payload.data),
+                             s_resp.valid.eq(resp.valid), resp.ready.eq(s_resp.ready),
+                             s_resp.payload.data.eq(resp.payload.data)]
+
+            with m.If(state == ATTN):
+                serve(ab_.o_kv_dram_req, ab_.i_kv_dram_resp, self._kv_dram_base)
+            if self._go:
+                with m.Else():
+                    serve(moe.o_dram_req, moe.i_dram_resp, 0)
 
         # ---- x1 rows into the x1 buffer
         x1w = counter("x1w", MR * B)

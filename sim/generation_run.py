@@ -40,9 +40,11 @@ What is simulated and what is computed:
 
 A step's phases, one after another (rows pipelined inside each unit): embedding (one crossbar
 row tile per token: a one-hot input), attention norm, the Q and K/V projections (separate
-crossbars, in parallel), RoPE on Q and K (one unit each), attention (``n_attention_units``
-units, each a head of a row at a time; the K/V rows of earlier steps stream from the KV store,
-so the phase lasts at least their DRAM transfer), the O projection, the first residual add,
+crossbars, in parallel), RoPE on Q and K (one unit each), the new K/V rows written to DRAM
+(``kv_spill``, rows at positions from ``kv_cache_rows`` on) and the earlier ones read back
+into the on-chip KV store (``kv_fetch``), each lasting at least its DRAM transfer, attention
+(``n_attention_units`` units, each a head of a row at a time, over the KV store), the O
+projection, the first residual add,
 the MoE norm, the MoE layer (after the GO-cache rows it reads back from DRAM), the second
 residual add, then the final norm, the LM head and the argmax on the new row. Every DRAM
 transfer of a mode's run (the prompt's tokens, K/V rows written and read back, GO-cache rows
@@ -92,8 +94,9 @@ from .timing_run import bit_ones
 __all__ = ["run_decoder_experiment", "simulate_attention_block", "dense_cycles",
            "decoder_unit_specs", "summary_line", "steps_csv", "PHASES"]
 
-PHASES = ("embedding", "attn_norm", "qkv_projection", "rope", "attention", "o_projection",
-          "residual", "moe_norm", "moe", "moe_residual", "final_norm", "lm_head")
+PHASES = ("embedding", "attn_norm", "qkv_projection", "rope", "kv_spill", "kv_fetch",
+          "attention", "o_projection", "residual", "moe_norm", "moe", "moe_residual",
+          "final_norm", "lm_head")
 RATIO_PAIRS = (("none", "kv_go"), ("kv", "kv_go"), ("go", "kv_go"), ("none", "kv"))
 
 
@@ -150,12 +153,12 @@ def attention_block_kwargs(exp: DecoderExperiment) -> dict:
                 center=m.norm == "layernorm", rope=m.rope_theta is not None)
 
 
-def _attention_block(exp: DecoderExperiment):
+def _attention_block(exp: DecoderExperiment, **extra):
     """``AttentionBlock`` at the experiment's size and its constructor arguments (the build
-    cache's key)."""
+    cache's key); ``extra``: more arguments (``kv_cache_rows``)."""
     from moepim.hw.attention_block import AttentionBlock
 
-    kw = attention_block_kwargs(exp)
+    kw = {**attention_block_kwargs(exp), **extra}
     return AttentionBlock(**kw), {**kw, "tile": dataclasses.asdict(kw["tile"])}
 
 
@@ -201,7 +204,17 @@ def simulate_attention_block(exp: DecoderExperiment, gen, prompt: list[int], bas
     over; inputs the tokens' embedding codes, weights and constants the generator's own
     (``gen.dq``; the Q/K/V/O cell images with ``gen.matmul``'s ADC windows). Every output
     code is checked against the golden first residual (``base.x1``), each window's cycles
-    against ``attention_block_cycles``."""
+    against ``attention_block_cycles``.
+
+    The block keeps ``exp.layer.kv_cache_rows`` positions' K/V on chip and the rest in the
+    bench's DRAM (``AttentionBlock(kv_cache_rows=...)``; every position on chip when it is at
+    least the run's positions): each window's KV DRAM words written and read are checked
+    against ``_kv_traffic``'s rows of the ``kv_go`` step (``kv_dram_match_priced``). The
+    window's cycles include the block's ``kv_spill``/``kv_fetch`` phases (``kv_dram_cycles``,
+    under a DRAM answering the cycle after a request); the generation's timeline prices the
+    same phases (``dense_cycles``), each lasting at least its transfer on the DRAM channel
+    model."""
+    from moepim.models.generation import step_work
     from moepim.models.pim import bank_file_words, bank_image
 
     from .amaranth_macro import add_bank_model
@@ -211,12 +224,16 @@ def simulate_attention_block(exp: DecoderExperiment, gen, prompt: list[int], bas
     t0 = time.monotonic()
     build_root = Path(build_root) if build_root is not None else None
     wl, shape = exp.workload, exp.tile.spec()
-    block, key = _attention_block(exp)
+    n_positions = wl.n_prompt + wl.n_generate
+    kv_rows = exp.layer.kv_cache_rows if exp.layer.kv_cache_rows < n_positions else None
+    block, key = _attention_block(exp, kv_cache_rows=kv_rows)
     silence_unused(block)           # a cached build does not elaborate it
     x_rows = gen.embed(list(prompt) + list(base.tokens[:wl.n_generate - 1]))
     want = np.asarray(base.x1)
     assert len(x_rows) == len(want) == wl.n_prompt + wl.n_generate - 1
     args, spans = _attention_block_args(exp, gen, x_rows)
+    if kv_rows is not None:
+        args["kv_dram"] = True
     calibrated = shape.adc_range == "calibrated"
     mm = gen.matmul if getattr(gen.matmul, "shape", None) is not None and \
         gen.matmul.shape.arithmetic == shape.arithmetic else None
@@ -247,20 +264,35 @@ def simulate_attention_block(exp: DecoderExperiment, gen, prompt: list[int], bas
     shape_t = dict(d_model=block.d_model, n_heads=block.n_heads, n_kv_heads=block.n_kv_heads,
                    head_dim=block.head_dim, lanes=block.lanes, act_bits=block.act_bits,
                    center=block.center, mvm=shape.mvm_latency, rope=block.rope,
-                   n_attention_units=block.n_attention_units)
+                   n_attention_units=block.n_attention_units, kv_cache_rows=kv_rows)
     mismatches, windows = 0, []
-    for (p0, n), res in zip(spans, got):
+    words = block.kv_dram_words_per_row
+    for step, ((p0, n), res) in enumerate(zip(spans, got)):
         out = np.asarray(res["outputs"], dtype=np.int64).reshape(n, -1)
         mismatches += int(np.count_nonzero(out != want[p0:p0 + n]))
+        phases = T.attention_block_phases(n, p0, **shape_t)
+        priced = _kv_traffic(exp, step_work("kv_go", step, wl.n_prompt), "kv_go")
+        kv = {"written": len(res.get("kv_writes", ())), "read": len(res.get("kv_reads", ()))}
         windows.append({"first_position": p0, "rows": n, "cycles": res["end"] - res["first_in"],
-                        "formula_cycles": T.attention_block_cycles(n, p0, **shape_t)})
+                        "formula_cycles": sum(phases.values()),
+                        "kv_dram_cycles": phases["kv_spill"] + phases["kv_fetch"],
+                        "kv_dram_words_written": kv["written"],
+                        "kv_dram_words_read": kv["read"],
+                        "kv_dram_rows_priced": {"written": priced["write_rows"],
+                                                "read": priced["read_rows"]},
+                        "kv_dram_match_priced": kv["written"] == priced["write_rows"] * words
+                        and kv["read"] == priced["read_rows"] * words})
     ok = mismatches == 0 and len(got) == len(spans)
     cycles_ok = all(w["cycles"] == w["formula_cycles"] for w in windows)
+    kv_ok = all(w["kv_dram_match_priced"] for w in windows)
     say(f"attention block ({sim}): {'bit-exact' if ok else f'{mismatches} MISMATCHES'}, "
         f"cycles {'equal to' if cycles_ok else 'DIFFER from'} the formula "
-        f"({time.monotonic() - t0:.1f} s)")
+        f"({time.monotonic() - t0:.1f} s); KV DRAM words "
+        f"{'equal to' if kv_ok else 'DIFFER from'} the priced rows "
+        f"(kv_cache_rows={kv_rows})")
     return {"sim": sim, "golden_match": ok, "n_mismatches": mismatches,
             "cycles_match_formula": cycles_ok, "windows": windows,
+            "kv_cache_rows": kv_rows, "kv_dram_match_priced": kv_ok,
             "wall_s": {"build": info.get("build_s", 0.0), "build_cached": info.get("cached"),
                        "simulation": info.get("sim_s", 0.0),
                        "total": time.monotonic() - t0}}
@@ -328,7 +360,8 @@ def _query_positions(work) -> list[int]:
     return list(range(L - work.attn_rows, L))
 
 
-def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: bool) -> dict:
+def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: bool,
+                 kv: dict | None = None) -> dict:
     """Per phase, the cycles of a step's dense units (everything but the MoE layer and the
     DRAM), from the unit formulas of ``moepim.spec.timing`` in the controller's order
     (module docstring). ``work``: the step's :class:`moepim.models.generation.StepWork`.
@@ -340,7 +373,10 @@ def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: boo
     ``moepim.spec.timing.attention_block_phases``, the block's tested formula; ``kv`` and
     ``go`` steps (different query and K/V rows) compose the same units the same way. The
     rest follows the same rule (a phase fed from a buffer starts one cycle after its
-    predecessor ends)."""
+    predecessor ends). ``kv``: the step's K/V rows through DRAM (:func:`_kv_traffic`), the
+    block's ``kv_spill`` (the new rows written) and ``kv_fetch`` (the earlier rows read
+    back) phases at one word a cycle (``attention_block_phases``); the DRAM channel's own
+    time bounds them in the step's timeline."""
     lanes, hd = sh.lanes, sh.head_dim
     over = T.ATTENTION_BLOCK_PHASE_OVERHEAD
 
@@ -362,11 +398,16 @@ def dense_cycles(sh: _Shapes, mats: dict, work, *, embedding: bool, lm_head: boo
     if sh.rope:
         rope = max(T.rope_cycles(work.q_rows * sh.heads, hd, lanes),
                    T.rope_cycles(work.kv_rows * sh.kv_heads, hd, lanes))
+    kv = kv or {"read_rows": 0, "write_rows": 0}
+    words = T.kv_dram_words_per_row(hd, lanes)
     return {
         "embedding": proj(work.embed_rows, "embedding") if embedding else 0,
         "attn_norm": fed(norm(work.attn_norm_rows)) if embedding else norm(work.attn_norm_rows),
         "qkv_projection": fed(max(proj(work.q_rows, "q"), proj(work.kv_rows, "k"))),
         "rope": fed(rope),
+        "kv_spill": fed(kv["write_rows"] * words),
+        "kv_fetch": (kv["read_rows"] * words + T.KV_DRAM_READ_LATENCY
+                     if kv["read_rows"] else 0),
         "attention": fed(attention),
         "o_projection": fed(proj(work.o_rows, "o")),
         "residual": fed(T.residual_cycles(work.o_rows * sh.blocks)),
@@ -496,16 +537,17 @@ def _step_timeline(exp: DecoderExperiment, channel: DramChannel, t0: float, cycl
     for every one queued before it, whatever its kind):
 
     * the step's new tokens from the host (``tokens_in``) before the embedding;
-    * the new K/V rows (``kv_write``, posted) when RoPE (or the K/V projection) ends;
-    * the earlier K/V rows (``kv_read``) when attention starts: attention ends no earlier
-      than their transfer;
+    * the new K/V rows (``kv_write``) when the ``kv_spill`` phase starts (after RoPE): the
+      phase ends no earlier than their transfer;
+    * the earlier K/V rows (``kv_read``) when the ``kv_fetch`` phase starts (before
+      attention, as ``AttentionBlock`` does): the phase ends no earlier than their arrival;
     * the GO-cache rows the router reads back (``go_cache_read``) and the rows it spills
       (``go_cache_spill``, posted) when the MoE phase starts: the MoE layer starts on them;
     * the generated token (or the output row) to the host (``token_out``, posted) at the end.
 
-    A posted write does not hold the step up but occupies the channel, so later reads queue
-    behind it; the last step also waits for the channel to drain. Returns the step's start
-    and end, its stall (time beyond its phases' cycles) and its requests."""
+    A posted write does not hold the step up but occupies the channel, so later transfers
+    queue behind it; the last step also waits for the channel to drain. Returns the step's
+    start and end, its stall (time beyond its phases' cycles) and its requests."""
     clock, m = exp.tech.clock_ns.value, exp.model
     row_bytes = kv_row_bytes(m)
     reqs = []
@@ -521,10 +563,13 @@ def _step_timeline(exp: DecoderExperiment, channel: DramChannel, t0: float, cycl
     if work.step == 0 or not exp.workload.embedding:
         r = submit("tokens_in", _host_bytes(exp, work.embed_rows or 1), t)
         t = r.done_ns if r else t
-    kv_written_after = "rope" if cycles["rope"] else "qkv_projection"
     for phase in PHASES:
         n = cycles.get(phase, 0)
-        if phase == "attention":
+        if phase == "kv_spill":
+            r = submit("kv_write", kv["write_rows"] * row_bytes, t)
+            t = max(t + n * clock, r.done_ns - channel.latency_ns if r else t)
+            continue
+        if phase == "kv_fetch":
             r = submit("kv_read", kv["read_rows"] * row_bytes, t)
             t = max(t + n * clock, r.done_ns if r else t)
             continue
@@ -533,8 +578,6 @@ def _step_timeline(exp: DecoderExperiment, channel: DramChannel, t0: float, cycl
             submit("go_cache_spill", go["write_rows"] * go["row_bytes"], t)
             t = r.done_ns if r else t
         t += n * clock
-        if phase == kv_written_after:
-            submit("kv_write", kv["write_rows"] * row_bytes, t)
     submit("token_out", _host_bytes(exp, 1), t)
     if last:
         t = max([t] + [r.done_ns for r in channel.requests])
@@ -556,9 +599,9 @@ def _price_step(exp: DecoderExperiment, sh: _Shapes, mats: dict, mode: str, work
     wl, tech, dram = exp.workload, exp.tech, exp.dram
     shape = exp.tile.spec()
     L = work.n_tokens
-    cycles = dense_cycles(sh, mats, work, embedding=wl.embedding, lm_head=wl.lm_head)
-    cycles["moe"] = moe_phase_cycles(moe["cycles"], work.moe_rows, sh.blocks)
     kv = _kv_traffic(exp, work, mode)
+    cycles = dense_cycles(sh, mats, work, embedding=wl.embedding, lm_head=wl.lm_head, kv=kv)
+    cycles["moe"] = moe_phase_cycles(moe["cycles"], work.moe_rows, sh.blocks)
     tl = _step_timeline(exp, channel, t0, cycles, work, kv, go, last=last)
     time_ns = tl["end_ns"] - t0
     compute_ns = tl["compute_ns"]
@@ -781,14 +824,6 @@ def _area(exp: DecoderExperiment, moe_report: dict, synthesize: bool, root, say)
     not_included = list(moe_report["area_mm2"].get("not_included", []))
     if not synthesize:
         not_included.append("the decoder's digital units: synthesis skipped (--no-synth)")
-    not_included.append("the on-chip KV SRAM of kv_cache_rows as area")
-    if synthesize:
-        not_included.append(
-            "part of the digital units' logic: the synthesis flow (moepim.sim.synth) deletes "
-            "amaranth lib.memory cells (register files, tables, FIFOs) before mapping, so "
-            "logic that only feeds them or is only fed by them is dropped and the units' "
-            "logic area is underestimated (e.g. the attention unit at head_dim 64: 2,968 "
-            "transistors counted, about 202,600 with the memories' connections kept)")
     return {"total": sum(breakdown.values()), "breakdown": breakdown,
             "dense_crossbars": crossbars, "digital_units": units,
             "method": "dense crossbars and their peripheral sets (one per crossbar; the "
@@ -855,9 +890,8 @@ def _explanations(modes: dict, ratios: dict, kv_read_ns: float | None) -> list[s
             out.append(
                 "DRAM contention: KV, GO-cache and token transfers share one channel, first "
                 f"come first served; over the KV+GO decode steps requests queued ({waits}) "
-                "behind transfers submitted before them (e.g. a step's K/V reads behind its "
-                "own new row's write). The authors' simulator adds each transfer's time "
-                "without a shared queue.")
+                "behind transfers submitted before them. The authors' simulator adds each "
+                "transfer's time without a shared queue.")
         out.append(
             f"DRAM: KV transfers {pct(sh.get('kv_dram', 0))} and idle power "
             f"{pct(sh.get('dram_idle', 0))} of our KV+GO decode energy; the authors charge "
@@ -980,7 +1014,8 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
                  and (attention is None or attention["golden_match"]))
     cycles_ok = moe_report["cycles_match_formula"]
     if attention is not None and cycles_ok is not None:
-        cycles_ok = cycles_ok and attention["cycles_match_formula"]
+        cycles_ok = (cycles_ok and attention["cycles_match_formula"]
+                     and attention["kv_dram_match_priced"])
     area = _area(exp, moe_report, synthesize, plan.root, say)
     head = modes.get("kv_go") or modes[wl.modes[-1]]
     report = {
@@ -1035,8 +1070,9 @@ def run_decoder_experiment(exp: DecoderExperiment, *, sim: str, out_folder: Path
                            "final norm, LM head and argmax around it in the documented order",
             "dram": "one DRAM channel per mode over the whole run (moepim.models.dram: first "
                     "come, first served, latency pipelined): the prompt's tokens in, each "
-                    "step's new K/V rows written after RoPE and the earlier rows read when "
-                    "attention starts (attention ends no earlier than their transfer), the "
+                    "step's new K/V rows written after RoPE (kv_spill) and the earlier rows "
+                    "read back before attention (kv_fetch; each phase lasts at least its "
+                    "transfer, as AttentionBlock's KV DRAM port does them), the "
                     "GO-cache rows read back and spilled when the MoE layer starts (it starts "
                     "on them), the generated token out; KV, GO-cache and token transfers "
                     "contend (per step: dram, the queueing per kind)"},

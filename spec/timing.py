@@ -338,30 +338,62 @@ class LayerTiming:
 # ``AttentionBlock`` (moepim.hw.attention_block): the attention half of a decoder layer
 
 ATTENTION_BLOCK_PHASE_OVERHEAD = 1   # the buffer read before a buffer-fed phase's first beat
+KV_DRAM_READ_LATENCY = 1    # a KV DRAM read's response: the cycle after its request
+
+
+def kv_dram_words_per_row(head_dim: int, lanes: int) -> int:
+    """``AttentionBlock``'s KV DRAM words of one position: its ``head_dim / lanes`` K beats
+    and as many V beats (a word: one beat of every K/V head)."""
+    return 2 * (head_dim // lanes)
+
+
+def kv_dram_rows(n_rows: int, first_position: int, kv_cache_rows: int | None) -> dict:
+    """``AttentionBlock``'s KV rows through DRAM in a window (positions at or beyond
+    ``kv_cache_rows`` live in DRAM; ``None``: all on chip): ``written``, the window's new
+    rows at positions ``>= kv_cache_rows``; ``read``, the earlier rows at positions
+    ``kv_cache_rows .. first_position - 1``, once."""
+    if kv_cache_rows is None:
+        return {"written": 0, "read": 0}
+    end = first_position + n_rows
+    return {"written": max(0, end - max(first_position, kv_cache_rows)),
+            "read": max(0, first_position - kv_cache_rows)}
 
 
 def attention_block_phases(n_rows: int, first_position: int, *, d_model: int, n_heads: int,
                            n_kv_heads: int, head_dim: int, lanes: int, act_bits: int,
                            center: bool, mvm: int, rope: bool = True,
-                           n_attention_units: int = 1) -> dict[str, int]:
+                           n_attention_units: int = 1,
+                           kv_cache_rows: int | None = None) -> dict[str, int]:
     """``AttentionBlock``, a window of ``n_rows`` rows at positions ``first_position ..``
     without input gaps or back-pressure, per phase (one after another): ``attn_norm`` from the
     first input handshake; every later phase from the cycle after the previous one's last
     output handshake to the cycle after its own, i.e. its units' formula (as
     ``moepim.sim.generation_run.dense_cycles`` composes them) plus
     ``ATTENTION_BLOCK_PHASE_OVERHEAD``. ``rope`` is 0 without RoPE. The window's cycles are
-    the sum (:func:`attention_block_cycles`)."""
+    the sum (:func:`attention_block_cycles`).
+
+    The KV DRAM phases (0 with ``kv_cache_rows`` ``None``, and when the window moves no row;
+    :func:`kv_dram_rows`, ``W = 2 head_dim / lanes`` words a row), under a DRAM that takes
+    every request and answers a read the cycle after it (``KV_DRAM_READ_LATENCY``):
+    ``kv_spill`` ``ATTENTION_BLOCK_PHASE_OVERHEAD + written W`` (the store read before the
+    first write, then a write a cycle), ``kv_fetch`` ``read W + KV_DRAM_READ_LATENCY`` (a
+    read request a cycle from the phase's first cycle, the last response a cycle after the
+    last request)."""
     T, blocks, hb = n_rows, d_model // lanes, head_dim // lanes
     q_blocks = ceil_div(n_heads * head_dim, lanes)
     kv_blocks = ceil_div(n_kv_heads * head_dim, lanes)
     over = ATTENTION_BLOCK_PHASE_OVERHEAD
     rounds = ceil_div(n_heads, n_attention_units)
+    kv = kv_dram_rows(T, first_position, kv_cache_rows)
+    words = kv_dram_words_per_row(head_dim, lanes)
     return {
         "attn_norm": norm_cycles(T, d_model, lanes, act_bits, center),
         "qkv_projection": over + max(projection_cycles(T, mvm, blocks, q_blocks),
                                      projection_cycles(T, mvm, blocks, kv_blocks)),
         "rope": over + max(rope_cycles(T * n_heads, head_dim, lanes),
                            rope_cycles(T * n_kv_heads, head_dim, lanes)) if rope else 0,
+        "kv_spill": over + kv["written"] * words if kv["written"] else 0,
+        "kv_fetch": kv["read"] * words + KV_DRAM_READ_LATENCY if kv["read"] else 0,
         "attention": over + rounds * sum(attention_job_cycles(first_position + t + 1, hb)
                                          for t in range(T)),
         "o_projection": over + projection_cycles(T, mvm, q_blocks, blocks),
@@ -375,8 +407,8 @@ def attention_block_cycles(n_rows: int, first_position: int, **shape) -> int:
     return sum(attention_block_phases(n_rows, first_position, **shape).values())
 
 
-__all__ += ["ATTENTION_BLOCK_PHASE_OVERHEAD", "attention_block_phases",
-            "attention_block_cycles"]
+__all__ += ["ATTENTION_BLOCK_PHASE_OVERHEAD", "KV_DRAM_READ_LATENCY", "kv_dram_words_per_row",
+            "kv_dram_rows", "attention_block_phases", "attention_block_cycles"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,13 +421,13 @@ def decoder_layer_phases(n_rows: int, first_position: int, *, d_model: int, n_he
                          n_kv_heads: int, head_dim: int, lanes: int, act_bits: int,
                          center: bool, mvm: int, rope: bool = True, n_attention_units: int = 1,
                          route: int | None, n_jobs: int, compute: int,
-                         settle: int = 0) -> dict[str, int]:
+                         settle: int = 0, kv_cache_rows: int | None = None) -> dict[str, int]:
     """``DecoderLayer``, a window of ``n_rows`` rows at positions ``first_position ..``, per
     phase (one after another), under no input gaps, no back-pressure on ``o_rows`` or on the
     routes, and a host that offers the window's job plan from the cycle after the closing
     route beat's handshake (after the last token beat when the host routes). Counted: the
-    attention block's phases (:func:`attention_block_phases`, ``attn_norm`` from the first
-    ``i_rows`` handshake); then, each from the cycle after the previous phase's end to the
+    attention block's phases (:func:`attention_block_phases` with ``kv_cache_rows``, its KV
+    DRAM phases included, ``attn_norm`` from the first ``i_rows`` handshake); then, each from the cycle after the previous phase's end to the
     cycle after its own last handshake:
 
     * ``moe_norm``: the ``x1`` buffer's rows through the MoE norm into the MoE layer,
@@ -417,7 +449,7 @@ def decoder_layer_phases(n_rows: int, first_position: int, *, d_model: int, n_he
     phases = attention_block_phases(
         n_rows, first_position, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
         head_dim=head_dim, lanes=lanes, act_bits=act_bits, center=center, mvm=mvm, rope=rope,
-        n_attention_units=n_attention_units)
+        n_attention_units=n_attention_units, kv_cache_rows=kv_cache_rows)
     return {**phases,
             "moe_norm": over + norm_cycles(n_rows, d_model, lanes, act_bits, center),
             "route": route or 0,

@@ -9,15 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from .bits import pack_array, unpack_array
-from .streams import StreamSink, StreamSource
+from .streams import DramResponder, StreamSink, StreamSource
 
 __all__ = ["attention_block_windows"]
 
 LIMIT = 200_000         # cycles a window may take before the bench gives up
+KV_COUNTERS = ("words_written", "words_read", "rows_written", "rows_read")  # the block's
 
 
 async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, held, windows,
-                                  lanes, act_bits, seed):
+                                  lanes, act_bits, seed, kv_dram=False):
     """``norm_params``: per parameter word ``[gamma]`` or ``[gamma, beta]`` (``lanes`` codes
     each); ``rope_table``: ``(address, [cos_0, sin_0, ...])`` rows (empty without RoPE);
     ``held``: the constant inputs by name (``norm_eps``, ``q_mult``, ...); ``windows``: each
@@ -25,7 +26,11 @@ async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, hel
     Returns per window: the output codes per row (``outputs``), each output beat's ``last``
     (``lasts``), the cycle of the first ``i_rows`` handshake (``first_in``), the cycle after
     the last ``o_rows`` handshake (``end``) and every change of ``phase`` as ``[cycle,
-    phase]`` (``phases``)."""
+    phase]`` (``phases``). With ``kv_dram`` (a block with ``kv_cache_rows``) the bench is the
+    KV cache's DRAM (``DramResponder`` on ``o_kv_dram_req`` / ``i_kv_dram_resp``: a dict
+    memory answering a read the cycle after its request), and each window also returns the
+    DRAM word addresses written and read (``kv_writes``, ``kv_reads``) and the block's
+    ``kv_counters`` after it (``kv_counters``, cumulative)."""
     rng = np.random.default_rng(seed)
     for addr, word in enumerate(norm_params):
         io.set("norm_param_we", 1)
@@ -44,6 +49,8 @@ async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, hel
         io.set("rope_lut_we", 0)
     for name, value in held.items():
         io.set(name, value)
+    memory = DramResponder(io, req="o_kv_dram_req", resp="i_kv_dram_resp") \
+        if kv_dram else None
     result = []
     for window in windows:
         rows = window["rows"]
@@ -67,11 +74,16 @@ async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, hel
                  for row in rows for b in range(n_beats))
         codes, lasts, first_in, phases, phase = [], [], None, [], None
         start = io.cycle
+        n_writes, n_reads = (len(memory.writes), len(memory.reads)) if memory else (0, 0)
         while len(lasts) < len(rows) * n_beats:
             src.offer()
             sink.ready()
+            if memory:
+                memory.offer()
             if await src.taken() and first_in is None:
                 first_in = io.cycle
+            if memory:
+                await memory.serve()
             now = await io.get("phase")
             if now != phase:
                 phases.append([io.cycle, now])
@@ -80,13 +92,23 @@ async def attention_block_windows(io, *, norm_params, rope_table, coef_bits, hel
                 codes += unpack_array(await sink.get("codes"), act_bits, lanes, True).tolist()
                 lasts.append(await sink.get("last"))
             await io.tick()
+            if memory:
+                memory.tick()
             if io.cycle - start > LIMIT:
                 raise TimeoutError("attention block made no progress")
         end = io.cycle
         src.close()
         sink.close()
         width = n_beats * lanes
-        result.append({"outputs": [codes[r * width:(r + 1) * width] for r in range(len(rows))],
-                       "lasts": [lasts[r * n_beats:(r + 1) * n_beats] for r in range(len(rows))],
-                       "first_in": first_in, "end": end, "phases": phases})
+        res = {"outputs": [codes[r * width:(r + 1) * width] for r in range(len(rows))],
+               "lasts": [lasts[r * n_beats:(r + 1) * n_beats] for r in range(len(rows))],
+               "first_in": first_in, "end": end, "phases": phases}
+        if memory:
+            memory.close()
+            res["kv_writes"] = memory.writes[n_writes:]
+            res["kv_reads"] = memory.reads[n_reads:]
+            res["kv_counters"] = {name: await io.get(f"kv_counters.{name}")
+                                  for name in KV_COUNTERS}
+            await io.tick()         # the next window's sets come after this cycle's gets
+        result.append(res)
     return result

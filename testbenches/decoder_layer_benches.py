@@ -16,6 +16,7 @@ __all__ = ["decoder_layer_windows"]
 
 LIMIT = 400_000         # cycles a window may take before the bench gives up
 MOE_COUNTERS = ("cycles", "timestamps", "token_loads")      # the MoE layer's, per window
+KV_COUNTERS = ("words_written", "words_read", "rows_written", "rows_read")  # the KV cache's
 
 
 async def _write_norm(io, prefix, words, act_bits):
@@ -32,13 +33,15 @@ async def _write_norm(io, prefix, words, act_bits):
 
 async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table, coef_bits,
                                 held, silu_tables, gate_tables, windows, lanes, act_bits,
-                                routing, dram, seed):
+                                routing, dram, seed, kv_dram_base=None):
     """``norm_params`` / ``moe_norm_params``: the attention norm's / the MoE norm's words
     (``[gamma]`` or ``[gamma, beta]``, ``lanes`` codes each); ``rope_table``: ``(address,
     [cos_0, sin_0, ...])`` rows; ``held``: the constant inputs by name (``norm_eps``,
     ``res2_x1_mult``, ``combine_mult``, ``gate_index_mult``, ...); ``silu_tables`` /
     ``gate_tables``: ``(group, addr, value)`` / ``(table, addr, value)`` writes; ``routing``:
-    the layer has a route unit; ``dram``: the GO cache's DRAM ports. ``windows``: each
+    the layer has a route unit; ``dram``: the layer's DRAM port (``o_dram_req`` /
+    ``i_dram_resp``: the GO cache's, and the KV cache's with ``kv_dram_base``, the KV
+    region's first address; served every cycle by ``DramResponder``). ``windows``: each
     ``{"first_position", "rows", "route_mode", "route_cap", "go_insert", "routes", "jobs",
     "gap_p", "stall_p"}`` (``routes``: the expected ``[token, expert, weight]``, sorted;
     ``jobs``: ``{"group", "token", "expert", "idle_before", "operands"}``, empty: no expert
@@ -48,7 +51,10 @@ async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table,
     (``lasts``), the routes taken (``routes``, sorted) and whether they were the expected
     ones (``routes_match``), the cycle of the first ``i_rows`` handshake (``first_in``), the
     cycle after the last ``o_rows`` handshake (``end``), every change of ``phase`` as
-    ``[cycle, phase]`` (``phases``) and the MoE layer's counters after it (``counters``)."""
+    ``[cycle, phase]`` (``phases``) and the MoE layer's counters after it (``counters``).
+    With ``kv_dram_base``: the KV region's word addresses written and read in the window
+    (``kv_writes``, ``kv_reads``, less the base) and the attention block's ``kv_counters``
+    after it (cumulative)."""
     rng = np.random.default_rng(seed)
     await _write_norm(io, "norm_param", norm_params, act_bits)
     await _write_norm(io, "moe_norm_param", moe_norm_params, act_bits)
@@ -103,6 +109,7 @@ async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table,
         src.load(pack_array(row[b * lanes:(b + 1) * lanes], act_bits)
                  for row in rows for b in range(n_beats))
         jobs_in.load(list(window["jobs"]) or [None])
+        n_writes, n_reads = (len(memory.writes), len(memory.reads)) if memory else (0, 0)
         codes, lasts, routes, first_in, phases, phase = [], [], [], None, [], None
         start = io.cycle
         while len(lasts) < len(rows) * n_beats:
@@ -112,8 +119,8 @@ async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table,
             jobs_in.offer(enabled=routed)
             if not routed:
                 routes_out.ready()
-                if memory:
-                    memory.offer()
+            if memory:
+                memory.offer()
             if await src.taken() and first_in is None:
                 first_in = io.cycle
             await jobs_in.taken()
@@ -124,8 +131,8 @@ async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table,
                     else:
                         routes.append([await routes_out.get(f)
                                        for f in ("token", "expert", "weight")])
-                if memory:
-                    await memory.serve()
+            if memory:
+                await memory.serve()
             now = await io.get("phase")
             if now != phase:
                 phases.append([io.cycle, now])
@@ -148,11 +155,19 @@ async def decoder_layer_windows(io, *, norm_params, moe_norm_params, rope_table,
             memory.close()
         names = MOE_COUNTERS + (("route_cycles",) if routing else ())
         counters = {name: await io.get(f"counters.{name}") for name in names}
+        res = {}
+        if kv_dram_base is not None:
+            res["kv_writes"] = [a - kv_dram_base for a in memory.writes[n_writes:]
+                                if a >= kv_dram_base]
+            res["kv_reads"] = [a - kv_dram_base for a in memory.reads[n_reads:]
+                               if a >= kv_dram_base]
+            res["kv_counters"] = {name: await io.get(f"kv_counters.{name}")
+                                  for name in KV_COUNTERS}
         await io.tick()             # the next window's sets come after this cycle's gets
         width = n_beats * lanes
         result.append({"outputs": [codes[r * width:(r + 1) * width] for r in range(len(rows))],
                        "lasts": [lasts[r * n_beats:(r + 1) * n_beats] for r in range(len(rows))],
                        "routes": sorted(routes), "routes_match": sorted(routes) ==
                        sorted(window["routes"]), "first_in": first_in, "end": end,
-                       "phases": phases, "counters": counters})
+                       "phases": phases, "counters": counters, **res})
     return result

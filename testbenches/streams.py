@@ -80,36 +80,44 @@ class StreamSink:
 
 
 class DramResponder:
-    """The GO cache's DRAM on ports ``o_dram_req`` / ``i_dram_resp``: it takes every request,
-    stores written rows and answers a read the cycle after its request, oldest first (the
-    DRAM's timing is the run's timeline's, ``moepim.models.dram``)."""
+    """A DRAM (a dict memory) on ports ``o_dram_req`` / ``i_dram_resp`` (the GO cache's; the
+    KV cache's ``o_kv_dram_req`` / ``i_kv_dram_resp`` by ``req`` / ``resp``): it takes every
+    request, stores written words and answers a read the cycle after its request, oldest
+    first (the DRAM's timing is the run's timeline's, ``moepim.models.dram``); a read of an
+    address never written fails. ``writes`` / ``reads``: requests taken, by address."""
 
-    def __init__(self, io):
-        self.io = io
+    def __init__(self, io, *, req: str = "o_dram_req", resp: str = "i_dram_resp"):
+        self.io, self.req, self.resp = io, req, resp
         self.store: dict[int, int] = {}
         self.answers: list[int] = []
+        self.writes: list[int] = []
+        self.reads: list[int] = []
         self._offered = False
         self._taken = False
 
     def offer(self) -> None:
         """The cycle's sets: take requests, offer the oldest answer."""
-        self.io.set("o_dram_req.ready", 1)
+        self.io.set(f"{self.req}.ready", 1)
         self._offered = bool(self.answers)
-        self.io.set("i_dram_resp.valid", int(self._offered))
+        self.io.set(f"{self.resp}.valid", int(self._offered))
         if self._offered:
-            self.io.set("i_dram_resp.payload.data", self.answers[0])
+            self.io.set(f"{self.resp}.payload.data", self.answers[0])
 
     async def serve(self) -> None:
         """The cycle's gets: store a write, queue a read's answer, note whether the offered
         answer was taken (it leaves the queue at :meth:`tick`)."""
-        io = self.io
-        if await io.get("o_dram_req.valid"):
-            addr = await io.get("o_dram_req.payload.addr")
-            if await io.get("o_dram_req.payload.write"):
-                self.store[addr] = await io.get("o_dram_req.payload.data")
+        io, req = self.io, self.req
+        if await io.get(f"{req}.valid"):
+            addr = await io.get(f"{req}.payload.addr")
+            if await io.get(f"{req}.payload.write"):
+                self.store[addr] = await io.get(f"{req}.payload.data")
+                self.writes.append(addr)
             else:
+                if addr not in self.store:
+                    raise KeyError(f"{req}: a read of DRAM address {addr}, never written")
                 self.answers.append(self.store[addr])
-        self._taken = self._offered and bool(await io.get("i_dram_resp.ready"))
+                self.reads.append(addr)
+        self._taken = self._offered and bool(await io.get(f"{self.resp}.ready"))
 
     def tick(self) -> None:
         """After the clock edge."""
@@ -122,8 +130,8 @@ class DramResponder:
         return not self.answers
 
     def close(self) -> None:
-        self.io.set("o_dram_req.ready", 0)
-        self.io.set("i_dram_resp.valid", 0)
+        self.io.set(f"{self.req}.ready", 0)
+        self.io.set(f"{self.resp}.valid", 0)
 
 
 async def write_table(io, port: str, fields, writes, rng, gap_p: float) -> None:

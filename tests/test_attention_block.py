@@ -17,7 +17,13 @@ cycle after the last ``o_rows`` handshake) and each phase's against
 after the norm. One more run (Amaranth) with input gaps and output back-pressure checks the
 codes alone. Rounds whose units need different K/V heads: multi-head attention (4 heads, 4
 K/V heads) on two units (Amaranth and Verilator) and on four (Amaranth), and 4 heads over 2
-K/V heads on three units (a round across both K/V heads, then a partial round; Amaranth)."""
+K/V heads on three units (a round across both K/V heads, then a partial round; Amaranth).
+
+The KV cache in DRAM (``kv_cache_rows`` 2 on all three simulators, 0 on Amaranth's): the
+bench is the DRAM (a dict memory answering a read the cycle after its request); the same
+codes, the window's and each phase's cycles with the ``kv_spill``/``kv_fetch`` phases, and
+each window's DRAM word addresses, rows and ``kv_counters`` against the priced model
+(``moepim.sim.generation_run._kv_traffic`` of the ``kv_go`` steps)."""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from moepim.hw.attention_block import PHASES, AttentionBlock
+from moepim.hw.attention_block import KV_COUNTERS, PHASES, AttentionBlock
 from moepim.hw.rope import COEF_BITS, table_rows
 from moepim.models.decoder import (
     NORM_FRAC_BITS,
@@ -38,10 +44,12 @@ from moepim.models.decoder import (
     int_norm,
     rope_tables,
 )
+from moepim.models.generation import step_work
 from moepim.models.pim import CrossbarMatmul, bank_file_words, bank_image
 from moepim.models.quant import Requant, _clamp
 from moepim.sim.amaranth_macro import add_bank_model
 from moepim.sim.block_run import run_bench
+from moepim.sim.generation_run import _kv_traffic
 from moepim.spec import timing
 from moepim.spec.checks import ParameterError
 from moepim.spec.tile import TileSpec
@@ -124,7 +132,7 @@ def _golden(seed, shape=SHAPE):
     return {"x": x, "x1": x1, "w": w, "matmul": matmul, "held": held, "params": params}
 
 
-def _run(sim, g, tmp_path, *, gap_p=0.0, stall_p=0.0, seed=3, shape=SHAPE):
+def _run(sim, g, tmp_path, *, gap_p=0.0, stall_p=0.0, seed=3, shape=SHAPE, windows=WINDOWS):
     if sim != "amaranth":
         need_simulator(sim)
     block = _block(shape)
@@ -142,41 +150,40 @@ def _run(sim, g, tmp_path, *, gap_p=0.0, stall_p=0.0, seed=3, shape=SHAPE):
             add_bank_model(s, unit.bank, images[name])
 
     cos, sin = rope_tables(CFG, shape["n_positions"])
-    windows, row = [], 0
-    for p0, n in WINDOWS:
-        windows.append({"first_position": p0, "rows": g["x"][row:row + n].tolist(),
+    spans, windows = windows, []
+    for p0, n in spans:
+        windows.append({"first_position": p0, "rows": g["x"][p0:p0 + n].tolist(),
                         "gap_p": gap_p, "stall_p": stall_p})
-        row += n
+    kv = {"kv_dram": True} if shape.get("kv_cache_rows") is not None else {}
     got = run_bench(block, top="attention_block", bench="attention_block_windows", sim=sim,
                     args=dict(norm_params=g["params"],
                               rope_table=table_rows(cos, sin, lanes=lanes)
                               if shape["rope"] else [],
                               coef_bits=COEF_BITS, held=g["held"], windows=windows,
-                              lanes=lanes, act_bits=AB, seed=seed),
+                              lanes=lanes, act_bits=AB, seed=seed, **kv),
                     setup=setup, plusargs=plusargs, preset={"bank_base": BANK_BASE})
     return block, got
 
 
-def _check_codes(g, got, shape=SHAPE):
-    row = 0
-    for (p0, n), res in zip(WINDOWS, got):
-        want = g["x1"][row:row + n].tolist()
+def _check_codes(g, got, shape=SHAPE, windows=WINDOWS):
+    for (p0, n), res in zip(windows, got, strict=True):
+        want = g["x1"][p0:p0 + n].tolist()
         for r in range(n):
             assert res["outputs"][r] == want[r], f"window at {p0}: row {r}"
         beats = shape["d_model"] // shape["lanes"]
         assert res["lasts"] == [[0] * (beats - 1) + [1]] * n, f"window at {p0}"
-        row += n
 
 
-def _check_cycles(block, got):
-    for (p0, n), res in zip(WINDOWS, got):
+def _check_cycles(block, got, windows=WINDOWS):
+    for (p0, n), res in zip(windows, got, strict=True):
         want = block.phase_cycles(n, p0)
         assert res["end"] - res["first_in"] == sum(want.values()), f"window at {p0}"
         # each phase: the cycle after its last output handshake is the one before the next
         # phase's state (the next phase's first read is issued in it)
         starts = {PHASES[ph]: c for c, ph in res["phases"]}
-        order = ["norm", "qkv_projection"] + (["rope"] if block.rope else []) + [
-            "attention", "o_projection", "residual"]
+        order = [PHASES[ph] for _, ph in res["phases"] if ph]
+        assert order == [k.removeprefix("attn_") for k, v in want.items() if v], \
+            f"window at {p0}"
         ends = [starts[ph] - 1 for ph in order[1:]] + [res["end"]]
         spans = np.diff([res["first_in"]] + ends).tolist()
         assert dict(zip([k for k, v in want.items() if v], spans)) == \
@@ -242,6 +249,87 @@ def _check_phase_formula(block, shape):
             n, p0, **_timing_shape(shape))
 
 
+def _check_kv_traffic(block, got, kv_cache_rows):
+    """Per window: the KV DRAM words written and read, by address (``kv_dram_address``:
+    the window's new rows at positions ``>= kv_cache_rows``, then the earlier rows at
+    ``kv_cache_rows .. p0 - 1``, each position's K beats then its V beats), in rows equal to
+    the priced model (``moepim.sim.generation_run._kv_traffic`` of the ``kv_go`` steps: the
+    prompt, then one row per decode step), and the block's ``kv_counters`` likewise."""
+    C, HB, W = kv_cache_rows, block.head_beats, block.kv_dram_words_per_row
+    exp = SimpleNamespace(layer=SimpleNamespace(kv_cache_rows=C))
+    n_prompt = WINDOWS[0][1]
+    prev = dict.fromkeys(KV_COUNTERS, 0)
+
+    def words(positions):
+        return [block.kv_dram_address(p, b, value) for p in positions
+                for value in (False, True) for b in range(HB)]
+
+    for step, ((p0, n), res) in enumerate(zip(WINDOWS, got, strict=True)):
+        where = f"window at {p0}"
+        work = step_work("kv_go", step, n_prompt)
+        assert (work.n_tokens - n, work.n_tokens) == (p0, p0 + n), where
+        priced = _kv_traffic(exp, work, "kv_go")
+        want_w, want_r = words(range(max(p0, C), p0 + n)), words(range(C, p0))
+        assert res["kv_writes"] == want_w and res["kv_reads"] == want_r, where
+        assert (len(want_w), len(want_r)) == (priced["write_rows"] * W,
+                                              priced["read_rows"] * W), where
+        now = res["kv_counters"]
+        delta = {k: now[k] - prev[k] for k in KV_COUNTERS}
+        assert delta == {"words_written": len(want_w), "words_read": len(want_r),
+                         "rows_written": priced["write_rows"],
+                         "rows_read": priced["read_rows"]}, where
+        prev = now
+        rows = timing.kv_dram_rows(n, p0, C)
+        assert (rows["written"], rows["read"]) == (priced["write_rows"],
+                                                   priced["read_rows"]), where
+
+
+KV_RUNS = [("amaranth", 2), ("verilator", 2), ("icarus", 2), ("amaranth", 0)]
+
+
+@TIME
+@pytest.mark.parametrize("sim, kv_cache_rows", KV_RUNS,
+                         ids=[f"{sim}-kv{c}" for sim, c in KV_RUNS])
+def test_attention_block_kv_cache_in_dram(sim, kv_cache_rows, tmp_path):
+    """``kv_cache_rows`` positions on chip, the rest in the bench's DRAM (a dict memory
+    answering a read the cycle after its request): the prompt window spills its rows at
+    positions ``>= kv_cache_rows`` (``kv_spill``), each decode window first fetches the
+    earlier ones back into the store (``kv_fetch``) and spills its new row. Every code
+    bit-exact against the same golden, the window's and each phase's cycles against
+    ``attention_block_phases`` with ``kv_cache_rows``, the DRAM words per window against the
+    priced model."""
+    shape = dict(SHAPE, kv_cache_rows=kv_cache_rows)
+    g = _golden(seed=17)
+    block, got = _run(sim, g, tmp_path, shape=shape)
+    _check_codes(g, got, shape)
+    _check_cycles(block, got)
+    _check_phase_formula(block, shape)
+    _check_kv_traffic(block, got, kv_cache_rows)
+    # the decode windows fetch and spill: their DRAM phases are in the formula
+    for p0, n in WINDOWS[1:]:
+        ph = block.phase_cycles(n, p0)
+        assert ph["kv_spill"] > 0 and ph["kv_fetch"] > 0
+
+
+def test_attention_block_kv_dram_phases_by_hand():
+    """``W = 2 head_dim / lanes = 4`` words a position. ``kv_cache_rows`` 2: the prompt
+    (5 rows from 0) spills positions 2 .. 4: ``1 + 3 * 4 = 13`` cycles (the store read, a
+    write a cycle), no fetch; the decode at 6 fetches 2 .. 5, ``4 * 4 + 1 = 17`` (a request
+    a cycle, the last response a cycle later), and spills 6, ``1 + 4``; a window wholly on
+    chip moves nothing. ``None``: no DRAM phase."""
+    shape = _timing_shape(dict(SHAPE, kv_cache_rows=2))
+    ph = timing.attention_block_phases(5, 0, **shape)
+    assert (ph["kv_spill"], ph["kv_fetch"]) == (13, 0)
+    ph = timing.attention_block_phases(1, 6, **shape)
+    assert (ph["kv_spill"], ph["kv_fetch"]) == (5, 17)
+    ph = timing.attention_block_phases(2, 0, **shape)
+    assert (ph["kv_spill"], ph["kv_fetch"]) == (0, 0)
+    base = timing.attention_block_phases(1, 6, **_timing_shape())
+    assert timing.attention_block_cycles(1, 6, **shape) == sum(base.values()) + 5 + 17
+    assert timing.kv_dram_rows(1, 6, 2) == {"written": 1, "read": 4}
+    assert timing.kv_dram_rows(1, 6, None) == {"written": 0, "read": 0}
+
+
 @TIME
 def test_attention_block_with_gaps_and_back_pressure(tmp_path):
     """Input gaps and output back-pressure: the same codes (the cycles depend on the draws)."""
@@ -255,7 +343,8 @@ def _timing_shape(shape=SHAPE):
                 n_kv_heads=shape["n_kv_heads"], head_dim=shape["head_dim"],
                 lanes=shape["lanes"], act_bits=shape["act_bits"], center=shape["center"],
                 mvm=TILE.mvm_latency, rope=shape["rope"],
-                n_attention_units=shape["n_attention_units"])
+                n_attention_units=shape["n_attention_units"],
+                kv_cache_rows=shape.get("kv_cache_rows"))
 
 
 def test_attention_block_cycles_by_hand():
@@ -268,8 +357,8 @@ def test_attention_block_cycles_by_hand():
     RoPE ``4 + 3 + 1``, attention ``2 * 69 + 1``, O ``38 + 1``, the residual ``8 + 2 + 1``."""
     assert TILE.mvm_latency == 20
     ph = timing.attention_block_phases(5, 0, **_timing_shape())
-    assert ph == {"attn_norm": 340, "qkv_projection": 151, "rope": 24, "attention": 451,
-                  "o_projection": 151, "residual": 43}
+    assert ph == {"attn_norm": 340, "qkv_projection": 151, "rope": 24, "kv_spill": 0,
+                  "kv_fetch": 0, "attention": 451, "o_projection": 151, "residual": 43}
     assert timing.attention_block_cycles(1, 6, **_timing_shape()) == \
         68 + 39 + 8 + 139 + 39 + 11 == 304
     no_rope = dict(_timing_shape(), rope=False)
@@ -288,6 +377,9 @@ BAD = [
     (dict(center=1), "center"),
     (dict(rope="yes"), "rope"),
     (dict(max_rows=9), "max_rows"),
+    (dict(kv_cache_rows=8), "kv_cache_rows"),            # n_positions = 8
+    (dict(kv_cache_rows=-1), "kv_cache_rows"),
+    (dict(counter_bits=4), "counter_bits"),
     (dict(multiplier_bits=0), "multiplier_bits"),
     (dict(tile={"n_rows": 16}), "tile"),
 ]

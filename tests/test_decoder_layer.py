@@ -21,16 +21,25 @@ Checked: every ``y`` code and ``last`` flag, every route, and each window's cycl
 ``i_rows`` handshake to the cycle after the last ``o_rows`` handshake) and each phase's against
 ``moepim.spec.timing.decoder_layer_phases`` (the MoE layer's route and compute cycles from its
 ``LayerTiming``), the MoE layer's routing counter against its formula. Parameter errors name
-the argument."""
+the argument.
+
+The KV cache in DRAM (``kv_cache_rows`` 2 on Verilator and Icarus, 0 on Amaranth's
+simulator): the attention block's rows at positions ``>= kv_cache_rows`` go through the
+layer's one DRAM port (the KV region after the GO cache's), the prompt spilling, the decodes
+fetching the earlier rows and spilling theirs; the same codes, routes and cycle checks with
+the KV DRAM phases, and each window's KV DRAM words and the ``kv_counters`` against the
+priced model (``moepim.sim.generation_run._kv_traffic``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from moepim.hw.attention_block import KV_COUNTERS
 from moepim.hw.decoder_layer import PHASES, DecoderLayer
 from moepim.hw.expert_engine import SHIFT_BITS
 from moepim.hw.norm import NORM_SHIFT_BITS
@@ -43,6 +52,7 @@ from moepim.models.decoder import (
     quantize_decoder,
     rope_tables,
 )
+from moepim.models.generation import step_work
 from moepim.models.pim import CrossbarMatmul, bank_file_words, bank_image
 from moepim.models.quant import route_int
 from moepim.models.routing import expert_choice_capacity, expert_choice_decode
@@ -51,6 +61,7 @@ from moepim.models.zoo import QuantConfig, RouterConfig
 from moepim.sim.amaranth_macro import add_bank_model
 from moepim.sim.block_run import run_bench
 from moepim.sim.config import REPO_ROOT, load_model
+from moepim.sim.generation_run import _kv_traffic
 from moepim.sim.moe_run import (
     bank_images,
     expected_compute_cycles,
@@ -98,8 +109,9 @@ SPEC = LayerSpec(d_model=CFG.d_model, d_ff=CFG.d_ff, n_experts=CFG.n_experts,
                  go_cache_rows=PROMPT, max_sequence=N_POSITIONS)
 
 
-def _layer() -> DecoderLayer:
-    return DecoderLayer(layer=SPEC, tile=TILE, attention=ATTENTION)
+def _layer(kv_cache_rows=None) -> DecoderLayer:
+    return DecoderLayer(layer=SPEC, tile=TILE,
+                        attention=dict(ATTENTION, kv_cache_rows=kv_cache_rows))
 
 
 def _golden(decode_masks=None):
@@ -185,10 +197,12 @@ def _held(dq) -> dict:
     return {k: int(v) for k, v in held.items()}
 
 
-def _run(sim, g, tmp_path, *, host=False, gap_p=0.0, stall_p=0.0, seed=SEED):
+def _run(sim, g, tmp_path, *, host=False, gap_p=0.0, stall_p=0.0, seed=SEED,
+         kv_cache_rows=None):
     if sim != "amaranth":
         need_simulator(sim)
-    dut = _layer()
+    dut = _layer(kv_cache_rows)
+    kv = kv_cache_rows is not None
     base = dut.attention_bank_base
     images = dict(bank_images(g["wl"], g["groups"], SPEC, TILE, g["mm"]))
     # cell images: the MoE layer's groups and gate first, the attention block's after them
@@ -233,7 +247,8 @@ def _run(sim, g, tmp_path, *, host=False, gap_p=0.0, stall_p=0.0, seed=SEED):
                               rope_table=table_rows(cos, sin, lanes=LANES),
                               coef_bits=COEF_BITS, held=_held(dq), silu_tables=[],
                               gate_tables=[], windows=windows, lanes=LANES, act_bits=AB,
-                              routing=True, dram=dut.moe.route_unit.has_go_cache, seed=seed),
+                              routing=True, dram=dut.moe.route_unit.has_go_cache or kv,
+                              seed=seed, kv_dram_base=dut.kv_dram_base if kv else None),
                     setup=setup if sim == "amaranth" else None, plusargs=plusargs)
     return dut, got
 
@@ -281,6 +296,57 @@ def test_decoder_layer_against_the_golden_model(sim, tmp_path):
     assert [w.go_dram_rows for w in g["windows"]] == [0, 0, 1]
     _check_values(g, got)
     _check_cycles(g, dut, got)
+
+
+def _check_kv_traffic(dut, got, kv_cache_rows):
+    """Per window: the KV region's DRAM words written and read (the attention block's
+    ``kv_dram_address``) and the KV counters, in rows equal to the priced model
+    (``moepim.sim.generation_run._kv_traffic`` of the ``kv_go`` steps)."""
+    C, block = kv_cache_rows, dut.attention
+    exp = SimpleNamespace(layer=SimpleNamespace(kv_cache_rows=C))
+    prev = dict.fromkeys(KV_COUNTERS, 0)
+
+    def words(positions):
+        return [block.kv_dram_address(p, b, value) for p in positions
+                for value in (False, True) for b in range(block.head_beats)]
+
+    spans = [(0, PROMPT)] + [(PROMPT + k, 1) for k in range(N_DECODE)]
+    for step, ((p0, n), res) in enumerate(zip(spans, got, strict=True)):
+        where = f"window at {p0}"
+        work = step_work("kv_go", step, PROMPT)
+        assert work.n_tokens - n == p0, where
+        priced = _kv_traffic(exp, work, "kv_go")
+        assert res["kv_writes"] == words(range(max(p0, C), p0 + n)), where
+        assert res["kv_reads"] == words(range(C, p0)), where
+        now = res["kv_counters"]
+        W = block.kv_dram_words_per_row
+        assert {k: now[k] - prev[k] for k in KV_COUNTERS} == {
+            "words_written": priced["write_rows"] * W, "words_read": priced["read_rows"] * W,
+            "rows_written": priced["write_rows"], "rows_read": priced["read_rows"]}, where
+        prev = now
+
+
+# kv_cache_rows 2 on Verilator and Icarus (and on all three simulators in
+# tests/test_attention_block.py), 0 (every row in DRAM) on Amaranth's simulator
+KV_RUNS = [("verilator", 2), ("icarus", 2), ("amaranth", 0)]
+
+
+@TIME
+@pytest.mark.parametrize("sim, kv_cache_rows", KV_RUNS,
+                         ids=[f"{sim}-kv{c}" for sim, c in KV_RUNS])
+def test_decoder_layer_kv_cache_in_dram(sim, kv_cache_rows, tmp_path):
+    """The attention block's KV rows at positions ``>= kv_cache_rows`` in DRAM, through
+    the layer's one DRAM port with the GO cache's (the KV region after the GO region; the
+    second decode also reads a GO-cache row back): the prompt spills, the decodes fetch and
+    spill. Codes, routes, window and phase cycles (``decoder_layer_phases`` with
+    ``kv_cache_rows``) and the KV DRAM words per window against the priced model."""
+    g = _golden()
+    dut, got = _run(sim, g, tmp_path, kv_cache_rows=kv_cache_rows)
+    assert [w.go_dram_rows for w in g["windows"]] == [0, 0, 1]
+    assert dut.kv_dram_base == 1 << dut.moe.o_dram_req.payload.addr.shape().width
+    _check_values(g, got)
+    _check_cycles(g, dut, got)
+    _check_kv_traffic(dut, got, kv_cache_rows)
 
 
 # the host's decode selections: no expert, then expert 2 alone
@@ -342,6 +408,7 @@ BAD = [
     (dict(attention=[1]), "attention"),
     (dict(layer="small"), "layer"),
     (dict(attention=dict(ATTENTION, n_kv_heads=3)), "n_kv_heads"),     # AttentionBlock's
+    (dict(attention=dict(ATTENTION, kv_cache_rows=6)), "kv_cache_rows"),   # n_positions 6
 ]
 
 

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -24,6 +25,7 @@ from moepim.models.generation import MODES, step_work
 from moepim.sim.config import REPO_ROOT, ConfigError, load_experiment
 from moepim.sim.generation_run import (
     PHASES,
+    _kv_traffic,
     _Shapes,
     _step_timeline,
     dense_cycles,
@@ -108,9 +110,18 @@ def _check_report(exp, r, out):
             rounds = -(-sh.heads // sh.units)
             assert s["phase_cycles"]["attention"] == T.ATTENTION_BLOCK_PHASE_OVERHEAD + \
                 rounds * T.attention_job_cycles(s["n_tokens"], sh.head_dim // sh.lanes)
-    for s in range(1, wl.n_generate):        # cycles: none >= kv >= kv_go, none >= go >= kv_go
-        c = {mode: modes[mode]["steps"][s]["cycles"] for mode in modes}
+    transfers = ("kv_spill", "kv_fetch")
+    for s in range(1, wl.n_generate):
+        # compute cycles (the KV DRAM phases aside): none >= kv >= kv_go, none >= go >= kv_go
+        steps = {mode: modes[mode]["steps"][s] for mode in modes}
+        c = {mode: st["cycles"] - sum(st["phase_cycles"][p] for p in transfers)
+             for mode, st in steps.items()}
         assert c["none"] >= c["kv"] >= c["kv_go"] and c["none"] >= c["go"] >= c["kv_go"]
+        # the KV DRAM phases are the KV modes' own, the same rows read in both
+        assert all(steps[m]["phase_cycles"][p] == 0 for m in ("none", "go") for p in transfers)
+        assert steps["kv"]["phase_cycles"]["kv_fetch"] == steps["kv_go"]["phase_cycles"][
+            "kv_fetch"] > 0
+        assert steps["kv"]["cycles"] >= steps["kv_go"]["cycles"]
     ratios = r["cache_comparison"]["ratios"]
     none, kvgo = modes["none"]["decode"], modes["kv_go"]["decode"]
     assert ratios["none_vs_kv_go"]["time"] == pytest.approx(none["time_ns"] / kvgo["time_ns"])
@@ -137,7 +148,8 @@ def test_reduced_generation_on_the_rtl(sim, tmp_path):
     # the attention half of the prompt and of every KV+GO step on AttentionBlock's RTL
     ab = r["attention_block"]
     assert ab["sim"] == sim and ab["golden_match"] is True and ab["n_mismatches"] == 0
-    assert ab["cycles_match_formula"]
+    assert ab["cycles_match_formula"] and ab["kv_dram_match_priced"]
+    assert ab["kv_cache_rows"] == exp.layer.kv_cache_rows == 0
     wl = exp.workload
     assert [(w["first_position"], w["rows"]) for w in ab["windows"]] == \
         [(0, wl.n_prompt)] + [(wl.n_prompt + k - 1, 1) for k in range(1, wl.n_generate)]
@@ -146,10 +158,14 @@ def test_reduced_generation_on_the_rtl(sim, tmp_path):
         assert w["cycles"] == w["formula_cycles"]
         # the step's priced attention half is the simulated window's cycles
         half = sum(s["phase_cycles"][p] for p in ("attn_norm", "qkv_projection", "rope",
-                                                  "attention", "o_projection"))
+                                                  "kv_spill", "kv_fetch", "attention",
+                                                  "o_projection"))
         # (the norm fed from the embedding's buffer: one cycle more than from i_rows)
         fed = T.ATTENTION_BLOCK_PHASE_OVERHEAD if wl.embedding else 0
         assert half - fed + s["phase_cycles"]["residual"] == w["cycles"], s["step"]
+        assert w["kv_dram_cycles"] == s["phase_cycles"]["kv_spill"] + \
+            s["phase_cycles"]["kv_fetch"] > 0
+        assert w["kv_dram_match_priced"], s["step"]
     assert "AttentionBlock" in r["levels"]["attention_half"]
     _check_report(exp, r, out)
 
@@ -261,9 +277,10 @@ def test_the_moe_part_is_the_layer_experiment_it_contains():
 @settings(max_examples=20, deadline=None)
 @given(heads=st.sampled_from([(4, 4), (4, 2), (8, 1)]), lanes=st.sampled_from([4, 8]),
        units=st.integers(1, 4), n_prompt=st.integers(1, 12), step=st.integers(0, 6),
-       mode=st.sampled_from(["none", "kv_go"]), center=st.booleans(), rope=st.booleans())
+       mode=st.sampled_from(["none", "kv_go"]), center=st.booleans(), rope=st.booleans(),
+       kv_cache_rows=st.one_of(st.none(), st.integers(0, 20)))
 def test_attention_half_is_the_attention_block(heads, lanes, units, n_prompt, step, mode,
-                                               center, rope):
+                                               center, rope, kv_cache_rows):
     """Where a step's query and K/V rows are the same window (the prompt, ``none``,
     ``kv_go``), the attention half of ``dense_cycles`` is ``AttentionBlock``'s tested
     formula (``tests/test_attention_block.py``) phase by phase."""
@@ -273,12 +290,17 @@ def test_attention_half_is_the_attention_block(heads, lanes, units, n_prompt, st
     mats = {"q": (d, heads[0] * hd), "k": (d, heads[1] * hd), "v": (d, heads[1] * hd),
             "o": (heads[0] * hd, d), "embedding": (64, d), "lm_head": (d, 100)}
     w = step_work(mode, step, n_prompt)
-    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False)
+    # the K/V rows through DRAM the run prices for the step (none: no KV cache, no DRAM)
+    exp = SimpleNamespace(layer=SimpleNamespace(kv_cache_rows=kv_cache_rows or 0))
+    kv = _kv_traffic(exp, w, mode) if kv_cache_rows is not None else None
+    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False, kv=kv)
     block = T.attention_block_phases(
         w.q_rows, w.n_tokens - w.q_rows, d_model=d, n_heads=heads[0], n_kv_heads=heads[1],
         head_dim=hd, lanes=lanes, act_bits=8, center=center, mvm=20, rope=rope,
-        n_attention_units=units)
-    for phase in ("attn_norm", "qkv_projection", "rope", "attention", "o_projection"):
+        n_attention_units=units,
+        kv_cache_rows=kv_cache_rows if mode == "kv_go" else None)
+    for phase in ("attn_norm", "qkv_projection", "rope", "kv_spill", "kv_fetch", "attention",
+                  "o_projection"):
         assert got[phase] == block[phase], phase
     assert got["residual"] == block["residual"]
     assert got["moe_residual"] == \
@@ -286,35 +308,35 @@ def test_attention_half_is_the_attention_block(heads, lanes, units, n_prompt, st
 
 
 def test_step_timeline_queues_transfers_on_one_channel():
-    """A KV+GO step on one DRAM channel: the new row's K/V write (posted when RoPE ends)
-    holds the channel, so the earlier rows' read, submitted when attention starts, queues
-    behind it; attention ends no earlier than that read; the GO-cache read at the MoE phase
-    waits for nothing left; the last step drains the channel."""
+    """A KV+GO step on one DRAM channel: the new row's K/V write goes when the ``kv_spill``
+    phase starts and the phase lasts until it is transferred; the earlier rows' read goes
+    when ``kv_fetch`` starts and the phase lasts until they arrive; at the MoE phase the
+    GO-cache read goes first and the spill submitted with it queues behind it; the last step
+    drains the channel."""
     exp = load_experiment(SMALL)
     clock = exp.tech.clock_ns.value
     bw, lat = exp.dram.bandwidth_gbps.value, exp.dram.latency_ns.value
     row = kv_row_bytes(exp.model)
     work = step_work("kv_go", 3, exp.workload.n_prompt)
     cycles = dict.fromkeys(PHASES, 10)
-    cycles["attention"] = 1          # shorter than the K/V read: the read bounds the phase
+    cycles["kv_spill"] = cycles["kv_fetch"] = 1    # shorter than the transfers: DRAM-bound
     kv = {"read_rows": work.n_tokens - 1, "write_rows": 1}
-    go = {"read_rows": 2, "write_rows": 0, "row_bytes": 16}
+    go = {"read_rows": 2, "write_rows": 3, "row_bytes": 16}
     ch = DramChannel(bandwidth_gbps=bw, latency_ns=lat)
     tl = _step_timeline(exp, ch, 100.0, cycles, work, kv, go, last=True)
     kinds = [r.kind for r in ch.requests]
-    assert kinds == ["kv_write", "kv_read", "go_cache_read", "token_out"]
-    write, read, go_read, out = ch.requests
-    # the write arrives when RoPE ends: after the phases before attention
-    before = PHASES[:PHASES.index("attention")]
+    assert kinds == ["kv_write", "kv_read", "go_cache_read", "go_cache_spill", "token_out"]
+    write, read, go_read, spill, out = ch.requests
+    before = PHASES[:PHASES.index("kv_spill")]
     assert math.isclose(write.arrival_ns, 100.0 + sum(cycles[p] for p in before) * clock)
-    assert math.isclose(read.arrival_ns, write.arrival_ns)
-    assert math.isclose(read.queue_ns, row / bw)          # behind the whole write
-    assert math.isclose(tl["dram"]["kv_read"]["queue_ns"], row / bw)
-    assert read.done_ns > read.arrival_ns + cycles["attention"] * clock
-    after = PHASES[PHASES.index("attention") + 1:PHASES.index("moe")]
+    # kv_spill ends when the row is transferred; kv_fetch starts then, its read not queued
+    assert math.isclose(read.arrival_ns, write.arrival_ns + row / bw)
+    assert read.queue_ns == 0
+    after = PHASES[PHASES.index("kv_fetch") + 1:PHASES.index("moe")]
     assert math.isclose(go_read.arrival_ns, read.done_ns + sum(cycles[p] for p in after)
                         * clock)
-    assert go_read.queue_ns == 0
+    assert math.isclose(spill.queue_ns, 2 * 16 / bw)        # behind the GO-cache read
+    assert math.isclose(tl["dram"]["go_cache_spill"]["queue_ns"], spill.queue_ns)
     assert math.isclose(tl["end_ns"], max(r.done_ns for r in ch.requests))
     assert tl["end_ns"] - tl["start_ns"] > tl["compute_ns"]
 
@@ -323,9 +345,11 @@ def test_step_timeline_queues_transfers_on_one_channel():
 @given(heads=st.sampled_from([(4, 4), (4, 2), (8, 1)]), lanes=st.sampled_from([4, 8]),
        units=st.integers(1, 4), n_prompt=st.integers(1, 12), step=st.integers(0, 6),
        route=st.one_of(st.none(), st.integers(1, 500)), n_jobs=st.integers(0, 40),
-       compute=st.integers(0, 5000), settle=st.integers(0, 1), rope=st.booleans())
+       compute=st.integers(0, 5000), settle=st.integers(0, 1), rope=st.booleans(),
+       kv_cache_rows=st.one_of(st.none(), st.integers(0, 20)))
 def test_a_kv_go_step_is_the_decoder_layer_formula(heads, lanes, units, n_prompt, step, route,
-                                                    n_jobs, compute, settle, rope):
+                                                    n_jobs, compute, settle, rope,
+                                                    kv_cache_rows):
     """A KV+GO step (or the prompt) from the attention norm to the second residual, priced
     from a stand-alone MoE window's cycles, is ``DecoderLayer``'s window
     (``decoder_layer_cycles``, tested against its RTL in tests/test_decoder_layer.py)."""
@@ -335,14 +359,17 @@ def test_a_kv_go_step_is_the_decoder_layer_formula(heads, lanes, units, n_prompt
     mats = {"q": (d, heads[0] * hd), "k": (d, heads[1] * hd), "v": (d, heads[1] * hd),
             "o": (heads[0] * hd, d), "embedding": (64, d), "lm_head": (d, 100)}
     w = step_work("kv_go", step, n_prompt)
-    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False)
+    exp = SimpleNamespace(layer=SimpleNamespace(kv_cache_rows=kv_cache_rows or 0))
+    kv = _kv_traffic(exp, w, "kv_go") if kv_cache_rows is not None else None
+    got = dense_cycles(sh, mats, w, embedding=False, lm_head=False, kv=kv)
     timing = T.LayerTiming(blocks=d // lanes, group_latencies=(1,), queue_depth=2)
     window = timing.window_cycles(w.moe_rows, n_jobs, compute, route, settle)
     got["moe"] = moe_phase_cycles(window, w.moe_rows, d // lanes)
     want = T.decoder_layer_cycles(
         w.q_rows, w.n_tokens - w.q_rows, d_model=d, n_heads=heads[0], n_kv_heads=heads[1],
         head_dim=hd, lanes=lanes, act_bits=8, center=False, mvm=20, rope=rope,
-        n_attention_units=units, route=route, n_jobs=n_jobs, compute=compute, settle=settle)
-    layer = ("attn_norm", "qkv_projection", "rope", "attention", "o_projection", "residual",
-             "moe_norm", "moe", "moe_residual")
+        n_attention_units=units, route=route, n_jobs=n_jobs, compute=compute, settle=settle,
+        kv_cache_rows=kv_cache_rows)
+    layer = ("attn_norm", "qkv_projection", "rope", "kv_spill", "kv_fetch", "attention",
+             "o_projection", "residual", "moe_norm", "moe", "moe_residual")
     assert sum(got[p] for p in layer) == want
