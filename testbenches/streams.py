@@ -94,12 +94,15 @@ class DramResponder:
         self.reads: list[int] = []
         self._offered = False
         self._taken = False
+        self._ports_set = None         # (ready, valid) as last set: a port is set on change
 
     def offer(self) -> None:
         """The cycle's sets: take requests, offer the oldest answer."""
-        self.io.set(f"{self.req}.ready", 1)
         self._offered = bool(self.answers)
-        self.io.set(f"{self.resp}.valid", int(self._offered))
+        if self._ports_set != (1, self._offered):
+            self.io.set(f"{self.req}.ready", 1)
+            self.io.set(f"{self.resp}.valid", int(self._offered))
+            self._ports_set = (1, self._offered)
         if self._offered:
             self.io.set(f"{self.resp}.payload.data", self.answers[0])
 
@@ -132,6 +135,7 @@ class DramResponder:
     def close(self) -> None:
         self.io.set(f"{self.req}.ready", 0)
         self.io.set(f"{self.resp}.valid", 0)
+        self._ports_set = (0, False)
 
 
 async def write_table(io, port: str, fields, writes, rng, gap_p: float) -> None:
