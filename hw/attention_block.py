@@ -126,7 +126,7 @@ from .params import check_counter_bits, check_multiplier_bits, check_tile
 from .projection import ProjectionUnit
 from .residual import ResidualUnit
 from .rope import RopeUnit, coef_layout
-from .sram import Sram
+from .sram import Sram, read_stream
 
 __all__ = ["AttentionBlock", "PHASES", "KV_COUNTERS"]
 
@@ -396,14 +396,7 @@ class AttentionBlock(wiring.Component):
             return c
 
         def reader(name, ready, more):
-            """A buffer read stream: ``valid`` (the memory's read data is the beat), the
-            read-enable ``advance`` and ``fetch`` (a new word read this cycle)."""
-            valid = Signal(name=f"{name}_valid")
-            advance, fetch = Signal(name=f"{name}_advance"), Signal(name=f"{name}_fetch")
-            m.d.comb += [advance.eq(~valid | ready), fetch.eq(advance & more)]
-            with m.If(advance):
-                m.d.sync += valid.eq(more)
-            return valid, advance, fetch
+            return read_stream(m, name, ready, more)
 
         win = self.i_windows
         m.d.comb += win.ready.eq(phase == IDLE)

@@ -101,7 +101,7 @@ from .norm import NORM_SHIFT_BITS, NormUnit, norm_param_layout, norm_row_layout
 from .params import check_tile
 from .residual import ResidualUnit
 from .route_unit import MODE_HOST
-from .sram import Sram
+from .sram import Sram, read_stream
 
 __all__ = ["DecoderLayer", "PHASES"]
 
@@ -288,14 +288,7 @@ class DecoderLayer(wiring.Component):
             return c
 
         def reader(name, ready, more):
-            """A buffer read stream (``AttentionBlock``'s): ``valid`` (the memory's read
-            data is the beat), the read-enable ``advance`` and ``fetch``."""
-            valid = Signal(name=f"{name}_valid")
-            advance, fetch = Signal(name=f"{name}_advance"), Signal(name=f"{name}_fetch")
-            m.d.comb += [advance.eq(~valid | ready), fetch.eq(advance & more)]
-            with m.If(advance):
-                m.d.sync += valid.eq(more)
-            return valid, advance, fetch
+            return read_stream(m, name, ready, more)
 
         win = self.i_windows
         m.d.comb += [ab_.i_windows.payload.eq(win.payload),

@@ -16,7 +16,7 @@ Rows start at zero.
 
 from __future__ import annotations
 
-from amaranth import ClockSignal, Instance, Module, Shape
+from amaranth import ClockSignal, Instance, Module, Shape, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,7 +24,7 @@ from moepim.spec.checks import index_bits, need_positive
 
 from .params import simulating
 
-__all__ = ["Sram", "SRAM_MACRO_NAME"]
+__all__ = ["Sram", "SRAM_MACRO_NAME", "read_stream"]
 
 SRAM_MACRO_NAME = "moepim_sram"
 
@@ -65,3 +65,16 @@ class Sram(wiring.Component):
             i_w_en=self.w_en, i_w_addr=self.w_addr, i_w_data=value(self.w_data),
             i_r_en=self.r_en, i_r_addr=self.r_addr, o_r_data=value(self.r_data))
         return m
+
+
+def read_stream(m: Module, name: str, ready, more):
+    """A stream of an ``Sram``'s read words (its read data one cycle after the read):
+    ``valid`` (the read data is the beat), ``advance`` (the read enable: no beat held, or the
+    consumer ``ready``) and ``fetch`` (a new word read this cycle: advancing and ``more``
+    words to read). The caller addresses the memory on ``fetch``."""
+    valid = Signal(name=f"{name}_valid")
+    advance, fetch = Signal(name=f"{name}_advance"), Signal(name=f"{name}_fetch")
+    m.d.comb += [advance.eq(~valid | ready), fetch.eq(advance & more)]
+    with m.If(advance):
+        m.d.sync += valid.eq(more)
+    return valid, advance, fetch
